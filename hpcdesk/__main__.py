@@ -1,0 +1,3 @@
+from hpcdesk.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""The `hpcdesk` command: a thin layer that parses arguments and imports the rest lazily."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from hpcdesk import __version__
+
+EPILOG = """\
+exit codes: 0 ok, 1 the desktop or job failed, 2 bad input (nothing submitted),
+            3 Slurm refused or unreachable, 4 timed out, 130 interrupted (the job keeps running)
+docs: README.md, or `hpcdesk config reference` for every setting"""
+
+
+def _add_site(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", help="site name or path to a site YAML (default: $HPCDESK_SITE, "
+                   "/etc/hpcdesk/site.yaml)")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpcdesk", description="GPU-accelerated Linux desktops in your browser, as a "
+        "Slurm job.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hpcdesk {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("submit", help="start a desktop and wait until it answers",
+                       description="Submit a desktop job and wait until the desktop answers; "
+                       "then print its URL and credentials.")
+    _add_site(p)
+    _add_json(p)
+    p.add_argument("--no-wait", action="store_true", help="print the session id and return")
+    p.add_argument("-p", "--partition")
+    p.add_argument("-A", "--account")
+    p.add_argument("-q", "--qos")
+    p.add_argument("-t", "--time", help="time limit, e.g. 2:00:00")
+    p.add_argument("-c", "--cpus", type=int)
+    p.add_argument("--mem", dest="memory", help="memory, e.g. 16G")
+    p.add_argument("-G", "--gpus", type=int)
+    p.add_argument("-M", "--cluster")
+    p.add_argument("--constraint")
+    p.add_argument("--reservation")
+    p.add_argument("-r", "--resolution", help="WIDTHxHEIGHT, e.g. 2560x1440")
+    p.add_argument("--runtime", choices=["host", "apptainer"])
+    p.add_argument("--image", help="apptainer image path or flavour")
+    p.add_argument("--interface", choices=["selkies", "vnc"])
+    p.add_argument("--encoder", choices=["auto", "nvh264enc", "x264enc", "vp8enc", "vp9enc"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any setting, e.g. --set desktop.dpi=120 (repeatable)")
+
+    p = sub.add_parser("status", help="show one session (URL and credentials when ready)")
+    p.add_argument("session", nargs="?", help="session id, id prefix or job id (default: newest)")
+    p.add_argument("--wait", action="store_true", help="wait until it is ready or has ended")
+    _add_site(p)
+    _add_json(p)
+
+    p = sub.add_parser("list", help="list your sessions (one scheduler query for all)")
+    p.add_argument("-a", "--all", action="store_true", help="include ended sessions")
+    _add_site(p)
+    _add_json(p)
+
+    p = sub.add_parser("cancel", help="stop a desktop and its job")
+    p.add_argument("session")
+    p.add_argument("--no-wait", action="store_true", help="don't wait for the job to end")
+    _add_site(p)
+    _add_json(p)
+
+    p = sub.add_parser("logs", help="show a session's logs (job, agent, desktop)")
+    p.add_argument("session")
+    p.add_argument("-n", "--lines", type=int, default=40, help="lines per log (0: all)")
+    _add_site(p)
+
+    p = sub.add_parser("config", help="show the merged configuration or the reference")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    c = csub.add_parser("show", help="merged settings and where each came from")
+    _add_site(c)
+    _add_json(c)
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    csub.add_parser("reference", help="every setting, its type, default and meaning (Markdown)")
+
+    p = sub.add_parser("doctor", help="check this login node (or, with --node, a GPU node)")
+    p.add_argument("--node", action="store_true", help="check the GPU node this runs on")
+    _add_site(p)
+    _add_json(p)
+
+    p = sub.add_parser("node", help="internal: run by the job script on the compute node")
+    nsub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    n = nsub.add_parser("run", help="start, publish and supervise the desktop")
+    n.add_argument("--session", required=True, help="session directory")
+    return parser
+
+
+COMMANDS = {
+    "submit": ("hpcdesk.commands.submit", "run"),
+    "status": ("hpcdesk.commands.sessions", "status"),
+    "list": ("hpcdesk.commands.sessions", "list_sessions"),
+    "cancel": ("hpcdesk.commands.sessions", "cancel"),
+    "logs": ("hpcdesk.commands.sessions", "logs"),
+    "config": ("hpcdesk.commands.config_cmd", "run"),
+    "doctor": ("hpcdesk.commands.doctor", "run"),
+    "node": ("hpcdesk.commands.node", "run"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module, func = COMMANDS[args.command]
+    from hpcdesk.errors import EXIT_INTERRUPTED, HpcdeskError
+
+    try:
+        result: int = getattr(importlib.import_module(module), func)(args)
+        return result
+    except HpcdeskError as exc:
+        print(f"hpcdesk: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hpcdesk: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,57 @@
+"""Helpers shared by the login-side commands: config loading, scheduler, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hpcdesk import config
+from hpcdesk.errors import ConfigError
+from hpcdesk.scheduler import Scheduler, get_scheduler
+from hpcdesk.session import session_root
+
+
+def overrides_from_sets(sets: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"command line: --set {item!r}: expected KEY=VALUE "
+                              "(e.g. desktop.dpi=120)")
+        out[key.strip()] = config.parse_cli_value(value)
+    return out
+
+
+def load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None
+                ) -> config.LoadedConfig:
+    return config.load(getattr(args, "site", None), overrides)
+
+
+def root_of(loaded: config.LoadedConfig) -> Path:
+    return session_root(loaded.config.session_root)
+
+
+def scheduler_for(loaded: config.LoadedConfig) -> Scheduler:
+    return get_scheduler(loaded.config.scheduler.backend)
+
+
+def emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def say(msg: str, quiet: bool = False) -> None:
+    """Progress for people: stdout normally, stderr when stdout is reserved for JSON."""
+    print(msg, file=sys.stderr if quiet else sys.stdout, flush=True)
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    rows = text.splitlines()
+    return "\n".join(rows[-lines:] if lines else rows)

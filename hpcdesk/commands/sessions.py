@@ -1,0 +1,127 @@
+"""`hpcdesk status | list | cancel | logs`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for, tail
+from hpcdesk.commands.submit import print_connection, wait_and_report
+from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
+from hpcdesk.session import Session, all_sessions, find, now
+from hpcdesk.status import collect, job_ref
+
+LOG_FILES = ("job.out", "agent.log", "xorg.out", "Xorg.log", "desktop.log", "selkies.log",
+             "container.log")
+
+
+def _pick(args: argparse.Namespace) -> tuple[Session, object]:
+    loaded = load_config(args)
+    root = root_of(loaded)
+    key = getattr(args, "session", None)
+    if key:
+        return find(root, key), loaded
+    sessions = all_sessions(root)
+    if not sessions:
+        raise SessionNotFound(f"you have no sessions under {root}",
+                              hint="start one with `hpcdesk submit`")
+    return sessions[-1], loaded
+
+
+def status(args: argparse.Namespace) -> int:
+    session, loaded = _pick(args)
+    scheduler = scheduler_for(loaded)  # type: ignore[arg-type]
+    ref = job_ref(session)
+    if args.wait and ref and not session.meta.get("final"):
+        st = collect([session], scheduler)[0]
+        if st.state in ("queued", "starting", "unknown"):
+            return wait_and_report(session, scheduler, ref, loaded, None,  # type: ignore[arg-type]
+                                   args.json, time.monotonic())
+    st = collect([session], scheduler)[0]
+    if args.json:
+        emit_json(st.as_json(with_secrets=True))
+        return EXIT_OK
+    conn = session.connection() if st.state == "ready" else None
+    if conn and ref:
+        print_connection(session, ref, conn, quiet=False)
+        return EXIT_OK
+    node = st.as_json()["node"]
+    print(f"session {session.id}: {st.state}" + (f" ({st.detail})" if st.detail else ""))
+    print(f"  job {ref or '-'}" + (f" on {node}" if node else "") + f"; files in {session.dir}")
+    return EXIT_OK if st.state not in ("failed",) else EXIT_FAILED
+
+
+def list_sessions(args: argparse.Namespace) -> int:
+    loaded = load_config(args)
+    sessions = all_sessions(root_of(loaded))
+    if not args.all:
+        sessions = [s for s in sessions if not s.meta.get("final")]
+    rows = collect(sessions, scheduler_for(loaded))
+    if not args.all:
+        rows = [r for r in rows if not r.session.meta.get("final")]
+    if args.json:
+        emit_json([r.as_json() for r in rows])
+        return EXIT_OK
+    if not rows:
+        print("no active sessions" + ("" if args.all else " (use --all to see ended ones)"))
+        return EXIT_OK
+    print(f"{'SESSION':<8} {'JOB':<10} {'STATE':<10} {'NODE':<12} {'AGE':>6}  URL / DETAIL")
+    for r in rows:
+        j = r.as_json()
+        age = _age(now() - float(r.session.meta.get("created", now())))
+        print(f"{r.session.id:<8} {j['job_id'] or '-':<10} {r.state:<10} {j['node'] or '-':<12} "
+              f"{age:>6}  {j.get('url') or r.detail}")
+    return EXIT_OK
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+def cancel(args: argparse.Namespace) -> int:
+    session, loaded = _pick(args)
+    scheduler = scheduler_for(loaded)  # type: ignore[arg-type]
+    ref = job_ref(session)
+    if ref is None:
+        raise SessionNotFound(f"session {session.id} has no job to cancel")
+    session.update_meta(cancel_requested=now())
+    scheduler.cancel(ref)
+    say(f"hpcdesk: cancelling job {ref} (session {session.id})", args.json)
+    st = collect([session], scheduler)[0]
+    deadline = time.monotonic() + 60
+    delay = 0.2
+    while not args.no_wait and not session.meta.get("final"):
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"job {ref} has not ended 60s after scancel",
+                              hint="check `squeue -j " + ref.job_id + "`")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+        st = collect([session], scheduler)[0]
+    if session.meta.get("final") and st.state not in ("failed",):
+        session.update_meta(final={**session.meta["final"], "state": "cancelled"})
+        st = collect([session], scheduler)[0]
+    if args.json:
+        emit_json(st.as_json())
+    else:
+        print(f"session {session.id}: {st.state}")
+    return EXIT_OK
+
+
+def logs(args: argparse.Namespace) -> int:
+    session, _ = _pick(args)
+    shown = 0
+    for name in LOG_FILES:
+        path = session.path(name)
+        if path.exists():
+            print(f"==> {path} <==")
+            print(tail(path, args.lines))
+            shown += 1
+    if not shown:
+        print(f"no logs yet in {session.dir}")
+    return EXIT_OK
+
+

@@ -1,0 +1,300 @@
+"""Layered site configuration: defaults < site file < user file < command line.
+
+Every layer is validated against `schema.py` when it is read, so an error names the file, the
+key path and what is allowed. The merged result remembers where each value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from hpcdesk import resources
+from hpcdesk.errors import ConfigError
+from hpcdesk.schema import CHECKS, SiteConfig, slurm_time_seconds
+
+DEFAULT_SOURCE = "built-in default"
+SYSTEM_DIRS = ("/etc/hpcdesk",)
+
+
+@dataclasses.dataclass
+class LoadedConfig:
+    config: SiteConfig
+    sources: dict[str, str]  # "desktop.width" -> "site file /etc/hpcdesk/site.yaml"
+    site_path: Path | None
+
+    def flat(self) -> dict[str, Any]:
+        return dict(_flatten(dataclasses.asdict(self.config)))
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field[Any]]]:
+    hints = get_type_hints(cls)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None)) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
+    """Check one value against its schema type and limits; ValueError says what is allowed."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in get_args(tp) if a is not type(None)]
+        return _coerce(value, inner, meta)
+    if origin is Literal:
+        if value not in get_args(tp) or isinstance(value, bool):
+            raise ValueError(f"{value!r} is not allowed; use {_type_name(tp)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"expected {_type_name(tp)}, got {type(value).__name__}")
+        (item_tp,) = get_args(tp)
+        out = [_coerce(v, item_tp, {}) for v in value]
+        pat = meta.get("item_pattern")
+        for item in out:
+            if pat and not re.fullmatch(pat, item):
+                raise ValueError(f"list item {item!r} does not match {pat}")
+        return out
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # YAML reads `time: 90` or `memory: 16` as numbers
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        if "\n" in value or "\x00" in value:
+            raise ValueError("must be a single line")
+        pat = meta.get("pattern")
+        if pat and not re.fullmatch(pat, value):
+            raise ValueError(f"{value!r} is not allowed (must match {pat})")
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{value!r} is out of range; allowed {lo}..{hi}")
+    check = meta.get("check")
+    if check:
+        CHECKS[check](value)
+    return value
+
+
+def validate_layer(data: Any, source: str, cls: type = SiteConfig,
+                   prefix: str = "") -> dict[str, Any]:
+    """Validate one layer (a nested mapping) and return it flattened: {"a.b": value}."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        where = prefix.rstrip(".") or "the top level"
+        got = type(data).__name__
+        raise ConfigError(f"{source}: {where}: expected a mapping of keys, got {got}")
+    out: dict[str, Any] = {}
+    fields = _fields(cls)
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: {path}: unknown key; allowed here: {allowed}")
+        tp, f = fields[key]
+        if dataclasses.is_dataclass(tp):
+            out.update(validate_layer(value, source, tp, path + "."))  # type: ignore[arg-type]
+            continue
+        try:
+            out[path] = _coerce(value, tp, f.metadata)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {path}: {exc}") from None
+    return out
+
+
+def _build(cls: type, flat: Mapping[str, Any], prefix: str = "") -> Any:
+    kwargs = {}
+    for name, (tp, _f) in _fields(cls).items():
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, flat, f"{prefix}{name}.")  # type: ignore[arg-type]
+        elif f"{prefix}{name}" in flat:
+            kwargs[name] = flat[f"{prefix}{name}"]
+    return cls(**kwargs)
+
+
+def field_meta(path: str) -> tuple[Any, Mapping[str, Any]]:
+    cls: Any = SiteConfig
+    *parents, last = path.split(".")
+    for p in parents:
+        cls = _fields(cls)[p][0]
+    tp, f = _fields(cls)[last]
+    return tp, f.metadata
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+
+
+def find_site(site: str | None) -> Path | None:
+    """Resolve --site NAME|PATH, then HPCDESK_SITE, then /etc/hpcdesk/site.yaml."""
+    site = site or os.environ.get("HPCDESK_SITE")
+    if not site:
+        default = Path(SYSTEM_DIRS[0]) / "site.yaml"
+        return default if default.exists() else None
+    if "/" in site or site.endswith((".yaml", ".yml")):
+        path = Path(site).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"site file {path} does not exist")
+        return path
+    candidates = [Path(d) / "sites" / f"{site}.yaml" for d in SYSTEM_DIRS]
+    candidates += [Path(d) / f"{site}.yaml" for d in SYSTEM_DIRS]
+    candidates.append(resources.data_dir("site-configs") / f"{site}.yaml")
+    for c in candidates:
+        if c.is_file():
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"unknown site {site!r}; looked for {tried}",
+                      hint="pass --site /path/to/site.yaml or ask your admin for the site name")
+
+
+def user_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "hpcdesk" / "config.yaml"
+
+
+def load(site: str | None = None, overrides: Mapping[str, Any] | None = None,
+         override_source: str = "command line") -> LoadedConfig:
+    """Merge all layers; `overrides` maps dotted keys to already-parsed CLI values."""
+    flat: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    defaults = dict(_flatten(dataclasses.asdict(SiteConfig())))
+    for k, v in defaults.items():
+        flat[k], sources[k] = v, DEFAULT_SOURCE
+    site_path = find_site(site)
+    layers: list[tuple[str, Any]] = []
+    if site_path:
+        layers.append((f"site file {site_path}", _read_yaml(site_path)))
+    upath = user_config_path()
+    if upath.is_file():
+        layers.append((f"user file {upath}", _read_yaml(upath)))
+    for source, data in layers:
+        for k, v in validate_layer(data, source.split(" ", 2)[-1]).items():
+            if not source.startswith("site") and field_meta(k)[1].get("admin"):
+                where = source.split(" ", 2)[-1]
+                raise ConfigError(f"{where}: {k}: only the site file may set this")
+            flat[k], sources[k] = v, source
+    for k, v in (overrides or {}).items():
+        try:
+            tp, meta = field_meta(k)
+        except (KeyError, TypeError):
+            raise ConfigError(f"{override_source}: {k}: unknown key") from None
+        if meta.get("admin"):
+            raise ConfigError(f"{override_source}: {k}: only the site file may set this")
+        try:
+            flat[k] = _coerce(v, tp, meta)
+        except ValueError as exc:
+            raise ConfigError(f"{override_source}: {k}: {exc}") from None
+        sources[k] = override_source
+    cfg: SiteConfig = _build(SiteConfig, flat)
+    _cross_checks(cfg, sources)
+    return LoadedConfig(cfg, sources, site_path)
+
+
+def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(f"{sources[key]}: {key}: {msg}")
+
+    limit = slurm_time_seconds(cfg.scheduler.time)
+    if cfg.scheduler.signal_lead * 2 > limit:
+        fail("scheduler.signal_lead",
+             f"{cfg.scheduler.signal_lead}s is more than half the time limit {cfg.scheduler.time}")
+    if cfg.network.address == "interface" and not cfg.network.interface:
+        fail("network.interface", "must be set when network.address is 'interface'")
+    if cfg.network.address == "fixed" and not cfg.network.fixed_address:
+        fail("network.fixed_address", "must be set when network.address is 'fixed'")
+    n = cfg.network
+    if (n.port_min or n.port_max) and not 1024 <= n.port_min < n.port_max:
+        fail("network.port_max", "port range must satisfy 1024 <= port_min < port_max")
+    if cfg.desktop.https and not (cfg.desktop.https_cert and cfg.desktop.https_key):
+        fail("desktop.https", "needs desktop.https_cert and desktop.https_key")
+    if cfg.runtime.kind == "apptainer" and not cfg.runtime.image:
+        fail("runtime.image", "must name an image (a .sif path or a flavour) for apptainer")
+    if cfg.timeouts.poll_max < cfg.timeouts.poll_min:
+        fail("timeouts.poll_max", "must not be below timeouts.poll_min")
+
+
+def parse_cli_value(text: str) -> Any:
+    """A --set value as YAML scalar/list ('8', 'true', '[a, b]'), else the literal string."""
+    try:
+        return yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m:
+        raise ConfigError(
+            f"command line: --resolution: {text!r} is not WIDTHxHEIGHT (e.g. 1920x1080)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def render_show(loaded: LoadedConfig) -> str:
+    lines = []
+    flat = loaded.flat()
+    width = max(len(k) for k in flat) + 2
+    for key, value in flat.items():
+        shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+        shown = shown.removesuffix("...").strip()
+        lines.append(f"{key:<{width}}{shown:<24} # {loaded.sources[key]}")
+    return "\n".join(lines)
+
+
+def render_reference() -> str:
+    """The configuration reference (Markdown), generated from the schema."""
+    out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, default in _flatten(dataclasses.asdict(SiteConfig())):
+        tp, meta = field_meta(key)
+        limits = ""
+        if meta.get("min") is not None:
+            limits = f" ({meta['min']}..{meta['max']})"
+        text = meta.get("help", "")
+        out.append(f"| `{key}` | {_type_name(tp)}{limits} | `{default!r}` | {text} |")
+    return "\n".join(out)

@@ -1,0 +1,54 @@
+"""Exceptions that carry a user-facing message and an exit code.
+
+Exit codes (documented in README "Exit codes"):
+  0 success, 1 the desktop or job failed, 2 bad input (nothing was submitted),
+  3 the scheduler refused or could not be reached, 4 timed out waiting,
+  130 interrupted (the job keeps running).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SCHEDULER = 3
+EXIT_TIMEOUT = 4
+EXIT_INTERRUPTED = 130
+
+
+class HpcdeskError(Exception):
+    """An error to show to the user as one clear message (no traceback)."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message + (f"\n  hint: {self.hint}" if self.hint else "")
+
+
+class UsageError(HpcdeskError):
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """A wrong configuration value: names the file, the key path and what is allowed."""
+
+
+class SchedulerError(HpcdeskError):
+    exit_code = EXIT_SCHEDULER
+
+
+class SchedulerRejected(UsageError):
+    """The scheduler refused the request because of the user's input (partition, account...)."""
+
+
+class SessionNotFound(UsageError):
+    pass
+
+
+class WaitTimeout(HpcdeskError):
+    exit_code = EXIT_TIMEOUT

@@ -1,0 +1,72 @@
+"""Race-free TCP ports on a node: the kernel proposes a free port, a node-wide lock claims it.
+
+Two agents starting at the same moment may be offered the same port number by the kernel
+between one agent's probe and its server's bind. Each agent therefore holds an exclusive
+flock on `<lock_dir>/port-<N>.lock` for the whole session; a clash means "try another".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import random
+import socket
+from pathlib import Path
+
+
+class PortLease:
+    def __init__(self, lock_dir: Path, bind_addr: str, port_min: int = 0, port_max: int = 0):
+        self.lock_dir = lock_dir
+        self.bind_addr = bind_addr
+        self.range = (port_min, port_max) if port_min and port_max else None
+        self.held: dict[int, int] = {}  # port -> lock fd
+
+    def _lock_dir(self) -> Path:
+        with contextlib.suppress(FileExistsError):
+            self.lock_dir.mkdir(parents=True)
+            # Shared by every user's agents on this node; sticky, like /tmp.
+            os.chmod(self.lock_dir, 0o1777)  # noqa: S103
+        return self.lock_dir
+
+    def _probe(self, port: int) -> int | None:
+        family = socket.AF_INET6 if ":" in self.bind_addr else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((self.bind_addr, port))
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    return None
+                raise
+            return int(s.getsockname()[1])
+
+    def _claim(self, port: int) -> bool:
+        path = self._lock_dir() / f"port-{port}.lock"
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.held[port] = fd
+        return True
+
+    def acquire(self, attempts: int = 200) -> int:
+        for _ in range(attempts):
+            candidate = random.randint(*self.range) if self.range else 0  # noqa: S311
+            port = self._probe(candidate)
+            if port is None or port in self.held:
+                continue
+            if self._claim(port):
+                # Re-probe under the lock: a server may have bound it in between.
+                if self._probe(port) == port:
+                    return port
+                self.release(port)
+        raise RuntimeError(f"no free port on {self.bind_addr} after {attempts} attempts")
+
+    def release(self, port: int | None = None) -> None:
+        for p in [port] if port is not None else list(self.held):
+            fd = self.held.pop(p, None)
+            if fd is not None:
+                os.close(fd)

@@ -1,0 +1,50 @@
+"""Runtimes start the desktop for a DesktopPlan: `host` (processes on the node) and
+`apptainer` (the desktop image). Both honour the same contract: one web port on bind_addr,
+basic auth with the plan's user and password, the plan's display settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from hpcdesk.node.procs import Child
+from hpcdesk.request import DesktopRequest
+
+
+@dataclass
+class DesktopPlan:
+    request: DesktopRequest
+    session_dir: Path
+    workdir: Path          # node-local, private (0700), removed at the end
+    bind_addr: str
+    web_port: int
+    user: str
+    password: str
+    encoder: str           # nvh264enc | x264enc | vp8enc | vp9enc
+    encoder_threads: int
+    xorg_driver: str       # dummy | nvidia
+    bus_id: str | None
+
+
+@dataclass
+class Started:
+    children: Sequence[Child]
+    display: str
+
+
+class Runtime(Protocol):
+    name: str
+
+    def start(self, plan: DesktopPlan, timeout: float) -> Started: ...
+
+
+def get_runtime(kind: str) -> Runtime:
+    if kind == "apptainer":
+        from hpcdesk.node.runtime.apptainer import ApptainerRuntime
+
+        return ApptainerRuntime()
+    from hpcdesk.node.runtime.host import HostRuntime
+
+    return HostRuntime()

@@ -1,0 +1,116 @@
+"""The host runtime: Xorg, the desktop session and Selkies (PyPI) started directly on the node."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import shutil
+from pathlib import Path
+
+from hpcdesk.node.procs import Child, StartError, spawn
+from hpcdesk.node.runtime import DesktopPlan, Started
+from hpcdesk.node.xorg_conf import XorgSpec
+from hpcdesk.node.xserver import start_xorg, write_xauthority
+
+# hpcdesk's encoder names (those of the upstream GLX image) -> PyPI selkies' settings.
+_SELKIES_ENCODER = {
+    "nvh264enc": ("h264enc", "false"),
+    "x264enc": ("h264enc", "true"),
+    "vp8enc": ("vp8enc", "true"),
+    "vp9enc": ("vp9enc", "true"),
+}
+_SELKIES_DPIS = (96, 120, 144, 168, 192, 216, 240, 264, 288)
+
+
+def base_env(plan: DesktopPlan) -> dict[str, str]:
+    keep = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "SHELL", "TERM")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update({
+        "XDG_RUNTIME_DIR": str(plan.workdir / "run"),
+        "TMPDIR": str(plan.workdir / "tmp"),
+        "TZ": plan.request.desktop.timezone,
+        "XAUTHORITY": str(plan.workdir / "Xauthority"),
+    })
+    return env
+
+
+def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
+    d = plan.request.desktop
+    encoder, use_cpu = _SELKIES_ENCODER[plan.encoder]
+    dpi = min(_SELKIES_DPIS, key=lambda x: abs(x - d.dpi))
+    env = {
+        "DISPLAY": display,
+        "SELKIES_ADDR": plan.bind_addr,
+        "SELKIES_PORT": str(plan.web_port),
+        "SELKIES_ENABLE_BASIC_AUTH": "true",
+        "SELKIES_BASIC_AUTH_USER": plan.user,
+        # The password reaches Selkies only through this process's environment (readable by
+        # the user and root alone), never through argv, the job script or the job's env.
+        "SELKIES_BASIC_AUTH_PASSWORD": plan.password,
+        "SELKIES_ENCODER": encoder,
+        "SELKIES_USE_CPU": use_cpu,
+        "SELKIES_FRAMERATE": str(d.framerate),
+        "SELKIES_VIDEO_BITRATE": str(d.video_bitrate),
+        "SELKIES_AUDIO_ENABLED": "true" if d.audio else "false",
+        "SELKIES_AUDIO_BITRATE": str(d.audio_bitrate),
+        "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
+        "SELKIES_SCALING_DPI": str(dpi),
+        "SELKIES_ENABLE_HTTPS": "true" if d.https else "false",
+    }
+    if d.https and d.https_cert and d.https_key:
+        env["SELKIES_HTTPS_CERT"], env["SELKIES_HTTPS_KEY"] = d.https_cert, d.https_key
+    return env
+
+
+def _require(cmd: str, what: str) -> str:
+    argv0 = shlex.split(cmd)[0]
+    found = shutil.which(argv0)
+    if not found:
+        raise StartError(f"{what} {argv0!r} was not found on this node",
+                         ) from None
+    return found
+
+
+class HostRuntime:
+    name = "host"
+
+    def start(self, plan: DesktopPlan, timeout: float) -> Started:
+        r, d = plan.request.runtime, plan.request.desktop
+        if plan.request.desktop.interface != "selkies":
+            raise StartError("the host runtime serves the Selkies interface only; use "
+                             "runtime.kind: apptainer for the VNC fallback")
+        xorg = r.xorg if os.path.isabs(r.xorg) else _require(r.xorg, "X server")
+        if not os.access(xorg, os.X_OK):
+            raise StartError(f"X server {xorg!r} was not found on this node")
+        session_cmd = shlex.split(r.session)
+        _require(r.session, "desktop session")
+        selkies_cmd = shlex.split(r.selkies)
+        _require(r.selkies, "Selkies command")
+        for sub in ("run", "tmp"):
+            (plan.workdir / sub).mkdir(mode=0o700, exist_ok=True)
+        env = base_env(plan)
+        write_xauthority(Path(env["XAUTHORITY"]), secrets.token_bytes(16))
+        spec = XorgSpec(width=d.width, height=d.height, refresh=d.refresh, depth=d.depth,
+                        dpi=d.dpi, driver=plan.xorg_driver,  # type: ignore[arg-type]
+                        bus_id=plan.bus_id, video_port=d.video_port)
+        logs = plan.session_dir
+        x = start_xorg(xorg, spec, plan.workdir, Path(env["XAUTHORITY"]), env,
+                       logs / "xorg.out", timeout)
+        children: list[Child] = [x.child]
+        try:
+            denv = {**env, "DISPLAY": x.display}
+            children.append(spawn("desktop session", session_cmd, denv, logs / "desktop.log",
+                                  cwd=Path(env.get("HOME", "/"))))
+            for i, app in enumerate(r.autostart):
+                children.append(spawn(f"autostart[{i}] {app}", shlex.split(app), denv,
+                                      logs / "desktop.log", cwd=Path(env.get("HOME", "/"))))
+            senv = {**env, **selkies_env(plan, x.display)}
+            children.append(spawn("selkies", selkies_cmd, senv, logs / "selkies.log"))
+        except BaseException:
+            from hpcdesk.node.procs import stop_all
+
+            stop_all(children)
+            raise
+        return Started(children, x.display)

@@ -1,0 +1,94 @@
+"""Start a private X server: generated xorg.conf, a cookie file, and a display Xorg picks itself.
+
+`-displayfd` makes Xorg choose the first free display under its own lock files and report it
+when it accepts connections, so two agents starting together never get the same display.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcdesk.node.procs import Child, StartError, spawn
+from hpcdesk.node.xorg_conf import XorgSpec, render_xorg_conf
+
+FAMILY_WILD = 0xFFFF
+
+
+def write_xauthority(path: Path, cookie: bytes) -> None:
+    """An Xauthority file with one FamilyWild MIT-MAGIC-COOKIE-1 entry (any display)."""
+
+    def counted(b: bytes) -> bytes:
+        return len(b).to_bytes(2, "big") + b
+
+    entry = FAMILY_WILD.to_bytes(2, "big") + counted(b"") + counted(b"") + counted(
+        b"MIT-MAGIC-COOKIE-1") + counted(cookie)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(entry)
+
+
+@dataclass
+class XServer:
+    child: Child
+    display: str  # ":N"
+    conf_path: Path
+
+
+def start_xorg(xorg: str, spec: XorgSpec, workdir: Path, xauthority: Path,
+               env: Mapping[str, str], log_path: Path, timeout: float) -> XServer:
+    conf = workdir / "xorg.conf"
+    conf.write_text(render_xorg_conf(spec))
+    confdir = workdir / "xorg.conf.d"  # empty: keep the node's own snippets out of our server
+    confdir.mkdir(exist_ok=True)
+    rfd, wfd = os.pipe()
+    argv = [xorg, "-noreset", "-novtswitch", "-sharevts", "-nolisten", "tcp",
+            "-config", str(conf), "-configdir", str(confdir),
+            "-logfile", str(log_path.parent / "Xorg.log"), "-auth", str(xauthority),
+            "-displayfd", str(wfd), "-dpi", str(spec.dpi),
+            "+extension", "GLX", "+extension", "RANDR", "+extension", "RENDER"]
+    try:
+        child = spawn("Xorg", argv, env, log_path, cwd=workdir, pass_fds=[wfd])
+    finally:
+        os.close(wfd)
+    try:
+        display = _read_display(rfd, child, timeout)
+    finally:
+        os.close(rfd)
+    return XServer(child, f":{display}", conf)
+
+
+def _read_display(rfd: int, child: Child, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([rfd], [], [], 0.2)
+        if ready:
+            chunk = os.read(rfd, 64)
+            buf += chunk
+            if b"\n" in buf:
+                return int(buf.split(b"\n")[0])
+            if not chunk:
+                break
+        if not child.alive():
+            break
+    if child.alive():
+        raise StartError(f"Xorg did not report a display within {timeout:.0f}s")
+    raise StartError("the X server failed to start: " + child.describe_exit()
+                     + _xorg_errors(child.log_path))
+
+
+def _xorg_errors(log_path: Path | None) -> str:
+    """The (EE) lines of Xorg's own log, which name the real cause."""
+    if log_path is None:
+        return ""
+    xlog = log_path.parent / "Xorg.log"
+    try:
+        lines = [ln for ln in xlog.read_text(errors="replace").splitlines() if "(EE)" in ln]
+    except OSError:
+        return ""
+    return ("\nXorg errors:\n" + "\n".join(lines[-8:])) if lines else ""

@@ -1,0 +1,46 @@
+"""DesktopRequest: what the login side asks of the node agent (request.json, no secrets).
+
+Shared by both sides; it holds plain validated data and imports no login-side module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig
+
+
+@dataclass
+class DesktopRequest:
+    session_id: str
+    user: str
+    cpus: int
+    gpus: int
+    start_timeout: int
+    desktop: DesktopConfig
+    runtime: RuntimeConfig
+    network: NetworkConfig
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DesktopRequest:
+        return cls(
+            session_id=data["session_id"],
+            user=data["user"],
+            cpus=int(data["cpus"]),
+            gpus=int(data["gpus"]),
+            start_timeout=int(data["start_timeout"]),
+            desktop=DesktopConfig(**data["desktop"]),
+            runtime=RuntimeConfig(**data["runtime"]),
+            network=NetworkConfig(**data["network"]),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> DesktopRequest:
+        return cls.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,114 @@
+"""The scheduler protocol: submit, query many jobs in one call, cancel.
+
+Backends: `slurm_cli` (the Slurm commands, default) and `slurm_pyslurm` (optional).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class JobState(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETING = "completing"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    NODE_FAIL = "node_fail"
+    OUT_OF_MEMORY = "out_of_memory"
+    PREEMPTED = "preempted"
+    SUSPENDED = "suspended"
+    UNKNOWN = "unknown"  # the scheduler could not tell us right now: keep waiting
+    ENDED = "ended"      # left the queue and accounting has no record: finished, details lost
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+    @property
+    def active(self) -> bool:
+        return self in (JobState.PENDING, JobState.RUNNING, JobState.SUSPENDED,
+                        JobState.COMPLETING)
+
+
+_FINISHED = {JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED, JobState.TIMEOUT,
+             JobState.NODE_FAIL, JobState.OUT_OF_MEMORY, JobState.PREEMPTED, JobState.ENDED}
+
+# Slurm's long and compact state names (squeue %T / sacct State) -> JobState.
+SLURM_STATES: dict[str, JobState] = {
+    "PENDING": JobState.PENDING, "PD": JobState.PENDING,
+    "CONFIGURING": JobState.PENDING, "CF": JobState.PENDING,
+    "REQUEUED": JobState.PENDING, "RQ": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.PENDING, "REQUEUE_FED": JobState.PENDING,
+    "RESV_DEL_HOLD": JobState.PENDING, "SPECIAL_EXIT": JobState.FAILED,
+    "RUNNING": JobState.RUNNING, "R": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING, "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.COMPLETING, "SO": JobState.COMPLETING,
+    "COMPLETING": JobState.COMPLETING, "CG": JobState.COMPLETING,
+    "COMPLETED": JobState.COMPLETED, "CD": JobState.COMPLETED,
+    "CANCELLED": JobState.CANCELLED, "CA": JobState.CANCELLED,
+    "FAILED": JobState.FAILED, "F": JobState.FAILED,
+    "BOOT_FAIL": JobState.NODE_FAIL, "BF": JobState.NODE_FAIL,
+    "DEADLINE": JobState.TIMEOUT, "DL": JobState.TIMEOUT,
+    "TIMEOUT": JobState.TIMEOUT, "TO": JobState.TIMEOUT,
+    "NODE_FAIL": JobState.NODE_FAIL, "NF": JobState.NODE_FAIL,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY, "OOM": JobState.OUT_OF_MEMORY,
+    "PREEMPTED": JobState.PREEMPTED, "PR": JobState.PREEMPTED,
+    "REVOKED": JobState.CANCELLED, "RV": JobState.CANCELLED,
+    "SUSPENDED": JobState.SUSPENDED, "S": JobState.SUSPENDED,
+    "STOPPED": JobState.SUSPENDED, "ST": JobState.SUSPENDED,
+}
+
+
+def map_slurm_state(text: str) -> JobState:
+    # sacct prints e.g. "CANCELLED by 1000"; 23.11+ JSON may join several flags.
+    word = text.strip().split(" ")[0].split(",")[0].upper()
+    return SLURM_STATES.get(word, JobState.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class JobRef:
+    job_id: str
+    cluster: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.cluster}:{self.job_id}" if self.cluster else self.job_id
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    ref: JobRef
+    state: JobState
+    reason: str = ""           # Slurm's pending reason ("Priority", "Resources", ...)
+    start_estimate: str = ""   # Slurm's estimated start time, when it has one
+    nodes: str = ""
+    exit_code: str = ""
+    raw_state: str = ""
+
+
+class Scheduler(Protocol):
+    name: str
+
+    def submit(self, script: Path, cluster: str | None) -> JobRef: ...
+
+    def query(self, jobs: Sequence[JobRef]) -> dict[JobRef, JobInfo]:
+        """All jobs in as few scheduler calls as possible (one per cluster).
+
+        A job the scheduler does not answer for right now gets JobState.UNKNOWN.
+        """
+        ...
+
+    def cancel(self, job: JobRef) -> None: ...
+
+
+def get_scheduler(backend: str) -> Scheduler:
+    from hpcdesk.scheduler.slurm_cli import SlurmCli
+
+
+    return SlurmCli()

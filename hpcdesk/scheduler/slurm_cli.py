@@ -1,0 +1,164 @@
+"""The default backend: Slurm's own commands, called with argument lists (never a shell).
+
+Queries use explicit output formats and a scrubbed environment, so a user's SQUEUE_FORMAT,
+SLURM_TIME_FORMAT or SBATCH_* settings cannot change what is submitted or how it is parsed.
+One `squeue` call per cluster answers for every watched job; jobs that already left the
+controller are looked up with one `sacct` call.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import re
+import subprocess
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from hpcdesk.errors import SchedulerError, SchedulerRejected
+from hpcdesk.scheduler import JobInfo, JobRef, JobState, map_slurm_state
+
+log = logging.getLogger(__name__)
+
+_SCRUB_PREFIXES = ("SQUEUE_", "SACCT_", "SBATCH_", "SCANCEL_", "SLURM_TIME_FORMAT")
+_SEP = "|"
+_SQUEUE_FORMAT = _SEP.join(["%i", "%T", "%r", "%S", "%N"])
+_SACCT_FIELDS = "JobIDRaw,State,ExitCode,NodeList"
+
+# Slurm messages that mean "your request is wrong", as opposed to "Slurm is unreachable".
+_USER_ERRORS = re.compile(
+    r"invalid partition|invalid account|invalid qos|node configuration is not available|"
+    r"invalid generic resource|invalid feature|time limit is invalid|invalid trackable|"
+    r"reservation is invalid|more processors requested|memory required by task|"
+    r"violates accounting|invalid (?:job )?constraint|invalid cluster|no such cluster|"
+    r"unrecognized option|invalid option|invalid gres|access denied|user's group not permitted",
+    re.IGNORECASE,
+)
+_UNREACHABLE = re.compile(
+    r"unable to contact slurm controller|socket timed out|connection refused|"
+    r"slurm_load_jobs error: (?:unable|socket|communication)|transient|try again",
+    re.IGNORECASE,
+)
+
+
+def slurm_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
+
+
+def _cluster_args(cluster: str | None) -> list[str]:
+    return ["-M", cluster] if cluster else []
+
+
+class SlurmCli:
+    name = "slurm-cli"
+
+    def __init__(self, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        self.calls: dict[str, int] = defaultdict(int)  # for benchmarks and tests
+
+    def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        self.calls[argv[0]] += 1
+        log.debug("run %s", argv)
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, env=slurm_env(),
+                                  timeout=self.timeout, cwd=cwd, check=False)
+        except FileNotFoundError:
+            raise SchedulerError(f"{argv[0]}: command not found",
+                                 hint="run hpcdesk where the Slurm commands are installed "
+                                 "(a login node), or load the Slurm module") from None
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(argv, 124, "", f"{argv[0]} timed out")
+
+    def submit(self, script: Path, cluster: str | None) -> JobRef:
+        proc = self._run(["sbatch", "--parsable", *_cluster_args(cluster), str(script)],
+                         cwd=script.parent)
+        if proc.returncode != 0:
+            msg = " ".join(line.strip() for line in proc.stderr.strip().splitlines()) or (
+                f"sbatch exited with {proc.returncode}")
+            if _USER_ERRORS.search(msg):
+                raise SchedulerRejected(f"Slurm refused the job: {msg}",
+                                        hint="check the partition/account/qos/gres with "
+                                        "`sinfo` and `sacctmgr show assoc user=$USER`")
+            raise SchedulerError(f"sbatch failed: {msg}")
+        first = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        job_id, _, job_cluster = first.partition(";")
+        if not job_id.isdigit():
+            raise SchedulerError(f"sbatch printed no job id: {proc.stdout.strip()!r}")
+        return JobRef(job_id, job_cluster or cluster)
+
+    def query(self, jobs: Sequence[JobRef]) -> dict[JobRef, JobInfo]:
+        by_cluster: dict[str | None, list[JobRef]] = defaultdict(list)
+        for job in jobs:
+            by_cluster[job.cluster].append(job)
+        result: dict[JobRef, JobInfo] = {}
+        for cluster, refs in by_cluster.items():
+            result.update(self._query_cluster(cluster, refs))
+        return result
+
+    def _query_cluster(self, cluster: str | None, refs: list[JobRef]) -> dict[JobRef, JobInfo]:
+        unknown = {r: JobInfo(r, JobState.UNKNOWN, reason="scheduler not reachable") for r in refs}
+        # One RPC for all of the user's jobs; the job list is filtered here, which also
+        # avoids squeue's error for a single job id that already left the controller.
+        proc = self._run(["squeue", "--noheader", "--states=all", f"--user={getpass.getuser()}",
+                          f"--format={_SQUEUE_FORMAT}", *_cluster_args(cluster)])
+        if proc.returncode != 0:
+            log.warning("squeue failed (%s): %s", proc.returncode, proc.stderr.strip())
+            return unknown
+        wanted = {r.job_id: r for r in refs}
+        found: dict[JobRef, JobInfo] = {}
+        for line in proc.stdout.splitlines():
+            parts = line.strip().split(_SEP)
+            if len(parts) != 5 or parts[0] not in wanted:
+                continue  # "CLUSTER: name" headers of -M output, other jobs
+            job_id, state, reason, start, nodes = parts
+            ref = wanted[job_id]
+            found[ref] = JobInfo(ref, map_slurm_state(state), reason=_clean(reason),
+                                 start_estimate=_clean(start), nodes=_clean(nodes),
+                                 raw_state=state)
+        missing = [r for r in refs if r not in found]
+        if missing:
+            found.update(self._sacct(cluster, missing))
+        return found
+
+    def _sacct(self, cluster: str | None, refs: list[JobRef]) -> dict[JobRef, JobInfo]:
+        proc = self._run(["sacct", "--noheader", "--parsable2", "--allocations",
+                          f"--format={_SACCT_FIELDS}",
+                          "--jobs=" + ",".join(r.job_id for r in refs), *_cluster_args(cluster)])
+        out: dict[JobRef, JobInfo] = {}
+        if proc.returncode == 0:
+            wanted = {r.job_id: r for r in refs}
+            for line in proc.stdout.splitlines():
+                parts = line.split("|")
+                if len(parts) == 4 and parts[0] in wanted:
+                    ref = wanted[parts[0]]
+                    out[ref] = JobInfo(ref, map_slurm_state(parts[1]), exit_code=parts[2],
+                                       nodes=_clean(parts[3]), raw_state=parts[1])
+        elif _UNREACHABLE.search(proc.stderr):
+            return {r: JobInfo(r, JobState.UNKNOWN, reason="accounting not reachable")
+                    for r in refs}
+        # Not in squeue and not in accounting (or accounting disabled): it has ended.
+        for r in refs:
+            out.setdefault(r, JobInfo(r, JobState.ENDED, reason="no longer known to Slurm"))
+        return out
+
+    def exit_code(self, job: JobRef) -> str:
+        """The job's exit code while the controller still remembers it ('' if unknown)."""
+        proc = self._run(["scontrol", "--oneliner", "show", "job", job.job_id,
+                          *_cluster_args(job.cluster)])
+        m = re.search(r"\bExitCode=(\S+)", proc.stdout)
+        return m.group(1) if m else ""
+
+    def cancel(self, job: JobRef) -> None:
+        proc = self._run(["scancel", *_cluster_args(job.cluster), job.job_id])
+        if proc.returncode != 0:
+            msg = proc.stderr.strip()
+            if re.search(r"already completing or completed|invalid job id", msg, re.IGNORECASE):
+                return
+            raise SchedulerError(f"scancel {job} failed: {msg}")
+
+
+def _clean(value: str) -> str:
+    value = value.strip()
+    return "" if value in ("N/A", "(null)", "None", "n/a") else value

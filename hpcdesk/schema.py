@@ -1,0 +1,182 @@
+"""The site configuration schema: every key, its type, its limits and its help text.
+
+This module is data only (dataclasses with field metadata). `config.py` loads and validates
+YAML against it, and `hpcdesk config reference` renders the README's reference table from it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SLURM_NAME = r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*"
+
+
+def opt(default: Any, help: str, **meta: Any) -> Any:
+    """A schema field: default value, help text and validation metadata (min, max, pattern)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+_TIME_RE = re.compile(
+    r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
+    r"|(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)|(?P<mm>\d+):(?P<ss>\d+)|(?P<only>\d+))$"
+)
+
+
+def slurm_time_seconds(text: str) -> int:
+    """Seconds in a Slurm time limit ("90", "1:30:00", "2-12", "1-00:00:00"). ValueError if bad."""
+    m = _TIME_RE.match(text.strip())
+    if not m:
+        raise ValueError(
+            f"{text!r} is not a Slurm time: use minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+            "D-HH:MM:SS (for example 2:00:00)"
+        )
+    g = {k: int(v) for k, v in m.groupdict().items() if v is not None}
+    if "only" in g:
+        secs = g["only"] * 60
+    elif "mm" in g:
+        secs = g["mm"] * 60 + g["ss"]
+    elif "h" in g:
+        secs = g["h"] * 3600 + g["m"] * 60 + g["s"]
+    else:
+        secs = g["d"] * 86400 + g["dh"] * 3600 + g.get("dm", 0) * 60 + g.get("ds", 0)
+    if secs <= 0:
+        raise ValueError(f"{text!r} is not a positive time limit")
+    return secs
+
+
+@dataclass
+class SchedulerConfig:
+    backend: Literal["slurm-cli"] = opt(
+        "slurm-cli", "How hpcdesk talks to Slurm: its commands (the only backend so far)."
+    )
+    cluster: str | None = opt(
+        None, "Slurm cluster for multi-cluster sites (sbatch -M); the session remembers it.",
+        pattern=SLURM_NAME,
+    )
+    partition: str | None = opt(None, "Partition(s) to submit to.", pattern=SLURM_NAME)
+    account: str | None = opt(None, "Account to charge.", pattern=SLURM_NAME)
+    qos: str | None = opt(None, "Quality of service.", pattern=SLURM_NAME)
+    time: str = opt("4:00:00", "Time limit (Slurm format, e.g. 2:00:00 or 1-00:00:00).",
+                    check="slurm_time")
+    cpus: int = opt(4, "CPUs per desktop (also sizes the software encoder's threads).",
+                    min=1, max=1024)
+    memory: str = opt("16G", "Memory per desktop (Slurm --mem syntax, e.g. 16G).",
+                      pattern=r"\d+[KMGT]?")
+    gpus: int = opt(1, "GPUs per desktop (--gres=gpu:N); 0 for a CPU-only desktop.", min=0, max=16)
+    gres: str | None = opt(None, "Explicit --gres value (e.g. gpu:a100:1); overrides gpus.",
+                           pattern=r"[A-Za-z0-9_:.,+-]+")
+    constraint: str | None = opt(None, "Node feature constraint (--constraint).",
+                                 pattern=r"[A-Za-z0-9_.,&|!*\[\]+-]+")
+    reservation: str | None = opt(None, "Reservation name.", pattern=SLURM_NAME)
+    extra_args: list[str] = opt(
+        [], "Further sbatch options, each '--name' or '--name=value' (validated, never a shell).",
+        item_pattern=r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:=+/@%-]+)?",
+    )
+    signal_lead: int = opt(
+        120, "Seconds before the time limit at which the desktop is told to save and stop.",
+        min=10, max=3600,
+    )
+    job_name: str = opt("hpcdesk", "Slurm job name.", pattern=r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass
+class RuntimeConfig:
+    kind: Literal["host", "apptainer"] = opt(
+        "host", "host: Xorg, desktop and Selkies from the node; apptainer: a desktop image."
+    )
+    image: str | None = opt(
+        None, "Apptainer image: a .sif path or a flavour name (glx, egl, debian).")
+    binds: list[str] = opt([], "Extra Apptainer binds (SRC[:DST[:ro]]).",
+                           item_pattern=r"[^\s,]+")
+    apptainer: str = opt("apptainer", "The apptainer (or singularity) command.")
+    xorg: str = opt("/usr/lib/xorg/Xorg", "The Xorg server binary (not the setuid wrapper).")
+    selkies: str = opt("selkies", "The Selkies command (PyPI selkies) for the host runtime.")
+    session: str = opt("openbox", "Desktop session / window manager command.")
+    autostart: list[str] = opt(["xterm"], "Programs started in the desktop after the session.")
+    agent_command: str | None = opt(
+        None, "How the job starts hpcdesk on the node (default: this Python, -m hpcdesk).",
+    )
+    setup: list[str] = opt(
+        [], "Shell lines the job runs before the agent (e.g. 'module load selkies'). "
+        "Site file only: a user file or the command line cannot set it.", admin=True,
+    )
+
+
+@dataclass
+class DesktopConfig:
+    interface: Literal["selkies", "vnc"] = opt(
+        "selkies", "Web interface: Selkies (WebRTC/WebSockets) or the VNC fallback."
+    )
+    width: int = opt(1920, "Screen width in pixels.", min=640, max=7680)
+    height: int = opt(1080, "Screen height in pixels.", min=480, max=4320)
+    refresh: int = opt(60, "Refresh rate in Hz.", min=10, max=240)
+    dpi: int = opt(96, "Screen DPI.", min=48, max=480)
+    depth: Literal[16, 24, 30] = opt(24, "Colour depth in bits.")
+    encoder: Literal["auto", "nvh264enc", "x264enc", "vp8enc", "vp9enc"] = opt(
+        "auto", "Video encoder; auto picks NVENC only when an encode session really opens."
+    )
+    video_bitrate: int = opt(8000, "Video bitrate in kbit/s.", min=100, max=1000000)
+    framerate: int = opt(60, "Frames per second.", min=8, max=240)
+    audio: bool = opt(True, "Stream audio.")
+    audio_bitrate: int = opt(128000, "Audio bitrate in bit/s.", min=6000, max=510000)
+    enable_resize: bool = opt(False, "Resize the remote screen to the browser window.")
+    timezone: str = opt("UTC", "TZ inside the desktop.", pattern=r"[A-Za-z0-9_+/-]+")
+    video_port: str = opt("DFP", "NVIDIA connected monitor: DFP, DP-N or none.",
+                          pattern=r"DFP|DP-\d+|none")
+    user: str | None = opt(None, "Basic-auth user name (default: your login name).",
+                           pattern=r"[A-Za-z0-9_.-]{1,32}")
+    https: bool = opt(False, "Serve the web UI over HTTPS (needs https_cert and https_key).")
+    https_cert: str | None = opt(None, "PEM certificate for HTTPS.")
+    https_key: str | None = opt(None, "PEM key for HTTPS.")
+
+
+@dataclass
+class NetworkConfig:
+    address: Literal["hostname", "interface", "fixed"] = opt(
+        "hostname", "How the node's reachable address is chosen."
+    )
+    interface: str | None = opt(None, "Interface whose IPv4 address is used (address: interface).",
+                                pattern=r"[A-Za-z0-9_.:-]{1,15}")
+    fixed_address: str | None = opt(None, "Address to publish (address: fixed).",
+                                    pattern=r"[A-Za-z0-9_.:-]+")
+    port_min: int = opt(0, "Lowest web port (0: let the kernel choose).", min=0, max=65535)
+    port_max: int = opt(0, "Highest web port (0: let the kernel choose).", min=0, max=65535)
+    push: bool = opt(True, "Let the node report readiness straight to the waiting client.")
+    login_address: str | None = opt(
+        None, "Address of the login node as seen from compute nodes (for push readiness).",
+        pattern=r"[A-Za-z0-9_.:-]+",
+    )
+    lock_dir: str = opt("/var/tmp/hpcdesk-locks", "Node-wide directory for port locks.")
+
+
+@dataclass
+class TimeoutsConfig:
+    start: int = opt(300, "Seconds from job start until the desktop must answer.",
+                     min=5, max=7200)
+    queue: int = opt(0, "Seconds to wait in the queue before giving up (0: no limit).",
+                     min=0, max=604800)
+    poll_min: float = opt(1.0, "First scheduler poll interval while queued (s).",
+                          min=0.2, max=60)
+    poll_max: float = opt(30.0, "Longest scheduler poll interval while queued (s).",
+                          min=1, max=600)
+
+
+@dataclass
+class SiteConfig:
+    name: str = opt("default", "Site name shown to users.", pattern=r"[A-Za-z0-9_.-]+")
+    session_root: str = opt(
+        "~/.hpcdesk/sessions",
+        "Where session directories live; must be on a filesystem the nodes share.",
+    )
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    desktop: DesktopConfig = field(default_factory=DesktopConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+
+
+CHECKS = {"slurm_time": slurm_time_seconds}

@@ -1,0 +1,137 @@
+"""Session directories: one per desktop, on a filesystem the login and compute nodes share.
+
+Files (the login side writes the first group, the node agent the second):
+  session.json   id, job id, cluster, site, created, last known state (login side)
+  request.json   the validated DesktopRequest (no secrets)
+  job.sh         the rendered Slurm job script, kept for the user
+  notify.json    0600: where and how the agent may push progress to the waiting client
+  job.out        Slurm's output of the job script
+  agent.log      the node agent's log
+  node.json      the agent's phase, node, display, port, timings and final reason
+  connection.json 0600: url, host, port, user, password, display, encoder, timestamps
+Shared by both sides: imports nothing login-side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcdesk.errors import SessionNotFound
+
+_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+
+
+def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
+    """Write a file so readers see the old or the new content, never a partial one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_json(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class Session:
+    dir: Path
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return read_json(self.path("session.json")) or {}
+
+    def update_meta(self, **changes: Any) -> dict[str, Any]:
+        meta = self.meta
+        meta.update(changes)
+        write_json(self.path("session.json"), meta)
+        return meta
+
+    @property
+    def job_id(self) -> str | None:
+        job = self.meta.get("job_id")
+        return str(job) if job else None
+
+    def node_state(self) -> dict[str, Any]:
+        return read_json(self.path("node.json")) or {}
+
+    def connection(self) -> dict[str, Any] | None:
+        return read_json(self.path("connection.json"))
+
+
+def session_root(configured: str) -> Path:
+    return Path(os.path.expandvars(configured)).expanduser()
+
+
+def create(root: Path) -> Session:
+    """Make a new private session directory with a short, unique, typeable id."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for _ in range(100):
+        sid = "".join(secrets.choice(_ID_ALPHABET) for _ in range(6))
+        d = root / sid
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return Session(d)
+    raise RuntimeError(f"could not allocate a session directory under {root}")
+
+
+def all_sessions(root: Path) -> list[Session]:
+    if not root.is_dir():
+        return []
+    found = [Session(d) for d in root.iterdir() if d.is_dir() and (d / "session.json").exists()]
+    return sorted(found, key=lambda s: s.meta.get("created", 0))
+
+
+def find(root: Path, key: str) -> Session:
+    """A session by id, unique id prefix, or Slurm job id ("1234" or "cluster:1234")."""
+    sessions = all_sessions(root)
+    exact = [s for s in sessions if s.id == key]
+    if exact:
+        return exact[0]
+    by_job = [s for s in sessions if key in (s.job_id, f"{s.meta.get('cluster')}:{s.job_id}")]
+    if by_job:
+        return by_job[-1]
+    prefix = [s for s in sessions if s.id.startswith(key)]
+    if len(prefix) == 1:
+        return prefix[0]
+    if len(prefix) > 1:
+        raise SessionNotFound(f"session {key!r} is ambiguous: " + ", ".join(s.id for s in prefix))
+    raise SessionNotFound(f"no session {key!r} under {root}",
+                          hint="`hpcdesk list` shows your sessions")
+
+
+def now() -> float:
+    return round(time.time(), 3)

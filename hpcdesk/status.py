@@ -1,0 +1,80 @@
+"""What a session is doing now, from its cached final state, Slurm and the agent's node.json."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
+from hpcdesk.session import Session, now
+
+
+@dataclass
+class SessionStatus:
+    session: Session
+    state: str          # queued | starting | ready | cancelled | failed | completed | ...
+    detail: str
+    job: JobInfo | None
+    node: dict[str, Any]
+
+    def as_json(self, with_secrets: bool = False) -> dict[str, Any]:
+        meta = self.session.meta
+        out: dict[str, Any] = {
+            "session": self.session.id, "job_id": meta.get("job_id"),
+            "cluster": meta.get("cluster"), "state": self.state, "detail": self.detail,
+            "node": self.node.get("node") or (self.job.nodes if self.job else None),
+            "created": meta.get("created"), "directory": str(self.session.dir),
+        }
+        conn = self.session.connection() if self.state == "ready" else None
+        if conn:
+            out["url"] = conn.get("url")
+            if with_secrets:
+                out.update(user=conn.get("user"), password=conn.get("password"))
+        return out
+
+
+def job_ref(session: Session) -> JobRef | None:
+    job = session.job_id
+    return JobRef(job, session.meta.get("cluster")) if job else None
+
+
+def collect(sessions: Sequence[Session], scheduler: Scheduler) -> list[SessionStatus]:
+    """Status of many sessions with one scheduler query (finished states are cached)."""
+    live = [s for s in sessions if not s.meta.get("final") and job_ref(s)]
+    infos = scheduler.query([r for s in live if (r := job_ref(s))]) if live else {}
+    return [describe(s, infos.get(job_ref(s))) for s in sessions]  # type: ignore[arg-type]
+
+
+def describe(session: Session, info: JobInfo | None) -> SessionStatus:
+    meta = session.meta
+    node = session.node_state()
+    final = meta.get("final")
+    if final:
+        return SessionStatus(session, final["state"], final.get("detail", ""), info, node)
+    if info is None:
+        state = "submitting" if not meta.get("job_id") else "unknown"
+        return SessionStatus(session, state, "", None, node)
+    phase = node.get("phase", "")
+    if info.state is JobState.PENDING:
+        detail = info.reason + (f", expected start {info.start_estimate}"
+                                if info.start_estimate else "")
+        return SessionStatus(session, "queued", detail, info, node)
+    if info.state in (JobState.RUNNING, JobState.COMPLETING, JobState.SUSPENDED):
+        if phase == "ready":
+            return SessionStatus(session, "ready", node.get("detail", ""), info, node)
+        if phase in ("failed", "stopping", "stopped"):
+            return SessionStatus(session, "stopping", node.get("reason", ""), info, node)
+        return SessionStatus(session, "starting", node.get("detail", phase), info, node)
+    if info.state is JobState.UNKNOWN:
+        return SessionStatus(session, "unknown", info.reason, info, node)
+    # Finished: remember it, so it is never asked for again.
+    state = info.state.value
+    if info.state in (JobState.ENDED, JobState.COMPLETED) and phase == "failed":
+        state = "failed"
+    elif info.state is JobState.ENDED:
+        state = "cancelled" if meta.get("cancel_requested") else "ended"
+    detail = node.get("reason") or info.reason
+    session.update_meta(final={"state": state, "detail": detail, "exit_code": info.exit_code,
+                               "at": now()})
+    return SessionStatus(session, state, detail, info, node)

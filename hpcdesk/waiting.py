@@ -1,0 +1,171 @@
+"""Waiting for a desktop: push events first, session files second, the scheduler last.
+
+The scheduler is asked once per cycle for all watched jobs, with backoff while queued
+(fast at first, then slower), and not at all while the node agent is reporting. A scheduler
+that cannot be reached means "unknown, keep waiting".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpcdesk.errors import HpcdeskError, WaitTimeout
+from hpcdesk.notify import Listener
+from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
+from hpcdesk.schema import TimeoutsConfig
+from hpcdesk.session import Session
+
+FILE_CHECK_INTERVAL = 0.5
+START_GRACE = 30.0  # on top of timeouts.start, for the agent's own start and reporting
+
+
+class DesktopFailed(HpcdeskError):
+    """The job ended or the desktop failed before it was ready."""
+
+    def __init__(self, message: str, info: JobInfo | None = None, node_state: dict[str, Any]
+                 | None = None) -> None:
+        super().__init__(message)
+        self.info = info
+        self.node_state = node_state or {}
+
+
+@dataclass
+class Progress:
+    """What the waiter tells the user; `emit` is called only when something changed."""
+
+    emit: Callable[[str, str], None]
+    last: tuple[str, str] = ("", "")
+
+    def __call__(self, stage: str, detail: str) -> None:
+        if (stage, detail) != self.last:
+            self.last = (stage, detail)
+            self.emit(stage, detail)
+
+
+@dataclass
+class Waiter:
+    session: Session
+    scheduler: Scheduler
+    job: JobRef
+    timeouts: TimeoutsConfig
+    progress: Progress
+    listener: Listener | None = None
+    scheduler_queries: int = 0
+    _interval: float = field(init=False)
+    _agent_seen: bool = field(init=False, default=False)
+    _running_since: float | None = field(init=False, default=None)
+    _node_mtime: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        self._interval = self.timeouts.poll_min
+
+    def wait(self) -> dict[str, Any]:
+        started = time.monotonic()
+        next_poll = started  # ask the scheduler once right away
+        while True:
+            now = time.monotonic()
+            if not self._agent_seen and now >= next_poll:
+                info = self._query()
+                next_poll = time.monotonic() + self._interval
+                if info.state is JobState.PENDING and self.timeouts.queue and (
+                        now - started > self.timeouts.queue):
+                    raise WaitTimeout(f"the job waited more than {self.timeouts.queue}s in the "
+                                      f"queue ({info.reason or 'no reason given'})")
+            if self._running_since is not None and self._start_overdue(now):
+                info = self._query()  # the one check that tells a dead node from a slow start
+                if info.state.finished:
+                    raise self._ended(info)
+                raise WaitTimeout(
+                    f"the desktop did not become ready within {self.timeouts.start}s of the job "
+                    "starting", hint="see `hpcdesk logs SESSION`; raise timeouts.start if the "
+                    "desktop is just slow to start here")
+            wait_for = min(FILE_CHECK_INTERVAL, max(0.0, next_poll - time.monotonic()))
+            if self._agent_seen:
+                wait_for = FILE_CHECK_INTERVAL
+            events = self.listener.poll(wait_for) if self.listener else _sleep(wait_for)
+            for event in events:
+                conn = self._on_event(event)
+                if conn:
+                    return conn
+            conn = self._check_files()
+            if conn:
+                return conn
+
+    def _start_overdue(self, now: float) -> bool:
+        assert self._running_since is not None
+        return now - self._running_since > self.timeouts.start + START_GRACE
+
+    def _query(self) -> JobInfo:
+        self.scheduler_queries += 1
+        info = self.scheduler.query([self.job]).get(self.job) or JobInfo(self.job, JobState.UNKNOWN)
+        if info.state is JobState.PENDING:
+            when = f", expected start {info.start_estimate}" if info.start_estimate else ""
+            self.progress("queued", f"job {self.job} is queued ({info.reason or 'waiting'}{when})")
+            self._interval = min(self._interval * 1.6, self.timeouts.poll_max)
+        elif info.state in (JobState.RUNNING, JobState.COMPLETING):
+            self.progress("running", f"job {self.job} is running on {info.nodes or 'a node'}")
+            if self._running_since is None:
+                self._running_since = time.monotonic()
+            self._interval = max(self.timeouts.poll_min, 2.0)
+        elif info.state is JobState.UNKNOWN:
+            self.progress("unknown", f"Slurm is not answering ({info.reason}); still waiting")
+        elif info.state.finished:
+            raise self._ended(info)
+        return info
+
+    def _ended(self, info: JobInfo) -> DesktopFailed:
+        node = self.session.node_state()
+        reason = node.get("reason") or node.get("detail") or ""
+        msg = f"job {self.job} ended ({info.state.value}) before the desktop was ready"
+        if reason:
+            msg += f": {reason}"
+        return DesktopFailed(msg, info, node)
+
+    def _on_event(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        self._mark_agent()
+        phase = str(event.get("phase", ""))
+        if phase == "ready" and isinstance(event.get("connection"), dict):
+            return dict(event["connection"])
+        if phase == "failed":
+            raise DesktopFailed(f"the desktop failed to start on {event.get('node')}: "
+                                f"{event.get('detail', '')}", None, event)
+        self.progress(phase, f"{event.get('node', 'node')}: {event.get('detail', phase)}")
+        return None
+
+    def _mark_agent(self) -> None:
+        if not self._agent_seen:
+            self._agent_seen = True
+            if self._running_since is None:
+                self._running_since = time.monotonic()
+
+    def _check_files(self) -> dict[str, Any] | None:
+        path = self.session.path("node.json")
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return None
+        if mtime == self._node_mtime:
+            return None
+        self._node_mtime = mtime
+        node = self.session.node_state()
+        if not node:
+            return None
+        self._mark_agent()
+        phase = node.get("phase", "")
+        if phase == "ready":
+            conn = self.session.connection()
+            if conn:
+                return conn
+        if phase in ("failed", "stopped"):
+            raise DesktopFailed(f"the desktop {phase} on {node.get('node')}: "
+                                f"{node.get('reason') or node.get('detail', '')}", None, node)
+        self.progress(phase, f"{node.get('node', 'node')}: {node.get('detail', phase)}")
+        return None
+
+
+def _sleep(seconds: float) -> list[dict[str, Any]]:
+    time.sleep(seconds)
+    return []
