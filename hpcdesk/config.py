@@ -238,26 +238,34 @@ def load(site: str | None = None, overrides: Mapping[str, Any] | None = None,
 
 
 def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
-    def fail(key: str, msg: str) -> None:
-        raise ConfigError(f"{sources[key]}: {key}: {msg}")
+    def fail(key: str, msg: str, *related: str) -> None:
+        # Name the layer that actually set one of the keys involved, not a built-in default.
+        source = next((sources[k] for k in (key, *related) if sources[k] != DEFAULT_SOURCE),
+                      sources[key])
+        raise ConfigError(f"{source}: {key}: {msg}")
 
     limit = slurm_time_seconds(cfg.scheduler.time)
     if cfg.scheduler.signal_lead * 2 > limit:
         fail("scheduler.signal_lead",
-             f"{cfg.scheduler.signal_lead}s is more than half the time limit {cfg.scheduler.time}")
+             f"{cfg.scheduler.signal_lead}s is more than half the time limit {cfg.scheduler.time}",
+             "scheduler.time")
     if cfg.network.address == "interface" and not cfg.network.interface:
-        fail("network.interface", "must be set when network.address is 'interface'")
+        fail("network.interface", "must be set when network.address is 'interface'",
+             "network.address")
     if cfg.network.address == "fixed" and not cfg.network.fixed_address:
-        fail("network.fixed_address", "must be set when network.address is 'fixed'")
+        fail("network.fixed_address", "must be set when network.address is 'fixed'",
+             "network.address")
     n = cfg.network
     if (n.port_min or n.port_max) and not 1024 <= n.port_min < n.port_max:
-        fail("network.port_max", "port range must satisfy 1024 <= port_min < port_max")
+        fail("network.port_max", "port range must satisfy 1024 <= port_min < port_max",
+             "network.port_min")
     if cfg.desktop.https and not (cfg.desktop.https_cert and cfg.desktop.https_key):
         fail("desktop.https", "needs desktop.https_cert and desktop.https_key")
     if cfg.runtime.kind == "apptainer" and not cfg.runtime.image:
-        fail("runtime.image", "must name an image (a .sif path or a flavour) for apptainer")
+        fail("runtime.image", "must name an image (a .sif path or a flavour) for apptainer",
+             "runtime.kind")
     if cfg.timeouts.poll_max < cfg.timeouts.poll_min:
-        fail("timeouts.poll_max", "must not be below timeouts.poll_min")
+        fail("timeouts.poll_max", "must not be below timeouts.poll_min", "timeouts.poll_min")
 
 
 def parse_cli_value(text: str) -> Any:
