@@ -18,6 +18,8 @@ docs: README.md, or `hpcdesk config reference` for every setting"""
 def _add_site(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", help="site name or path to a site YAML (default: $HPCDESK_SITE, "
                    "/etc/hpcdesk/site.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any setting, e.g. --set desktop.dpi=120 (repeatable)")
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
@@ -52,8 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="apptainer image path or flavour")
     p.add_argument("--interface", choices=["selkies", "vnc"])
     p.add_argument("--encoder", choices=["auto", "nvh264enc", "x264enc", "vp8enc", "vp9enc"])
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any setting, e.g. --set desktop.dpi=120 (repeatable)")
 
     p = sub.add_parser("status", help="show one session (URL and credentials when ready)")
     p.add_argument("session", nargs="?", help="session id, id prefix or job id (default: newest)")
@@ -82,7 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("show", help="merged settings and where each came from")
     _add_site(c)
     _add_json(c)
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     csub.add_parser("reference", help="every setting, its type, default and meaning (Markdown)")
 
     p = sub.add_parser("doctor", help="check this login node (or, with --node, a GPU node)")

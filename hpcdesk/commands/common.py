@@ -27,6 +27,8 @@ def overrides_from_sets(sets: list[str]) -> dict[str, Any]:
 
 def load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None
                 ) -> config.LoadedConfig:
+    if overrides is None:
+        overrides = overrides_from_sets(getattr(args, "set", []))
     return config.load(getattr(args, "site", None), overrides)
 
 

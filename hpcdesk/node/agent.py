@@ -134,7 +134,8 @@ class Agent:
         self.children = list(started.children)
         self.mark("desktop_launched")
         self.phase("waiting", f"desktop on display {started.display}; waiting for the web UI",
-                   display=started.display)
+                   display=started.display,
+                   xauthority=str(started.xauthority) if started.xauthority else None)
         self.wait_healthy(plan, started, deadline)
         self.mark("healthy")
         scheme = "https" if req.desktop.https else "http"

@@ -10,13 +10,13 @@ from hpcdesk.node.gpu import Device, NoNvidiaDriver
 def fake_device(index: int, *, minor: int | None = None, bus: int | None = None,
                 domain: int = 0, name: str = "NVIDIA H100 80GB HBM3",
                 display_active: bool = False, display_mode: bool = False,
-                mig_uuids: tuple[str, ...] = ()) -> Device:
+                mig_uuids: tuple[str, ...] = (), pci_bus_id: str | None = None) -> Device:
     """A GPU whose UUID, bus and minor derive from ``index`` unless given."""
     bus = 0x10 + 0x20 * index if bus is None else bus
     return Device(
         index=index,
         uuid=f"GPU-{index:08x}-1111-2222-3333-{bus:012x}",
-        pci_bus_id=f"{domain:08x}:{bus:02x}:00.0",
+        pci_bus_id=pci_bus_id or f"{domain:08x}:{bus:02x}:00.0",
         minor=index if minor is None else minor,
         name=name,
         driver_version="580.159.04",

@@ -32,6 +32,7 @@ class DesktopPlan:
 class Started:
     children: Sequence[Child]
     display: str
+    xauthority: Path | None  # cookie file for programs the user starts on the display
 
 
 class Runtime(Protocol):

@@ -113,4 +113,4 @@ class HostRuntime:
 
             stop_all(children)
             raise
-        return Started(children, x.display)
+        return Started(children, x.display, Path(env["XAUTHORITY"]))

@@ -1,0 +1,173 @@
+"""Harness for tests against the real dev cluster (tests/cluster/devcluster.sh).
+
+The tests run as root (like CI); every hpcdesk command runs as the unprivileged dev user,
+from the shared virtual environment, into which this harness installs the wheel built from
+the checkout under test (so the nodes run exactly this code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEVCLUSTER = REPO / "tests/cluster/devcluster.sh"
+VENV = Path(os.environ.get("HPCDESK_VENV", "/opt/hpcdesk/venv"))
+USER = os.environ.get("HPCDESK_DEV_USER", "hpcuser")
+NODE_IPS = {"gpu01": "10.77.0.11", "gpu02": "10.77.0.12"}
+
+
+def _run(argv: list[str], timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="session")
+def devcluster() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("cluster tests run as root (they drive the dev cluster); see README")
+    if _run(["bash", str(DEVCLUSTER), "status"]).returncode != 0:
+        up = _run(["bash", str(DEVCLUSTER), "up"], timeout=300)
+        if up.returncode != 0:
+            pytest.fail(f"devcluster up failed:\n{up.stdout}\n{up.stderr}")
+
+
+@pytest.fixture(scope="session")
+def installed(devcluster: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the wheel from this checkout and install it into the shared venv."""
+    if not (VENV / "bin/python").exists():
+        pytest.fail(f"{VENV} is missing: run `make setup` (see README)")
+    dist = tmp_path_factory.mktemp("dist")
+    build = _run([str(VENV / "bin/python"), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                  "-w", str(dist), str(REPO)], timeout=300)
+    assert build.returncode == 0, build.stderr
+    wheel = next(dist.glob("hpcdesk-*.whl"))
+    inst = _run([str(VENV / "bin/python"), "-m", "pip", "install", "--no-deps",
+                 "--force-reinstall", str(wheel)], timeout=300)
+    assert inst.returncode == 0, inst.stderr
+    return VENV / "bin/hpcdesk"
+
+
+@dataclass
+class User:
+    name: str
+    home: Path
+    hpcdesk: Path
+
+    def run(self, *args: str, timeout: float = 240, env: dict[str, str] | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+        argv = ["runuser", "-u", self.name, "--", "env", f"HOME={self.home}", f"USER={self.name}",
+                f"LOGNAME={self.name}", f"PATH={VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+                *(f"{k}={v}" for k, v in (env or {}).items()), str(self.hpcdesk), *args]
+        proc = _run(argv, timeout=timeout, cwd="/")
+        if check and proc.returncode != 0:
+            raise AssertionError(f"hpcdesk {' '.join(args)} -> {proc.returncode}\n"
+                                 f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str, timeout: float = 240) -> Any:
+        proc = self.run(*args, "--json", timeout=timeout, check=True)
+        return json.loads(proc.stdout)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        argv = ["runuser", "-u", self.name, "--", "env", f"HOME={self.home}", f"USER={self.name}",
+                f"PATH={VENV / 'bin'}:/usr/bin:/bin", str(self.hpcdesk), *args]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd="/")
+
+    def sessions_root(self) -> Path:
+        return self.home / ".hpcdesk/sessions"
+
+
+@pytest.fixture(scope="session")
+def user(installed: Path) -> Iterator[User]:
+    home = Path(f"/home/{USER}")
+    u = User(USER, home, installed)
+    yield u
+    # Leave no job behind, whatever the tests did.
+    _run(["scancel", "-u", USER])
+
+
+@pytest.fixture
+def cleanup_jobs(user: User) -> Iterator[list[str]]:
+    """Sessions a test starts; cancelled at the end even if the test failed."""
+    started: list[str] = []
+    yield started
+    for sid in started:
+        user.run("cancel", sid, "--site", "devcluster", timeout=90)
+
+
+def node_exec(node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return _run(["bash", str(DEVCLUSTER), "exec", node, *argv], timeout=timeout)
+
+
+def node_user_pids(node: str, user: str = USER) -> list[str]:
+    """The dev user's processes inside a node's network namespace (compared by ns inode)."""
+    ns = os.stat(f"/run/netns/{node}").st_ino
+    uid = int(_run(["id", "-u", user]).stdout)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == ns:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                pids.append(f"{entry} {cmd.strip()}")
+        except OSError:
+            continue
+    return pids
+
+
+def http_status(url: str, auth: tuple[str, str] | None) -> int:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization",
+                       "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def screenshot(url: str, out: Path, wait_ms: int = 9000) -> Path:
+    """Headless Chromium opens the URL (credentials in it) and saves a PNG."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.fail("chromium is not installed (apt-get install chromium)")
+    profile = out.parent / f"chromium-profile-{time.monotonic_ns()}"
+    argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={profile}", "--window-size=1280,720",
+            f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url]
+    proc = _run(argv, timeout=120)
+    assert out.exists(), f"chromium made no screenshot: {proc.stderr[-2000:]}"
+    return out
+
+
+def colour_fraction(png: Path, rgb: tuple[int, int, int], tol: int = 40) -> float:
+    from PIL import Image
+
+    img = Image.open(png).convert("RGB")
+    px = img.getdata()
+    hits = sum(1 for p in px if all(abs(p[i] - rgb[i]) <= tol for i in range(3)))
+    return hits / (img.width * img.height)
+
+
+def python() -> str:
+    return sys.executable

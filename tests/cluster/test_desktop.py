@@ -1,0 +1,198 @@
+"""Issue 2 acceptance on the real dev cluster: submit -> URL -> browser -> cancel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import (
+    NODE_IPS,
+    User,
+    _run,
+    colour_fraction,
+    http_status,
+    node_exec,
+    node_user_pids,
+    screenshot,
+)
+
+pytestmark = pytest.mark.cluster
+SITE = ("--site", "devcluster")
+GREEN = (0x13, 0xA8, 0x6B)
+
+
+def submit(user: User, *extra: str, timeout: float = 240) -> dict[str, object]:
+    data = user.json("submit", *SITE, *extra, timeout=timeout)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_submit_browser_cancel(user: User, tmp_path: Path, cleanup_jobs: list[str]) -> None:
+    proc = user.run("submit", *SITE, "--json", check=True)
+    data = json.loads(proc.stdout)  # stdout holds the JSON document and nothing else
+    cleanup_jobs.append(data["session"])
+    assert data["state"] == "ready"
+    url, node = str(data["url"]), str(data["node"])
+    assert url.startswith(f"http://{NODE_IPS[node]}:")
+    assert http_status(url, (data["user"], data["password"])) == 200
+    assert http_status(url, None) == 401
+    assert http_status(url, (data["user"], "wrong")) == 401
+
+    # A window of a known colour, placed on the desktop's display from the node itself.
+    node_state = json.loads((user.sessions_root() / str(data["session"]) / "node.json")
+                            .read_text())
+    xterm = node_exec(node, "runuser", "-u", user.name, "--", "env",
+                      f"DISPLAY={node_state['display']}",
+                      f"XAUTHORITY={node_state['xauthority']}", "setsid", "-f", "xterm",
+                      "-bg", "#13a86b", "-geometry", "200x80+0+0")
+    assert xterm.returncode == 0, xterm.stderr
+    time.sleep(1.5)
+    authed = url.replace("http://", f"http://{data['user']}:{data['password']}@")
+    shot = screenshot(authed, tmp_path / "desktop.png")
+    assert colour_fraction(shot, GREEN) > 0.10, "the placed window is not visible in the browser"
+
+    cancel = user.json("cancel", str(data["session"]), *SITE)
+    assert cancel["state"] == "cancelled"
+    # Everything the job started on the node is gone (checked inside the node's namespace).
+    deadline = time.monotonic() + 30
+    while node_user_pids(node) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert node_user_pids(node) == []
+    status = user.json("status", str(data["session"]), *SITE)
+    assert status["state"] == "cancelled"
+    sdir = user.sessions_root() / str(data["session"])
+    assert {"job.sh", "job.out", "agent.log", "node.json"} <= {p.name for p in sdir.iterdir()}
+    assert json.loads((sdir / "node.json").read_text())["phase"] == "stopped"
+
+
+def test_two_desktops_same_node_same_moment(user: User, cleanup_jobs: list[str]) -> None:
+    pin = ("--set", "scheduler.extra_args=['--nodelist=gpu02']")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: submit(user, *pin), range(2)))
+    cleanup_jobs.extend(str(r["session"]) for r in results)
+    a, b = results
+    assert a["node"] == b["node"] == "gpu02"
+    assert (a["display"], a["port"]) != (b["display"], b["port"])
+    assert a["port"] != b["port"]
+    for r in results:
+        assert http_status(str(r["url"]), (str(r["user"]), str(r["password"]))) == 200
+    assert a["password"] != b["password"]
+
+
+@pytest.mark.parametrize(("override", "cause"), [
+    ("runtime.session=/nonexistent/window-manager", "/nonexistent/window-manager"),
+    ("runtime.xorg=/bin/false", "X server failed to start"),
+])
+def test_desktop_that_cannot_start(user: User, override: str, cause: str) -> None:
+    t0 = time.monotonic()
+    proc = user.run("submit", *SITE, "--set", override, "--set", "timeouts.start=60",
+                    timeout=200)
+    assert proc.returncode == 1, proc.stderr
+    assert cause in proc.stderr
+    assert "Slurm state" in proc.stderr
+    assert time.monotonic() - t0 < 60 + 60
+    sid = _newest_session(user)
+    sdir = user.sessions_root() / sid
+    assert (sdir / "job.sh").exists() and (sdir / "agent.log").exists()
+    # No job is left behind for this session.
+    job = json.loads((sdir / "session.json").read_text())["job_id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = _run(["squeue", "-h", "-j", str(job), "-t", "PD,R,CG"]).stdout.strip()
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left
+
+
+def _newest_session(user: User) -> str:
+    sessions = sorted(user.sessions_root().iterdir(), key=lambda p: p.stat().st_mtime)
+    return sessions[-1].name
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("--set", "desktop.nope=1"), "desktop.nope: unknown key"),
+    (("--set", "desktop.width=wide"), "desktop.width: expected an integer"),
+    (("--resolution", "0x0"), "desktop.width: 0 is out of range"),
+    (("--resolution", "100000x1"), "desktop.width: 100000 is out of range"),
+    (("--time", "-5"), "is not a Slurm time"),
+    (("--time", "1:xx"), "is not a Slurm time"),
+    (("--partition", "nosuchpartition"), "invalid partition"),
+    (("--set", "scheduler.job_name=a'b"), "scheduler.job_name"),
+    (("--set", "desktop.timezone=UTC\n;id"), "single line"),
+])
+def test_bad_input_is_one_clear_error(user: User, args: tuple[str, ...], needle: str) -> None:
+    before = _run(["squeue", "-h", "-u", user.name, "-t", "all"]).stdout
+    sessions_before = set(p.name for p in user.sessions_root().glob("*"))
+    proc = user.run("submit", *SITE, *args, timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert needle.lower() in proc.stderr.lower()
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("error:") >= 1 and len(proc.stderr.splitlines()) <= 4
+    assert _run(["squeue", "-h", "-u", user.name, "-t", "all"]).stdout == before
+    assert set(p.name for p in user.sessions_root().glob("*")) == sessions_before
+
+
+def test_injection_is_literal_and_password_stays_secret(user: User, tmp_path: Path,
+                                                        cleanup_jobs: list[str]) -> None:
+    marker = user.home / "INJECTED"
+    marker.unlink(missing_ok=True)
+    root = f"{user.home}/sess'$(touch {marker})`touch {marker}`;touch {marker}"
+    data = submit(user, "--set", f"session_root={root}")
+    cleanup_jobs.append(str(data["session"]))
+    sdir = Path(root) / str(data["session"])
+    assert sdir.is_dir(), "the session directory was not created literally"
+    assert not marker.exists(), "an injected command ran"
+    password = str(data["password"])
+    job = str(json.loads((sdir / "session.json").read_text())["job_id"])
+    # Not on any command line on this machine (all nodes share the process table).
+    ps = _run(["ps", "-eww", "-o", "args"]).stdout
+    assert password not in ps
+    assert password not in (sdir / "job.sh").read_text()
+    show = _run(["scontrol", "show", "job", "-dd", job]).stdout
+    assert job in show and password not in show
+    script = _run(["scontrol", "write", "batch_script", job, "-"]).stdout
+    assert password not in script
+    # The job environment: the batch step's own environment on the node.
+    agent_pid = json.loads((sdir / "node.json").read_text())["agent_pid"]
+    environ = Path(f"/proc/{agent_pid}/environ").read_bytes().decode(errors="replace")
+    assert "SLURM_JOB_ID" in environ and password not in environ
+    for log in [*sdir.iterdir(), *Path("/var/log/hpcdesk-devcluster").glob("*")]:
+        if log.is_file() and log.name != "connection.json":
+            assert password not in log.read_text(errors="replace"), log
+    cancelled = user.json("cancel", str(data["session"]), *SITE, "--set", f"session_root={root}")
+    assert cancelled["state"] == "cancelled"
+
+
+def test_status_list_logs(user: User, cleanup_jobs: list[str]) -> None:
+    proc = user.run("submit", *SITE, "--no-wait", "--json", check=True)
+    info = json.loads(proc.stdout)
+    sid = str(info["session"])
+    cleanup_jobs.append(sid)
+    waited = user.json("status", sid, "--wait", *SITE)
+    assert waited["state"] == "ready" and waited["url"]
+    listing = user.json("list", *SITE)
+    assert sid in [row["session"] for row in listing]
+    by_job = user.json("status", str(info["job_id"]), *SITE)
+    assert by_job["session"] == sid
+    logs = user.run("logs", sid, *SITE, check=True).stdout
+    assert "agent.log" in logs and "phase ready" in logs
+    human = user.run("status", sid, *SITE, check=True).stdout
+    assert "URL:" in human and "password:" in human
+
+
+def test_ctrl_c_leaves_job_running(user: User, cleanup_jobs: list[str]) -> None:
+    proc = user.popen("submit", *SITE)
+    time.sleep(2.5)
+    sid = _newest_session(user)
+    cleanup_jobs.append(sid)
+    subprocess.run(["pkill", "-INT", "-P", str(proc.pid)], check=False)  # the child of runuser
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert f"hpcdesk status {sid} --wait" in err and f"hpcdesk cancel {sid}" in err
+    st = user.json("status", sid, "--wait", *SITE)
+    assert st["state"] == "ready"
