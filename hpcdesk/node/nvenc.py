@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,7 +237,7 @@ def _cuda_device(cuda: Any, pci_bus_id: str | None, uuid: str | None) -> tuple[i
     device = ctypes.c_int(0)
     if pci_bus_id:
         domain, rest = pci_bus_id.split(":", 1) if pci_bus_id.count(":") == 2 else ("0", pci_bus_id)
-        short = f"{int(domain, 16):04x}:{rest}"
+        short = f"{int(domain, 16):04x}:{rest.lower()}"
         status = cuda.cuDeviceGetByPCIBusId(ctypes.byref(device), short.encode())
         return status, device.value, f"cuDeviceGetByPCIBusId({short})"
     if uuid:
@@ -324,6 +325,28 @@ def _encode_session(cuda_ctx: ctypes.c_void_p, device_name: str) -> NvencResult:
                        step="ok", api_version=api_text, codecs=codecs, device=device_name)
 
 
+def _cuda_context(cuda: Any, device: int) -> tuple[int, ctypes.c_void_p, Callable[[], None]]:
+    """A current CUDA context on ``device``: cuCtxCreate, or the primary context where a
+    future libcuda lacks the ``cuCtxCreate_v2`` entry point. Returns (CUresult, ctx, release)."""
+    ctx = ctypes.c_void_p()
+    if hasattr(cuda, "cuCtxCreate_v2"):
+        status = int(cuda.cuCtxCreate_v2(ctypes.byref(ctx), 0, device))
+        return status, ctx, lambda: cuda.cuCtxDestroy_v2(ctx)
+    status = int(cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), device))
+    if status != _CUDA_SUCCESS:
+        return status, ctx, lambda: None
+    pushed = int(cuda.cuCtxPushCurrent_v2(ctx))
+
+    def release() -> None:
+        if pushed == _CUDA_SUCCESS:
+            cuda.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+        cuda.cuDevicePrimaryCtxRelease_v2(device)
+
+    if pushed != _CUDA_SUCCESS:
+        release()
+    return pushed, ctx, release
+
+
 def probe_in_process(pci_bus_id: str | None = None, uuid: str | None = None) -> NvencResult:
     """The probe itself, in this process. Prefer :func:`probe_nvenc` (child process)."""
     try:
@@ -341,8 +364,7 @@ def probe_in_process(pci_bus_id: str | None = None, uuid: str | None = None) -> 
     raw_name = ctypes.create_string_buffer(256)
     cuda.cuDeviceGetName(raw_name, 256, device)
     device_name = raw_name.value.decode(errors="replace") or which
-    ctx = ctypes.c_void_p()
-    status = int(cuda.cuCtxCreate_v2(ctypes.byref(ctx), 0, device))
+    status, ctx, release = _cuda_context(cuda, device)
     if status != _CUDA_SUCCESS:
         return _fail("cuCtxCreate", status,
                      f"cannot create a CUDA context on {device_name}: {_cuda_error(cuda, status)}",
@@ -350,7 +372,7 @@ def probe_in_process(pci_bus_id: str | None = None, uuid: str | None = None) -> 
     try:
         return _encode_session(ctx, device_name)
     finally:
-        cuda.cuCtxDestroy_v2(ctx)
+        release()
 
 
 def probe_nvenc(pci_bus_id: str | None = None, uuid: str | None = None,

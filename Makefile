@@ -1,0 +1,34 @@
+# hpcdesk developer entry points (run as root on a Debian 12/13 machine; see README.md).
+VENV ?= /opt/hpcdesk/venv
+export HPCDESK_VENV := $(VENV)
+DEV_USER ?= hpcuser
+
+.PHONY: setup cluster-up cluster-down demo test test-unit lint bench
+
+setup:
+	bash scripts/setup.sh
+
+cluster-up: setup
+	bash tests/cluster/devcluster.sh up
+
+cluster-down:
+	bash tests/cluster/devcluster.sh down
+
+## Bring up the dev cluster and launch one desktop; prints a URL that opens in a browser here.
+demo: cluster-up
+	runuser -u $(DEV_USER) -- env HOME=/home/$(DEV_USER) PATH=$(VENV)/bin:/usr/bin:/bin \
+		$(VENV)/bin/hpcdesk submit --site devcluster
+
+lint: setup
+	$(VENV)/bin/ruff check hpcdesk tests benchmarks
+	$(VENV)/bin/mypy hpcdesk
+
+test-unit: setup
+	$(VENV)/bin/python -m pytest tests/unit
+
+## Every test: lint, unit tests, then the real-cluster, browser and container tests.
+test: lint cluster-up
+	$(VENV)/bin/python -m pytest tests
+
+bench: cluster-up
+	$(VENV)/bin/python benchmarks/run.py
