@@ -64,7 +64,9 @@ class Waiter:
 
     def wait(self) -> dict[str, Any]:
         started = time.monotonic()
-        next_poll = started  # ask the scheduler once right away
+        # No query at once: a job that starts quickly reports itself through the push
+        # channel before the first poll, and then Slurm is never asked at all.
+        next_poll = started + self.timeouts.poll_min
         while True:
             now = time.monotonic()
             if not self._agent_seen and now >= next_poll:

@@ -8,6 +8,7 @@ import time
 from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for, tail
 from hpcdesk.commands.submit import print_connection, wait_and_report
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
+from hpcdesk.scheduler import JobRef, Scheduler
 from hpcdesk.session import Session, all_sessions, find, now
 from hpcdesk.status import collect, job_ref
 
@@ -88,27 +89,51 @@ def cancel(args: argparse.Namespace) -> int:
     ref = job_ref(session)
     if ref is None:
         raise SessionNotFound(f"session {session.id} has no job to cancel")
+    if session.meta.get("final"):
+        st = collect([session], scheduler)[0]
+        say(f"hpcdesk: session {session.id} has already ended ({st.state})", args.json)
+        if args.json:
+            emit_json(st.as_json())
+        return EXIT_OK
     session.update_meta(cancel_requested=now())
     scheduler.cancel(ref)
     say(f"hpcdesk: cancelling job {ref} (session {session.id})", args.json)
+    if not args.no_wait:
+        node = _wait_agent_stopped(session, scheduler, ref, timeout=60.0)
+        detail = node.get("reason") or "cancelled before the desktop started"
+        session.update_meta(final={"state": "cancelled", "detail": detail, "at": now()})
     st = collect([session], scheduler)[0]
-    deadline = time.monotonic() + 60
-    delay = 0.2
-    while not args.no_wait and not session.meta.get("final"):
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"job {ref} has not ended 60s after scancel",
-                              hint="check `squeue -j " + ref.job_id + "`")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
-        st = collect([session], scheduler)[0]
-    if session.meta.get("final") and st.state not in ("failed",):
-        session.update_meta(final={**session.meta["final"], "state": "cancelled"})
-        st = collect([session], scheduler)[0]
     if args.json:
         emit_json(st.as_json())
     else:
         print(f"session {session.id}: {st.state}")
     return EXIT_OK
+
+
+def _wait_agent_stopped(session: Session, scheduler: Scheduler, ref: JobRef,
+                        timeout: float) -> dict[str, object]:
+    """Wait on the session files until the node agent has cleaned up; ask Slurm only every
+    few seconds, in case the node (and its agent) vanished without a word."""
+    node = session.node_state()
+    if not node:
+        return node  # the job never started: scancel alone ends it
+    start = time.monotonic()
+    deadline, next_ask = start + timeout, start + 5.0
+    delay = 0.1
+    while node.get("phase") not in ("stopped", "failed"):
+        if time.monotonic() > next_ask:
+            next_ask = time.monotonic() + 5.0
+            info = scheduler.query([ref]).get(ref)
+            if info and info.state.finished:
+                return {**node, "reason": f"job ended ({info.state.value}) without a word "
+                        "from the node agent"}
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"the desktop of session {session.id} has not stopped {timeout:.0f}s "
+                              "after scancel", hint=f"see `hpcdesk logs {session.id}`")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+        node = session.node_state()
+    return node
 
 
 def logs(args: argparse.Namespace) -> int:

@@ -75,7 +75,7 @@ class Device:
     name: str
     driver_version: str
     display_active: bool | None = None  # an X server (or console) drives a display on it
-    display_mode: bool | None = None  # a display can be attached (physical outputs)
+    display_mode: bool | None = None  # NVML display mode; no proof of outputs (H100: 1)
     mig_enabled: bool = False
     mig_uuids: tuple[str, ...] = field(default=())
 
@@ -168,9 +168,9 @@ class NvmlBackend:
         for index in range(nvml.nvmlDeviceGetCount()):
             try:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                found.append(_nvml_device(nvml, handle, index, version))
             except nvml.NVMLError:  # no permission (device cgroup) or a GPU that fell off
                 continue
-            found.append(_nvml_device(nvml, handle, index, version))
         return found
 
 

@@ -206,8 +206,8 @@ def _display_check(dev: Device) -> Check:
     except DisplayActiveError as exc:
         return Check(name, "fail", str(exc),
                      "use the EGL flavour (flavour: egl), or ask for a GPU without a display")
-    outputs = {True: "has display outputs", False: "has no display outputs",
-               None: "display mode unknown"}[dev.display_mode]
+    outputs = {True: "NVML display mode enabled", False: "NVML display mode disabled",
+               None: "NVML display mode unknown"}[dev.display_mode]
     return Check(name, "ok", f"BusID {dev.xorg_bus_id}: no active display ({outputs}); "
                              f"the desktop's own Xorg can use it")
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NvencResult", "main", "probe_in_process", "probe_nvenc"]
+__all__ = ["NvencResult", "main", "nvenc_status_text", "probe_in_process", "probe_nvenc"]
 
 NVENC_STATUS = (
     "NV_ENC_SUCCESS",

@@ -21,7 +21,8 @@ Resolution limits (:class:`ResolutionError`, raised by :func:`check_resolution` 
 * ``none`` and ``dummy``: up to 16384x16384 (the X screen has no output to limit it).
 
 Every file also disables hot-plugged input devices, so that an Xorg started as root can
-never grab the node's keyboard or mouse; the desktop is driven through XTEST.
+never grab the node's keyboard or mouse (the desktop is driven through XTEST), and turns off
+screen blanking and DPMS, which would stream a black screen after ten idle minutes.
 """
 
 from __future__ import annotations
@@ -210,6 +211,11 @@ def _head(spec: XorgSpec) -> list[str]:
         '    Option "AutoEnableDevices" "false"',
         '    Option "DontVTSwitch" "true"',
         '    Option "DontZap" "true"',
+        # A streamed desktop has no one at a console: never blank or power down the screen.
+        '    Option "BlankTime" "0"',
+        '    Option "StandbyTime" "0"',
+        '    Option "SuspendTime" "0"',
+        '    Option "OffTime" "0"',
         "EndSection",
         "",
         'Section "ServerLayout"',

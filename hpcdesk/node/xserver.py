@@ -43,11 +43,11 @@ def start_xorg(xorg: str, spec: XorgSpec, workdir: Path, xauthority: Path,
                env: Mapping[str, str], log_path: Path, timeout: float) -> XServer:
     conf = workdir / "xorg.conf"
     conf.write_text(render_xorg_conf(spec))
-    confdir = workdir / "xorg.conf.d"  # empty: keep the node's own snippets out of our server
-    confdir.mkdir(exist_ok=True)
+    # No -configdir: an unprivileged Xorg ignores an absolute one. The generated config turns
+    # off input hot-plugging, so the node's own xorg.conf.d snippets cannot grab devices.
     rfd, wfd = os.pipe()
     argv = [xorg, "-noreset", "-novtswitch", "-sharevts", "-nolisten", "tcp",
-            "-config", str(conf), "-configdir", str(confdir),
+            "-config", str(conf),
             "-logfile", str(log_path.parent / "Xorg.log"), "-auth", str(xauthority),
             "-displayfd", str(wfd), "-dpi", str(spec.dpi),
             "+extension", "GLX", "+extension", "RANDR", "+extension", "RENDER"]

@@ -439,14 +439,26 @@ start_slurmctld() {
 }
 
 start_slurmd() {
-    local n=$1 tmpdir pid
+    local n=$1 tmpdir resolv pid
     if pid=$(live_pid "slurmd-$n" slurmd); then
         log "slurmd $n: already running (pid $pid)"
         return 0
     fi
     tmpdir=$LIB_DIR/$n/tmp
+    resolv=$LIB_DIR/$n/resolv.conf
     mkdir -p "$tmpdir" "$SLURMD_SPOOL_BASE/$n"
     chmod 1777 "$tmpdir"
+    # The node namespaces cannot reach the host's DNS server (no NAT), so every
+    # lookup of a name/address missing from /etc/hosts would hang 2x5 s (Slurm
+    # 24.11's slurmd reverse-resolves 0.0.0.0 at start). On the nodes, point
+    # the resolver at the controller address: nothing answers on port 53 there
+    # unless the host runs a DNS server, so lookups fail at once.
+    cat >"$resolv" <<EOF
+# $MARK: resolver of node $n (a network namespace without a route to the host's DNS)
+nameserver $CTL_IP
+options timeout:1 attempts:1
+EOF
+    chmod 0644 "$resolv"
     rm -f "/run/slurmd-$n.pid"
     : >"$LOG_DIR/slurmd-$n.log"
     : >"$LOG_DIR/slurmd-$n.console"
@@ -455,11 +467,13 @@ start_slurmd() {
     # mount + UTS namespace with a node-local /tmp. Propagation "slave": mounts
     # made later on the host still show up on the node, the node's /tmp bind
     # never leaks back. Every step execs, so $! ends up being slurmd's pid.
-    # shellcheck disable=SC2016 # $1/$2 expand in the inner shell
+    # shellcheck disable=SC2016 # $1..$3 expand in the inner shell
     setsid nsenter --net="$NETNS_DIR/$n" \
         unshare --mount --uts --propagation slave \
-        sh -c 'mount --bind "$1" /tmp && hostname "$2" && exec slurmd -D -N "$2"' \
-        sh "$tmpdir" "$n" </dev/null >"$LOG_DIR/slurmd-$n.console" 2>&1 &
+        sh -c 'mount --bind "$1" /tmp &&
+            { [ ! -e /etc/resolv.conf ] || mount --bind "$3" /etc/resolv.conf; } &&
+            hostname "$2" && exec slurmd -D -N "$2"' \
+        sh "$tmpdir" "$n" "$resolv" </dev/null >"$LOG_DIR/slurmd-$n.console" 2>&1 &
     pid=$!
     echo "$pid" >"$(pid_file "slurmd-$n")"
 }
@@ -765,7 +779,11 @@ cmd_exec() {
     shift
     node_ip "$n" >/dev/null
     pid=$(live_pid "slurmd-$n" slurmd) || die "slurmd on $n is not running (devcluster.sh up)"
-    exec nsenter --target "$pid" --net --mount --uts -- "$@"
+    # --root: the target's root directory too (matters when run in a chroot);
+    # keep the current directory when the node sees it too (not a /tmp path).
+    local wd=/
+    [[ -d /proc/$pid/root$PWD ]] && wd=$PWD
+    exec nsenter --target "$pid" --net --mount --uts --root --wd="$wd" -- "$@"
 }
 
 usage() {

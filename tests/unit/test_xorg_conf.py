@@ -69,6 +69,8 @@ def test_dummy_config_pins_the_size() -> None:
     assert "DefaultDepth 24" in parts["Screen"]
     assert 'Option "AutoAddGPU" "false"' in parts["ServerFlags"]
     assert 'Option "AutoAddDevices" "false"' in parts["ServerFlags"]
+    assert 'Option "BlankTime" "0"' in parts["ServerFlags"]
+    assert 'Option "OffTime" "0"' in parts["ServerFlags"]
 
 
 def test_dummy_big_screen_gets_memory_and_clock() -> None:

@@ -71,11 +71,11 @@ def _read_display(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> int
 
 
 def start_xorg(conf: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    confdir = workdir / "xorg.conf.d"  # empty: keep the machine's own snippets out
-    confdir.mkdir()
+    # No -configdir: an unprivileged Xorg ignores an absolute one (its log says "Unable to
+    # locate/open config directory" and it reads the system directory anyway).
     read_fd, write_fd = os.pipe()
     argv = [str(XORG), "-noreset", "-nolisten", "tcp", "-config", str(conf),
-            "-configdir", str(confdir), "-logfile", str(workdir / "Xorg.log"),
+            "-logfile", str(workdir / "Xorg.log"),
             "-displayfd", str(write_fd)]
     as_nobody = os.geteuid() == 0
     proc = subprocess.Popen(

@@ -1,0 +1,53 @@
+"""Issue 3 acceptance on the dev cluster: exact screen sizes, and 8 desktops at once on a node."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import User, http_status, node_exec
+
+pytestmark = pytest.mark.cluster
+SITE = ("--site", "devcluster")
+
+
+@pytest.mark.parametrize("size", ["1280x720", "1920x1080", "2560x1440"])
+def test_xorg_reports_requested_size(user: User, size: str, cleanup_jobs: list[str]) -> None:
+    data = user.json("submit", *SITE, "--resolution", size)
+    cleanup_jobs.append(str(data["session"]))
+    sdir = user.sessions_root() / str(data["session"])
+    node = json.loads((sdir / "node.json").read_text())
+    info = node_exec(str(data["node"]), "runuser", "-u", user.name, "--", "env",
+                     f"DISPLAY={node['display']}", f"XAUTHORITY={node['xauthority']}",
+                     "xdpyinfo")
+    assert info.returncode == 0, info.stderr
+    m = re.search(r"dimensions:\s+(\d+x\d+) pixels", info.stdout)
+    assert m and m.group(1) == size
+    # The encoder decision and its reason are recorded for the user.
+    assert data["encoder"] == "x264enc"
+    assert "no NVIDIA" in str(data["encoder_reason"])
+    assert "no NVIDIA driver" in (sdir / "agent.log").read_text()
+
+
+def test_eight_desktops_at_once_on_one_node(user: User, cleanup_jobs: list[str]) -> None:
+    args = (*SITE, "--cpus", "1", "--mem", "400M", "--set", "timeouts.start=400",
+            "--set", "scheduler.extra_args=['--nodelist=gpu01']", "-G", "0")
+
+    def one(_: int) -> dict[str, object]:
+        proc = user.run("submit", *args, "--json", timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        cleanup_jobs.append(str(out["session"]))
+        return out
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert {r["node"] for r in results} == {"gpu01"}
+    assert len({r["display"] for r in results}) == 8
+    assert len({r["port"] for r in results}) == 8
+    for r in results:
+        assert http_status(str(r["url"]), (str(r["user"]), str(r["password"]))) == 200
+    for r in results:
+        user.run("cancel", str(r["session"]), *SITE, "--no-wait")
