@@ -20,6 +20,9 @@ from hpcdesk.session import Session
 
 FILE_CHECK_INTERVAL = 0.5
 START_GRACE = 30.0  # on top of timeouts.start, for the agent's own start and reporting
+# The agent writes a heartbeat while it starts the desktop; this much silence means it may
+# have died with its node, and only then is Slurm asked again.
+SILENCE = 3 * 10.0
 
 
 class DesktopFailed(HpcdeskError):
@@ -58,6 +61,7 @@ class Waiter:
     _agent_seen: bool = field(init=False, default=False)
     _running_since: float | None = field(init=False, default=None)
     _node_mtime: float = field(init=False, default=0.0)
+    _last_heard: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self._interval = self.timeouts.poll_min
@@ -76,6 +80,9 @@ class Waiter:
                         now - started > self.timeouts.queue):
                     raise WaitTimeout(f"the job waited more than {self.timeouts.queue}s in the "
                                       f"queue ({info.reason or 'no reason given'})")
+            if self._agent_seen and now - self._last_heard > SILENCE:
+                self._last_heard = now
+                info = self._query()  # raises if the job has ended
             if self._running_since is not None and self._start_overdue(now):
                 info = self._query()  # the one check that tells a dead node from a slow start
                 if info.state.finished:
@@ -138,6 +145,7 @@ class Waiter:
         return None
 
     def _mark_agent(self) -> None:
+        self._last_heard = time.monotonic()
         if not self._agent_seen:
             self._agent_seen = True
             if self._running_since is None:

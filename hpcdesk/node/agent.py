@@ -35,6 +35,7 @@ log = logging.getLogger("hpcdesk.agent")
 
 EXIT_STOPPED = 0
 EXIT_FAILED = 1
+HEARTBEAT = 10.0  # seconds between "still starting" updates while waiting for the web UI
 
 
 class Stop(Exception):
@@ -156,6 +157,7 @@ class Agent:
         https = plan.request.desktop.https
         probe_host = plan.bind_addr if plan.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
         delay = 0.05
+        heartbeat = time.monotonic() + HEARTBEAT
         while True:
             for child in self.children:
                 if not child.alive():
@@ -168,6 +170,9 @@ class Agent:
                     raise StartError(f"the web UI answered {anon} without credentials (expected "
                                      "401): refusing to publish an unprotected desktop")
                 return
+            if time.monotonic() > heartbeat:
+                heartbeat = time.monotonic() + HEARTBEAT
+                self.phase(self.state["phase"], self.state.get("detail", ""))
             if time.monotonic() > deadline:
                 raise StartError(
                     f"the web UI on port {plan.web_port} did not answer within "

@@ -1,0 +1,96 @@
+"""The login-side waiter with a FAKE scheduler (records queries; the real one is tested on the
+dev cluster): backoff, 'unknown' is not failure, push readiness needs no scheduler query."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from hpcdesk.notify import Listener, Notifier
+from hpcdesk.scheduler import JobInfo, JobRef, JobState
+from hpcdesk.schema import TimeoutsConfig
+from hpcdesk.session import Session, write_json
+from hpcdesk.waiting import DesktopFailed, Progress, Waiter
+
+
+class FakeScheduler:
+    name = "fake"
+
+    def __init__(self, states: list[JobState]) -> None:
+        self.states = states
+        self.queries = 0
+
+    def submit(self, script: Path, cluster: str | None) -> JobRef:
+        return JobRef("1")
+
+    def query(self, jobs: Sequence[JobRef]) -> dict[JobRef, JobInfo]:
+        self.queries += 1
+        state = self.states[min(self.queries - 1, len(self.states) - 1)]
+        return {j: JobInfo(j, state, reason="Priority", nodes="n1") for j in jobs}
+
+    def cancel(self, job: JobRef) -> None:
+        pass
+
+
+def make(tmp_path: Path, sched: FakeScheduler, **t: float) -> tuple[Waiter, list[str]]:
+    seen: list[str] = []
+    timeouts = TimeoutsConfig(start=int(t.get("start", 30)), queue=int(t.get("queue", 0)),
+                              poll_min=t.get("poll_min", 0.2), poll_max=t.get("poll_max", 1.0))
+    w = Waiter(Session(tmp_path), sched, JobRef("1"), timeouts,
+               Progress(lambda stage, detail: seen.append(stage)))
+    return w, seen
+
+
+def test_ready_by_push_without_any_scheduler_query(tmp_path: Path) -> None:
+    sched = FakeScheduler([JobState.PENDING])
+    listener = Listener(tmp_path, tmp_path.name, "127.0.0.1")
+    w, seen = make(tmp_path, sched, poll_min=1.0)
+    w.listener = listener
+
+    def agent() -> None:
+        n = Notifier(tmp_path)
+        n.send({"phase": "launching", "detail": "x", "node": "n1"})
+        n.send({"phase": "ready", "connection": {"url": "http://n1:1/"}})
+
+    threading.Timer(0.2, agent).start()
+    t0 = time.monotonic()
+    conn = w.wait()
+    listener.close()
+    assert conn == {"url": "http://n1:1/"}
+    assert time.monotonic() - t0 < 0.9
+    assert sched.queries == 0 and "launching" in seen
+
+
+def test_backoff_while_pending_then_failure(tmp_path: Path) -> None:
+    sched = FakeScheduler([JobState.PENDING] * 6 + [JobState.UNKNOWN] * 2 + [JobState.FAILED])
+    w, seen = make(tmp_path, sched, poll_min=0.05, poll_max=0.2)
+    with pytest.raises(DesktopFailed, match=r"ended \(failed\)"):
+        w.wait()
+    assert sched.queries == 9
+    assert "queued" in seen and "unknown" in seen  # unknown kept waiting
+
+
+def test_node_json_fallback_and_failure_reason(tmp_path: Path) -> None:
+    sched = FakeScheduler([JobState.RUNNING])
+    w, _ = make(tmp_path, sched, poll_min=5.0)
+    write_json(tmp_path / "node.json", {"phase": "failed", "node": "n1",
+                                        "reason": "Xorg exited (exit code 1)"})
+    with pytest.raises(DesktopFailed, match="Xorg exited"):
+        w.wait()
+    write_json(tmp_path / "node.json", {"phase": "ready", "node": "n1"})
+    write_json(tmp_path / "connection.json", {"url": "http://n1:2/"})
+    w2, _ = make(tmp_path, sched, poll_min=5.0)
+    assert w2.wait() == {"url": "http://n1:2/"}
+    assert sched.queries == 0
+
+
+def test_queue_timeout(tmp_path: Path) -> None:
+    from hpcdesk.errors import WaitTimeout
+
+    w, _ = make(tmp_path, FakeScheduler([JobState.PENDING]), poll_min=0.2, queue=1)
+    with pytest.raises(WaitTimeout, match="in the queue"):
+        w.wait()
