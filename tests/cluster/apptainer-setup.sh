@@ -94,7 +94,9 @@ EOF
     local opts=(-o "Dir::Etc::SourceList=$t/sources.list" -o "Dir::Etc::SourceParts=$t/parts"
                 -o "Dir::State::Lists=$t/lists" -o "Dir::Cache::Archives=$t/archives"
                 -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache="
-                -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
+                -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root"
+                # a frozen mirror snapshot may carry an expired sid Release: still signed
+                -o "Acquire::Check-Valid-Until=false")
     log "fetching the apptainer package from Debian $APPTAINER_SUITE ($MIRROR)"
     apt-get "${opts[@]}" update -q >/dev/null || die "apt-get update of $APPTAINER_SUITE failed"
     (cd "$ABASE/debs" && apt-get "${opts[@]}" download -q apptainer >/dev/null) \
@@ -245,6 +247,9 @@ done
 for _hd_f in hosts resolv.conf hostname localtime; do
     [ -f "/etc/$_hd_f" ] && "$_hd_mount" --bind "/etc/$_hd_f" "$_hd_R/etc/$_hd_f"
 done
+# the host's site additions (e.g. /usr/local/share/ca-certificates) and trusted CAs
+"$_hd_mount" --rbind /usr/local "$_hd_R/usr/local" || _hd_fail "cannot bind /usr/local"
+[ -d /etc/ssl/certs ] && "$_hd_mount" --bind /etc/ssl/certs "$_hd_R/etc/ssl/certs"
 "$_hd_mount" -t tmpfs -o mode=0755,size=4m hpcdesk-apptainer "$_hd_R/.hd" || _hd_fail "cannot mount a tmpfs"
 { "$_hd_cat" /etc/passwd; "$_hd_grep" -q "^[^:]*:[^:]*:$_hd_uid:" /etc/passwd || "$_hd_getent" passwd "$_hd_uid"; } > "$_hd_R/.hd/passwd"
 { "$_hd_cat" /etc/group; "$_hd_grep" -q "^[^:]*:[^:]*:$_hd_gid:" /etc/group || "$_hd_getent" group "$_hd_gid"; } > "$_hd_R/.hd/group"
@@ -282,6 +287,8 @@ for a do
     esac
 done
 if [ \$mode = build ]; then
+    # debootstrap needs chroot, which lives in sbin (missing from users' PATH)
+    case ":\$PATH:" in *:/usr/sbin:*) ;; *) PATH=\$PATH:/usr/sbin:/sbin;; esac
     # root of a user namespace that also maps the caller's subordinate ids (newuidmap)
     u=\$(id -un) i=\$(id -u)
     if grep -qE "^(\$u|\$i):" /etc/subuid 2>/dev/null && grep -qE "^(\$u|\$i):" /etc/subgid 2>/dev/null; then

@@ -82,7 +82,10 @@ slurm_version_num() {
 pid_file() { echo "$RUN_DIR/$1.pid"; }
 
 # Print the recorded pid of daemon $1 if that process is alive and is still
-# the program we started ($2 = expected /proc/PID/comm).
+# the program we started ($2 = expected /proc/PID/comm, as a prefix: Debian's
+# /usr/sbin/slurmd is an alternatives link to slurmd-wlm, and Slurm 24.11
+# re-executes itself on `scontrol reconfigure`, after which comm reads
+# "slurmd-wlm", same pid).
 live_pid() {
     local f pid comm
     f=$(pid_file "$1")
@@ -90,7 +93,7 @@ live_pid() {
     pid=$(<"$f")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-    [[ $comm == "$2" ]] || return 1
+    [[ $comm == "$2"* ]] || return 1
     # A dead daemon can stay a zombie for a while when PID 1 reaps lazily.
     is_zombie "$pid" && return 1
     echo "$pid"
@@ -638,16 +641,18 @@ our_ns_ids() {
     done | sort -u
 }
 
-# Pids of processes living in one of our network or mount namespaces.
+# Pids of processes living in one of the namespaces listed in $1 (lines like
+# "net:[4026532178]" / "mnt:[...]"), default: ours.
 pids_in_our_ns() {
-    local ids p net mnt
-    ids=$(our_ns_ids)
-    [[ -n $ids ]] || return 0
+    local ids=${1-$(our_ns_ids)} id p net mnt
+    local -A want=()
+    for id in $ids; do want[$id]=1; done
+    ((${#want[@]})) || return 0
     for p in /proc/[0-9]*; do
         net=$(readlink "$p/ns/net" 2>/dev/null) || continue
-        mnt=$(readlink "$p/ns/mnt" 2>/dev/null) || mnt=
-        if grep -qxF -e "$net" -e "${mnt:-none}" <<<"$ids"; then
-            echo "${p#/proc/}"
+        mnt=$(readlink "$p/ns/mnt" 2>/dev/null) || mnt=none
+        if [[ -n ${want[$net]:-} || -n ${want[$mnt]:-} ]]; then
+            is_zombie "${p#/proc/}" || echo "${p#/proc/}"
         fi
     done
 }
@@ -672,6 +677,10 @@ cmd_down() {
     if ((${#pids[@]})); then
         log "killing ${#pids[@]} leftover process(es) in the node namespaces"
         describe_pids "${pids[@]}" >&2
+        # slurmstepd ignores SIGTERM and has nothing to save once slurmd is gone.
+        for pid in "${pids[@]}"; do
+            [[ $(cat "/proc/$pid/comm" 2>/dev/null) == slurmstepd* ]] && kill -KILL "$pid" 2>/dev/null
+        done
         terminate_pids 3 "${pids[@]}"
     fi
 
@@ -705,16 +714,9 @@ cmd_down() {
             left+=("process $pid from $(basename "$f") still alive")
         fi
     done
-    if [[ -n $ids ]]; then
-        local p net mnt
-        for p in /proc/[0-9]*; do
-            net=$(readlink "$p/ns/net" 2>/dev/null) || continue
-            mnt=$(readlink "$p/ns/mnt" 2>/dev/null) || mnt=none
-            if grep -qxF -e "$net" -e "$mnt" <<<"$ids"; then
-                left+=("process ${p#/proc/} in a node namespace: $(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)")
-            fi
-        done
-    fi
+    for pid in $(pids_in_our_ns "$ids"); do
+        left+=("process $pid in a node namespace: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)")
+    done
     for n in "${NODES[@]}"; do
         [[ -e $NETNS_DIR/$n ]] && left+=("netns $n")
         ip link show "$(veth_host "$n")" >/dev/null 2>&1 && left+=("link $(veth_host "$n")")
