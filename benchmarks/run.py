@@ -198,7 +198,8 @@ def main() -> int:
     args = ap.parse_args()
     print(f"# hpcdesk benchmarks on {platform.node()}: {os.cpu_count()} CPUs, "
           f"{platform.platform()}, Python {platform.python_version()}")
-    print(f"# slurm: {subprocess.run(['sinfo', '-V'], capture_output=True, text=True).stdout.strip()}")
+    slurm = subprocess.run(["sinfo", "-V"], capture_output=True, text=True).stdout.strip()
+    print(f"# slurm: {slurm}")
     results: list[tuple[str, str]] = []
     if "desktops" in args.only:
         s = bench_desktops(args.runs, [], "host")
@@ -209,7 +210,8 @@ def main() -> int:
         ]
         results += [(f"   {k}", stats(v)) for k, v in s.items() if k.startswith("rpc ")]
         results += [
-            ("f) agent: job start -> desktop launched (ms)", stats(s["agent_start_to_launched_ms"])),
+            ("f) agent: job start -> desktop launched (ms)",
+             stats(s["agent_start_to_launched_ms"])),
             ("   agent: job start -> healthy (s)", stats(s["agent_start_to_healthy"])),
             ("   sbatch -> agent start (s)", stats(s["submitted_to_agent_start"])),
             ("g) submit -> URL, host runtime (s)", stats(s["submit_to_url"])),
@@ -228,7 +230,8 @@ def main() -> int:
         p = bench_pending_wait(args.pending_seconds)
         results.append(("d) job-info RPCs/min, one submit on a pending job",
                         f"{p['hpcdesk_per_min']:.1f} (batchspawner-style 0.5 s loop: "
-                        f"{p['baseline_per_min']:.1f}; ratio {p['ratio_baseline_over_hpcdesk']:.1f}x)"))
+                        f"{p['baseline_per_min']:.1f}; "
+                        f"ratio {p['ratio_baseline_over_hpcdesk']:.1f}x)"))
     if "cold" in args.only:
         c = bench_cold_start(args.runs)
         results += [(f"e) {k} (ms, runuser subtracted)", stats(v)) for k, v in c.items()]

@@ -259,8 +259,8 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
     if (n.port_min or n.port_max) and not 1024 <= n.port_min < n.port_max:
         fail("network.port_max", "port range must satisfy 1024 <= port_min < port_max",
              "network.port_min")
-    if cfg.desktop.https and not (cfg.desktop.https_cert and cfg.desktop.https_key):
-        fail("desktop.https", "needs desktop.https_cert and desktop.https_key")
+    if bool(cfg.desktop.https_cert) != bool(cfg.desktop.https_key):
+        fail("desktop.https_key", "https_cert and https_key go together", "desktop.https_cert")
     if cfg.runtime.kind == "apptainer" and not cfg.runtime.image:
         fail("runtime.image", "must name an image (a .sif path or a flavour) for apptainer",
              "runtime.kind")

@@ -129,9 +129,11 @@ class DesktopConfig:
                           pattern=r"DFP|DP-\d+|none")
     user: str | None = opt(None, "Basic-auth user name (default: your login name).",
                            pattern=r"[A-Za-z0-9_.-]{1,32}")
-    https: bool = opt(False, "Serve the web UI over HTTPS (needs https_cert and https_key).")
-    https_cert: str | None = opt(None, "PEM certificate for HTTPS.")
-    https_key: str | None = opt(None, "PEM key for HTTPS.")
+    https: bool = opt(True, "Serve the web UI over HTTPS (browsers need it for the Selkies "
+                      "client anywhere but localhost).")
+    https_cert: str | None = opt(None, "PEM certificate for HTTPS (default: a self-signed one "
+                                 "made on the node per session).")
+    https_key: str | None = opt(None, "PEM key for https_cert.")
 
 
 @dataclass

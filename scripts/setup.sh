@@ -40,11 +40,11 @@ if [[ "$(cat "$VENV/.hpcdesk-key" 2>/dev/null)" != "$key" ]]; then
   mkdir -p "$(dirname "$VENV")"
   /usr/bin/python3 -m venv "$VENV"
   PIP_CACHE_DIR="$CACHE/pip" "$VENV/bin/pip" install -q --disable-pip-version-check \
-    -r "$HERE/requirements/dev.txt"
+    -r "$HERE/requirements/dev.txt" 2>&1 | { grep -v "^WARNING: Location" || true; }
   echo "$key" > "$VENV/.hpcdesk-key"
 fi
 # This checkout's hpcdesk, as a real (non-editable) install: the test user cannot read /root.
 PIP_CACHE_DIR="$CACHE/pip" "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
-  --no-build-isolation --force-reinstall "$HERE" 2>&1 | grep -v "^WARNING" || true
+  --no-build-isolation --force-reinstall "$HERE" 2>&1 | { grep -v "^WARNING: Location" || true; }
 chmod -R a+rX "$(dirname "$VENV")"
 log "ready: $VENV ($("$VENV/bin/hpcdesk" --version))"

@@ -140,7 +140,7 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
         emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
                    "state": "ready", **{k: conn.get(k) for k in (
                        "url", "host", "port", "user", "password", "node", "display",
-                       "encoder", "encoder_reason", "interface")}})
+                       "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint")}})
         return
     took = f" after {elapsed:.1f}s" if elapsed is not None else ""
     print(f"\nYour desktop is ready{took}:\n"
@@ -150,6 +150,9 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
           f"  node:     {conn.get('node')} (display {conn.get('display')}, "
           f"encoder {conn.get('encoder')})\n"
           f"  session:  {session.id} (job {job})\n"
+          + (f"  certificate: self-signed for this session; your browser warns once.\n"
+             f"           SHA-256 {conn.get('tls_fingerprint')}\n"
+             if conn.get("tls") == "self-signed" else "") +
           f"  stop it:  hpcdesk cancel {session.id}", flush=True)
 
 

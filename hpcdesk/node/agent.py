@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hpcdesk.node import address, health
+from hpcdesk.node import address, health, tls
 from hpcdesk.node.binding import bind_gpu
 from hpcdesk.node.ports import PortLease
 from hpcdesk.node.procs import Child, StartError, stop_all
@@ -124,10 +124,14 @@ class Agent:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"hpcdesk-{req.session_id}-"))
         user = req.desktop.user or req.user or getpass.getuser()
         password = secrets.token_urlsafe(18)
+        tls_files = (tls.prepare(self.workdir, [host, bind_addr], req.desktop.https_cert,
+                                 req.desktop.https_key) if req.desktop.https else None)
         plan = DesktopPlan(request=req, session_dir=self.dir, workdir=self.workdir,
                            bind_addr=bind_addr, web_port=port, user=user, password=password,
                            encoder=gpu.encoder, encoder_threads=gpu.encoder_threads,
-                           xorg_driver=gpu.xorg_driver, bus_id=gpu.bus_id)
+                           xorg_driver=gpu.xorg_driver, bus_id=gpu.bus_id,
+                           tls_cert=tls_files.cert if tls_files else None,
+                           tls_key=tls_files.key if tls_files else None)
         self.phase("launching", f"starting the desktop ({req.runtime.kind} runtime)",
                    port=port, host=host)
         deadline = time.monotonic() + req.start_timeout
@@ -145,6 +149,8 @@ class Agent:
             "port": port, "user": user, "password": password, "display": started.display,
             "node": self.state["node"], "interface": req.desktop.interface,
             "encoder": gpu.encoder, "encoder_reason": gpu.encoder_reason,
+            "tls": tls_files.kind if tls_files else None,
+            "tls_fingerprint": tls_files.fingerprint if tls_files else None,
             "started_at": self.state["times"]["agent_start"], "ready_at": now(),
         }
         write_json(self.dir / "connection.json", connection, mode=0o600)

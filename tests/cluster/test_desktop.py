@@ -37,7 +37,8 @@ def test_submit_browser_cancel(user: User, tmp_path: Path, cleanup_jobs: list[st
     cleanup_jobs.append(data["session"])
     assert data["state"] == "ready"
     url, node = str(data["url"]), str(data["node"])
-    assert url.startswith(f"http://{NODE_IPS[node]}:")
+    assert url.startswith(f"https://{NODE_IPS[node]}:")
+    assert data["tls"] == "self-signed" and len(str(data["tls_fingerprint"])) == 95
     assert http_status(url, (data["user"], data["password"])) == 200
     assert http_status(url, None) == 401
     assert http_status(url, (data["user"], "wrong")) == 401
@@ -47,11 +48,12 @@ def test_submit_browser_cancel(user: User, tmp_path: Path, cleanup_jobs: list[st
                             .read_text())
     xterm = node_exec(node, "runuser", "-u", user.name, "--", "env",
                       f"DISPLAY={node_state['display']}",
-                      f"XAUTHORITY={node_state['xauthority']}", "setsid", "-f", "xterm",
-                      "-bg", "#13a86b", "-geometry", "200x80+0+0")
+                      f"XAUTHORITY={node_state['xauthority']}", "sh", "-c",
+                      'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
+                      "xterm", "-bg", "#13a86b", "-geometry", "200x80+0+0")
     assert xterm.returncode == 0, xterm.stderr
     time.sleep(1.5)
-    authed = url.replace("http://", f"http://{data['user']}:{data['password']}@")
+    authed = url.replace("https://", f"https://{data['user']}:{data['password']}@")
     shot = screenshot(authed, tmp_path / "desktop.png")
     assert colour_fraction(shot, GREEN) > 0.10, "the placed window is not visible in the browser"
 

@@ -26,6 +26,8 @@ class DesktopPlan:
     encoder_threads: int
     xorg_driver: str       # dummy | nvidia
     bus_id: str | None
+    tls_cert: Path | None  # HTTPS certificate and key for the web UI (None: plain HTTP)
+    tls_key: Path | None
 
 
 @dataclass

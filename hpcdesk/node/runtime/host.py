@@ -57,10 +57,10 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_AUDIO_BITRATE": str(d.audio_bitrate),
         "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
         "SELKIES_SCALING_DPI": str(dpi),
-        "SELKIES_ENABLE_HTTPS": "true" if d.https else "false",
+        "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
     }
-    if d.https and d.https_cert and d.https_key:
-        env["SELKIES_HTTPS_CERT"], env["SELKIES_HTTPS_KEY"] = d.https_cert, d.https_key
+    if plan.tls_cert and plan.tls_key:
+        env["SELKIES_HTTPS_CERT"], env["SELKIES_HTTPS_KEY"] = str(plan.tls_cert), str(plan.tls_key)
     return env
 
 
