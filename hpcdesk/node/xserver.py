@@ -6,8 +6,10 @@ when it accepts connections, so two agents starting together never get the same 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,7 +74,9 @@ def _read_display(rfd: int, child: Child, timeout: float) -> int:
             buf += chunk
             if b"\n" in buf:
                 return int(buf.split(b"\n")[0])
-            if not chunk:
+            if not chunk:  # the server closed the pipe: it is exiting
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.proc.wait(5)
                 break
         if not child.alive():
             break

@@ -109,22 +109,26 @@ set_sessiondir_size() {  # $1: apptainer.conf
     sed -i -E "s/^[#[:space:]]*sessiondir max size = .*/sessiondir max size = $SESSIONDIR_MAX_MB/" "$1"
 }
 
+ensure_subids() {  # $1: user. A subordinate id range for apptainer --fakeroot (Debian 13) and
+    # for `apptainer build` through the wrappers, so that debootstrap can chown.
+    local f start
+    for f in subuid subgid; do
+        grep -qE "^($1|$(id -u "$1")):" "/etc/$f" 2>/dev/null && continue
+        start=$(awk -F: 'BEGIN{m=100000} {e=$2+$3; if (e>m) m=e} END{print m}' "/etc/$f" 2>/dev/null || echo 100000)
+        if [ $f = subuid ]; then usermod --add-subuids "$start-$((start + 65535))" "$1"
+        else usermod --add-subgids "$start-$((start + 65535))" "$1"; fi
+    done
+}
+
 ensure_dev_user() {
     if ! id "$DEV_USER" >/dev/null 2>&1; then
         log "creating the test user $DEV_USER"
         useradd -m -s /bin/bash "$DEV_USER"
     fi
-    # A subordinate id range: apptainer --fakeroot (Debian 13) and `apptainer build`
-    # through the wrapper (Debian 12) map it so that debootstrap can chown.
-    local f
-    for f in subuid subgid; do
-        if ! grep -qE "^($DEV_USER|$(id -u "$DEV_USER")):" "/etc/$f" 2>/dev/null; then
-            local start
-            start=$(awk -F: 'BEGIN{m=100000} {e=$2+$3; if (e>m) m=e} END{print m}' "/etc/$f" 2>/dev/null || echo 100000)
-            if [ $f = subuid ]; then usermod --add-subuids "$start-$((start + 65535))" "$DEV_USER"
-            else usermod --add-subgids "$start-$((start + 65535))" "$DEV_USER"; fi
-        fi
-    done
+    ensure_subids "$DEV_USER"
+    # root too: `apptainer build` as root runs in a user namespace here (see the wrappers)
+    [ "${HPCDESK_ROOT_SUBIDS:-1}" = 1 ] && ensure_subids root
+    return 0
 }
 
 glibc=$(dpkg-query -W -f='${Version}' libc6 2>/dev/null || echo 0)
@@ -162,17 +166,20 @@ while read -r k v _; do
         CapBnd:) bnd=\$v;;
     esac
 done < /proc/self/status
-skip=
+skip= build=
 for a do  # \`apptainer build\`: debootstrap needs chroot, from sbin (missing in users' PATH)
     if [ -n "\$skip" ]; then skip=; continue; fi
     case \$a in
         -c|--config) skip=1;;
         -*) ;;
-        build) case ":\$PATH:" in *:/usr/sbin:*) ;; *) PATH=\$PATH:/usr/sbin:/sbin;; esac; break;;
+        build) build=1; case ":\$PATH:" in *:/usr/sbin:*) ;; *) PATH=\$PATH:/usr/sbin:/sbin;; esac; break;;
         *) break;;
     esac
 done
 if [ "\$uid" = 0 ] && [ \$(( 0x\$bnd >> 24 & 1 )) = 0 ]; then
+    if [ "\$build" = 1 ] && grep -q '^root:' /etc/subuid && grep -q '^root:' /etc/subgid; then
+        exec /usr/bin/unshare --user --map-root-user --map-auto -- /usr/bin/$name "\$@"
+    fi
     exec /usr/bin/unshare --user --map-root-user -- /usr/bin/$name "\$@"
 fi
 exec /usr/bin/$name "\$@"

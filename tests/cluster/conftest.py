@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,22 +145,6 @@ def http_status(url: str, auth: tuple[str, str] | None) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as err:
         return int(err.code)
-
-
-def screenshot(url: str, out: Path, wait_ms: int = 9000) -> Path:
-    """Headless Chromium opens the URL (credentials in it) and saves a PNG."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.fail("chromium is not installed (apt-get install chromium)")
-    profile = out.parent / f"chromium-profile-{time.monotonic_ns()}"
-    argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", f"--user-data-dir={profile}", "--window-size=1280,720",
-            "--ignore-certificate-errors",
-            f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url]
-    proc = _run(argv, timeout=120)
-    assert out.exists(), f"chromium made no screenshot: {proc.stderr[-2000:]}"
-    return out
 
 
 def colour_fraction(png: Path, rgb: tuple[int, int, int], tol: int = 40) -> float:

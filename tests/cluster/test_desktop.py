@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import browser
 import pytest
 from conftest import (
     NODE_IPS,
@@ -17,7 +18,6 @@ from conftest import (
     http_status,
     node_exec,
     node_user_pids,
-    screenshot,
 )
 
 pytestmark = pytest.mark.cluster
@@ -54,8 +54,9 @@ def test_submit_browser_cancel(user: User, tmp_path: Path, cleanup_jobs: list[st
     assert xterm.returncode == 0, xterm.stderr
     time.sleep(1.5)
     authed = url.replace("https://", f"https://{data['user']}:{data['password']}@")
-    shot = screenshot(authed, tmp_path / "desktop.png")
-    assert colour_fraction(shot, GREEN) > 0.10, "the placed window is not visible in the browser"
+    shot = tmp_path / "desktop.png"
+    seen = browser.watch(authed, shot, lambda png: colour_fraction(png, GREEN) > 0.10)
+    assert seen, f"the placed window is not visible in the browser (last screenshot: {shot})"
 
     cancel = user.json("cancel", str(data["session"]), *SITE)
     assert cancel["state"] == "cancelled"
@@ -125,7 +126,7 @@ def _newest_session(user: User) -> str:
     (("--time", "1:xx"), "is not a Slurm time"),
     (("--partition", "nosuchpartition"), "invalid partition"),
     (("--set", "scheduler.job_name=a'b"), "scheduler.job_name"),
-    (("--set", "desktop.timezone=UTC\n;id"), "single line"),
+    (("--set", "desktop.timezone=UTC\n;id"), "desktop.timezone"),
 ])
 def test_bad_input_is_one_clear_error(user: User, args: tuple[str, ...], needle: str) -> None:
     before = _run(["squeue", "-h", "-u", user.name, "-t", "all"]).stdout
