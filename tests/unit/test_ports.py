@@ -51,3 +51,36 @@ def test_kernel_chosen_port(tmp_path: Path) -> None:
     assert 1024 < port < 65536
     assert lock_dir.stat().st_mode & 0o7777 == 0o1777  # shared by all users' agents, sticky
     assert (lock_dir / f"port-{port}.lock").exists()
+
+
+def _claim_display(lock_dir: str, tmp: str, barrier: mp.synchronize.Barrier,
+                   out: mp.queues.Queue[int], hold: mp.synchronize.Event) -> None:
+    from hpcdesk.node.displays import DisplayLease
+
+    lease = DisplayLease(Path(lock_dir), Path(tmp))
+    barrier.wait()
+    out.put(lease.acquire())
+    hold.wait(10)
+
+
+def test_concurrent_display_claims_are_distinct_and_skip_used(tmp_path: Path) -> None:
+    from hpcdesk.node.displays import FIRST
+
+    fake_tmp = tmp_path / "tmp"
+    (fake_tmp / ".X11-unix").mkdir(parents=True)
+    (fake_tmp / f".X{FIRST}-lock").write_text("123")          # a running server
+    (fake_tmp / ".X11-unix" / f"X{FIRST + 2}").write_text("")  # a socket without lock
+    n = 6
+    ctx = mp.get_context("fork")
+    barrier, out, hold = ctx.Barrier(n), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_claim_display,
+                         args=(str(tmp_path / "locks"), str(fake_tmp), barrier, out, hold))
+             for _ in range(n)]
+    for p in procs:
+        p.start()
+    got = sorted(out.get(timeout=20) for _ in range(n))
+    hold.set()
+    for p in procs:
+        p.join(10)
+    assert len(set(got)) == n
+    assert FIRST not in got and FIRST + 2 not in got

@@ -1,0 +1,73 @@
+"""Race-free X display numbers for servers that are told their display (container images).
+
+A display N is free when no lock file /tmp/.XN-lock and no socket /tmp/.X11-unix/XN exists on
+the node, and no abstract socket @/tmp/.X11-unix/XN is bound in this network namespace
+(containers with a private /tmp still share those). The agent then holds an exclusive
+flock on <lock_dir>/display-N.lock for the whole session, so two agents starting at the same
+moment never pick the same N. (The host runtime lets Xorg choose with -displayfd instead.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+FIRST = 20   # leave low numbers to console servers and ssh X forwarding (10+)
+LAST = 999
+
+
+def _abstract_x_sockets(proc_net_unix: Path = Path("/proc/net/unix")) -> set[int]:
+    taken = set()
+    try:
+        lines = proc_net_unix.read_text().splitlines()[1:]
+    except OSError:
+        return taken
+    for line in lines:
+        path = line.split()[-1] if len(line.split()) >= 8 else ""
+        for prefix in ("@/tmp/.X11-unix/X", "/tmp/.X11-unix/X"):
+            if path.startswith(prefix) and path[len(prefix):].isdigit():
+                taken.add(int(path[len(prefix):]))
+    return taken
+
+
+def in_use(n: int, tmp: Path = Path("/tmp"), sockets: set[int] | None = None) -> bool:
+    if sockets is None:
+        sockets = _abstract_x_sockets()
+    return (n in sockets or (tmp / f".X{n}-lock").exists()
+            or (tmp / ".X11-unix" / f"X{n}").exists())
+
+
+class DisplayLease:
+    def __init__(self, lock_dir: Path, tmp: Path = Path("/tmp")) -> None:
+        self.lock_dir = lock_dir
+        self.tmp = tmp
+        self.fd: int | None = None
+        self.number: int | None = None
+
+    def acquire(self) -> int:
+        with contextlib.suppress(FileExistsError):
+            self.lock_dir.mkdir(parents=True)
+            os.chmod(self.lock_dir, 0o1777)  # noqa: S103 - shared by all users' agents
+        sockets = _abstract_x_sockets()
+        for n in range(FIRST, LAST + 1):
+            if in_use(n, self.tmp, sockets):
+                continue
+            fd = os.open(self.lock_dir / f"display-{n}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            if in_use(n, self.tmp):  # taken between the scan and the lock
+                os.close(fd)
+                continue
+            self.fd, self.number = fd, n
+            return n
+        raise RuntimeError(f"no free X display between :{FIRST} and :{LAST} on this node")
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = self.number = None
