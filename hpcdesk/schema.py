@@ -93,6 +93,8 @@ class RuntimeConfig:
     binds: list[str] = opt([], "Extra Apptainer binds (SRC[:DST[:ro]]).",
                            item_pattern=r"[^\s,]+")
     apptainer: str = opt("apptainer", "The apptainer (or singularity) command.")
+    image_dir: str = opt("~/.hpcdesk/images", "Where `hpcdesk image build` puts images and "
+                         "where flavour names are looked up (a shared directory at most sites).")
     xorg: str = opt("/usr/lib/xorg/Xorg", "The Xorg server binary (not the setuid wrapper).")
     selkies: str = opt("selkies", "The Selkies command (PyPI selkies) for the host runtime.")
     session: str = opt("openbox", "Desktop session / window manager command.")

@@ -61,6 +61,7 @@ class Agent:
         self.children: list[Child] = []
         self.ports: PortLease | None = None
         self.workdir: Path | None = None
+        self.started: Started | None = None
 
     # -- state and events -------------------------------------------------------------
     def phase(self, phase: str, detail: str = "", push: dict[str, Any] | None = None,
@@ -136,6 +137,7 @@ class Agent:
                    port=port, host=host)
         deadline = time.monotonic() + req.start_timeout
         started = get_runtime(req.runtime.kind).start(plan, timeout=req.start_timeout)
+        self.started = started
         self.children = list(started.children)
         self.mark("desktop_launched")
         self.phase("waiting", f"desktop on display {started.display}; waiting for the web UI",
@@ -201,6 +203,8 @@ class Agent:
             signal.signal(sig, signal.SIG_IGN)  # cleanup must not be interrupted
         self.phase("stopping", reason)
         stop_all(self.children)
+        if self.started and self.started.on_stop:
+            self.started.on_stop()
         if self.ports:
             self.ports.release()
         if self.workdir:

@@ -19,7 +19,7 @@ LAST = 999
 
 
 def _abstract_x_sockets(proc_net_unix: Path = Path("/proc/net/unix")) -> set[int]:
-    taken = set()
+    taken: set[int] = set()
     try:
         lines = proc_net_unix.read_text().splitlines()[1:]
     except OSError:

@@ -4,7 +4,7 @@ basic auth with the plan's user and password, the plan's display settings."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +35,7 @@ class Started:
     children: Sequence[Child]
     display: str
     xauthority: Path | None  # cookie file for programs the user starts on the display
+    on_stop: Callable[[], None] | None = None  # releases what the runtime holds (leases)
 
 
 class Runtime(Protocol):

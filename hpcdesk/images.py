@@ -1,0 +1,81 @@
+"""Desktop image flavours, their definition files and content-derived image names.
+
+Shared by `hpcdesk image build` (login side) and the apptainer runtime (node side).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcdesk import resources
+
+
+@dataclass(frozen=True)
+class Flavor:
+    name: str
+    definition: str          # file in images/
+    tags: tuple[str, ...]    # allowed tags; the first is the default
+    description: str
+
+
+FLAVORS = {
+    "debian": Flavor("debian", "debian-desktop.def", ("bookworm",),
+                     "Debian + Xfce + Selkies (PyPI) + TigerVNC/noVNC; builds offline from the "
+                     "Debian and PyPI registries"),
+    "glx": Flavor("glx", "glx-desktop.def", ("24.04", "22.04", "20.04"),
+                  "selkies-project nvidia-glx-desktop (KDE, own Xorg on the GPU, Selkies or "
+                  "KasmVNC), adapted for Apptainer"),
+    "egl": Flavor("egl", "egl-desktop.def", ("24.04", "22.04", "20.04"),
+                  "selkies-project nvidia-egl-desktop (KDE on Xvfb + VirtualGL/EGL; shares a "
+                  "GPU), adapted for Apptainer"),
+}
+_DATED_TAG = re.compile(r"^(24\.04|22\.04|20\.04)-\d{8}\d*$")  # persistent dated upstream tags
+
+
+class ImageError(ValueError):
+    """A wrong flavour or tag, or an image that has not been built."""
+
+
+def parse(spec: str) -> tuple[Flavor, str]:
+    """'glx', 'glx:22.04' or 'egl:24.04-20251101' -> (flavour, tag)."""
+    name, _, tag = spec.partition(":")
+    flavor = FLAVORS.get(name)
+    if flavor is None:
+        raise ImageError(f"unknown image flavour {name!r}; choose one of {', '.join(FLAVORS)}")
+    tag = tag or flavor.tags[0]
+    if tag not in flavor.tags and not (flavor.name != "debian" and _DATED_TAG.match(tag)):
+        raise ImageError(f"tag {tag!r} is not available for {flavor.name}; use one of "
+                         f"{', '.join(flavor.tags)}" + (" or a dated tag such as 24.04-20251101"
+                                                        if flavor.name != "debian" else ""))
+    return flavor, tag
+
+
+def definition_path(flavor: Flavor) -> Path:
+    return resources.data_dir("images") / flavor.definition
+
+
+def image_name(flavor: Flavor, tag: str) -> str:
+    """Name derived from the definition's content and the tag: a changed recipe, a new file."""
+    digest = hashlib.sha256(definition_path(flavor).read_bytes() + tag.encode()).hexdigest()
+    return f"{flavor.name}-{tag}-{digest[:16]}.sif"
+
+
+def is_path(spec: str) -> bool:
+    return "/" in spec or spec.endswith(".sif")
+
+
+def resolve_image(spec: str, image_dir: str) -> str:
+    """A runnable image path for runtime.image (a path, or a flavour built into image_dir)."""
+    if is_path(spec):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ImageError(f"image {path} does not exist on this node")
+        return str(path)
+    flavor, tag = parse(spec)
+    path = Path(image_dir).expanduser() / image_name(flavor, tag)
+    if not path.exists():
+        raise ImageError(f"image {spec!r} has not been built ({path} is missing)",)
+    return str(path)

@@ -1,0 +1,180 @@
+"""The apptainer runtime: the desktop image, unprivileged, with a private /tmp per session.
+
+Invocation choices (pinned by tests/unit/test_apptainer_cmd.py):
+- `--contain --workdir W`: /tmp, /var/tmp (and the home, unless --home is given) come from
+  the session's node-local work directory, so the fixed /tmp paths of the upstream images
+  (X socket, nginx pid, rtc.json) never collide between two desktops on one node.
+- `--writable-tmpfs`: the upstream entrypoints write into /etc and /opt at start. A tmpfs
+  overlay takes those writes in memory, needs no per-session overlay image, and vanishes
+  with the container; a persistent overlay would only keep state nobody should reuse.
+- `--cleanenv` plus APPTAINERENV_* in apptainer's own environment: the container sees exactly
+  the contract below, and nothing reaches a command line (`ps` shows no setting, no secret).
+  The password goes in by file (our images) or by protected environment (upstream images).
+- `--nv` with a bound GPU; for the GLX flavour the host's NVIDIA X driver and GLX server
+  module are bound where the image's Xorg looks for them, so nothing is downloaded at start.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcdesk.node.displays import DisplayLease
+from hpcdesk.node.procs import Child, StartError, spawn
+from hpcdesk.node.runtime import DesktopPlan, Started
+from hpcdesk.node.runtime.host import selkies_env
+
+# Where the upstream images' Xorg looks for the NVIDIA modules.
+XORG_MODULE_TARGETS = {
+    "nvidia_drv.so": "/usr/lib/xorg/modules/drivers/nvidia_drv.so",
+    "libglxserver_nvidia.so": "/usr/lib/xorg/modules/extensions/libglxserver_nvidia.so",
+}
+ICD_TARGETS = {
+    "nvidia_icd.json": "/usr/share/vulkan/icd.d/nvidia_icd.json",
+    "10_nvidia.json": "/usr/share/glvnd/egl_vendor.d/10_nvidia.json",
+}
+PASSWORD_IN_CONTAINER = "/tmp/.hpcdesk-password"  # noqa: S105 - a path, not a secret
+
+
+@dataclass(frozen=True)
+class ImageKind:
+    """How an image is started and which environment contract it reads."""
+
+    flavor: str       # debian | glx | egl
+    upstream: bool    # the selkies-project images (supervisord, nginx, PASSWD)
+
+    @classmethod
+    def detect(cls, image: str) -> ImageKind:
+        name = Path(image).name.lower()
+        for flavor in ("glx", "egl"):
+            if flavor in name:
+                return cls(flavor, True)
+        return cls("debian", False)
+
+
+@dataclass
+class Invocation:
+    argv: list[str]
+    env: dict[str, str]   # apptainer's own environment (APPTAINERENV_* and the basics)
+    password_file: Path | None
+
+
+def contract_env(plan: DesktopPlan, display: str, kind: ImageKind,
+                 driver_version: str | None) -> dict[str, str]:
+    """The variables the images read (upstream names, plus hpcdesk's for its own image)."""
+    d = plan.request.desktop
+    env = {
+        "DISPLAY": display,
+        "DISPLAY_SIZEW": str(d.width), "DISPLAY_SIZEH": str(d.height),
+        "DISPLAY_REFRESH": str(d.refresh), "DISPLAY_DPI": str(d.dpi),
+        "DISPLAY_CDEPTH": str(d.depth), "VIDEO_PORT": d.video_port, "TZ": d.timezone,
+        "SELKIES_ENCODER": plan.encoder,
+        "SELKIES_VIDEO_BITRATE": str(d.video_bitrate),
+        "SELKIES_FRAMERATE": str(d.framerate),
+        "SELKIES_AUDIO_BITRATE": str(d.audio_bitrate),
+        "SELKIES_AUDIO_ENABLED": "true" if d.audio else "false",
+        "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
+        "SELKIES_ENABLE_BASIC_AUTH": "true",
+        "SELKIES_BASIC_AUTH_USER": plan.user,
+        "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
+        "NGINX_PORT": str(plan.web_port),
+        "KASMVNC_ENABLE": "true" if d.interface == "vnc" else "false",
+        "KASMVNC_THREADS": str(max(1, plan.encoder_threads)),
+        "HPCDESK_INTERFACE": d.interface,
+        "HPCDESK_WEB_PORT": str(plan.web_port),
+        "HPCDESK_BIND_ADDR": plan.bind_addr,
+        "XDG_RUNTIME_DIR": "/tmp/.hpcdesk-run",
+    }
+    if plan.tls_cert and plan.tls_key:
+        env.update(SELKIES_HTTPS_CERT=str(plan.tls_cert), SELKIES_HTTPS_KEY=str(plan.tls_key),
+                   HPCDESK_TLS_CERT=str(plan.tls_cert), HPCDESK_TLS_KEY=str(plan.tls_key))
+    if kind.upstream:
+        # Upstream images: selkies listens on localhost behind nginx; metrics beside it.
+        env.update(SELKIES_PORT=str(plan.web_port + 1) if plan.web_port < 65535 else "8081",
+                   SELKIES_METRICS_HTTP_PORT="0")
+    else:
+        env.update({k: v for k, v in selkies_env(plan, display).items()
+                    if k.startswith("SELKIES_") and k not in (
+                        "SELKIES_BASIC_AUTH_PASSWORD", "SELKIES_ADDR", "SELKIES_PORT")})
+        env["HPCDESK_PASSWORD_FILE"] = PASSWORD_IN_CONTAINER
+    if plan.bus_id:
+        env["NVIDIA_DRIVER_CAPABILITIES"] = "all"
+        if driver_version:
+            env["NVIDIA_DRIVER_VERSION"] = driver_version
+    return env
+
+
+def build_invocation(plan: DesktopPlan, image: str, display: str,
+                     driver_files: dict[str, Path | None], driver_version: str | None,
+                     apptainer: str = "apptainer") -> Invocation:
+    kind = ImageKind.detect(image)
+    r = plan.request.runtime
+    workdir = plan.workdir / "apptainer"
+    argv = [*shlex.split(apptainer), "run" if kind.upstream else "exec",
+            "--cleanenv", "--contain", "--writable-tmpfs", "--workdir", str(workdir),
+            "--home", os.environ.get("HOME", str(workdir / "home"))]
+    if plan.tls_cert and plan.tls_key:
+        tls_dir = plan.tls_cert.parent
+        argv += ["--bind", f"{tls_dir}:{tls_dir}:ro"]
+    if plan.bus_id:
+        argv.append("--nv")
+        targets = dict(ICD_TARGETS)
+        if kind.flavor == "glx":
+            targets.update(XORG_MODULE_TARGETS)
+        for name, target in targets.items():
+            host = driver_files.get(name)
+            if host is not None:
+                argv += ["--bind", f"{host}:{target}:ro"]
+    for bind in r.binds:
+        argv += ["--bind", bind]
+    argv.append(image)
+    if not kind.upstream:
+        argv.append("/opt/hpcdesk/entrypoint.sh")
+    contract = contract_env(plan, display, kind, driver_version)
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "LOGNAME", "LANG")}
+    env.update({f"APPTAINERENV_{k}": v for k, v in contract.items()})
+    password_file = None
+    if kind.upstream:
+        # Upstream entrypoints read these names only: protected environment (readable by the
+        # user and root alone through /proc), never a command line.
+        env["APPTAINERENV_PASSWD"] = plan.password
+        env["APPTAINERENV_SELKIES_BASIC_AUTH_PASSWORD"] = plan.password
+    else:
+        password_file = workdir / "tmp" / Path(PASSWORD_IN_CONTAINER).name
+    return Invocation(argv, env, password_file)
+
+
+class ApptainerRuntime:
+    name = "apptainer"
+
+    def __init__(self) -> None:
+        self.display_lease: DisplayLease | None = None
+
+    def start(self, plan: DesktopPlan, timeout: float) -> Started:
+        from hpcdesk.images import ImageError, resolve_image
+        from hpcdesk.node.gpu import inventory
+        from hpcdesk.node.node_checks import driver_file_paths
+
+        req = plan.request
+        try:
+            image = resolve_image(req.runtime.image or "", req.runtime.image_dir)
+        except ImageError as exc:
+            raise StartError(f"{exc}; build it with `hpcdesk image build`") from None
+        self.display_lease = DisplayLease(Path(req.network.lock_dir))
+        try:
+            display = f":{self.display_lease.acquire()}"
+        except RuntimeError as exc:
+            raise StartError(str(exc)) from None
+        driver_version = inventory().driver_version if plan.bus_id else None
+        inv = build_invocation(plan, image, display, driver_file_paths(), driver_version,
+                               req.runtime.apptainer)
+        for sub in ("tmp", "var_tmp"):
+            (plan.workdir / "apptainer" / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        if inv.password_file:
+            fd = os.open(inv.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(plan.password + "\n")
+        child: Child = spawn("apptainer", inv.argv, inv.env, plan.session_dir / "container.log")
+        return Started([child], display, None, on_stop=self.display_lease.release)
