@@ -1,0 +1,103 @@
+"""The apptainer invocation, pinned for each kind of image (glx, egl, kasmvnc, no GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpcdesk.node.runtime import DesktopPlan
+from hpcdesk.node.runtime.apptainer import ImageKind, build_invocation
+from hpcdesk.request import DesktopRequest
+from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig
+
+DRIVER_FILES: dict[str, Path | None] = {
+    "nvidia_drv.so": Path("/usr/lib/x86_64-linux-gnu/nvidia/xorg/nvidia_drv.so"),
+    "libglxserver_nvidia.so": Path("/usr/lib/x86_64-linux-gnu/nvidia/xorg/libglxserver_nvidia.so"),
+    "nvidia_icd.json": Path("/usr/share/vulkan/icd.d/nvidia_icd.json"),
+    "10_nvidia.json": Path("/usr/share/glvnd/egl_vendor.d/10_nvidia.json"),
+}
+
+
+def plan(tmp_path: Path, gpu: bool, interface: str = "selkies") -> DesktopPlan:
+    req = DesktopRequest(
+        session_id="abc123", user="alice", cpus=8, gpus=1 if gpu else 0, start_timeout=300,
+        desktop=DesktopConfig(interface=interface, width=2560, height=1440),  # type: ignore[arg-type]
+        runtime=RuntimeConfig(kind="apptainer", binds=["/scratch:/scratch"]),
+        network=NetworkConfig())
+    return DesktopPlan(request=req, session_dir=tmp_path / "s", workdir=tmp_path / "w",
+                       bind_addr="10.0.0.5", web_port=40001, user="alice", password="s3cret!",
+                       encoder="nvh264enc" if gpu else "x264enc", encoder_threads=4,
+                       xorg_driver="nvidia" if gpu else "dummy",
+                       bus_id="PCI:0:6:0" if gpu else None,
+                       tls_cert=tmp_path / "w/tls-cert.pem", tls_key=tmp_path / "w/tls-key.pem")
+
+
+@pytest.fixture(autouse=True)
+def _home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/alice")
+
+
+def test_glx_with_gpu(tmp_path: Path) -> None:
+    inv = build_invocation(plan(tmp_path, gpu=True), "/img/glx-24.04-0123.sif", ":21",
+                           DRIVER_FILES, "580.159.04")
+    w = tmp_path / "w"
+    assert inv.argv == [
+        "apptainer", "run", "--cleanenv", "--contain", "--writable-tmpfs",
+        "--workdir", f"{w}/apptainer", "--home", "/home/alice",
+        "--bind", f"{w}:{w}:ro", "--nv",
+        "--bind", "/usr/share/vulkan/icd.d/nvidia_icd.json:/usr/share/vulkan/icd.d/nvidia_icd.json:ro",
+        "--bind", "/usr/share/glvnd/egl_vendor.d/10_nvidia.json:/usr/share/glvnd/egl_vendor.d/10_nvidia.json:ro",
+        "--bind", "/usr/lib/x86_64-linux-gnu/nvidia/xorg/nvidia_drv.so:/usr/lib/xorg/modules/drivers/nvidia_drv.so:ro",
+        "--bind", "/usr/lib/x86_64-linux-gnu/nvidia/xorg/libglxserver_nvidia.so:/usr/lib/xorg/modules/extensions/libglxserver_nvidia.so:ro",
+        "--bind", "/scratch:/scratch", "/img/glx-24.04-0123.sif"]
+    e = inv.env
+    assert e["APPTAINERENV_DISPLAY"] == ":21"
+    assert e["APPTAINERENV_DISPLAY_SIZEW"] == "2560" and e["APPTAINERENV_DISPLAY_SIZEH"] == "1440"
+    assert e["APPTAINERENV_NGINX_PORT"] == "40001" and e["APPTAINERENV_SELKIES_PORT"] == "40002"
+    assert e["APPTAINERENV_SELKIES_ENCODER"] == "nvh264enc"
+    assert e["APPTAINERENV_KASMVNC_ENABLE"] == "false"
+    assert e["APPTAINERENV_NVIDIA_DRIVER_VERSION"] == "580.159.04"
+    assert e["APPTAINERENV_NVIDIA_DRIVER_CAPABILITIES"] == "all"
+    assert e["APPTAINERENV_PASSWD"] == "s3cret!"   # protected environment, upstream contract
+    assert e["APPTAINERENV_SELKIES_ENABLE_HTTPS"] == "true"
+    assert all("s3cret" not in a for a in inv.argv)
+    assert inv.password_file is None
+
+
+def test_egl_with_gpu_binds_no_xorg_modules(tmp_path: Path) -> None:
+    inv = build_invocation(plan(tmp_path, gpu=True), "/img/egl-22.04-aa.sif", ":22",
+                           DRIVER_FILES, "580.159.04")
+    assert "--nv" in inv.argv
+    joined = " ".join(inv.argv)
+    assert "nvidia_drv.so" not in joined and "10_nvidia.json" in joined
+    assert ImageKind.detect("/img/egl-22.04-aa.sif") == ImageKind("egl", True)
+
+
+def test_kasmvnc_interface(tmp_path: Path) -> None:
+    inv = build_invocation(plan(tmp_path, gpu=True, interface="vnc"), "/img/glx-24.04-b.sif",
+                           ":23", DRIVER_FILES, None)
+    assert inv.env["APPTAINERENV_KASMVNC_ENABLE"] == "true"
+    assert inv.env["APPTAINERENV_KASMVNC_THREADS"] == "4"
+    assert "APPTAINERENV_NVIDIA_DRIVER_VERSION" not in inv.env
+
+
+def test_debian_without_gpu(tmp_path: Path) -> None:
+    inv = build_invocation(plan(tmp_path, gpu=False), "/img/debian-bookworm-c.sif", ":24",
+                           DRIVER_FILES, None)
+    w = tmp_path / "w"
+    assert inv.argv == [
+        "apptainer", "exec", "--cleanenv", "--contain", "--writable-tmpfs",
+        "--workdir", f"{w}/apptainer", "--home", "/home/alice", "--bind", f"{w}:{w}:ro",
+        "--bind", "/scratch:/scratch", "/img/debian-bookworm-c.sif",
+        "/opt/hpcdesk/entrypoint.sh"]
+    e = inv.env
+    assert e["APPTAINERENV_HPCDESK_PASSWORD_FILE"] == "/tmp/.hpcdesk-password"
+    assert inv.password_file == w / "apptainer/tmp/.hpcdesk-password"
+    assert not any("s3cret" in v for v in e.values())
+    assert e["APPTAINERENV_HPCDESK_WEB_PORT"] == "40001"
+    assert e["APPTAINERENV_HPCDESK_BIND_ADDR"] == "10.0.0.5"
+    assert e["APPTAINERENV_HPCDESK_TLS_CERT"] == f"{w}/tls-cert.pem"
+    assert e["APPTAINERENV_SELKIES_ENCODER"] == "h264enc"   # PyPI selkies' name for x264
+    assert e["APPTAINERENV_SELKIES_USE_CPU"] == "true"
+    assert "--nv" not in inv.argv and "APPTAINERENV_PASSWD" not in e
