@@ -89,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_site(p)
     _add_json(p)
 
+    p = sub.add_parser("image", help="build or list desktop images (admins)")
+    isub = p.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    i = isub.add_parser("build", help="build a desktop image into the site's image directory")
+    i.add_argument("--flavor", required=True, choices=["debian", "glx", "egl"])
+    i.add_argument("--tag", help="upstream tag: 24.04, 22.04, 20.04 or a dated one")
+    i.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="passed to apptainer build (e.g. DEBIAN_MIRROR=http://mirror/debian)")
+    i.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    _add_site(i)
+    _add_json(i)
+    i = isub.add_parser("list", help="flavours, tags and which are built")
+    _add_site(i)
+    _add_json(i)
+
     p = sub.add_parser("node", help="internal: run by the job script on the compute node")
     nsub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     n = nsub.add_parser("run", help="start, publish and supervise the desktop")
@@ -104,6 +118,7 @@ COMMANDS = {
     "logs": ("hpcdesk.commands.sessions", "logs"),
     "config": ("hpcdesk.commands.config_cmd", "run"),
     "doctor": ("hpcdesk.commands.doctor", "run"),
+    "image": ("hpcdesk.commands.image", "run"),
     "node": ("hpcdesk.commands.node", "run"),
 }
 

@@ -59,7 +59,12 @@ def definition_path(flavor: Flavor) -> Path:
 
 def image_name(flavor: Flavor, tag: str) -> str:
     """Name derived from the definition's content and the tag: a changed recipe, a new file."""
-    digest = hashlib.sha256(definition_path(flavor).read_bytes() + tag.encode()).hexdigest()
+    try:
+        recipe = definition_path(flavor).read_bytes()
+    except OSError:
+        raise ImageError(f"the {flavor.name} definition file {definition_path(flavor)} is "
+                         "missing from this installation") from None
+    digest = hashlib.sha256(recipe + tag.encode()).hexdigest()
     return f"{flavor.name}-{tag}-{digest[:16]}.sif"
 
 
