@@ -7,6 +7,7 @@ key path and what is allowed. The merged result remembers where each value came 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import types
@@ -21,6 +22,7 @@ from hpcdesk.errors import ConfigError
 from hpcdesk.schema import CHECKS, SiteConfig, slurm_time_seconds
 
 DEFAULT_SOURCE = "built-in default"
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SYSTEM_DIRS = ("/etc/hpcdesk",)
 
 
@@ -42,6 +44,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]
             yield f"{prefix}{k}", v
 
 
+@functools.cache
 def _fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field[Any]]]:
     hints = get_type_hints(cls)
     return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
@@ -164,7 +167,7 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader, C if available
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -271,7 +274,7 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
 def parse_cli_value(text: str) -> Any:
     """A --set value as YAML scalar/list ('8', 'true', '[a, b]'), else the literal string."""
     try:
-        return yaml.safe_load(text) if text.strip() else text
+        return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader, C if available if text.strip() else text
     except yaml.YAMLError:
         return text
 

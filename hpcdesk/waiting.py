@@ -10,13 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcdesk.errors import HpcdeskError, WaitTimeout
-from hpcdesk.notify import Listener
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
 from hpcdesk.schema import TimeoutsConfig
 from hpcdesk.session import Session
+
+if TYPE_CHECKING:  # the push channel is needed only while submitting
+    from hpcdesk.notify import Listener
 
 FILE_CHECK_INTERVAL = 0.5
 START_GRACE = 30.0  # on top of timeouts.start, for the agent's own start and reporting

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import getpass
 import shutil
-import sys
 import time
 from typing import Any
 
-from hpcdesk import jobscript
+from hpcdesk.commands.attach import wait_and_report
 from hpcdesk.commands.common import (
     emit_json,
     load_config,
@@ -17,15 +16,12 @@ from hpcdesk.commands.common import (
     root_of,
     say,
     scheduler_for,
-    tail,
 )
 from hpcdesk.config import LoadedConfig, parse_resolution
-from hpcdesk.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, WaitTimeout
+from hpcdesk.errors import EXIT_OK, UsageError
 from hpcdesk.notify import Listener
 from hpcdesk.request import DesktopRequest
-from hpcdesk.scheduler import JobRef, Scheduler
 from hpcdesk.session import Session, atomic_write, create, now, write_json
-from hpcdesk.waiting import DesktopFailed, Progress, Waiter
 
 _FLAG_KEYS = {
     "partition": "scheduler.partition", "account": "scheduler.account", "qos": "scheduler.qos",
@@ -63,6 +59,9 @@ def prepare(loaded: LoadedConfig) -> Session:
     except OSError as exc:
         raise UsageError(f"cannot create a session directory under {root}: {exc.strerror}",
                          hint="set session_root to a writable directory the nodes share") from None
+
+    from hpcdesk import jobscript  # jinja2 is needed to submit only, not to list or watch
+
     try:
         request = build_request(loaded, session.id)
         script = jobscript.render(loaded.config, session.id, session.dir)
@@ -107,82 +106,3 @@ def run(args: argparse.Namespace) -> int:
             say(f"  follow it:  hpcdesk status {session.id} --wait")
         return EXIT_OK
     return wait_and_report(session, scheduler, job, loaded, listener, quiet, t0)
-
-
-def wait_and_report(session: Session, scheduler: Scheduler, job: JobRef, loaded: LoadedConfig,
-                    listener: Listener | None, quiet: bool, t0: float) -> int:
-    def show(stage: str, detail: str) -> None:
-        say(f"  [{time.monotonic() - t0:6.1f}s] {detail}", quiet)
-
-    waiter = Waiter(session, scheduler, job, loaded.config.timeouts, Progress(show), listener)
-    try:
-        conn = waiter.wait()
-    except KeyboardInterrupt:
-        print(f"\nhpcdesk: stopped waiting; job {job} keeps running.\n"
-              f"  reattach: hpcdesk status {session.id} --wait\n"
-              f"  stop it:  hpcdesk cancel {session.id}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (DesktopFailed, WaitTimeout) as exc:
-        report_failure(session, scheduler, job, exc)
-        return exc.exit_code if isinstance(exc, WaitTimeout) else EXIT_FAILED
-    finally:
-        if listener:
-            listener.close()
-    elapsed = time.monotonic() - t0
-    session.update_meta(ready_at=now(), ready_after_s=round(elapsed, 3))
-    print_connection(session, job, conn, quiet, elapsed)
-    return EXIT_OK
-
-
-def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet: bool,
-                     elapsed: float | None = None) -> None:
-    if quiet:
-        emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
-                   "state": "ready", **{k: conn.get(k) for k in (
-                       "url", "host", "port", "user", "password", "node", "display",
-                       "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint")}})
-        return
-    took = f" after {elapsed:.1f}s" if elapsed is not None else ""
-    print(f"\nYour desktop is ready{took}:\n"
-          f"  URL:      {conn['url']}\n"
-          f"  user:     {conn['user']}\n"
-          f"  password: {conn['password']}\n"
-          f"  node:     {conn.get('node')} (display {conn.get('display')}, "
-          f"encoder {conn.get('encoder')})\n"
-          f"  session:  {session.id} (job {job})\n"
-          + (f"  certificate: self-signed for this session; your browser warns once.\n"
-             f"           SHA-256 {conn.get('tls_fingerprint')}\n"
-             if conn.get("tls") == "self-signed" else "") +
-          f"  stop it:  hpcdesk cancel {session.id}", flush=True)
-
-
-def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exception) -> None:
-    """Say what happened, cancel what is left, keep the session directory."""
-    info = scheduler.query([job]).get(job)
-    if info is None or info.state.active or not info.state.finished:
-        scheduler.cancel(job)
-        cancelled = True
-    else:
-        cancelled = False
-    exit_code = info.exit_code if info and info.exit_code else ""
-    if not exit_code and hasattr(scheduler, "exit_code"):
-        exit_code = scheduler.exit_code(job)
-    state = info.state.value if info else "unknown"
-    lines = [f"hpcdesk: error: {exc}",
-             f"  Slurm state: {state}" + (f", exit code {exit_code}" if exit_code else "")]
-    if cancelled:
-        lines.append(f"  job {job} was cancelled")
-    for name in ("agent.log", "job.out"):
-        text = tail(session.path(name), 12)
-        if text:
-            lines.append(f"  last lines of {name}:\n" + "\n".join("    " + ln for ln in
-                                                                  text.splitlines()))
-    lines.append(f"  everything is kept in {session.dir} (job.sh, logs, node.json)")
-    hint = getattr(exc, "hint", "")
-    if hint:
-        lines.append(f"  hint: {hint}")
-    print("\n".join(lines), file=sys.stderr)
-    session.update_meta(final={"state": "failed", "detail": str(exc).split("\n")[0],
-                               "exit_code": exit_code, "at": now()})
-
-
