@@ -202,3 +202,29 @@ def test_ctrl_c_leaves_job_running(user: User, cleanup_jobs: list[str]) -> None:
     assert f"hpcdesk status {sid} --wait" in err and f"hpcdesk cancel {sid}" in err
     st = user.json("status", sid, "--wait", *SITE)
     assert st["state"] == "ready"
+
+
+def test_time_limit_signal_stops_and_records_reason(user: User, cleanup_jobs: list[str]) -> None:
+    """Slurm's --signal=B:USR1@lead warning: the agent stops everything and says why."""
+    data = submit(user)
+    sid, node = str(data["session"]), str(data["node"])
+    cleanup_jobs.append(sid)
+    sdir = user.sessions_root() / sid
+    job = str(json.loads((sdir / "session.json").read_text())["job_id"])
+    sig = _run(["scancel", "--signal=USR1", "--batch", job])
+    assert sig.returncode == 0, sig.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = json.loads((sdir / "node.json").read_text())
+        if state["phase"] == "stopped":
+            break
+        time.sleep(0.3)
+    assert state["phase"] == "stopped"
+    assert "time limit" in state["reason"]
+    assert not (sdir / "connection.json").exists(), "dead credentials were left behind"
+    deadline = time.monotonic() + 30
+    while node_user_pids(node) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert node_user_pids(node) == []
+    st = user.json("status", sid, *SITE)
+    assert st["state"] in ("completed", "ended") and "time limit" in st["detail"]
