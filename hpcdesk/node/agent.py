@@ -123,6 +123,7 @@ class Agent:
         except RuntimeError as exc:
             raise StartError(str(exc)) from None
         self.workdir = Path(tempfile.mkdtemp(prefix=f"hpcdesk-{req.session_id}-"))
+        self.state["workdir"] = str(self.workdir)  # node-local: X socket dirs, container /tmp
         user = req.desktop.user or req.user or getpass.getuser()
         password = secrets.token_urlsafe(18)
         tls_files = (tls.prepare(self.workdir, [host, bind_addr], req.desktop.https_cert,

@@ -1,0 +1,105 @@
+"""Issue 4 acceptance: the Debian desktop image under the real Apptainer, on the dev cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import browser
+import pytest
+from conftest import REPO, User, _run, colour_fraction, http_status, node_exec, node_user_pids
+
+pytestmark = [pytest.mark.cluster, pytest.mark.apptainer]
+SITE = ("--site", "devcluster")
+IMAGE_DIR = Path("/var/cache/hpcdesk/images")
+APPTAINER = ("--runtime", "apptainer", "--image", "debian")
+GREEN = (0x13, 0xA8, 0x6B)
+
+
+@pytest.fixture(scope="module")
+def debian_image(user: User) -> str:
+    """Real apptainer (tests/cluster/apptainer-setup.sh) and the Debian image, built once as
+    the test user with `hpcdesk image build` and reused while its recipe is unchanged."""
+    setup = _run(["bash", str(REPO / "tests/cluster/apptainer-setup.sh")], timeout=1800)
+    assert setup.returncode == 0, setup.stderr[-3000:]
+    IMAGE_DIR.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["chown", f"{user.name}:", str(IMAGE_DIR)], check=True)
+    t0 = time.monotonic()
+    built = user.run("image", "build", "--flavor", "debian", *SITE, "--json", timeout=2400)
+    assert built.returncode == 0, built.stderr[-3000:]
+    info = json.loads(built.stdout)
+    print(f"debian image: {info['image']} (built now: {info['built']}, "
+          f"{time.monotonic() - t0:.0f}s)")
+    return str(info["image"])
+
+
+def _place_window(node: str, user: User, sdir: Path, colour: str) -> None:
+    """An xterm of a known colour on the container's display, from the node."""
+    state = json.loads((sdir / "node.json").read_text())
+    found = node_exec(node, "sh", "-c",
+                      f"ls -d {state['workdir']}/apptainer/tmp/hpcdesk.*/Xauthority")
+    xauth = found.stdout.split()[0]
+    _run(["chmod", "a+rx", str(Path(state["workdir"]))])  # no-op outside the node ns
+    res = node_exec(node, "runuser", "-u", user.name, "--", "env", f"DISPLAY={state['display']}",
+                    f"XAUTHORITY={xauth}", "sh", "-c",
+                    'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
+                    "xterm", "-bg", colour, "-geometry", "200x80+0+0")
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("interface", ["selkies", "vnc"])
+def test_apptainer_desktop_in_browser(user: User, debian_image: str, interface: str,
+                                      tmp_path: Path, cleanup_jobs: list[str]) -> None:
+    data = user.json("submit", *SITE, *APPTAINER, "--interface", interface, timeout=400)
+    sid, node = str(data["session"]), str(data["node"])
+    cleanup_jobs.append(sid)
+    url = str(data["url"])
+    assert http_status(url, (str(data["user"]), str(data["password"]))) == 200
+    assert http_status(url, None) == 401
+    sdir = user.sessions_root() / sid
+    _place_window(node, user, sdir, "#13a86b")
+    authed = url.replace("https://", f"https://{data['user']}:{data['password']}@")
+    shot = tmp_path / f"{interface}.png"
+    assert browser.watch(authed, shot, lambda p: colour_fraction(p, GREEN) > 0.05, timeout=60), \
+        f"the desktop is not visible in the browser ({shot})"
+
+
+def test_two_apptainer_desktops_one_node(user: User, debian_image: str,
+                                         cleanup_jobs: list[str]) -> None:
+    pin = ("--set", "scheduler.extra_args=['--nodelist=gpu02']", "-G", "0")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: user.json("submit", *SITE, *APPTAINER, *pin,
+                                                    timeout=400), range(2)))
+    cleanup_jobs.extend(str(r["session"]) for r in results)
+    a, b = results
+    assert a["node"] == b["node"] == "gpu02"
+    assert a["display"] != b["display"] and a["port"] != b["port"]
+    for r in results:
+        assert http_status(str(r["url"]), (str(r["user"]), str(r["password"]))) == 200
+    # Each container has its own /tmp: the X lock of one is not in the other's /tmp.
+    dirs = [json.loads((user.sessions_root() / str(r["session"]) / "node.json").read_text())
+            ["workdir"] for r in results]
+    for mine, other, r in ((dirs[0], dirs[1], a), (dirs[1], dirs[0], b)):
+        n = str(r["display"]).lstrip(":")
+        assert node_exec("gpu02", "test", "-e", f"{mine}/apptainer/tmp/.X{n}-lock").returncode == 0
+        assert node_exec("gpu02", "test", "-e", f"{other}/apptainer/tmp/.X{n}-lock").returncode != 0
+        assert node_exec("gpu02", "test", "-e", f"/tmp/.X{n}-lock").returncode != 0
+
+
+def test_cancel_leaves_no_container_behind(user: User, debian_image: str) -> None:
+    data = user.json("submit", *SITE, *APPTAINER, timeout=400)
+    sid, node = str(data["session"]), str(data["node"])
+    procs = " ".join(node_user_pids(node))
+    assert "apptainer" in procs or "starter" in procs
+    assert user.json("cancel", sid, *SITE)["state"] == "cancelled"
+    deadline = time.monotonic() + 30
+    while node_user_pids(node) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert node_user_pids(node) == []
+    mounts = node_exec(node, "cat", "/proc/self/mountinfo").stdout
+    leftovers = [m for m in mounts.splitlines()
+                 if any(k in m for k in ("squashfuse", "apptainer", "fuse-overlayfs", sid))]
+    assert leftovers == []
