@@ -42,7 +42,6 @@ def _place_window(node: str, user: User, sdir: Path, colour: str) -> None:
     found = node_exec(node, "sh", "-c",
                       f"ls -d {state['workdir']}/apptainer/tmp/hpcdesk.*/Xauthority")
     xauth = found.stdout.split()[0]
-    _run(["chmod", "a+rx", str(Path(state["workdir"]))])  # no-op outside the node ns
     res = node_exec(node, "runuser", "-u", user.name, "--", "env", f"DISPLAY={state['display']}",
                     f"XAUTHORITY={xauth}", "sh", "-c",
                     'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
