@@ -43,7 +43,7 @@ def test_glx_with_gpu(tmp_path: Path) -> None:
                            DRIVER_FILES, "580.159.04")
     w = tmp_path / "w"
     assert inv.argv == [
-        "apptainer", "run", "--cleanenv", "--contain", "--writable-tmpfs",
+        "apptainer", "run", "--cleanenv", "--contain", "--ipc", "--writable-tmpfs",
         "--workdir", f"{w}/apptainer", "--home", "/home/alice",
         "--bind", f"{w}:{w}:ro", "--nv",
         "--bind", "/usr/share/vulkan/icd.d/nvidia_icd.json:/usr/share/vulkan/icd.d/nvidia_icd.json:ro",
@@ -54,15 +54,17 @@ def test_glx_with_gpu(tmp_path: Path) -> None:
     e = inv.env
     assert e["APPTAINERENV_DISPLAY"] == ":21"
     assert e["APPTAINERENV_DISPLAY_SIZEW"] == "2560" and e["APPTAINERENV_DISPLAY_SIZEH"] == "1440"
-    assert e["APPTAINERENV_NGINX_PORT"] == "40001" and e["APPTAINERENV_SELKIES_PORT"] == "40002"
+    assert e["APPTAINERENV_NGINX_PORT"] == "40001" and "APPTAINERENV_SELKIES_PORT" not in e
+    assert e["APPTAINERENV_HPCDESK_GPU_BUS_ID"] == "PCI:0:6:0"
     assert e["APPTAINERENV_SELKIES_ENCODER"] == "nvh264enc"
     assert e["APPTAINERENV_KASMVNC_ENABLE"] == "false"
     assert e["APPTAINERENV_NVIDIA_DRIVER_VERSION"] == "580.159.04"
     assert e["APPTAINERENV_NVIDIA_DRIVER_CAPABILITIES"] == "all"
-    assert e["APPTAINERENV_PASSWD"] == "s3cret!"   # protected environment, upstream contract
+    assert e["APPTAINERENV_HPCDESK_PASSWORD_FILE"] == "/tmp/.hpcdesk-password"
     assert e["APPTAINERENV_SELKIES_ENABLE_HTTPS"] == "true"
     assert all("s3cret" not in a for a in inv.argv)
-    assert inv.password_file is None
+    assert not any("s3cret" in v for v in e.values())  # the password travels by file only
+    assert inv.password_file == tmp_path / "w/apptainer/tmp/.hpcdesk-password"
 
 
 def test_egl_with_gpu_binds_no_xorg_modules(tmp_path: Path) -> None:
@@ -87,7 +89,7 @@ def test_debian_without_gpu(tmp_path: Path) -> None:
                            DRIVER_FILES, None)
     w = tmp_path / "w"
     assert inv.argv == [
-        "apptainer", "exec", "--cleanenv", "--contain", "--writable-tmpfs",
+        "apptainer", "exec", "--cleanenv", "--contain", "--ipc", "--writable-tmpfs",
         "--workdir", f"{w}/apptainer", "--home", "/home/alice", "--bind", f"{w}:{w}:ro",
         "--bind", "/scratch:/scratch", "/img/debian-bookworm-c.sif",
         "/opt/hpcdesk/entrypoint.sh"]
@@ -101,3 +103,4 @@ def test_debian_without_gpu(tmp_path: Path) -> None:
     assert e["APPTAINERENV_SELKIES_ENCODER"] == "h264enc"   # PyPI selkies' name for x264
     assert e["APPTAINERENV_SELKIES_USE_CPU"] == "true"
     assert "--nv" not in inv.argv and "APPTAINERENV_PASSWD" not in e
+    assert "APPTAINERENV_HPCDESK_GPU_BUS_ID" not in e

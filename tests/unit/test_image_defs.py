@@ -293,6 +293,9 @@ def _segments(code: str) -> list[tuple[str, str]]:
             i += 1
         elif quote == '"':
             cur.append(c)
+        elif c == "#" and (not cur or cur[-1][-1:].isspace()):
+            while i + 1 < len(code) and code[i + 1] != "\n":
+                i += 1  # a comment after a command
         elif c in "'\"":
             quote = c
             cur.append(c)
@@ -368,6 +371,7 @@ def test_secret_heuristic_catches(snippet: str) -> None:
     'cat >"$f" <<EOF\nuser=selkies:$turn_password\nEOF',
     "bash -c 'exec \"$@\"' _ selkies",
     "printf '%s' \"$password\" >\"$work/pw\"",
+    "true  # the user's \"$password\" is never passed here",
 ])
 def test_secret_heuristic_allows(snippet: str) -> None:
     assert secret_on_argv(snippet) == []

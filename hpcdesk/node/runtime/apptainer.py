@@ -9,7 +9,10 @@ Invocation choices (pinned by tests/unit/test_apptainer_cmd.py):
   with the container; a persistent overlay would only keep state nobody should reuse.
 - `--cleanenv` plus APPTAINERENV_* in apptainer's own environment: the container sees exactly
   the contract below, and nothing reaches a command line (`ps` shows no setting, no secret).
-  The password goes in by file (our images) or by protected environment (upstream images).
+  The password goes in by file (HPCDESK_PASSWORD_FILE, 0600, in the private /tmp) for every
+  image: all of hpcdesk's entrypoints read it, so no environment holds it.
+- `--ipc`: a private IPC namespace, so the X server's shared-memory segments are not visible
+  to other desktops on the node.
 - `--nv` with a bound GPU; for the GLX flavour the host's NVIDIA X driver and GLX server
   module are bound where the image's Xorg looks for them, so nothing is downloaded at start.
 """
@@ -58,7 +61,7 @@ class ImageKind:
 class Invocation:
     argv: list[str]
     env: dict[str, str]   # apptainer's own environment (APPTAINERENV_* and the basics)
-    password_file: Path | None
+    password_file: Path   # written 0600 before start; the container reads it from its /tmp
 
 
 def contract_env(plan: DesktopPlan, display: str, kind: ImageKind,
@@ -91,15 +94,16 @@ def contract_env(plan: DesktopPlan, display: str, kind: ImageKind,
         env.update(SELKIES_HTTPS_CERT=str(plan.tls_cert), SELKIES_HTTPS_KEY=str(plan.tls_key),
                    HPCDESK_TLS_CERT=str(plan.tls_cert), HPCDESK_TLS_KEY=str(plan.tls_key))
     if kind.upstream:
-        # Upstream images: selkies listens on localhost behind nginx; metrics beside it.
-        env.update(SELKIES_PORT=str(plan.web_port + 1) if plan.web_port < 65535 else "8081",
-                   SELKIES_METRICS_HTTP_PORT="0")
+        # Upstream images: selkies-gstreamer listens on 127.0.0.1 behind nginx; the entrypoint
+        # picks a free internal port itself. Metrics stay off (they have no authentication).
+        env["SELKIES_METRICS_HTTP_PORT"] = "0"
     else:
         env.update({k: v for k, v in selkies_env(plan, display).items()
                     if k.startswith("SELKIES_") and k not in (
                         "SELKIES_BASIC_AUTH_PASSWORD", "SELKIES_ADDR", "SELKIES_PORT")})
-        env["HPCDESK_PASSWORD_FILE"] = PASSWORD_IN_CONTAINER
+    env["HPCDESK_PASSWORD_FILE"] = PASSWORD_IN_CONTAINER
     if plan.bus_id:
+        env["HPCDESK_GPU_BUS_ID"] = plan.bus_id  # the allocated GPU, not nvidia-smi's first
         env["NVIDIA_DRIVER_CAPABILITIES"] = "all"
         if driver_version:
             env["NVIDIA_DRIVER_VERSION"] = driver_version
@@ -113,7 +117,7 @@ def build_invocation(plan: DesktopPlan, image: str, display: str,
     r = plan.request.runtime
     workdir = plan.workdir / "apptainer"
     argv = [*shlex.split(apptainer), "run" if kind.upstream else "exec",
-            "--cleanenv", "--contain", "--writable-tmpfs", "--workdir", str(workdir),
+            "--cleanenv", "--contain", "--ipc", "--writable-tmpfs", "--workdir", str(workdir),
             "--home", os.environ.get("HOME", str(workdir / "home"))]
     if plan.tls_cert and plan.tls_key:
         tls_dir = plan.tls_cert.parent
@@ -135,14 +139,7 @@ def build_invocation(plan: DesktopPlan, image: str, display: str,
     contract = contract_env(plan, display, kind, driver_version)
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "LOGNAME", "LANG")}
     env.update({f"APPTAINERENV_{k}": v for k, v in contract.items()})
-    password_file = None
-    if kind.upstream:
-        # Upstream entrypoints read these names only: protected environment (readable by the
-        # user and root alone through /proc), never a command line.
-        env["APPTAINERENV_PASSWD"] = plan.password
-        env["APPTAINERENV_SELKIES_BASIC_AUTH_PASSWORD"] = plan.password
-    else:
-        password_file = workdir / "tmp" / Path(PASSWORD_IN_CONTAINER).name
+    password_file = workdir / "tmp" / Path(PASSWORD_IN_CONTAINER).name
     return Invocation(argv, env, password_file)
 
 
@@ -172,9 +169,8 @@ class ApptainerRuntime:
                                req.runtime.apptainer)
         for sub in ("tmp", "var_tmp"):
             (plan.workdir / "apptainer" / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        if inv.password_file:
-            fd = os.open(inv.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(plan.password + "\n")
+        fd = os.open(inv.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(plan.password + "\n")
         child: Child = spawn("apptainer", inv.argv, inv.env, plan.session_dir / "container.log")
         return Started([child], display, None, on_stop=self.display_lease.release)
