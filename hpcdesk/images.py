@@ -57,14 +57,33 @@ def definition_path(flavor: Flavor) -> Path:
     return resources.data_dir("images") / flavor.definition
 
 
-def image_name(flavor: Flavor, tag: str) -> str:
-    """Name derived from the definition's content and the tag: a changed recipe, a new file."""
+def recipe_files(flavor: Flavor) -> list[Path]:
+    """The definition file and every file its %files section copies in (relative to it)."""
+    definition = definition_path(flavor)
     try:
-        recipe = definition_path(flavor).read_bytes()
+        text = definition.read_text()
     except OSError:
-        raise ImageError(f"the {flavor.name} definition file {definition_path(flavor)} is "
-                         "missing from this installation") from None
-    digest = hashlib.sha256(recipe + tag.encode()).hexdigest()
+        raise ImageError(f"the {flavor.name} definition file {definition} is missing from "
+                         "this installation") from None
+    files, section = [definition], ""
+    for line in text.splitlines():
+        if line.startswith("%"):
+            section = line.split()[0]
+        elif section == "%files" and line.strip() and not line.lstrip().startswith("#"):
+            files.append(definition.parent / line.split()[0])
+    return files
+
+
+def image_name(flavor: Flavor, tag: str) -> str:
+    """Name derived from the recipe's content and the tag: a changed recipe, a new file."""
+    h = hashlib.sha256()
+    for path in recipe_files(flavor):
+        try:
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+        except OSError:
+            raise ImageError(f"{path}, used by the {flavor.name} recipe, is missing") from None
+    h.update(tag.encode())
+    digest = h.hexdigest()
     return f"{flavor.name}-{tag}-{digest[:16]}.sif"
 
 

@@ -46,8 +46,9 @@ def build(args: argparse.Namespace) -> int:
     log = target.with_suffix(".build.log")
     try:
         with open(log, "w") as fh:
+            # From the definition's folder: %files sources are relative to it.
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, cwd=image_dir)
+                                    text=True, cwd=images.definition_path(flavor).parent)
             assert proc.stdout is not None
             for line in proc.stdout:
                 fh.write(line)
