@@ -95,7 +95,8 @@ def list_images(args: argparse.Namespace) -> int:
     for r in rows:
         mib = float(r["bytes"]) / 2**20  # type: ignore[arg-type]
         state = f"built, {mib:.0f} MiB" if r["built"] else "not built"
-        print(f"  {r['flavor']}:{r['tag']:<10} {state:<18} {Path(str(r['image'])).name}")
+        name = f"{r['flavor']}:{r['tag']}"
+        print(f"  {name:<18} {state:<18} {Path(str(r['image'])).name}")
     return EXIT_OK
 
 
