@@ -78,14 +78,15 @@ def test_two_apptainer_desktops_one_node(user: User, debian_image: str,
     assert a["display"] != b["display"] and a["port"] != b["port"]
     for r in results:
         assert http_status(str(r["url"]), (str(r["user"]), str(r["password"]))) == 200
-    # Each container has its own /tmp: the X lock of one is not in the other's /tmp.
+    # Each container has its own /tmp: the X socket of one is not in the other's /tmp.
     dirs = [json.loads((user.sessions_root() / str(r["session"]) / "node.json").read_text())
             ["workdir"] for r in results]
     for mine, other, r in ((dirs[0], dirs[1], a), (dirs[1], dirs[0], b)):
         n = str(r["display"]).lstrip(":")
-        assert node_exec("gpu02", "test", "-e", f"{mine}/apptainer/tmp/.X{n}-lock").returncode == 0
-        assert node_exec("gpu02", "test", "-e", f"{other}/apptainer/tmp/.X{n}-lock").returncode != 0
-        assert node_exec("gpu02", "test", "-e", f"/tmp/.X{n}-lock").returncode != 0
+        sock = f"apptainer/tmp/.X11-unix/X{n}"
+        assert node_exec("gpu02", "test", "-S", f"{mine}/{sock}").returncode == 0
+        assert node_exec("gpu02", "test", "-e", f"{other}/{sock}").returncode != 0
+        assert node_exec("gpu02", "test", "-e", f"/tmp/.X11-unix/X{n}").returncode != 0
 
 
 def test_cancel_leaves_no_container_behind(user: User, debian_image: str) -> None:

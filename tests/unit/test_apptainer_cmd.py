@@ -43,7 +43,7 @@ def test_glx_with_gpu(tmp_path: Path) -> None:
                            DRIVER_FILES, "580.159.04")
     w = tmp_path / "w"
     assert inv.argv == [
-        "apptainer", "run", "--cleanenv", "--contain", "--ipc", "--pid", "--writable-tmpfs",
+        "apptainer", "run", "--cleanenv", "--contain", "--ipc", "--writable-tmpfs",
         "--workdir", f"{w}/apptainer", "--home", "/home/alice",
         "--bind", f"{w}:{w}:ro", "--nv",
         "--bind", "/usr/share/vulkan/icd.d/nvidia_icd.json:/usr/share/vulkan/icd.d/nvidia_icd.json:ro",
@@ -89,7 +89,7 @@ def test_debian_without_gpu(tmp_path: Path) -> None:
                            DRIVER_FILES, None)
     w = tmp_path / "w"
     assert inv.argv == [
-        "apptainer", "exec", "--cleanenv", "--contain", "--ipc", "--pid",
+        "apptainer", "exec", "--cleanenv", "--contain", "--ipc",
         "--workdir", f"{w}/apptainer", "--home", "/home/alice", "--bind", f"{w}:{w}:ro",
         "--bind", "/scratch:/scratch", "/img/debian-bookworm-c.sif",
         "/opt/hpcdesk/entrypoint.sh"]

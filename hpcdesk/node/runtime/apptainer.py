@@ -9,7 +9,10 @@ Invocation choices (pinned by tests/unit/test_apptainer_cmd.py):
   overlay image and vanishes with the container; a persistent overlay would only keep state
   nobody should reuse. hpcdesk's Debian image writes nothing outside $TMPDIR and $HOME, so
   it runs read-only (the overlay costs about 0.8 s of start time).
-- `--pid`: a private PID namespace, so every process of the desktop ends with its init.
+- No `--pid`: desktops in a shared network namespace name abstract sockets after their PIDs
+  (xfce4-session's ICE listener is @/tmp/.ICE-unix/PID); in private PID namespaces two
+  desktops get the same PIDs and the second session fails. The agent ends the container's
+  process group and its own descendants instead.
 - `--cleanenv` plus APPTAINERENV_* in apptainer's own environment: the container sees exactly
   the contract below, and nothing reaches a command line (`ps` shows no setting, no secret).
   The password goes in by file (HPCDESK_PASSWORD_FILE, 0600, in the private /tmp) for every
@@ -120,7 +123,7 @@ def build_invocation(plan: DesktopPlan, image: str, display: str,
     r = plan.request.runtime
     workdir = plan.workdir / "apptainer"
     argv = [*shlex.split(apptainer), "run" if kind.upstream else "exec",
-            "--cleanenv", "--contain", "--ipc", "--pid"]
+            "--cleanenv", "--contain", "--ipc"]
     if kind.upstream:
         argv.append("--writable-tmpfs")
     argv += ["--workdir", str(workdir), "--home", os.environ.get("HOME", str(workdir / "home"))]
