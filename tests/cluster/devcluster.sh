@@ -559,7 +559,7 @@ verify_job() {
     home=$(getent passwd "$DEV_USER" | cut -d: -f6)
     out=$home/.devcluster-verify.out
     rm -f "$out"
-    jobid=$(as_user "sbatch --parsable --gres=gpu:1 -p gpu -w gpu02 \
+    jobid=$(as_user "sbatch --parsable --chdir=/ --gres=gpu:1 -p gpu -w gpu02 \
         -J devcluster-verify -o '$out' \
         --wrap 'echo \$SLURM_JOB_GPUS \$CUDA_VISIBLE_DEVICES; hostname -I'") ||
         fail_with_logs "sbatch as $DEV_USER failed: ${jobid:-}"
