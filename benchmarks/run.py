@@ -40,7 +40,7 @@ JOB_INFO = ("REQUEST_JOB_INFO", "REQUEST_JOB_USER_INFO", "REQUEST_JOB_INFO_SINGL
 
 def as_user(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     argv = ["runuser", "-u", USER, "--", "env", f"HOME={HOME}", f"USER={USER}",
-            f"PATH={VENV / 'bin'}:/usr/bin:/bin", *args]
+            f"PATH={VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin", *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/",
                           check=False)
 
@@ -145,7 +145,7 @@ def bench_pending_wait(seconds: float) -> dict[str, float]:
     cmd = [str(VENV / "bin/hpcdesk"), "submit", *SITE, "--set",
            "scheduler.extra_args=['--hold']"]
     argv = ["runuser", "-u", USER, "--", "env", f"HOME={HOME}", f"USER={USER}",
-            f"PATH={VENV / 'bin'}:/usr/bin:/bin", *cmd]
+            f"PATH={VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin", *cmd]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2)  # submitted and waiting
     before = sdiag()

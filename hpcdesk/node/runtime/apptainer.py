@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +164,11 @@ class ApptainerRuntime:
         from hpcdesk.node.node_checks import driver_file_paths
 
         req = plan.request
+        command = shlex.split(req.runtime.apptainer)[0]
+        if not shutil.which(command):
+            raise StartError(f"the apptainer command {command!r} was not found on this node "
+                             f"(PATH={os.environ.get('PATH', '')}); load the Apptainer module in "
+                             "runtime.setup or set runtime.apptainer to its full path")
         try:
             image = resolve_image(req.runtime.image or "", req.runtime.image_dir)
         except ImageError as exc:
