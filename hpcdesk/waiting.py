@@ -3,6 +3,11 @@
 The scheduler is asked once per cycle for all watched jobs, with backoff while queued
 (fast at first, then slower), and not at all while the node agent is reporting. A scheduler
 that cannot be reached means "unknown, keep waiting".
+
+Poll intervals double (poll_min, 2x, 4x, ... up to poll_max) and every poll falls on a
+wall-clock multiple of its interval. So all of a user's waiting clients poll at the same
+instants, whatever their step on the ladder, and share one `squeue` through the scheduler
+backend's short-lived cache (see slurm_cli.SlurmCli).
 """
 
 from __future__ import annotations
@@ -72,12 +77,12 @@ class Waiter:
         started = time.monotonic()
         # No query at once: a job that starts quickly reports itself through the push
         # channel before the first poll, and then Slurm is never asked at all.
-        next_poll = started + self.timeouts.poll_min
+        next_poll = started + aligned_delay(self._interval)
         while True:
             now = time.monotonic()
             if not self._agent_seen and now >= next_poll:
                 info = self._query()
-                next_poll = time.monotonic() + self._interval
+                next_poll = time.monotonic() + aligned_delay(self._interval)
                 if info.state is JobState.PENDING and self.timeouts.queue and (
                         now - started > self.timeouts.queue):
                     raise WaitTimeout(f"the job waited more than {self.timeouts.queue}s in the "
@@ -115,7 +120,7 @@ class Waiter:
         if info.state is JobState.PENDING:
             when = f", expected start {info.start_estimate}" if info.start_estimate else ""
             self.progress("queued", f"job {self.job} is queued ({info.reason or 'waiting'}{when})")
-            self._interval = min(self._interval * 1.6, self.timeouts.poll_max)
+            self._interval = min(self._interval * 2, self.timeouts.poll_max)
         elif info.state in (JobState.RUNNING, JobState.COMPLETING):
             self.progress("running", f"job {self.job} is running on {info.nodes or 'a node'}")
             if self._running_since is None:
@@ -176,6 +181,13 @@ class Waiter:
                                 f"{node.get('reason') or node.get('detail', '')}", None, node)
         self.progress(phase, f"{node.get('node', 'node')}: {node.get('detail', phase)}")
         return None
+
+
+def aligned_delay(interval: float, now: float | None = None) -> float:
+    """Seconds until the next wall-clock multiple of `interval` (at least a tenth of it)."""
+    now = time.time() if now is None else now
+    delay = interval - (now % interval)
+    return delay if delay >= interval / 10 else delay + interval
 
 
 def _sleep(seconds: float) -> list[dict[str, Any]]:

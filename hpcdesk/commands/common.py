@@ -37,7 +37,7 @@ def root_of(loaded: config.LoadedConfig) -> Path:
 
 
 def scheduler_for(loaded: config.LoadedConfig) -> Scheduler:
-    return get_scheduler(loaded.config.scheduler.backend)
+    return get_scheduler(loaded.config.scheduler.backend, cache_dir=root_of(loaded) / ".cache")
 
 
 def emit_json(data: Any) -> None:

@@ -107,8 +107,9 @@ class Scheduler(Protocol):
     def cancel(self, job: JobRef) -> None: ...
 
 
-def get_scheduler(backend: str) -> Scheduler:
+def get_scheduler(backend: str, cache_dir: Path | None = None) -> Scheduler:
+    """The backend; `cache_dir` (private to the user) lets processes share queue snapshots."""
     from hpcdesk.scheduler.slurm_cli import SlurmCli
 
 
-    return SlurmCli()
+    return SlurmCli(cache_dir=cache_dir)

@@ -3,7 +3,9 @@
 Queries use explicit output formats and a scrubbed environment, so a user's SQUEUE_FORMAT,
 SLURM_TIME_FORMAT or SBATCH_* settings cannot change what is submitted or how it is parsed.
 One `squeue` call per cluster answers for every watched job; jobs that already left the
-controller are looked up with one `sacct` call.
+controller are looked up with one `sacct` call. With a cache directory, that answer (all of
+the user's jobs) is shared for `cache_age` seconds by every hpcdesk process of the user, so
+several waiting clients polling at the same instant cost one RPC.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from hpcdesk.errors import SchedulerError, SchedulerRejected
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, map_slurm_state
+from hpcdesk.session import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,11 @@ def _cluster_args(cluster: str | None) -> list[str]:
 class SlurmCli:
     name = "slurm-cli"
 
-    def __init__(self, timeout: float = 30.0) -> None:
+    def __init__(self, timeout: float = 30.0, cache_dir: Path | None = None,
+                 cache_age: float = 1.0) -> None:
         self.timeout = timeout
+        self.cache_dir = cache_dir
+        self.cache_age = cache_age
         self.calls: dict[str, int] = defaultdict(int)  # for benchmarks and tests
 
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -98,17 +105,13 @@ class SlurmCli:
         return result
 
     def _query_cluster(self, cluster: str | None, refs: list[JobRef]) -> dict[JobRef, JobInfo]:
-        unknown = {r: JobInfo(r, JobState.UNKNOWN, reason="scheduler not reachable") for r in refs}
-        # One RPC for all of the user's jobs; the job list is filtered here, which also
-        # avoids squeue's error for a single job id that already left the controller.
-        proc = self._run(["squeue", "--noheader", "--states=all", f"--user={getpass.getuser()}",
-                          f"--format={_SQUEUE_FORMAT}", *_cluster_args(cluster)])
-        if proc.returncode != 0:
-            log.warning("squeue failed (%s): %s", proc.returncode, proc.stderr.strip())
-            return unknown
         wanted = {r.job_id: r for r in refs}
+        output = self._cached_squeue(cluster, set(wanted))
+        if output is None:
+            return {r: JobInfo(r, JobState.UNKNOWN, reason="scheduler not reachable")
+                    for r in refs}
         found: dict[JobRef, JobInfo] = {}
-        for line in proc.stdout.splitlines():
+        for line in output.splitlines():
             parts = line.strip().split(_SEP)
             if len(parts) != 5 or parts[0] not in wanted:
                 continue  # "CLUSTER: name" headers of -M output, other jobs
@@ -121,6 +124,33 @@ class SlurmCli:
         if missing:
             found.update(self._sacct(cluster, missing))
         return found
+
+    def _cached_squeue(self, cluster: str | None, wanted: set[str]) -> str | None:
+        """All of the user's jobs (squeue output), from a fresh shared cache or one RPC."""
+        cache = self.cache_dir / f"squeue-{cluster or 'default'}.txt" if self.cache_dir else None
+        if cache is not None:
+            try:
+                if time.time() - cache.stat().st_mtime <= self.cache_age:
+                    text = cache.read_text()
+                    listed = {line.split(_SEP, 1)[0].strip() for line in text.splitlines()}
+                    if wanted <= listed:  # a job submitted after the snapshot is not in it
+                        return text
+            except OSError:
+                pass
+        # One RPC for all of the user's jobs; the job list is filtered by the caller, which
+        # also avoids squeue's error for a single job id that already left the controller.
+        proc = self._run(["squeue", "--noheader", "--states=all", f"--user={getpass.getuser()}",
+                          f"--format={_SQUEUE_FORMAT}", *_cluster_args(cluster)])
+        if proc.returncode != 0:
+            log.warning("squeue failed (%s): %s", proc.returncode, proc.stderr.strip())
+            return None
+        if cache is not None:
+            try:
+                cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                atomic_write(cache, proc.stdout, mode=0o600)
+            except OSError as exc:
+                log.info("cannot write the squeue cache %s: %s", cache, exc)
+        return proc.stdout
 
     def _sacct(self, cluster: str | None, refs: list[JobRef]) -> dict[JobRef, JobInfo]:
         proc = self._run(["sacct", "--noheader", "--parsable2", "--allocations",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,27 @@ def test_submit_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert e2.value.exit_code == 3
     fake_bin(tmp_path, monkeypatch, "sbatch", "echo '77;clusterb'\n")
     assert SlurmCli().submit(script, None) == JobRef("77", "clusterb")
+
+
+def test_shared_cache_saves_rpcs_but_never_hides_a_new_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = tmp_path / "count"
+    fake_bin(tmp_path, monkeypatch, "squeue", f"""
+echo x >> {counter}
+echo "11|PENDING|Priority|N/A|"
+[ -e {tmp_path}/job12 ] && echo "12|PENDING|Priority|N/A|"
+exit 0
+""")
+    fake_bin(tmp_path, monkeypatch, "sacct", "exit 1\n")
+    cache = tmp_path / "cache"
+    a, b = SlurmCli(cache_dir=cache), SlurmCli(cache_dir=cache)   # two client processes
+    assert a.query([JobRef("11")])[JobRef("11")].state is JobState.PENDING
+    assert b.query([JobRef("11")])[JobRef("11")].state is JobState.PENDING
+    assert counter.read_text().count("x") == 1          # the second one used the snapshot
+    (tmp_path / "job12").touch()                          # submitted after the snapshot
+    assert b.query([JobRef("12")])[JobRef("12")].state is JobState.PENDING
+    assert counter.read_text().count("x") == 2
+    assert (cache / "squeue-default.txt").stat().st_mode & 0o777 == 0o600
+    time.sleep(1.1)                                       # too old: ask again
+    a.query([JobRef("11")])
+    assert counter.read_text().count("x") == 3

@@ -94,3 +94,14 @@ def test_queue_timeout(tmp_path: Path) -> None:
     w, _ = make(tmp_path, FakeScheduler([JobState.PENDING]), poll_min=0.2, queue=1)
     with pytest.raises(WaitTimeout, match="in the queue"):
         w.wait()
+
+
+def test_poll_instants_are_aligned_to_the_wall_clock() -> None:
+    from hpcdesk.waiting import aligned_delay
+
+    assert aligned_delay(4.0, now=1000.5) == pytest.approx(3.5)
+    assert aligned_delay(4.0, now=1003.9) == pytest.approx(4.1)   # too close: the next one
+    # Clients on different steps of the ladder meet: every 8 s instant is a 4 s instant.
+    for now in (1000.1, 1001.7, 1006.2):
+        t8 = now + aligned_delay(8.0, now)
+        assert (t8 % 4.0) == pytest.approx(0.0, abs=1e-6) or (t8 % 4.0) == pytest.approx(4.0)
