@@ -141,30 +141,33 @@ def bench_list(n: int) -> tuple[dict[str, float], Callable[[], None]]:
             "all_rpcs": sum(rpc.values()), "wall_s": wall}, cleanup
 
 
-def bench_pending_wait(seconds: float) -> dict[str, float]:
+def bench_pending_wait(seconds: float, clients: int = 1) -> dict[str, float]:
     cmd = [str(VENV / "bin/hpcdesk"), "submit", *SITE, "--set",
            "scheduler.extra_args=['--hold']"]
     argv = ["runuser", "-u", USER, "--", "env", f"HOME={HOME}", f"USER={USER}",
             f"PATH={VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin", *cmd]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(clients)]
     time.sleep(2)  # submitted and waiting
     before = sdiag()
     time.sleep(seconds)
     ours = sum(delta(before, sdiag())[k] for k in JOB_INFO)
-    proc.terminate()
-    subprocess.run(["pkill", "-INT", "-P", str(proc.pid)], check=False)
-    proc.wait(30)
+    for proc in procs:
+        subprocess.run(["pkill", "-INT", "-P", str(proc.pid)], check=False)
+        proc.wait(30)
     subprocess.run(["scancel", "-u", USER], check=False)
-    # Baseline in the same run: batchspawner-style, squeue for the job every 0.5 s.
-    job = subprocess.run(["sbatch", "--parsable", "--hold", "-p", "gpu", "--wrap", "sleep 600"],
-                         capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    # Baseline in the same run: batchspawner-style, squeue for each job every 0.5 s.
+    jobs = [subprocess.run(["sbatch", "--parsable", "--hold", "-p", "gpu", "--wrap", "sleep 600"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+            .split(";")[0] for _ in range(clients)]
     before = sdiag()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        subprocess.run(["squeue", "-h", "-j", job], capture_output=True, check=False)
+        for job in jobs:
+            subprocess.run(["squeue", "-h", "-j", job], capture_output=True, check=False)
         time.sleep(0.5)
     base = sum(delta(before, sdiag())[k] for k in JOB_INFO)
-    subprocess.run(["scancel", job], check=False)
+    subprocess.run(["scancel", *jobs], check=False)
     per_min = 60.0 / seconds
     return {"hpcdesk_per_min": ours * per_min, "baseline_per_min": base * per_min,
             "ratio_baseline_over_hpcdesk": (base / ours) if ours else float("inf")}
@@ -227,11 +230,12 @@ def main() -> int:
                         f"{r['job_info_rpcs']} (all RPCs {r['all_rpcs']}, "
                         f"{r['sessions_listed']} listed, {r['wall_s'] * 1000:.0f} ms)"))
     if "pending" in args.only:
-        p = bench_pending_wait(args.pending_seconds)
-        results.append(("d) job-info RPCs/min, one submit on a pending job",
-                        f"{p['hpcdesk_per_min']:.1f} (batchspawner-style 0.5 s loop: "
-                        f"{p['baseline_per_min']:.1f}; "
-                        f"ratio {p['ratio_baseline_over_hpcdesk']:.1f}x)"))
+        for clients in (1, 5):
+            p = bench_pending_wait(args.pending_seconds, clients)
+            results.append((f"d) job-info RPCs/min, {clients} submit(s) on pending jobs",
+                            f"{p['hpcdesk_per_min']:.1f} (batchspawner-style 0.5 s loop: "
+                            f"{p['baseline_per_min']:.1f}; "
+                            f"ratio {p['ratio_baseline_over_hpcdesk']:.1f}x)"))
     if "cold" in args.only:
         c = bench_cold_start(args.runs)
         results += [(f"e) {k} (ms, runuser subtracted)", stats(v)) for k, v in c.items()]
