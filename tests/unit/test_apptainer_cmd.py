@@ -104,3 +104,30 @@ def test_debian_without_gpu(tmp_path: Path) -> None:
     assert e["APPTAINERENV_SELKIES_USE_CPU"] == "true"
     assert "--nv" not in inv.argv and "APPTAINERENV_PASSWD" not in e
     assert "APPTAINERENV_HPCDESK_GPU_BUS_ID" not in e
+
+
+@pytest.mark.parametrize(("output", "expect"), [
+    ("apptainer version 1.4.5-2", ("apptainer", "1.4.5-2")),
+    ("singularity-ce version 4.1.0", ("singularity-ce", "4.1.0")),
+    ("singularity version 3.8.7", ("singularity", "3.8.7")),
+])
+def test_runtime_version_detection(tmp_path: Path, output: str,
+                                   expect: tuple[str, str]) -> None:
+    """A FAKE apptainer that only prints a version line (the real one runs in tests/cluster)."""
+    from hpcdesk.node.runtime.apptainer import detect_version
+
+    fake = tmp_path / "fake-apptainer"
+    fake.write_text(f"#!/bin/sh\necho '{output}'\n")
+    fake.chmod(0o755)
+    assert detect_version(str(fake)) == expect
+
+
+def test_too_old_singularity_is_refused(tmp_path: Path) -> None:
+    from hpcdesk.node.procs import StartError
+    from hpcdesk.node.runtime.apptainer import detect_version
+
+    fake = tmp_path / "fake-singularity"
+    fake.write_text("#!/bin/sh\necho 'singularity version 2.6.1'\n")
+    fake.chmod(0o755)
+    with pytest.raises(StartError, match="too old"):
+        detect_version(str(fake))

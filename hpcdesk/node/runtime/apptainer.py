@@ -25,9 +25,11 @@ Invocation choices (pinned by tests/unit/test_apptainer_cmd.py):
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,7 @@ ICD_TARGETS = {
     "nvidia_icd.json": "/usr/share/vulkan/icd.d/nvidia_icd.json",
     "10_nvidia.json": "/usr/share/glvnd/egl_vendor.d/10_nvidia.json",
 }
+log = logging.getLogger(__name__)
 PASSWORD_IN_CONTAINER = "/tmp/.hpcdesk-password"  # noqa: S105 - a path, not a secret
 
 
@@ -152,6 +155,30 @@ def build_invocation(plan: DesktopPlan, image: str, display: str,
     return Invocation(argv, env, password_file)
 
 
+def detect_version(command: str) -> tuple[str, str]:
+    """(flavour, version) from `apptainer --version` / `singularity --version`.
+
+    Apptainer prints "apptainer version 1.4.5"; SingularityCE "singularity-ce version 4.1.0";
+    old Singularity "singularity version 3.8.7". Every one of them has the flags used here
+    (--contain, --workdir, --writable-tmpfs, --cleanenv, --ipc, --nv) since 3.x/1.0.
+    """
+    try:
+        proc = subprocess.run([*shlex.split(command), "--version"], capture_output=True,
+                              text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StartError(f"{command} --version failed: {exc}") from None
+    words = proc.stdout.split()
+    if proc.returncode != 0 or not words:
+        raise StartError(f"{command} --version failed: {proc.stderr.strip() or proc.returncode}")
+    version = words[-1]
+    major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+    flavour = words[0]
+    if flavour.startswith("singularity") and major < 3:
+        raise StartError(f"{flavour} {version} is too old: hpcdesk needs Singularity 3.x or "
+                         "Apptainer 1.x (for --writable-tmpfs and --cleanenv)")
+    return flavour, version
+
+
 class ApptainerRuntime:
     name = "apptainer"
 
@@ -169,6 +196,8 @@ class ApptainerRuntime:
             raise StartError(f"the apptainer command {command!r} was not found on this node "
                              f"(PATH={os.environ.get('PATH', '')}); load the Apptainer module in "
                              "runtime.setup or set runtime.apptainer to its full path")
+        flavour, version = detect_version(req.runtime.apptainer)
+        log.info("container runtime: %s %s", flavour, version)
         try:
             image = resolve_image(req.runtime.image or "", req.runtime.image_dir)
         except ImageError as exc:
