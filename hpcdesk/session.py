@@ -19,7 +19,7 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Session:
     dir: Path
+    _meta: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -70,13 +71,17 @@ class Session:
 
     @property
     def meta(self) -> dict[str, Any]:
-        return read_json(self.path("session.json")) or {}
+        """session.json, read once per process (only this side writes it)."""
+        if self._meta is None:
+            self._meta = read_json(self.path("session.json")) or {}
+        return dict(self._meta)
 
     def update_meta(self, **changes: Any) -> dict[str, Any]:
-        meta = self.meta
+        meta = read_json(self.path("session.json")) or {}
         meta.update(changes)
         write_json(self.path("session.json"), meta)
-        return meta
+        self._meta = meta
+        return dict(meta)
 
     @property
     def job_id(self) -> str | None:

@@ -10,6 +10,7 @@ several waiting clients polling at the same instant cost one RPC.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import logging
 import os
@@ -32,19 +33,22 @@ _SQUEUE_FORMAT = _SEP.join(["%i", "%T", "%r", "%S", "%N"])
 _SACCT_FIELDS = "JobIDRaw,State,ExitCode,NodeList"
 
 # Slurm messages that mean "your request is wrong", as opposed to "Slurm is unreachable".
-_USER_ERRORS = re.compile(
+# (Patterns, compiled only when a command failed: compiling them costs a cold start ~10 ms.)
+_USER_ERRORS = (
     r"invalid partition|invalid account|invalid qos|node configuration is not available|"
     r"invalid generic resource|invalid feature|time limit is invalid|invalid trackable|"
     r"reservation is invalid|more processors requested|memory required by task|"
     r"violates accounting|invalid (?:job )?constraint|invalid cluster|no such cluster|"
-    r"unrecognized option|invalid option|invalid gres|access denied|user's group not permitted",
-    re.IGNORECASE,
+    r"unrecognized option|invalid option|invalid gres|access denied|user's group not permitted"
 )
-_UNREACHABLE = re.compile(
+_UNREACHABLE = (
     r"unable to contact slurm controller|socket timed out|connection refused|"
-    r"slurm_load_jobs error: (?:unable|socket|communication)|transient|try again",
-    re.IGNORECASE,
+    r"slurm_load_jobs error: (?:unable|socket|communication)|transient|try again"
 )
+
+
+def _matches(pattern: str, text: str) -> bool:
+    return re.search(pattern, text, re.IGNORECASE) is not None
 
 
 def slurm_env() -> dict[str, str]:
@@ -84,7 +88,7 @@ class SlurmCli:
         if proc.returncode != 0:
             msg = " ".join(line.strip() for line in proc.stderr.strip().splitlines()) or (
                 f"sbatch exited with {proc.returncode}")
-            if _USER_ERRORS.search(msg):
+            if _matches(_USER_ERRORS, msg):
                 raise SchedulerRejected(f"Slurm refused the job: {msg}",
                                         hint="check the partition/account/qos/gres with "
                                         "`sinfo` and `sacctmgr show assoc user=$USER`")
@@ -127,16 +131,43 @@ class SlurmCli:
 
     def _cached_squeue(self, cluster: str | None, wanted: set[str]) -> str | None:
         """All of the user's jobs (squeue output), from a fresh shared cache or one RPC."""
-        cache = self.cache_dir / f"squeue-{cluster or 'default'}.txt" if self.cache_dir else None
-        if cache is not None:
-            try:
-                if time.time() - cache.stat().st_mtime <= self.cache_age:
-                    text = cache.read_text()
-                    listed = {line.split(_SEP, 1)[0].strip() for line in text.splitlines()}
-                    if wanted <= listed:  # a job submitted after the snapshot is not in it
-                        return text
-            except OSError:
-                pass
+        if self.cache_dir is None:
+            return self._squeue(cluster)
+        cache = self.cache_dir / f"squeue-{cluster or 'default'}.txt"
+        fresh = self._read_cache(cache, wanted)
+        if fresh is not None:
+            return fresh
+        try:
+            self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock = os.open(cache.with_suffix(".lock"), os.O_RDONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.info("squeue cache unavailable (%s): asking Slurm directly", exc)
+            return self._squeue(cluster)
+        try:
+            # Clients that poll at the same instant queue here; the first one asks Slurm,
+            # the others find its fresh snapshot when they get the lock.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            fresh = self._read_cache(cache, wanted)
+            if fresh is not None:
+                return fresh
+            output = self._squeue(cluster)
+            if output is not None:
+                atomic_write(cache, output, mode=0o600)
+            return output
+        finally:
+            os.close(lock)
+
+    def _read_cache(self, cache: Path, wanted: set[str]) -> str | None:
+        try:
+            if time.time() - cache.stat().st_mtime > self.cache_age:
+                return None
+            text = cache.read_text()
+        except OSError:
+            return None
+        listed = {line.split(_SEP, 1)[0].strip() for line in text.splitlines()}
+        return text if wanted <= listed else None  # a newer job is not in an older snapshot
+
+    def _squeue(self, cluster: str | None) -> str | None:
         # One RPC for all of the user's jobs; the job list is filtered by the caller, which
         # also avoids squeue's error for a single job id that already left the controller.
         proc = self._run(["squeue", "--noheader", "--states=all", f"--user={getpass.getuser()}",
@@ -144,12 +175,6 @@ class SlurmCli:
         if proc.returncode != 0:
             log.warning("squeue failed (%s): %s", proc.returncode, proc.stderr.strip())
             return None
-        if cache is not None:
-            try:
-                cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                atomic_write(cache, proc.stdout, mode=0o600)
-            except OSError as exc:
-                log.info("cannot write the squeue cache %s: %s", cache, exc)
         return proc.stdout
 
     def _sacct(self, cluster: str | None, refs: list[JobRef]) -> dict[JobRef, JobInfo]:
@@ -165,7 +190,7 @@ class SlurmCli:
                     ref = wanted[parts[0]]
                     out[ref] = JobInfo(ref, map_slurm_state(parts[1]), exit_code=parts[2],
                                        nodes=_clean(parts[3]), raw_state=parts[1])
-        elif _UNREACHABLE.search(proc.stderr):
+        elif _matches(_UNREACHABLE, proc.stderr):
             return {r: JobInfo(r, JobState.UNKNOWN, reason="accounting not reachable")
                     for r in refs}
         # Not in squeue and not in accounting (or accounting disabled): it has ended.

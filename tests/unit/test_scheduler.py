@@ -111,3 +111,22 @@ exit 0
     time.sleep(1.1)                                       # too old: ask again
     a.query([JobRef("11")])
     assert counter.read_text().count("x") == 3
+
+
+def test_clients_polling_at_the_same_instant_share_one_squeue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    counter = tmp_path / "count"
+    fake_bin(tmp_path, monkeypatch, "squeue", f"""
+echo x >> {counter}
+sleep 0.3
+echo "11|PENDING|Priority|N/A|"
+""")
+    clients = [SlurmCli(cache_dir=tmp_path / "cache") for _ in range(5)]
+    threads = [threading.Thread(target=c.query, args=([JobRef("11")],)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counter.read_text().count("x") == 1
