@@ -43,7 +43,11 @@ def collect(sessions: Sequence[Session], scheduler: Scheduler) -> list[SessionSt
     """Status of many sessions with one scheduler query (finished states are cached)."""
     live = [s for s in sessions if not s.meta.get("final") and job_ref(s)]
     infos = scheduler.query([r for s in live if (r := job_ref(s))]) if live else {}
-    return [describe(s, infos.get(job_ref(s))) for s in sessions]  # type: ignore[arg-type]
+    out = []
+    for s in sessions:
+        ref = job_ref(s)
+        out.append(describe(s, infos.get(ref) if ref else None))
+    return out
 
 
 def describe(session: Session, info: JobInfo | None) -> SessionStatus:

@@ -93,7 +93,7 @@ def list_images(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"images in {image_dir}:")
     for r in rows:
-        mib = float(r["bytes"]) / 2**20  # type: ignore[arg-type]
+        mib = float(str(r["bytes"])) / 2**20
         state = f"built, {mib:.0f} MiB" if r["built"] else "not built"
         name = f"{r['flavor']}:{r['tag']}"
         print(f"  {name:<18} {state:<18} {Path(str(r['image'])).name}")

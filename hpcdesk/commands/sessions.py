@@ -7,6 +7,7 @@ import time
 
 from hpcdesk.commands.attach import print_connection, wait_and_report
 from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for, tail
+from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
 from hpcdesk.scheduler import JobRef, Scheduler
 from hpcdesk.session import Session, all_sessions, find, now
@@ -16,7 +17,7 @@ LOG_FILES = ("job.out", "agent.log", "xorg.out", "Xorg.log", "desktop.log", "sel
              "container.log")
 
 
-def _pick(args: argparse.Namespace) -> tuple[Session, object]:
+def _pick(args: argparse.Namespace) -> tuple[Session, LoadedConfig]:
     loaded = load_config(args)
     root = root_of(loaded)
     key = getattr(args, "session", None)
@@ -31,13 +32,13 @@ def _pick(args: argparse.Namespace) -> tuple[Session, object]:
 
 def status(args: argparse.Namespace) -> int:
     session, loaded = _pick(args)
-    scheduler = scheduler_for(loaded)  # type: ignore[arg-type]
+    scheduler = scheduler_for(loaded)
     ref = job_ref(session)
     if args.wait and ref and not session.meta.get("final"):
         st = collect([session], scheduler)[0]
         if st.state in ("queued", "starting", "unknown"):
-            return wait_and_report(session, scheduler, ref, loaded, None,  # type: ignore[arg-type]
-                                   args.json, time.monotonic())
+            return wait_and_report(session, scheduler, ref, loaded, None, args.json,
+                                   time.monotonic())
     st = collect([session], scheduler)[0]
     if args.json:
         emit_json(st.as_json(with_secrets=True))
@@ -85,7 +86,7 @@ def _age(seconds: float) -> str:
 
 def cancel(args: argparse.Namespace) -> int:
     session, loaded = _pick(args)
-    scheduler = scheduler_for(loaded)  # type: ignore[arg-type]
+    scheduler = scheduler_for(loaded)
     ref = job_ref(session)
     if ref is None:
         raise SessionNotFound(f"session {session.id} has no job to cancel")

@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hpcdesk.node import gpu
 from hpcdesk.node.encoder import decide_encoder
@@ -25,7 +25,7 @@ SOFTWARE_NOTE = "software rendering (Xorg dummy driver) and a software encoder"
 
 @dataclass
 class GpuBinding:
-    xorg_driver: str          # "nvidia" | "dummy"
+    xorg_driver: Literal["dummy", "nvidia"]
     bus_id: str | None        # Xorg decimal BusID of the bound GPU
     device: gpu.Device | None
     encoder: str
@@ -77,7 +77,7 @@ def bind_gpu(req: DesktopRequest, session_dir: Path, backend: gpu.GpuBackend | N
         raise StartError(str(exc)) from None
     nvenc = probe_nvenc(pci_bus_id=device.pci_bus_id, uuid=device.uuid)
     choice = decide_encoder(req.desktop.encoder, nvenc, req.cpus)
-    driver = "nvidia"
+    driver: Literal["dummy", "nvidia"] = "nvidia"
     summary = f"bound {device.label()} ({how})"
     if req.runtime.kind == "host" and not host_has_nvidia_xorg_driver():
         driver = "dummy"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from hpcdesk.node.procs import Child
 from hpcdesk.request import DesktopRequest
@@ -24,7 +24,7 @@ class DesktopPlan:
     password: str
     encoder: str           # nvh264enc | x264enc | vp8enc | vp9enc
     encoder_threads: int
-    xorg_driver: str       # dummy | nvidia
+    xorg_driver: Literal["dummy", "nvidia"]
     bus_id: str | None
     tls_cert: Path | None  # HTTPS certificate and key for the web UI (None: plain HTTP)
     tls_key: Path | None

@@ -93,7 +93,7 @@ class HostRuntime:
         env = base_env(plan)
         write_xauthority(Path(env["XAUTHORITY"]), secrets.token_bytes(16))
         spec = XorgSpec(width=d.width, height=d.height, refresh=d.refresh, depth=d.depth,
-                        dpi=d.dpi, driver=plan.xorg_driver,  # type: ignore[arg-type]
+                        dpi=d.dpi, driver=plan.xorg_driver,
                         bus_id=plan.bus_id, video_port=d.video_port)
         logs = plan.session_dir
         x = start_xorg(xorg, spec, plan.workdir, Path(env["XAUTHORITY"]), env,
