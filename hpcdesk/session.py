@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,9 @@ from typing import Any
 from hpcdesk.errors import SessionNotFound
 
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+# <session_root>/.active/<id>: one empty marker per session that has not ended, so that
+# `list` and the waiters touch only live sessions however many old ones a user keeps.
+ACTIVE_DIR = ".active"
 
 
 def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
@@ -81,6 +85,9 @@ class Session:
         meta.update(changes)
         write_json(self.path("session.json"), meta)
         self._meta = meta
+        if "final" in changes:
+            with contextlib.suppress(OSError):
+                (self.dir.parent / ACTIVE_DIR / self.id).unlink()
         return dict(meta)
 
     @property
@@ -109,23 +116,37 @@ def create(root: Path) -> Session:
             d.mkdir(mode=0o700)
         except FileExistsError:
             continue
+        (root / ACTIVE_DIR).mkdir(mode=0o700, exist_ok=True)
+        (root / ACTIVE_DIR / sid).touch(mode=0o600)
         return Session(d)
     raise RuntimeError(f"could not allocate a session directory under {root}")
 
 
-def all_sessions(root: Path) -> list[Session]:
+def discard(session: Session) -> None:
+    """Remove a session that never reached Slurm (nothing in it is worth keeping)."""
+    shutil.rmtree(session.dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (session.dir.parent / ACTIVE_DIR / session.id).unlink()
+
+
+def all_sessions(root: Path, include_ended: bool = True) -> list[Session]:
+    """Sessions oldest first; without include_ended only those not known to have ended."""
     if not root.is_dir():
         return []
-    found = [Session(d) for d in root.iterdir() if d.is_dir() and (d / "session.json").exists()]
+    if include_ended:
+        dirs = [d for d in root.iterdir() if not d.name.startswith(".")]
+    else:
+        active = root / ACTIVE_DIR
+        dirs = [root / m.name for m in active.iterdir()] if active.is_dir() else []
+    found = [Session(d) for d in dirs if (d / "session.json").exists()]
     return sorted(found, key=lambda s: s.meta.get("created", 0))
 
 
 def find(root: Path, key: str) -> Session:
     """A session by id, unique id prefix, or Slurm job id ("1234" or "cluster:1234")."""
+    if not key.startswith(".") and "/" not in key and (root / key / "session.json").exists():
+        return Session(root / key)
     sessions = all_sessions(root)
-    exact = [s for s in sessions if s.id == key]
-    if exact:
-        return exact[0]
     by_job = [s for s in sessions if key in (s.job_id, f"{s.meta.get('cluster')}:{s.job_id}")]
     if by_job:
         return by_job[-1]

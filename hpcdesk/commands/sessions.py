@@ -55,7 +55,7 @@ def status(args: argparse.Namespace) -> int:
 
 def list_sessions(args: argparse.Namespace) -> int:
     loaded = load_config(args)
-    sessions = all_sessions(root_of(loaded))
+    sessions = all_sessions(root_of(loaded), include_ended=args.all)
     if not args.all:
         sessions = [s for s in sessions if not s.meta.get("final")]
     rows = collect(sessions, scheduler_for(loaded))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import shutil
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ from hpcdesk.config import LoadedConfig, parse_resolution
 from hpcdesk.errors import EXIT_OK, UsageError
 from hpcdesk.notify import Listener
 from hpcdesk.request import DesktopRequest
-from hpcdesk.session import Session, atomic_write, create, now, write_json
+from hpcdesk.session import Session, atomic_write, create, discard, now, write_json
 
 _FLAG_KEYS = {
     "partition": "scheduler.partition", "account": "scheduler.account", "qos": "scheduler.qos",
@@ -66,7 +65,7 @@ def prepare(loaded: LoadedConfig) -> Session:
         request = build_request(loaded, session.id)
         script = jobscript.render(loaded.config, session.id, session.dir)
     except BaseException:
-        shutil.rmtree(session.dir, ignore_errors=True)
+        discard(session)
         raise
     atomic_write(session.path("request.json"), request.to_json() + "\n", mode=0o644)
     atomic_write(session.path("job.sh"), script, mode=0o700)
@@ -93,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         if listener:
             listener.close()
-        shutil.rmtree(session.dir, ignore_errors=True)  # nothing was submitted: nothing to keep
+        discard(session)  # nothing was submitted: nothing to keep
         raise
     session.update_meta(job_id=job.job_id, cluster=job.cluster, submitted=now())
     where = f" to partition {cfg.scheduler.partition}" if cfg.scheduler.partition else ""

@@ -1,0 +1,46 @@
+"""Session directories: ids, lookup, atomic files, and the index of live sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpcdesk.errors import SessionNotFound
+from hpcdesk.session import all_sessions, atomic_write, create, discard, find, read_json
+
+
+def test_create_lookup_and_active_index(tmp_path: Path) -> None:
+    a, b, c = create(tmp_path), create(tmp_path), create(tmp_path)
+    for n, s in enumerate((a, b, c)):
+        s.update_meta(id=s.id, created=n, job_id=str(100 + n), cluster=None)
+    assert (tmp_path / a.id).stat().st_mode & 0o777 == 0o700
+    assert [s.id for s in all_sessions(tmp_path)] == [a.id, b.id, c.id]
+    b.update_meta(final={"state": "cancelled"})
+    assert [s.id for s in all_sessions(tmp_path, include_ended=False)] == [a.id, c.id]
+    assert [s.id for s in all_sessions(tmp_path)] == [a.id, b.id, c.id]
+    assert find(tmp_path, b.id).id == b.id          # ended sessions stay addressable
+    assert find(tmp_path, "101").id == b.id          # by job id
+    assert find(tmp_path, c.id[:5]).id == c.id        # by unique prefix
+    with pytest.raises(SessionNotFound, match="no session"):
+        find(tmp_path, "zzzzzzzz")
+    discard(c)
+    assert not (tmp_path / c.id).exists() and not (tmp_path / ".active" / c.id).exists()
+
+
+def test_meta_is_read_once_and_updates_are_seen(tmp_path: Path) -> None:
+    s = create(tmp_path)
+    s.update_meta(job_id="7")
+    assert s.meta["job_id"] == "7"
+    (tmp_path / s.id / "session.json").write_text('{"job_id": "8"}')
+    assert s.meta["job_id"] == "7"                    # cached for this process
+    assert s.update_meta(state="x") == {"job_id": "8", "state": "x"}  # merges the file
+
+
+def test_atomic_write_mode_and_content(tmp_path: Path) -> None:
+    p = tmp_path / "connection.json"
+    atomic_write(p, '{"a": 1}', mode=0o600)
+    assert p.stat().st_mode & 0o777 == 0o600
+    assert read_json(p) == {"a": 1}
+    assert [x.name for x in tmp_path.iterdir()] == ["connection.json"]
+    assert read_json(tmp_path / "missing.json") is None
