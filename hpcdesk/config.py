@@ -6,8 +6,10 @@ key path and what is allowed. The merged result remembers where each value came 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
 import os
 import re
 import types
@@ -15,14 +17,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-import yaml
-
-from hpcdesk import resources
+from hpcdesk import __version__, resources
 from hpcdesk.errors import ConfigError
 from hpcdesk.schema import CHECKS, SiteConfig, slurm_time_seconds
+from hpcdesk.session import atomic_write
 
 DEFAULT_SOURCE = "built-in default"
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SYSTEM_DIRS = ("/etc/hpcdesk",)
 
 
@@ -161,14 +161,25 @@ def field_meta(path: str) -> tuple[Any, Mapping[str, Any]]:
     return tp, f.metadata
 
 
+def _yaml() -> Any:
+    import yaml  # only when a file or --set value must be parsed (cold start of list/status)
+
+    return yaml
+
+
+def _yaml_load(text: str) -> Any:
+    yaml = _yaml()
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader, C if available
-    except yaml.YAMLError as exc:
+        return _yaml_load(text)
+    except _yaml().YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", exc)
@@ -211,17 +222,8 @@ def load(site: str | None = None, overrides: Mapping[str, Any] | None = None,
     for k, v in defaults.items():
         flat[k], sources[k] = v, DEFAULT_SOURCE
     site_path = find_site(site)
-    layers: list[tuple[str, Any]] = []
-    if site_path:
-        layers.append((f"site file {site_path}", _read_yaml(site_path)))
-    upath = user_config_path()
-    if upath.is_file():
-        layers.append((f"user file {upath}", _read_yaml(upath)))
-    for source, data in layers:
-        for k, v in validate_layer(data, source.split(" ", 2)[-1]).items():
-            if not source.startswith("site") and field_meta(k)[1].get("admin"):
-                where = source.split(" ", 2)[-1]
-                raise ConfigError(f"{where}: {k}: only the site file may set this")
+    for source, layer in _file_layers(site_path, user_config_path()):
+        for k, v in layer.items():
             flat[k], sources[k] = v, source
     for k, v in (overrides or {}).items():
         try:
@@ -238,6 +240,53 @@ def load(site: str | None = None, overrides: Mapping[str, Any] | None = None,
     cfg: SiteConfig = _build(SiteConfig, flat)
     _cross_checks(cfg, sources)
     return LoadedConfig(cfg, sources, site_path)
+
+
+def _validated(source: str, path: Path) -> dict[str, Any]:
+    layer = validate_layer(_read_yaml(path), str(path))
+    if not source.startswith("site"):
+        for k in layer:
+            if field_meta(k)[1].get("admin"):
+                raise ConfigError(f"{path}: {k}: only the site file may set this")
+    return layer
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hpcdesk" / "config.json"
+
+
+def _file_layers(site_path: Path | None, upath: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The validated site and user layers, from a cache keyed by the files' identity.
+
+    Parsing and validating YAML costs a third of `hpcdesk list`'s cold start; the cache holds
+    the validated result and is used only while both files (path, size, mtime) and the
+    hpcdesk version are unchanged.
+    """
+    files = [(f"site file {site_path}", site_path)] if site_path else []
+    if upath.is_file():
+        files.append((f"user file {upath}", upath))
+    try:
+        key: list[Any] = [__version__]
+        for _, path in files:
+            st = path.stat()
+            key.append([str(path), st.st_mtime_ns, st.st_size])
+    except OSError:
+        key = []
+    cache = cache_path()
+    if key:
+        try:
+            cached = json.loads(cache.read_text())
+            if cached.get("key") == key:
+                return [(str(s), dict(d)) for s, d in cached["layers"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    layers = [(source, _validated(source, path)) for source, path in files]
+    if key:
+        with contextlib.suppress(OSError):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache, json.dumps({"key": key, "layers": layers}), mode=0o600)
+    return layers
 
 
 def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
@@ -274,8 +323,8 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
 def parse_cli_value(text: str) -> Any:
     """A --set value as YAML scalar/list ('8', 'true', '[a, b]'), else the literal string."""
     try:
-        return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader, C if available if text.strip() else text
-    except yaml.YAMLError:
+        return _yaml_load(text) if text.strip() else text
+    except _yaml().YAMLError:
         return text
 
 
@@ -292,7 +341,7 @@ def render_show(loaded: LoadedConfig) -> str:
     flat = loaded.flat()
     width = max(len(k) for k in flat) + 2
     for key, value in flat.items():
-        shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+        shown = _yaml().safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
         shown = shown.removesuffix("...").strip()
         lines.append(f"{key:<{width}}{shown:<24} # {loaded.sources[key]}")
     return "\n".join(lines)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -108,6 +107,8 @@ def session_root(configured: str) -> Path:
 
 def create(root: Path) -> Session:
     """Make a new private session directory with a short, unique, typeable id."""
+    import secrets  # here, not at the top: list and status never create sessions
+
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     for _ in range(100):
         sid = "".join(secrets.choice(_ID_ALPHABET) for _ in range(6))

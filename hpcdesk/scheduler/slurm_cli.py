@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import getpass
-import logging
 import os
 import re
 import subprocess
@@ -24,8 +23,6 @@ from pathlib import Path
 from hpcdesk.errors import SchedulerError, SchedulerRejected
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, map_slurm_state
 from hpcdesk.session import atomic_write
-
-log = logging.getLogger(__name__)
 
 _SCRUB_PREFIXES = ("SQUEUE_", "SACCT_", "SBATCH_", "SCANCEL_", "SLURM_TIME_FORMAT")
 _SEP = "|"
@@ -68,10 +65,10 @@ class SlurmCli:
         self.cache_dir = cache_dir
         self.cache_age = cache_age
         self.calls: dict[str, int] = defaultdict(int)  # for benchmarks and tests
+        self.last_error = ""
 
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         self.calls[argv[0]] += 1
-        log.debug("run %s", argv)
         try:
             return subprocess.run(argv, capture_output=True, text=True, env=slurm_env(),
                                   timeout=self.timeout, cwd=cwd, check=False)
@@ -112,8 +109,8 @@ class SlurmCli:
         wanted = {r.job_id: r for r in refs}
         output = self._cached_squeue(cluster, set(wanted))
         if output is None:
-            return {r: JobInfo(r, JobState.UNKNOWN, reason="scheduler not reachable")
-                    for r in refs}
+            why = f"squeue failed: {self.last_error}" if self.last_error else "squeue failed"
+            return {r: JobInfo(r, JobState.UNKNOWN, reason=why) for r in refs}
         found: dict[JobRef, JobInfo] = {}
         for line in output.splitlines():
             parts = line.strip().split(_SEP)
@@ -140,9 +137,8 @@ class SlurmCli:
         try:
             self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             lock = os.open(cache.with_suffix(".lock"), os.O_RDONLY | os.O_CREAT, 0o600)
-        except OSError as exc:
-            log.info("squeue cache unavailable (%s): asking Slurm directly", exc)
-            return self._squeue(cluster)
+        except OSError:
+            return self._squeue(cluster)  # no shared snapshot here: ask Slurm directly
         try:
             # Clients that poll at the same instant queue here; the first one asks Slurm,
             # the others find its fresh snapshot when they get the lock.
@@ -173,8 +169,9 @@ class SlurmCli:
         proc = self._run(["squeue", "--noheader", "--states=all", f"--user={getpass.getuser()}",
                           f"--format={_SQUEUE_FORMAT}", *_cluster_args(cluster)])
         if proc.returncode != 0:
-            log.warning("squeue failed (%s): %s", proc.returncode, proc.stderr.strip())
+            self.last_error = " ".join(proc.stderr.split()) or f"exit code {proc.returncode}"
             return None
+        self.last_error = ""
         return proc.stdout
 
     def _sacct(self, cluster: str | None, refs: list[JobRef]) -> dict[JobRef, JobInfo]:

@@ -13,6 +13,7 @@ from hpcdesk.errors import ConfigError
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("HPCDESK_SITE", raising=False)
     monkeypatch.setattr(config, "SYSTEM_DIRS", (str(tmp_path / "etc"),))
 
@@ -120,3 +121,21 @@ def test_reference_lists_every_key() -> None:
     for key in ("scheduler.partition", "desktop.encoder", "network.login_address",
                 "timeouts.start"):
         assert f"`{key}`" in ref
+
+
+def test_validated_layers_are_cached_until_a_file_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = write(tmp_path / "site.yaml", "desktop:\n  dpi: 120\n")
+    assert config.load(str(site)).config.desktop.dpi == 120
+    assert config.cache_path().stat().st_mode & 0o777 == 0o600
+    calls: list[Path] = []
+    real = config._read_yaml
+    monkeypatch.setattr(config, "_read_yaml", lambda p: calls.append(p) or real(p))
+    assert config.load(str(site)).config.desktop.dpi == 120
+    assert calls == []                                   # served from the cache
+    write(tmp_path / "site.yaml", "desktop:\n  dpi: 144\n")
+    assert config.load(str(site)).config.desktop.dpi == 144
+    assert calls == [site]                               # the edit was seen
+    write(tmp_path / "site.yaml", "desktop:\n  dpi: 1\n")
+    with pytest.raises(ConfigError, match="desktop.dpi"):
+        config.load(str(site))                           # and a bad edit is still an error
