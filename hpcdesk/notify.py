@@ -164,7 +164,8 @@ class Notifier:
                 s.sendall(frame)
             return True
         except OSError as exc:
+            # Refused (the client stopped waiting) or filtered (a firewall): either way, don't
+            # delay every later phase by a connect timeout; the client reads the files.
             log.info("push to the waiting client failed (%s); it will read the files", exc)
-            if isinstance(exc, ConnectionRefusedError):
-                self.disabled = True  # the client stopped waiting; don't retry every event
+            self.disabled = True
             return False

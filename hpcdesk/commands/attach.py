@@ -67,13 +67,13 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
 def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exception) -> None:
     """Say what happened, cancel what is left, keep the session directory."""
     info = scheduler.query([job]).get(job)
-    if info is None or info.state.active or not info.state.finished:
+    if info is None or not info.state.finished:
         scheduler.cancel(job)
         cancelled = True
     else:
         cancelled = False
     exit_code = info.exit_code if info and info.exit_code else ""
-    if not exit_code and hasattr(scheduler, "exit_code"):
+    if not exit_code:
         exit_code = scheduler.exit_code(job)
     state = info.state.value if info else "unknown"
     lines = [f"hpcdesk: error: {exc}",

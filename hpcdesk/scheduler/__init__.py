@@ -106,6 +106,10 @@ class Scheduler(Protocol):
 
     def cancel(self, job: JobRef) -> None: ...
 
+    def exit_code(self, job: JobRef) -> str:
+        """The job's exit code ("0:15") while the scheduler remembers it, else ""."""
+        ...
+
 
 def get_scheduler(backend: str, cache_dir: Path | None = None) -> Scheduler:
     """The backend; `cache_dir` (private to the user) lets processes share queue snapshots."""

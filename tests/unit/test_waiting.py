@@ -35,6 +35,9 @@ class FakeScheduler:
     def cancel(self, job: JobRef) -> None:
         pass
 
+    def exit_code(self, job: JobRef) -> str:
+        return ""
+
 
 def make(tmp_path: Path, sched: FakeScheduler, **t: float) -> tuple[Waiter, list[str]]:
     seen: list[str] = []
