@@ -10,8 +10,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -60,9 +62,11 @@ def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 45.0
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         raise RuntimeError("chromium is not installed (apt-get install chromium)")
-    with tempfile.TemporaryDirectory(prefix="hpcdesk-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="hpcdesk-chromium-",
+                                     ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         try:
             assert proc.stderr is not None
             ws_url = ""
@@ -78,11 +82,15 @@ def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 45.0
             page_ws = asyncio.run(_page_target(ws_url))
             return asyncio.run(_watch(page_ws, url, out, ok, timeout))
         finally:
-            proc.terminate()
+            # The browser and its helper processes (one group): stop them all before the
+            # profile directory is removed.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
-            if proc.poll() is None:
-                proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 async def _page_target(browser_ws: str) -> str:

@@ -113,7 +113,8 @@ def test_desktop_that_cannot_start(user: User, override: str, cause: str) -> Non
 
 
 def _newest_session(user: User) -> str:
-    sessions = sorted(user.sessions_root().iterdir(), key=lambda p: p.stat().st_mtime)
+    sessions = sorted((p for p in user.sessions_root().iterdir() if not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime)
     return sessions[-1].name
 
 
@@ -133,14 +134,14 @@ def test_bad_input_is_one_clear_error(user: User, args: tuple[str, ...], needle:
         return set(_run(["squeue", "-h", "-u", user.name, "-t", "all", "-o", "%i"]).stdout.split())
 
     before = job_ids()
-    sessions_before = set(p.name for p in user.sessions_root().glob("*"))
+    sessions_before = set(p.name for p in user.sessions_root().iterdir())
     proc = user.run("submit", *SITE, *args, timeout=60)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert needle.lower() in proc.stderr.lower()
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("error:") >= 1 and len(proc.stderr.splitlines()) <= 4
     assert job_ids() <= before, "a job was submitted"
-    assert set(p.name for p in user.sessions_root().glob("*")) == sessions_before
+    assert set(p.name for p in user.sessions_root().iterdir()) == sessions_before
 
 
 def test_injection_is_literal_and_password_stays_secret(user: User, tmp_path: Path,
