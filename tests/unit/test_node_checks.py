@@ -70,26 +70,23 @@ def test_module_main_json_on_this_machine() -> None:
 
 # --- fake GPU nodes ------------------------------------------------------------------------
 
+def _touch(root: Path, *paths: str, text: str = "") -> None:
+    for rel in paths:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
 def fake_root(tmp_path: Path, *, x_files: bool, icd: bool, version: str = "580.159.04") -> Path:
     root = tmp_path / "root"
-    lib = root / "usr/lib/x86_64-linux-gnu"
-    lib.mkdir(parents=True)
-    for name in ("libcuda.so.1", "libnvidia-encode.so.1", "libEGL_nvidia.so.0"):
-        (lib / name).write_text("")
+    lib = "usr/lib/x86_64-linux-gnu"
+    _touch(root, f"{lib}/libcuda.so.1", f"{lib}/libnvidia-encode.so.1",
+           f"{lib}/libEGL_nvidia.so.0")
     if x_files:
-        drivers = root / "usr/lib/xorg/modules/drivers"
-        extensions = root / "usr/lib/xorg/modules/extensions"
-        drivers.mkdir(parents=True)
-        extensions.mkdir(parents=True)
-        (drivers / "nvidia_drv.so").write_text("")
-        (extensions / f"libglxserver_nvidia.so.{version}").write_text("")
+        _touch(root, "usr/lib/xorg/modules/drivers/nvidia_drv.so",
+               f"usr/lib/xorg/modules/extensions/libglxserver_nvidia.so.{version}")
     if icd:
-        vk = root / "usr/share/vulkan/icd.d"
-        egl = root / "usr/share/glvnd/egl_vendor.d"
-        vk.mkdir(parents=True)
-        egl.mkdir(parents=True)
-        (vk / "nvidia_icd.json").write_text("{}")
-        (egl / "10_nvidia.json").write_text("{}")
+        _touch(root, "usr/share/vulkan/icd.d/nvidia_icd.json",
+               "usr/share/glvnd/egl_vendor.d/10_nvidia.json", text="{}")
     return root
 
 
