@@ -83,8 +83,9 @@ class Agent:
             signal.SIGINT: "interrupted",
             signal.SIGHUP: "hangup",
         }
-        if self.stop_reason is None:
-            self.stop_reason = reasons.get(signal.Signals(signum), f"signal {signum}")
+        if self.stop_reason is not None:
+            return  # already stopping: a second signal must not interrupt the cleanup
+        self.stop_reason = reasons.get(signal.Signals(signum), f"signal {signum}")
         raise Stop(self.stop_reason)
 
     def install_signals(self) -> None:
@@ -96,8 +97,8 @@ class Agent:
         self.install_signals()
         try:
             self.phase("starting", "node agent started")
-            connection = self.start()
-            self.supervise(connection)
+            self.start()
+            self.supervise()
             return EXIT_STOPPED  # supervise returns only on Stop
         except Stop as stop:
             self.finish("stopped", stop.reason)
@@ -113,7 +114,7 @@ class Agent:
     def start(self) -> dict[str, Any]:
         req = self.request
         host, bind_addr = _address(req)
-        gpu = bind_gpu(req, self.dir)
+        gpu = bind_gpu(req)
         self.state["gpu"] = gpu.describe()
         log.info("GPU: %s; encoder %s (%s)", gpu.summary, gpu.encoder, gpu.encoder_reason)
         self.ports = PortLease(Path(req.network.lock_dir), bind_addr,
@@ -189,7 +190,7 @@ class Agent:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
-    def supervise(self, connection: dict[str, Any]) -> None:
+    def supervise(self) -> None:
         while True:
             for child in self.children:
                 if not child.alive():

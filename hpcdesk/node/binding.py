@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from hpcdesk.node import gpu
@@ -56,8 +55,7 @@ def host_has_nvidia_xorg_driver() -> bool:
     return driver_file_paths().get("nvidia_drv.so") is not None
 
 
-def bind_gpu(req: DesktopRequest, session_dir: Path, backend: gpu.GpuBackend | None = None
-             ) -> GpuBinding:
+def bind_gpu(req: DesktopRequest, backend: gpu.GpuBackend | None = None) -> GpuBinding:
     if req.gpus == 0:
         return _software(req, "no GPU was requested")
     inv = gpu.inventory(backend)
