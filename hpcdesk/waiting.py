@@ -63,6 +63,7 @@ class Waiter:
     timeouts: TimeoutsConfig
     progress: Progress
     listener: Listener | None = None
+    silence: float = SILENCE
     scheduler_queries: int = 0
     _interval: float = field(init=False)
     _agent_seen: bool = field(init=False, default=False)
@@ -87,7 +88,7 @@ class Waiter:
                         now - started > self.timeouts.queue):
                     raise WaitTimeout(f"the job waited more than {self.timeouts.queue}s in the "
                                       f"queue ({info.reason or 'no reason given'})")
-            if self._agent_seen and now - self._last_heard > SILENCE:
+            if self._agent_seen and now - self._last_heard > self.silence:
                 self._last_heard = now
                 info = self._query()  # raises if the job has ended
             if self._running_since is not None and self._start_overdue(now):

@@ -108,3 +108,15 @@ def test_poll_instants_are_aligned_to_the_wall_clock() -> None:
     for now in (1000.1, 1001.7, 1006.2):
         t8 = now + aligned_delay(8.0, now)
         assert (t8 % 4.0) == pytest.approx(0.0, abs=1e-6) or (t8 % 4.0) == pytest.approx(4.0)
+
+
+def test_a_node_that_vanishes_mid_start_is_noticed(tmp_path: Path) -> None:
+    """The agent reported, then went silent: the waiter asks Slurm once and sees NODE_FAIL."""
+    sched = FakeScheduler([JobState.NODE_FAIL])
+    w, _ = make(tmp_path, sched, poll_min=5.0)
+    w.silence = 0.3
+    write_json(tmp_path / "node.json", {"phase": "launching", "node": "n1", "detail": "x"})
+    t0 = time.monotonic()
+    with pytest.raises(DesktopFailed, match=r"ended \(node_fail\)"):
+        w.wait()
+    assert time.monotonic() - t0 < 3 and sched.queries == 1
