@@ -97,8 +97,12 @@ class CvtMode:
 
 
 def cvt_mode(width: int, height: int, refresh: float = 60.0, *, reduced: bool = False,
-             strict: bool = False) -> CvtMode:
+             strict: bool = False, legacy_hsync: bool = False) -> CvtMode:
     """Compute a CVT (or CVT-RB v1 with ``reduced=True``) mode like ``cvt [-r] W H refresh``.
+
+    The standard mode's sync start is rounded up to the character cell (8 px) as libxcvt
+    0.1.3 does (Debian 13's ``cvt``); ``legacy_hsync=True`` reproduces libxcvt 0.1.2
+    (Debian 12), which added a full cell even when the value was already aligned.
 
     Raises :class:`ValueError` for non-positive or absurd sizes/rates, and, with
     ``strict=True`` and ``reduced=True``, for a refresh rate that is not a multiple of 60 Hz
@@ -130,7 +134,8 @@ def cvt_mode(width: int, height: int, refresh: float = 60.0, *, reduced: bool = 
         htotal = hdisplay + hblank
         hsync_end = hdisplay + hblank // 2
         hsync_start = hsync_end - (htotal * _HSYNC_PERCENT) // 100
-        hsync_start += _H_GRANULARITY - hsync_start % _H_GRANULARITY
+        if legacy_hsync or hsync_start % _H_GRANULARITY:
+            hsync_start += _H_GRANULARITY - hsync_start % _H_GRANULARITY
         name = f"{hdisplay}x{vdisplay}_{refresh:.2f}"
         hpol, vpol = "-", "+"
     else:

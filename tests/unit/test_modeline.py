@@ -33,13 +33,36 @@ def run_cvt(
     return subprocess.run(args, capture_output=True, text=True, check=False)
 
 
+def installed_cvt_is_legacy() -> bool:
+    """libxcvt 0.1.2 (Debian 12) or 0.1.3 (Debian 13): they differ in the sync start of
+    standard CVT modes whose start is already 8-aligned, e.g. 1600x900@60 (1696 vs 1688)."""
+    line = run_cvt(1600, 900, 60, reduced=False).stdout.splitlines()[1]
+    hsync_start = int(line.split()[4])
+    assert hsync_start in (1688, 1696), line
+    return hsync_start == 1696
+
+
 @needs_cvt
 @pytest.mark.parametrize(("width", "height", "refresh"), MODES)
 def test_standard_cvt_matches_binary(width: int, height: int, refresh: int) -> None:
     done = run_cvt(width, height, refresh, reduced=False)
     assert done.returncode == 0, done.stderr
     expected = done.stdout.splitlines()[1]
-    assert cvt_mode(width, height, refresh).as_xorg() == expected
+    legacy = installed_cvt_is_legacy()
+    assert cvt_mode(width, height, refresh, legacy_hsync=legacy).as_xorg() == expected
+
+
+def test_libxcvt_versions_differ_only_in_the_sync_start() -> None:
+    """Both roundings, without the binary: at most one 8-pixel cell apart, in hsync start
+    only, and always cell-aligned."""
+    for width, height, refresh in MODES:
+        new = cvt_mode(width, height, refresh)
+        old = cvt_mode(width, height, refresh, legacy_hsync=True)
+        assert old.hsync_start - new.hsync_start in (0, 8)
+        assert new.hsync_start % 8 == 0 and old.hsync_start % 8 == 0
+        assert (old.htotal, old.hsync_end, old.vtotal) == (new.htotal, new.hsync_end, new.vtotal)
+    assert cvt_mode(1600, 900, 60).hsync_start == 1688
+    assert cvt_mode(1600, 900, 60, legacy_hsync=True).hsync_start == 1696
 
 
 @needs_cvt

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -70,6 +71,21 @@ def _read_display(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> int
     return int(data.split()[0])
 
 
+def _popen_xorg(argv: list[str], write_fd: int, stderr: IO[bytes], workdir: Path,
+                as_nobody: bool) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        argv,
+        pass_fds=[write_fd],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,  # the child keeps its own copy; ours is closed by the caller
+        cwd=workdir,
+        user=NOBODY if as_nobody else None,
+        group=NOBODY if as_nobody else None,
+        extra_groups=[] if as_nobody else None,
+    )
+
+
 def start_xorg(conf: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     # No -configdir: an unprivileged Xorg ignores an absolute one (its log says "Unable to
     # locate/open config directory" and it reads the system directory anyway).
@@ -78,17 +94,8 @@ def start_xorg(conf: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int]
             "-logfile", str(workdir / "Xorg.log"),
             "-displayfd", str(write_fd)]
     as_nobody = os.geteuid() == 0
-    proc = subprocess.Popen(
-        argv,
-        pass_fds=[write_fd],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "Xorg.stderr").open("wb"),
-        cwd=workdir,
-        user=NOBODY if as_nobody else None,
-        group=NOBODY if as_nobody else None,
-        extra_groups=[] if as_nobody else None,
-    )
+    with (workdir / "Xorg.stderr").open("wb") as stderr:
+        proc = _popen_xorg(argv, write_fd, stderr, workdir, as_nobody)
     os.close(write_fd)
     try:
         return proc, _read_display(read_fd, proc, timeout=30)
