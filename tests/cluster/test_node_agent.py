@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -51,3 +52,27 @@ def test_eight_desktops_at_once_on_one_node(user: User, cleanup_jobs: list[str])
         assert http_status(str(r["url"]), (str(r["user"]), str(r["password"]))) == 200
     for r in results:
         user.run("cancel", str(r["session"]), *SITE, "--no-wait")
+
+
+def test_doctor_on_the_login_side_and_on_a_node(user: User) -> None:
+    login = user.json("doctor", *SITE)
+    by_name = {c["name"]: c for c in login["checks"]}
+    assert by_name["slurm controller"]["status"] == "ok"
+    assert by_name["partition"]["status"] == "ok"
+    assert by_name["configuration"]["status"] == "ok"
+    # On a GPU node of the dev cluster, inside an allocation (fake GPUs, no NVIDIA driver).
+    proc = _srun_doctor(user)
+    assert proc.returncode == 0, proc.stderr
+    node = json.loads(proc.stdout)
+    checks = {c["name"]: c for c in node["checks"]}
+    assert node["worst"] == "warn"
+    assert "no NVIDIA driver" in checks["nvidia-driver"]["detail"] and checks["nvidia-driver"]["fix"]
+    assert checks["xorg"]["status"] == "ok"
+    assert "x264enc" in checks["encoder"]["detail"]
+
+
+def _srun_doctor(user: User) -> subprocess.CompletedProcess[str]:
+    argv = ["runuser", "-u", user.name, "--", "env", f"HOME={user.home}", "PATH=/usr/bin:/bin",
+            "srun", "-p", "gpu", "--gres=gpu:1", "-c", "1", "--mem=200M", "--chdir=/",
+            str(user.hpcdesk), "doctor", "--node", "--json"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/")
