@@ -52,6 +52,22 @@ def write_json(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
     atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
 
 
+def tail_lines(path: Path, lines: int) -> str:
+    """The last `lines` lines of a (log) file, reading only its end; 0 means all of it."""
+    start = 0
+    try:
+        with open(path, "rb") as fh:
+            if lines:
+                fh.seek(0, os.SEEK_END)
+                start = max(0, fh.tell() - 512 * lines)
+                fh.seek(start)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    rows = text.splitlines()[1 if start else 0:]  # the first one may be cut
+    return "\n".join(rows[-lines:] if lines else rows)
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())

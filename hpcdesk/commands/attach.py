@@ -6,11 +6,11 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from hpcdesk.commands.common import emit_json, say, tail
+from hpcdesk.commands.common import emit_json, say
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, WaitTimeout
 from hpcdesk.scheduler import JobRef, Scheduler
-from hpcdesk.session import Session, now
+from hpcdesk.session import Session, now, tail_lines
 from hpcdesk.waiting import DesktopFailed, Progress, Waiter
 
 if TYPE_CHECKING:  # the push channel is needed only while submitting
@@ -81,7 +81,7 @@ def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exc
     if cancelled:
         lines.append(f"  job {job} was cancelled")
     for name in ("agent.log", "job.out"):
-        text = tail(session.path(name), 12)
+        text = tail_lines(session.path(name), 12)
         if text:
             lines.append(f"  last lines of {name}:\n" + "\n".join("    " + ln for ln in
                                                                   text.splitlines()))

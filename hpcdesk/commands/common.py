@@ -48,12 +48,3 @@ def emit_json(data: Any) -> None:
 def say(msg: str, quiet: bool = False) -> None:
     """Progress for people: stdout normally, stderr when stdout is reserved for JSON."""
     print(msg, file=sys.stderr if quiet else sys.stdout, flush=True)
-
-
-def tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    rows = text.splitlines()
-    return "\n".join(rows[-lines:] if lines else rows)

@@ -6,11 +6,11 @@ import argparse
 import time
 
 from hpcdesk.commands.attach import print_connection, wait_and_report
-from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for, tail
+from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
 from hpcdesk.scheduler import JobRef, Scheduler
-from hpcdesk.session import Session, all_sessions, find, now
+from hpcdesk.session import Session, all_sessions, find, now, tail_lines
 from hpcdesk.status import collect, job_ref
 
 LOG_FILES = ("job.out", "agent.log", "xorg.out", "Xorg.log", "desktop.log", "selkies.log",
@@ -144,7 +144,7 @@ def logs(args: argparse.Namespace) -> int:
         path = session.path(name)
         if path.exists():
             print(f"==> {path} <==")
-            print(tail(path, args.lines))
+            print(tail_lines(path, args.lines))
             shown += 1
     if not shown:
         print(f"no logs yet in {session.dir}")

@@ -9,10 +9,10 @@ moment never pick the same N. (The host runtime lets Xorg choose with -displayfd
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 from pathlib import Path
+
+from hpcdesk.node.locks import try_claim
 
 FIRST = 20   # leave low numbers to console servers and ssh X forwarding (10+)
 LAST = 999
@@ -47,18 +47,12 @@ class DisplayLease:
         self.number: int | None = None
 
     def acquire(self) -> int:
-        with contextlib.suppress(FileExistsError):
-            self.lock_dir.mkdir(parents=True)
-            os.chmod(self.lock_dir, 0o1777)  # noqa: S103 - shared by all users' agents
         sockets = _abstract_x_sockets()
         for n in range(FIRST, LAST + 1):
             if in_use(n, self.tmp, sockets):
                 continue
-            fd = os.open(self.lock_dir / f"display-{n}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
+            fd = try_claim(self.lock_dir, f"display-{n}")
+            if fd is None:
                 continue
             if in_use(n, self.tmp):  # taken between the scan and the lock
                 os.close(fd)

@@ -7,13 +7,13 @@ flock on `<lock_dir>/port-<N>.lock` for the whole session; a clash means "try an
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import os
 import random
 import socket
 from pathlib import Path
+
+from hpcdesk.node.locks import try_claim
 
 
 class PortLease:
@@ -22,13 +22,6 @@ class PortLease:
         self.bind_addr = bind_addr
         self.range = (port_min, port_max) if port_min and port_max else None
         self.held: dict[int, int] = {}  # port -> lock fd
-
-    def _lock_dir(self) -> Path:
-        with contextlib.suppress(FileExistsError):
-            self.lock_dir.mkdir(parents=True)
-            # Shared by every user's agents on this node; sticky, like /tmp.
-            os.chmod(self.lock_dir, 0o1777)  # noqa: S103
-        return self.lock_dir
 
     def _probe(self, port: int) -> int | None:
         family = socket.AF_INET6 if ":" in self.bind_addr else socket.AF_INET
@@ -42,12 +35,8 @@ class PortLease:
             return int(s.getsockname()[1])
 
     def _claim(self, port: int) -> bool:
-        path = self._lock_dir() / f"port-{port}.lock"
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_claim(self.lock_dir, f"port-{port}")
+        if fd is None:
             return False
         self.held[port] = fd
         return True

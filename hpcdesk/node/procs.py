@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcdesk.session import tail_lines
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +39,7 @@ class Child:
         if rc is None:
             return f"{self.name} is running"
         how = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
-        tail = log_tail(self.log_path, 8) if self.log_path else ""
+        tail = tail_lines(self.log_path, 8) if self.log_path else ""
         return f"{self.name} exited ({how})" + (f"; its log ends:\n{tail}" if tail else "")
 
 
@@ -59,17 +61,6 @@ def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
 
 class StartError(RuntimeError):
     """The desktop could not start; the message names the cause."""
-
-
-def log_tail(path: Path, lines: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 8192))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def descendants(root: int) -> list[int]:

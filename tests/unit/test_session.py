@@ -44,3 +44,14 @@ def test_atomic_write_mode_and_content(tmp_path: Path) -> None:
     assert read_json(p) == {"a": 1}
     assert [x.name for x in tmp_path.iterdir()] == ["connection.json"]
     assert read_json(tmp_path / "missing.json") is None
+
+
+def test_tail_lines_reads_whole_lines_from_the_end(tmp_path: Path) -> None:
+    from hpcdesk.session import tail_lines
+
+    log = tmp_path / "agent.log"
+    log.write_text("".join(f"line {i} " + "x" * 300 + "\n" for i in range(1000)))
+    last = tail_lines(log, 3).splitlines()
+    assert [r.split()[1] for r in last] == ["997", "998", "999"]
+    assert len(tail_lines(log, 0).splitlines()) == 1000
+    assert tail_lines(tmp_path / "missing.log", 5) == ""

@@ -51,7 +51,9 @@ def make(tmp_path: Path, sched: FakeScheduler, **t: float) -> tuple[Waiter, list
 def test_ready_by_push_without_any_scheduler_query(tmp_path: Path) -> None:
     sched = FakeScheduler([JobState.PENDING])
     listener = Listener(tmp_path, tmp_path.name, "127.0.0.1")
-    w, seen = make(tmp_path, sched, poll_min=1.0)
+    # Polls fall on wall-clock multiples of the interval, at least a tenth of it away: with
+    # 10 s the first possible poll is 1 s off, well after the agent's push at 0.2 s.
+    w, seen = make(tmp_path, sched, poll_min=10.0, poll_max=10.0)
     w.listener = listener
 
     def agent() -> None:
