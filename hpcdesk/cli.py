@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="apptainer image path or flavour")
     p.add_argument("--interface", choices=["selkies", "vnc"])
     p.add_argument("--encoder", choices=["auto", "nvh264enc", "x264enc", "vp8enc", "vp9enc"])
+    p.add_argument("--connect", choices=["direct", "turn", "tunnel"],
+                   help="how your browser reaches the desktop (see README)")
 
     p = sub.add_parser("status", help="show one session (URL and credentials when ready)")
     p.add_argument("session", nargs="?", help="session id, id prefix or job id (default: newest)")

@@ -28,7 +28,7 @@ _FLAG_KEYS = {
     "gpus": "scheduler.gpus", "cluster": "scheduler.cluster",
     "constraint": "scheduler.constraint", "reservation": "scheduler.reservation",
     "runtime": "runtime.kind", "image": "runtime.image", "interface": "desktop.interface",
-    "encoder": "desktop.encoder",
+    "encoder": "desktop.encoder", "connect": "network.connect",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,8 +14,10 @@ import pytest
 from conftest import REPO, User, _run, colour_fraction, http_status, node_exec, node_user_pids
 
 pytestmark = [pytest.mark.cluster, pytest.mark.apptainer]
-SITE = ("--site", "devcluster")
-IMAGE_DIR = Path("/var/cache/hpcdesk/images")
+# Built images are cached by content here; HPCDESK_TEST_IMAGE_DIR gives a developer who runs
+# the suite as another user beside a running one a directory of their own.
+IMAGE_DIR = Path(os.environ.get("HPCDESK_TEST_IMAGE_DIR", "/var/cache/hpcdesk/images"))
+SITE = ("--site", "devcluster", "--set", f"runtime.image_dir={IMAGE_DIR}")
 APPTAINER = ("--runtime", "apptainer", "--image", "debian")
 GREEN = (0x13, 0xA8, 0x6B)
 
