@@ -29,6 +29,7 @@ class SessionStatus:
         conn = self.session.connection() if self.state == "ready" else None
         if conn:
             out["url"] = conn.get("url")
+            out["tls_fingerprint"] = conn.get("tls_fingerprint")
             if with_secrets:
                 out.update(user=conn.get("user"), password=conn.get("password"))
         return out

@@ -16,6 +16,10 @@ APT_PACKAGES=(
   libxkbcommon0 libpulse0   # loaded by selkies' pixelflux and pulsectl
   python3 python3-venv python3-dev gcc
 )
+# `hpcdesk tunnel` tests: their own sshd instances (key auth; PAM TOTP through libpam-oath,
+# codes from oathtool). Installed without starting the package's system sshd: the tests
+# start every sshd they use themselves, with their own config and host keys.
+NO_START_PACKAGES=(openssh-server openssh-client libpam-oath oathtool)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -26,11 +30,32 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if ((${#missing[@]})); then
-  log "installing Debian packages: ${missing[*]}"
+quiet=()
+for p in "${NO_START_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || quiet+=("$p")
+done
+if ((${#missing[@]} + ${#quiet[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+fi
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ((${#quiet[@]})); then
+  log "installing Debian packages (their services not started): ${quiet[*]}"
+  policy=/usr/sbin/policy-rc.d
+  if [[ -e $policy ]]; then
+    apt-get install -y -qq --no-install-recommends "${quiet[@]}" >/dev/null
+  else
+    # policy-rc.d exit 101 = "do not start services" for this install only.
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+    apt-get install -y -qq --no-install-recommends "${quiet[@]}" >/dev/null
+    rm -f "$policy"
+    trap - EXIT
+  fi
 fi
 
 # The venv is rebuilt only when the pinned requirements or the Python version change.

@@ -1,0 +1,322 @@
+"""The tunnel: one SSH link, the session read over it, local forwards, reconnects, Ctrl-C.
+
+Lifecycle: bind the local web port (a port in use fails before anything happens), connect
+through every hop, optionally submit, wait until the session is ready (its progress shown),
+forward the web port (and, for webrtc with in-job TURN, the TURN port at the same number),
+announce the URL, then watch: a dropped connection is re-established with backoff while
+the local ports stay open; the session's state is re-read now and then, so a desktop that
+ended ends the tunnel. Ctrl-C (or SIGTERM/SIGHUP) closes everything; with
+`--cancel-on-exit` it also cancels the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import webbrowser
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import paramiko
+
+from hpcdesk.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HpcdeskError, Unreachable
+from hpcdesk.laptop.auth import Authenticator
+from hpcdesk.laptop.endpoint import Endpoint
+from hpcdesk.laptop.forward import Forward
+from hpcdesk.laptop.link import Link, connect
+from hpcdesk.laptop.remote import ConnectionLost, RemoteHpcdesk
+from hpcdesk.laptop.target import Hop
+from hpcdesk.quoting import shq
+
+log = logging.getLogger(__name__)
+
+WAITING_STATES = ("submitting", "queued", "starting", "unknown")
+STATE_CHECK = 60.0    # seconds between checks that the session still runs
+BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+class SessionNotReady(HpcdeskError):
+    exit_code = EXIT_FAILED
+
+
+@dataclass
+class Options:
+    login: str
+    session: str | None = None
+    submit: Sequence[str] | None = None
+    local_port: int = 0
+    open_browser: bool = False
+    cancel_on_exit: bool = False
+    json: bool = False
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Tunnel:
+    hops: Sequence[Hop]
+    auth: Authenticator
+    remote_command: str
+    site: str | None
+    connector: Callable[[Sequence[Hop], Authenticator], Link] = connect
+    _link: Link | None = None
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _closing: bool = False
+    reconnects: int = 0
+
+    def __post_init__(self) -> None:
+        self.remote = RemoteHpcdesk(self._transport, self.hops[-1].name, self.remote_command,
+                                    self.site)
+
+    # -- the link ---------------------------------------------------------------------------
+    def _transport(self) -> paramiko.Transport:
+        link = self._link
+        if link is None or not link.alive():
+            raise ConnectionLost("not connected")
+        return link.transport
+
+    def source(self, timeout: float) -> paramiko.Transport | None:
+        """The live transport, waiting up to `timeout` while a reconnect is under way."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._closing or (self._link is not None and self._link.alive()),
+                timeout)
+            if self._closing or self._link is None or not self._link.alive():
+                return None
+            return self._link.transport
+
+    def connect(self) -> None:
+        link = self.connector(self.hops, self.auth)
+        with self._cond:
+            old, self._link = self._link, link
+            self._cond.notify_all()
+        if old is not None:
+            old.close()
+
+    def alive(self) -> bool:
+        link = self._link
+        return link is not None and link.alive()
+
+    def reconnect(self) -> float:
+        """Connect again until it works (Ctrl-C stops); returns the seconds it took.
+
+        Unreachable hosts are retried with backoff; a refused login or host key ends it.
+        """
+        start = time.monotonic()
+        if self._link is not None:
+            self._link.close()
+        last = ""
+        for attempt in range(1_000_000):
+            if self._closing:
+                raise KeyboardInterrupt
+            try:
+                self.connect()
+                self.reconnects += 1
+                return time.monotonic() - start
+            except (Unreachable, paramiko.SSHException, OSError, EOFError) as exc:
+                reason = str(exc).split("\n")[0]
+                if reason != last:
+                    say(f"hpcdesk: still reconnecting: {reason}")
+                    last = reason
+            time.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+        raise AssertionError("unreachable")
+
+    @property
+    def stopping(self) -> bool:
+        return self._closing
+
+    def stop(self) -> None:
+        """Ask the tunnel to end (from another thread); `run` then closes everything."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self.stop()
+        if self._link is not None:
+            self._link.close()
+        self.auth.close()
+
+    # -- remote hpcdesk, surviving a drop -----------------------------------------------------
+    def ask(self, args: Sequence[str], show_progress: bool = False) -> dict[str, Any]:
+        """`hpcdesk ARGS --json` on the login node; reconnects and asks again on a drop."""
+        while True:
+            try:
+                return self.remote.json(args, show_progress)
+            except ConnectionLost as exc:
+                say(f"hpcdesk: the connection to {self.hops[-1].name} dropped ({exc}); "
+                    "reconnecting")
+                self.reconnect()
+
+
+def wait_ready(tunnel: Tunnel, key: str) -> dict[str, Any]:
+    """The session's status once it is ready; its progress is shown while it starts."""
+    data = tunnel.ask(["status", key])
+    if data.get("state") in WAITING_STATES:
+        say(f"hpcdesk: session {data.get('session')} is {data.get('state')}; waiting for "
+            "the desktop")
+        tunnel.ask(["status", str(data.get("session")), "--wait"], show_progress=True)
+        data = tunnel.ask(["status", str(data.get("session"))])
+    if data.get("state") != "ready":
+        detail = f" ({data['detail']})" if data.get("detail") else ""
+        raise SessionNotReady(f"session {data.get('session')} is {data.get('state')}{detail}: "
+                              "there is no desktop to connect to",
+                              hint="`hpcdesk tunnel --login HOST --submit` starts a new one")
+    return data
+
+
+def announce(ep: Endpoint, local_port: int, login: str, opts: Options) -> None:
+    url = ep.local_url(local_port)
+    if opts.json:
+        print(json.dumps({
+            "session": ep.session, "job_id": ep.job_id, "node": ep.node, "state": "ready",
+            "url": url, "user": ep.user, "password": ep.password, "local_port": local_port,
+            "remote": f"{ep.host}:{ep.port}", "turn_port": ep.turn_port, "login": login,
+            "transport": ep.transport, "tls_fingerprint": ep.tls_fingerprint,
+        }, sort_keys=True), flush=True)
+        return
+    cert = (f"  certificate: self-signed for this session (it names 127.0.0.1); your browser "
+            f"warns about the issuer once.\n           SHA-256 {ep.tls_fingerprint}\n"
+            if ep.tls_fingerprint else "")
+    turn = (f"  TURN:     127.0.0.1:{ep.turn_port} -> {ep.host}:{ep.turn_port}\n"
+            if ep.turn_port else "")
+    print(f"\nYour desktop is ready, tunnelled through {login}:\n"
+          f"  URL:      {url}\n"
+          f"  user:     {ep.user}\n"
+          f"  password: {ep.password}\n"
+          f"  session:  {ep.session} (job {ep.job_id}) on {ep.node}\n{turn}{cert}"
+          f"  Ctrl-C closes the tunnel" +
+          (" and cancels the job" if opts.cancel_on_exit else "; the desktop keeps running"),
+          flush=True)
+
+
+def open_in_browser(ep: Endpoint, local_port: int) -> Path:
+    """Open the desktop with its credentials, without putting them on a command line: the
+    browser gets a private file (0600, removed when the tunnel ends) that forwards to it."""
+    folder = Path(tempfile.mkdtemp(prefix="hpcdesk-open-"))
+    page = folder / "open.html"
+    target = ep.local_url(local_port, with_credentials=True)
+    fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f'<!doctype html><meta charset="utf-8"><title>hpcdesk</title>'
+                 f'<meta http-equiv="refresh" content="0;url={escape(target)}">'
+                 f'<script>location.replace({json.dumps(target)})</script>'
+                 f'<a href="{escape(target)}">open the desktop</a>\n')
+    if not webbrowser.open(page.as_uri()):
+        say(f"hpcdesk: could not start a browser; open {ep.local_url(local_port)} yourself")
+    return folder
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def close_on_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) close the tunnel as Ctrl-C does."""
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _raise_interrupt)
+
+
+def run(opts: Options, tunnel: Tunnel) -> int:
+    login = tunnel.hops[-1].name
+    web = Forward(opts.local_port, ("127.0.0.1", 0), tunnel.source, "web")
+    forwards = [web]
+    session: str | None = opts.session
+    opened: Path | None = None
+    code = EXIT_OK
+    try:
+        via = " via " + ", ".join(h.describe() for h in tunnel.hops[:-1]) \
+            if len(tunnel.hops) > 1 else ""
+        say(f"hpcdesk: connecting to {tunnel.hops[-1].describe()}{via}")
+        tunnel.connect()
+        if opts.submit is not None:
+            sub = tunnel.ask(["submit", "--no-wait", *opts.submit, "--connect", "tunnel"],
+                             show_progress=True)
+            session = str(sub["session"])
+        assert session is not None
+        data = wait_ready(tunnel, session)
+        session = str(data["session"])
+        ep = Endpoint.from_status(data)
+        web.retarget(ep.target)
+        if ep.turn_port:
+            forwards.append(Forward(ep.turn_port, (ep.host, ep.turn_port), tunnel.source,
+                                    "TURN, same number as on the node"))
+        for fw in forwards:
+            fw.start()
+        announce(ep, web.port, login, opts)
+        if opts.open_browser:
+            opened = open_in_browser(ep, web.port)
+        code = watch(tunnel, ep, forwards)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+        say("\nhpcdesk: closing the tunnel")
+    finally:
+        for fw in forwards:
+            fw.close()
+        if opened is not None:
+            shutil.rmtree(opened, ignore_errors=True)
+        if session and code == EXIT_INTERRUPTED:
+            _after_interrupt(tunnel, session, login, opts)
+        tunnel.close()
+    return code
+
+
+def watch(tunnel: Tunnel, ep: Endpoint, forwards: list[Forward]) -> int:
+    """Keep the link up until the session ends (or Ctrl-C)."""
+    next_check = time.monotonic() + STATE_CHECK
+    while True:
+        time.sleep(0.5)
+        if tunnel.stopping:
+            return EXIT_OK
+        if not tunnel.alive():
+            say(f"hpcdesk: the SSH connection to {tunnel.hops[-1].name} dropped; reconnecting "
+                "(the local port stays open)")
+            took = tunnel.reconnect()
+            say(f"hpcdesk: reconnected after {took:.1f}s; the tunnel is up again")
+            next_check = 0.0
+        if time.monotonic() >= next_check:
+            data = tunnel.ask(["status", ep.session])
+            if data.get("state") != "ready":
+                detail = f" ({data['detail']})" if data.get("detail") else ""
+                say(f"hpcdesk: session {ep.session} is {data.get('state')}{detail}; "
+                    "closing the tunnel")
+                return EXIT_FAILED if data.get("state") == "failed" else EXIT_OK
+            fresh = Endpoint.from_status(data)
+            if fresh.target != ep.target:
+                forwards[0].retarget(fresh.target)
+            next_check = time.monotonic() + STATE_CHECK
+
+
+def _after_interrupt(tunnel: Tunnel, session: str, login: str, opts: Options) -> None:
+    if not opts.cancel_on_exit:
+        say(f"hpcdesk: tunnel closed; session {session} keeps running.\n"
+            f"  reopen:  hpcdesk tunnel {shq(session)} --login {shq(opts.login)}\n"
+            f"  stop it: ssh {shq(login)} {tunnel.remote.command_line(['cancel', session])}")
+        return
+    say(f"hpcdesk: cancelling session {session} (--cancel-on-exit)")
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            if not tunnel.alive():
+                tunnel.connect()
+            data = tunnel.remote.json(["cancel", session])
+            say(f"hpcdesk: session {session} is {data.get('state')}")
+            return
+        except (HpcdeskError, ConnectionLost, paramiko.SSHException, OSError) as exc:
+            say(f"hpcdesk: could not cancel session {session}: {exc}")
+    say(f"  stop it yourself: ssh {shq(login)} "
+        f"{tunnel.remote.command_line(['cancel', session])}")

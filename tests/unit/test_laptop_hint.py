@@ -1,0 +1,33 @@
+"""`hpcdesk submit --connect tunnel` prints the exact laptop command."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcdesk.commands import laptop_hint
+
+
+def test_command_names_session_login_node_and_site(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(laptop_hint, "remote_command", lambda: None)
+    cmd = laptop_hint.laptop_command("k3x9fq", "dev site")
+    assert cmd == (f"hpcdesk tunnel k3x9fq --login {getpass.getuser()}@{socket.getfqdn()} "
+                   "--site 'dev site' --open")
+
+
+def test_remote_command_when_not_on_sshs_default_path(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    exe = tmp_path / "venv dir/bin/hpcdesk"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(exe.with_name("python")))
+    cmd = laptop_hint.laptop_command("k3x9fq", None, login="alice@login1")
+    assert cmd == (f"hpcdesk tunnel k3x9fq --login alice@login1 --remote-command '{exe}' "
+                   "--open")
+    monkeypatch.setattr(laptop_hint, "SSH_DEFAULT_PATH", str(exe.parent))
+    assert "--remote-command" not in laptop_hint.laptop_command("k3x9fq", None)
