@@ -129,7 +129,8 @@ def _error_of(stderr: str) -> tuple[str, str]:
 
 
 class _ProgressPrinter:
-    """Passes the remote progress lines to our stderr until the remote error begins."""
+    """Passes hpcdesk's progress lines to our stderr until its error begins (which is
+    reported once, as our own error); other output (a login shell's noise) is not shown."""
 
     def __init__(self) -> None:
         self.partial = ""
@@ -140,7 +141,7 @@ class _ProgressPrinter:
         *lines, self.partial = self.partial.split("\n")
         for ln in lines:
             self.in_error = self.in_error or ln.startswith(ERROR_PREFIX)
-            if not self.in_error:
+            if not self.in_error and ln.startswith(("hpcdesk: ", "  ")):
                 print(ln, file=sys.stderr, flush=True)
 
 
@@ -169,6 +170,6 @@ def _collect(chan: paramiko.Channel, show_progress: bool) -> Result:
         code = chan.recv_exit_status()
     finally:
         chan.close()
-    if printer and printer.partial and not printer.in_error:
-        print(printer.partial, file=sys.stderr, flush=True)
+    if printer and printer.partial:
+        printer.feed("\n")
     return Result(code, out.decode(errors="replace"), err.decode(errors="replace"))

@@ -2,6 +2,12 @@
 
 `--screenshot` runs on virtual time and fires before a video stream has started; this opens
 the page and takes real-time screenshots until a condition holds (or a deadline passes).
+
+`watch()` is the one-shot form. `Chromium` keeps one browser and page open across several
+steps (open, wait until the desktop shows, do something elsewhere, reload, wait again), and
+can run inside a network namespace (`netns="NAME"`, /run/netns/NAME): the browser is started
+there with nsenter, and its DevTools connection is made from a thread that joined the same
+namespace, so it sees exactly the network a laptop there would.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -16,81 +23,166 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--ignore-certificate-errors", "--window-size=1280,720", "--remote-debugging-port=0"]
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
-async def _watch(ws_url: str, url: str, out: Path, ok: Callable[[Path], bool],
-                 timeout: float) -> bool:
-    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
-        counter = 0
+def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
+    """fn() in a thread that joined network namespace `netns` (or here, if None)."""
+    if netns is None:
+        return fn()
+    box: dict[str, Any] = {}
 
-        async def call(method: str, **params: object) -> dict[str, object]:
-            nonlocal counter
-            counter += 1
-            await ws.send_json({"id": counter, "method": method, "params": params})
-            async for msg in ws:
-                data = json.loads(msg.data)
-                if data.get("id") == counter:
-                    if "error" in data:
-                        raise RuntimeError(f"{method}: {data['error']}")
-                    return dict(data.get("result", {}))
-            raise RuntimeError("DevTools connection closed")
-
-        await call("Page.enable")
-        await call("Page.navigate", url=url)
-        deadline = time.monotonic() + timeout
-        while True:
-            await asyncio.sleep(1.0)
-            shot = await call("Page.captureScreenshot", format="png")
-            out.write_bytes(base64.b64decode(str(shot["data"])))
-            if ok(out):
-                return True
-            if time.monotonic() > deadline:
-                return False
-
-
-def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 45.0) -> bool:
-    """Open `url` in headless Chromium; screenshot into `out` until ok(out) or timeout."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        raise RuntimeError("chromium is not installed (apt-get install chromium)")
-    with tempfile.TemporaryDirectory(prefix="hpcdesk-chromium-",
-                                     ignore_cleanup_errors=True) as profile:
-        proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+    def run() -> None:
         try:
-            assert proc.stderr is not None
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}")
+            finally:
+                os.close(fd)
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
+class _Page:
+    """One DevTools connection to the page; `call` sends a command and awaits its answer."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.counter = 0
+
+    async def call(self, method: str, **params: object) -> dict[str, object]:
+        self.counter += 1
+        await self.ws.send_json({"id": self.counter, "method": method, "params": params})
+        async for msg in self.ws:
+            data = json.loads(msg.data)
+            if data.get("id") == self.counter:
+                if "error" in data:
+                    raise RuntimeError(f"{method}: {data['error']}")
+                return dict(data.get("result", {}))
+        raise RuntimeError("DevTools connection closed")
+
+
+async def _with_page(ws_url: str, steps: Callable[[_Page], Any]) -> Any:
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
+        return await steps(_Page(ws))
+
+
+async def _until(page: _Page, out: Path, ok: Callable[[Path], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        await asyncio.sleep(1.0)
+        shot = await page.call("Page.captureScreenshot", format="png")
+        out.write_bytes(base64.b64decode(str(shot["data"])))
+        if ok(out):
+            return True
+        if time.monotonic() > deadline:
+            return False
+
+
+class Chromium:
+    """Headless Chromium with one page, optionally in a network namespace."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self.proc: subprocess.Popen[str] | None = None
+        self.page_ws = ""
+        self._profile: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> Chromium:
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if not chromium:
+            raise RuntimeError("chromium is not installed (apt-get install chromium)")
+        self._profile = tempfile.TemporaryDirectory(prefix="hpcdesk-chromium-",
+                                                    ignore_cleanup_errors=True)
+        prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
+        self.proc = subprocess.Popen(
+            [*prefix, chromium, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        try:
+            assert self.proc.stderr is not None
             ws_url = ""
             start = time.monotonic()
             while time.monotonic() - start < 30:
-                line = proc.stderr.readline()
+                line = self.proc.stderr.readline()
                 m = re.search(r"DevTools listening on (ws://\S+)", line)
                 if m:
                     ws_url = m.group(1)
                     break
             if not ws_url:
                 raise RuntimeError("chromium did not open its DevTools port")
-            page_ws = asyncio.run(_page_target(ws_url))
-            return asyncio.run(_watch(page_ws, url, out, ok, timeout))
-        finally:
-            # The browser and its helper processes (one group): stop them all before the
-            # profile directory is removed.
+            self.page_ws = in_netns(self.netns, lambda: asyncio.run(_page_target(ws_url)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        # The browser and its helper processes (one group): stop them all before the profile
+        # directory is removed.
+        if self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
+                self.proc.wait(10)
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+            self.proc = None
+        if self._profile is not None:
+            self._profile.cleanup()
+            self._profile = None
+
+    def _run(self, steps: Callable[[_Page], Any]) -> Any:
+        return in_netns(self.netns, lambda: asyncio.run(_with_page(self.page_ws, steps)))
+
+    def open(self, url: str) -> None:
+        async def steps(page: _Page) -> None:
+            await page.call("Page.enable")
+            await page.call("Page.navigate", url=url)
+        self._run(steps)
+
+    def reload(self) -> None:
+        async def steps(page: _Page) -> None:
+            await page.call("Page.reload", ignoreCache=True)
+        self._run(steps)
+
+    def wait_for(self, out: Path, ok: Callable[[Path], bool], timeout: float = 45.0) -> bool:
+        """Screenshot into `out` every second until ok(out) (True) or the timeout (False)."""
+        return bool(self._run(lambda page: _until(page, out, ok, timeout)))
+
+
+def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 45.0,
+          netns: str | None = None) -> bool:
+    """Open `url` in headless Chromium; screenshot into `out` until ok(out) or timeout."""
+    with Chromium(netns) as browser:
+        browser.open(url)
+        return browser.wait_for(out, ok, timeout)
 
 
 async def _page_target(browser_ws: str) -> str:
