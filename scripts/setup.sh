@@ -10,7 +10,7 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${HPCDESK_VENV:-/opt/hpcdesk/venv}
 CACHE=${HPCDESK_CACHE:-/var/cache/hpcdesk}
 APT_PACKAGES=(
-  slurm-wlm munge iproute2 util-linux procps psmisc curl ca-certificates
+  slurm-wlm munge iproute2 util-linux procps psmisc curl ca-certificates openssl
   xserver-xorg-core xserver-xorg-video-dummy x11-utils x11-xserver-utils xauth
   openbox xterm chromium fonts-dejavu-core
   libxkbcommon0 libpulse0   # loaded by selkies' pixelflux and pulsectl

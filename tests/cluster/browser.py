@@ -4,7 +4,7 @@
 the page and takes real-time screenshots until a condition holds (or a deadline passes).
 
 `watch()` is the one-shot form. `Chromium` keeps one browser and page open across several
-steps (open, wait until the desktop shows, do something elsewhere, reload, wait again), and
+steps (open, wait until the desktop shows, do something elsewhere, wait again), and
 can run inside a network namespace (`netns="NAME"`, /run/netns/NAME): the browser is started
 there with nsenter, and its DevTools connection is made from a thread that joined the same
 namespace, so it sees exactly the network a laptop there would.
@@ -165,11 +165,6 @@ class Chromium:
         async def steps(page: _Page) -> None:
             await page.call("Page.enable")
             await page.call("Page.navigate", url=url)
-        self._run(steps)
-
-    def reload(self) -> None:
-        async def steps(page: _Page) -> None:
-            await page.call("Page.reload", ignoreCache=True)
         self._run(steps)
 
     def wait_for(self, out: Path, ok: Callable[[Path], bool], timeout: float = 45.0) -> bool:

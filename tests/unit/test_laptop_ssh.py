@@ -310,3 +310,84 @@ def test_websockets_session_forwards_the_web_port_only() -> None:
                                                                None)
     assert ep.local_url(5000) == "https://127.0.0.1:5000/sub/?a=1#t=2"
     assert ep.local_url(5000, True) == "https://al%20ice:p%40ss@127.0.0.1:5000/sub/?a=1#t=2"
+
+
+NETCAT = """
+import socket, sys, threading
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def up():
+    while data := sys.stdin.buffer.read1(65536):
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while data := s.recv(65536):
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+"""
+
+
+def test_proxycommand_carries_the_connection(tmp_path: Path, servers: list[FakeLoginNode],
+                                             client_key: tuple[paramiko.PKey, Path],
+                                             no_agent: None) -> None:
+    import sys
+    from dataclasses import replace
+
+    script = tmp_path / "nc.py"
+    script.write_text(NETCAT)
+    srv = start(Policy(keys=[client_key[0]], execute=lambda cmd: (0, '{"via": "proxy"}', "")))
+    servers.append(srv)
+    # An unroutable HostName: only the ProxyCommand knows the way.
+    hop = replace(hop_for(srv, tmp_path, client_key[1]), hostname="192.0.2.1",
+                  host_key_alias=f"[127.0.0.1]:{srv.port}",
+                  proxy_command=f"{sys.executable} {script} 127.0.0.1 {srv.port}")
+    ln = link.connect([hop], Authenticator(Answers()))
+    try:
+        assert RemoteHpcdesk(lambda: ln.transport, "login").json(["x"]) == {"via": "proxy"}
+    finally:
+        ln.close()
+
+
+def test_reconnect_after_the_server_drops_the_link(
+        tmp_path: Path, client_key: tuple[paramiko.PKey, Path], servers: list[FakeLoginNode],
+        no_agent: None) -> None:
+    """The listening port stays; a connection made while the link is down waits for the
+    new link and then reaches the target."""
+    web = node_service(b"web:")
+    srv = start(Policy(keys=[client_key[0]]))
+    servers.append(srv)
+    tunnel = Tunnel([hop_for(srv, tmp_path, client_key[1])], Authenticator(Answers()),
+                    "hpcdesk", None)
+    fw = Forward(0, ("127.0.0.2", web.getsockname()[1]), tunnel.source, "web")
+    fw.start()
+    try:
+        tunnel.connect()
+        assert roundtrip(fw.port, b"one") == b"web:one"
+        srv.drop_connections()
+        deadline = time.monotonic() + 10
+        while tunnel.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not tunnel.alive()
+        result: list[bytes] = []
+        waiting = threading.Thread(target=lambda: result.append(roundtrip(fw.port, b"two")))
+        waiting.start()  # connects while the link is down
+        assert tunnel.reconnect() >= 0 and tunnel.reconnects == 1
+        waiting.join(20)
+        assert result == [b"web:two"]
+    finally:
+        fw.close()
+        tunnel.close()
+        web.close()
+
+
+def test_open_hands_the_browser_a_private_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpcdesk.laptop import tunnel as tunnel_mod
+
+    opened: list[str] = []
+    monkeypatch.setattr(tunnel_mod.webbrowser, "open", lambda uri: opened.append(uri) or True)
+    ep = Endpoint.from_status({"session": "s", "url": "https://gpu01:4000/", "user": "al",
+                               "password": "pw"})
+    folder = tunnel_mod.open_in_browser(ep, 5000)
+    page = folder / "open.html"
+    assert opened == [page.as_uri()]  # no credentials on the browser's command line
+    assert page.stat().st_mode & 0o777 == 0o600
+    assert "https://al:pw@127.0.0.1:5000/" in page.read_text()
