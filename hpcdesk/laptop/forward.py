@@ -51,6 +51,7 @@ class _Handler(sshtunnel._ForwardHandler):  # type: ignore[misc]  # sshtunnel ha
         except (paramiko.SSHException, OSError, EOFError) as exc:
             log.info("%s: channel refused: %s", self.info, exc)
             self.request.close()
+            server.on_refused()  # the desktop may have ended: let the tunnel look
             return
         try:
             self._redirect(chan)
@@ -68,13 +69,15 @@ class _Server(sshtunnel._ThreadingForwardServer):  # type: ignore[misc]
     allow_reuse_address = os.name != "nt"
     target: tuple[str, int]
     source: TransportSource
+    on_refused: Callable[[], None]
 
 
 class Forward:
     """127.0.0.1:local_port (0: a free one) -> target as seen from the login node."""
 
     def __init__(self, local_port: int, target: tuple[str, int], source: TransportSource,
-                 what: str, bind: str = "127.0.0.1") -> None:
+                 what: str, on_refused: Callable[[], None] = lambda: None,
+                 bind: str = "127.0.0.1") -> None:
         try:
             self.server = _Server((bind, local_port), _Handler, logger=log)
         except OSError as exc:
@@ -88,6 +91,7 @@ class Forward:
             raise
         self.server.target = target
         self.server.source = source
+        self.server.on_refused = on_refused
         self.thread: threading.Thread | None = None
 
     @property

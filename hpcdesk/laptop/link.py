@@ -7,8 +7,10 @@ not). Each hop's host key is checked and each hop authenticates on its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,8 @@ from hpcdesk.laptop.target import Hop
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 20.0
-KEEPALIVE = 10  # seconds between keepalives: a silently dead path is noticed within ~30 s
+KEEPALIVE = 10      # seconds between keepalives (they keep NAT and firewall state alive)
+PROBE_TIMEOUT = 15.0  # a login node that does not answer a request this long is gone
 
 
 @dataclass
@@ -37,6 +40,20 @@ class Link:
 
     def alive(self) -> bool:
         return all(t.is_active() for t in self.transports)
+
+    def answers(self, timeout: float = PROBE_TIMEOUT) -> bool:
+        """Whether the login node answers a request within `timeout`. A path that died
+        silently (a laptop that slept, a new Wi-Fi, a dropped VPN) fails this long before
+        TCP would notice."""
+        done = threading.Event()
+
+        def ask() -> None:
+            with contextlib.suppress(Exception):  # any failure is "no answer"
+                self.transport.global_request("keepalive@openssh.com", wait=True)
+            done.set()
+
+        threading.Thread(target=ask, name="ssh-probe", daemon=True).start()
+        return done.wait(timeout) and self.alive()
 
     def close(self) -> None:
         for t in reversed(self.transports):

@@ -35,7 +35,7 @@ from hpcdesk.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HpcdeskError,
 from hpcdesk.laptop.auth import Authenticator
 from hpcdesk.laptop.endpoint import Endpoint
 from hpcdesk.laptop.forward import Forward
-from hpcdesk.laptop.link import Link, connect
+from hpcdesk.laptop.link import PROBE_TIMEOUT, Link, connect
 from hpcdesk.laptop.remote import ConnectionLost, RemoteHpcdesk
 from hpcdesk.laptop.target import Hop
 from hpcdesk.quoting import shq
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 WAITING_STATES = ("submitting", "queued", "starting", "unknown")
 STATE_CHECK = 60.0    # seconds between checks that the session still runs
+PROBE_EVERY = 15.0    # seconds between checks that the login node still answers
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
@@ -77,6 +78,7 @@ class Tunnel:
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _closing: bool = False
     reconnects: int = 0
+    check_now: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.remote = RemoteHpcdesk(self._transport, self.hops[-1].name, self.remote_command,
@@ -111,6 +113,16 @@ class Tunnel:
         link = self._link
         return link is not None and link.alive()
 
+    def answers(self) -> bool:
+        link = self._link
+        return link is not None and link.answers()
+
+    def drop(self) -> None:
+        """Give up on the current link (it is dead but does not know it yet)."""
+        link = self._link
+        if link is not None:
+            link.close()
+
     def reconnect(self) -> float:
         """Connect again until it works (Ctrl-C stops); returns the seconds it took.
 
@@ -119,10 +131,8 @@ class Tunnel:
         start = time.monotonic()
         if self._link is not None:
             self._link.close()
-        last = ""
-        for attempt in range(1_000_000):
-            if self._closing:
-                raise KeyboardInterrupt
+        last, attempt = "", 0
+        while not self._closing:
             try:
                 self.connect()
                 self.reconnects += 1
@@ -133,7 +143,8 @@ class Tunnel:
                     say(f"hpcdesk: still reconnecting: {reason}")
                     last = reason
             time.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
-        raise AssertionError("unreachable")
+            attempt += 1
+        raise KeyboardInterrupt  # stop() was called while reconnecting
 
     @property
     def stopping(self) -> bool:
@@ -234,55 +245,72 @@ def close_on_signals() -> None:
 
 def run(opts: Options, tunnel: Tunnel) -> int:
     login = tunnel.hops[-1].name
-    web = Forward(opts.local_port, ("127.0.0.1", 0), tunnel.source, "web")
+    # Bound first: a local port in use fails before anything is asked of the login node.
+    web = Forward(opts.local_port, ("127.0.0.1", 0), tunnel.source, "web",
+                  tunnel.check_now.set)
     forwards = [web]
-    session: str | None = opts.session
+    session: str | None = None  # once it is known to exist on the login node
+    ended = interrupted = False
     opened: Path | None = None
-    code = EXIT_OK
+    code = EXIT_INTERRUPTED
     try:
         via = " via " + ", ".join(h.describe() for h in tunnel.hops[:-1]) \
             if len(tunnel.hops) > 1 else ""
         say(f"hpcdesk: connecting to {tunnel.hops[-1].describe()}{via}")
         tunnel.connect()
+        key = opts.session
         if opts.submit is not None:
             sub = tunnel.ask(["submit", "--no-wait", *opts.submit, "--connect", "tunnel"],
                              show_progress=True)
-            session = str(sub["session"])
-        assert session is not None
-        data = wait_ready(tunnel, session)
+            key = session = str(sub["session"])
+        data = wait_ready(tunnel, str(key))
         session = str(data["session"])
         ep = Endpoint.from_status(data)
         web.retarget(ep.target)
         if ep.turn_port:
             forwards.append(Forward(ep.turn_port, (ep.host, ep.turn_port), tunnel.source,
-                                    "TURN, same number as on the node"))
+                                    "TURN, same number as on the node", tunnel.check_now.set))
         for fw in forwards:
             fw.start()
         announce(ep, web.port, login, opts)
         if opts.open_browser:
             opened = open_in_browser(ep, web.port)
-        code = watch(tunnel, ep, forwards)
+        code = watch(tunnel, ep)
+        ended = not tunnel.stopping
     except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
+        interrupted = True
         say("\nhpcdesk: closing the tunnel")
     finally:
         for fw in forwards:
             fw.close()
         if opened is not None:
             shutil.rmtree(opened, ignore_errors=True)
-        if session and code == EXIT_INTERRUPTED:
-            _after_interrupt(tunnel, session, login, opts)
+        if session and not ended and (interrupted or opts.cancel_on_exit):
+            _leave(tunnel, session, opts)
         tunnel.close()
     return code
 
 
-def watch(tunnel: Tunnel, ep: Endpoint, forwards: list[Forward]) -> int:
-    """Keep the link up until the session ends (or Ctrl-C)."""
+def watch(tunnel: Tunnel, ep: Endpoint) -> int:
+    """Keep the link up until the session ends (or Ctrl-C).
+
+    The link is probed every PROBE_EVERY seconds (a silently dead path is closed and
+    reconnected); the session's state is read every STATE_CHECK seconds, and at once when
+    the node refused a forwarded connection (the desktop may have ended)."""
     next_check = time.monotonic() + STATE_CHECK
+    next_probe = time.monotonic() + PROBE_EVERY
     while True:
-        time.sleep(0.5)
+        if tunnel.check_now.wait(0.5):
+            tunnel.check_now.clear()
+            next_check = 0.0
         if tunnel.stopping:
             return EXIT_OK
+        if tunnel.alive() and time.monotonic() >= next_probe:
+            next_probe = time.monotonic() + PROBE_EVERY
+            if not tunnel.answers():
+                say(f"hpcdesk: {tunnel.hops[-1].name} has not answered for "
+                    f"{PROBE_TIMEOUT:.0f}s")
+                tunnel.drop()
         if not tunnel.alive():
             say(f"hpcdesk: the SSH connection to {tunnel.hops[-1].name} dropped; reconnecting "
                 "(the local port stays open)")
@@ -296,13 +324,12 @@ def watch(tunnel: Tunnel, ep: Endpoint, forwards: list[Forward]) -> int:
                 say(f"hpcdesk: session {ep.session} is {data.get('state')}{detail}; "
                     "closing the tunnel")
                 return EXIT_FAILED if data.get("state") == "failed" else EXIT_OK
-            fresh = Endpoint.from_status(data)
-            if fresh.target != ep.target:
-                forwards[0].retarget(fresh.target)
             next_check = time.monotonic() + STATE_CHECK
 
 
-def _after_interrupt(tunnel: Tunnel, session: str, login: str, opts: Options) -> None:
+def _leave(tunnel: Tunnel, session: str, opts: Options) -> None:
+    """The tunnel ends before the session: say how to come back, or cancel it."""
+    login = tunnel.hops[-1].name
     if not opts.cancel_on_exit:
         say(f"hpcdesk: tunnel closed; session {session} keeps running.\n"
             f"  reopen:  hpcdesk tunnel {shq(session)} --login {shq(opts.login)}\n"

@@ -220,10 +220,20 @@ class Laptop:
         self.other_key = self.ssh / "not_authorized"
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "other", "-f",
            str(self.other_key))
+        # Only ssh-agent holds this one (the file lives outside ~/.ssh).
+        self.agent_key = self.home / "agent-only" / "key"
+        self.agent_key.parent.mkdir()
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agent", "-f",
+           str(self.agent_key))
 
     @property
     def public_key(self) -> str:
         return Path(f"{self.key}.pub").read_text().strip()
+
+    @property
+    def authorized_keys(self) -> str:
+        return "\n".join(Path(f"{k}.pub").read_text().strip()
+                         for k in (self.key, self.agent_key))
 
     def write(self, name: str, text: str) -> Path:
         path = self.ssh / name
@@ -237,15 +247,20 @@ class Laptop:
         os.chown(self.home, self.uid, self.gid)
         os.chmod(self.home, 0o700)
 
-    def argv(self, *args: str) -> list[str]:
+    def as_user(self, *argv: str, env: dict[str, str] | None = None) -> list[str]:
+        """argv run as the user in the laptop namespace, with the laptop's environment."""
         venv_bin = self.hpcdesk.parent
         return [*in_ns(NS_LAPTOP), "setpriv", f"--reuid={self.uid}", f"--regid={self.gid}",
                 "--init-groups", "env", "-i", f"HOME={self.home}", f"USER={self.user}",
                 f"LOGNAME={self.user}", f"PATH={venv_bin}:/usr/bin:/bin", "LANG=C.UTF-8",
-                str(self.hpcdesk), "tunnel", *args]
+                *(f"{k}={v}" for k, v in (env or {}).items()), *argv]
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args), capture_output=True, text=True,
+    def argv(self, *args: str, env: dict[str, str] | None = None) -> list[str]:
+        return self.as_user(str(self.hpcdesk), "tunnel", *args, env=env)
+
+    def run(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args, env=env), capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL, cwd="/")
 
 

@@ -73,7 +73,7 @@ def net(user: User) -> Iterator[Net]:
         users_file = workdir / "users.oath"
         users_file.write_text(f"HOTP/T30/6 {user.name} - {secret}\n")
         os.chmod(users_file, 0o600)
-        common = {"workdir": workdir, "user": user.name, "authorized_key": laptop.public_key}
+        common = {"workdir": workdir, "user": user.name, "authorized_key": laptop.authorized_keys}
         login = Sshd("login", listen=[(LOGIN_IP, PORT_KEY), (LOGIN_INNER_IP, PORT_KEY)],
                      **common)
         otp = Sshd("otp", listen=[(LOGIN_IP, PORT_OTP)],
@@ -111,6 +111,10 @@ Host changed-key
     HostName {LOGIN_IP}
     Port {PORT_KEY}
     HostKeyAlias login-changed
+Host login-agent
+    HostName {LOGIN_IP}
+    Port {PORT_KEY}
+    IdentityFile ~/.ssh/no-such-key
 Host wrong-key
     HostName {LOGIN_IP}
     Port {PORT_KEY}
@@ -248,8 +252,10 @@ class TunnelProc:
 
 
 @contextlib.contextmanager
-def tunnel(net: Net, *args: str, terminal: bool = False) -> Iterator[TunnelProc]:
-    proc = TunnelProc(net.laptop.argv(*net.remote, *args), terminal=terminal)  # --submit last
+def tunnel(net: Net, *args: str, terminal: bool = False,
+           env: dict[str, str] | None = None) -> Iterator[TunnelProc]:
+    proc = TunnelProc(net.laptop.argv(*net.remote, *args, env=env),  # --submit goes last
+                      terminal=terminal)  # --submit last
     try:
         yield proc
     finally:
@@ -449,3 +455,67 @@ def test_local_port_in_use(net: Net, desktop: dict[str, str]) -> None:
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_keys_from_ssh_agent(net: Net, desktop: dict[str, str]) -> None:
+    """`login-agent` names no usable key file: only the agent's key can log in."""
+    sock = net.laptop.home / "agent.sock"
+    agent = subprocess.Popen(net.laptop.as_user("ssh-agent", "-D", "-a", str(sock)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        env = {"SSH_AUTH_SOCK": str(sock)}
+        add = subprocess.run(net.laptop.as_user("ssh-add", str(net.laptop.agent_key), env=env),
+                             capture_output=True, text=True, timeout=30)
+        assert add.returncode == 0, add.stderr
+        with tunnel(net, str(desktop["session"]), "--login", "login-agent", "--json",
+                    env=env) as tun:
+            info = tun.ready(timeout=120)
+            assert laptop_http(str(info["url"]), str(info["user"]),
+                               str(info["password"])) == 200
+            assert tun.interrupt() == 130
+        # Without the agent the same host has no key to offer.
+        proc = net.laptop.run(str(desktop["session"]), "--login", "login-agent", *net.remote)
+        assert proc.returncode == 2 and "refused the login" in proc.stderr, proc.stderr
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def test_silently_dead_path_is_noticed_and_reconnected(net: Net,
+                                                       desktop: dict[str, str]) -> None:
+    """The laptop's link goes away without a word (no FIN, no RST: a laptop that slept or
+    changed networks). The tunnel notices by itself, retries, and recovers once the
+    network is back."""
+    with tunnel(net, str(desktop["session"]), "--login", "login", "--json") as tun:
+        info = tun.ready(timeout=120)
+        link_down = [*sshnet.in_ns(NS_LAPTOP), "ip", "link", "set", f"{sshnet.TAG}-lap-in"]
+        sshnet.sh(*link_down, "down")
+        try:
+            tun.wait_for("has not answered", timeout=90)
+            tun.wait_for("still reconnecting", timeout=60)
+        finally:
+            sshnet.sh(*link_down, "up")
+        tun.wait_for("reconnected after", timeout=120)
+        assert laptop_http(str(info["url"]), str(info["user"]), str(info["password"])) == 200
+        assert tun.interrupt() == 130
+
+
+def test_tunnel_ends_when_the_desktop_ends(user: User, net: Net) -> None:
+    data = user.json("submit", *SITE, "--connect", "tunnel", timeout=240)
+    session = str(data["session"])
+    try:
+        with tunnel(net, session, "--login", "login", "--json") as tun:
+            info = tun.ready(timeout=120)
+            assert user.json("cancel", session, *SITE)["state"] == "cancelled"
+            # The browser's next request finds the desktop gone; the tunnel looks and ends.
+            with contextlib.suppress(AssertionError, ValueError):
+                laptop_http(str(info["url"]), str(info["user"]), str(info["password"]))
+            assert tun.proc.wait(120) == 0
+            assert re.search(f"session {session} is cancelled .*; closing the tunnel",
+                             tun.stderr), tun.stderr
+    finally:
+        user.run("cancel", session, *SITE, timeout=90)
