@@ -37,8 +37,16 @@ def remote_command() -> str | None:
     return str(mine)
 
 
+def login_name() -> str:
+    """This login node's name for laptops: its fully qualified name if it has one."""
+    name = socket.getfqdn()
+    if not name or name.split(".")[0] in ("localhost", "ip6-localhost"):
+        name = socket.gethostname()  # a machine whose FQDN resolves to loopback
+    return name
+
+
 def laptop_command(session_id: str, site: str | None, login: str | None = None) -> str:
-    host = login or f"{getpass.getuser()}@{socket.getfqdn()}"
+    host = login or f"{getpass.getuser()}@{login_name()}"
     parts = ["hpcdesk", "tunnel", shq(session_id), "--login", shq(host)]
     cmd = remote_command()
     if cmd:

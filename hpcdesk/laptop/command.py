@@ -38,9 +38,14 @@ def options(args: argparse.Namespace) -> Options:
     port = args.local_port or 0
     if not 0 <= port < 65536:
         raise UsageError(f"--local-port {port}: not a port number (1..65535)")
+    route: list[str] = []
+    for flag, value in (("--jump", args.jump), ("--ssh-config", args.ssh_config),
+                        ("--remote-command", args.remote_command), ("--site", args.site)):
+        if value:
+            route += [flag, value]
     return Options(login=args.login, session=args.session, submit=args.submit,
                    local_port=port, open_browser=args.open, cancel_on_exit=args.cancel_on_exit,
-                   json=args.json)
+                   json=args.json, route_args=route)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -61,6 +61,7 @@ class Options:
     open_browser: bool = False
     cancel_on_exit: bool = False
     json: bool = False
+    route_args: Sequence[str] = ()  # --jump, --remote-command, --site...: to reopen it
 
 
 def say(msg: str) -> None:
@@ -332,7 +333,8 @@ def _leave(tunnel: Tunnel, session: str, opts: Options) -> None:
     login = tunnel.hops[-1].name
     if not opts.cancel_on_exit:
         say(f"hpcdesk: tunnel closed; session {session} keeps running.\n"
-            f"  reopen:  hpcdesk tunnel {shq(session)} --login {shq(opts.login)}\n"
+            f"  reopen:  hpcdesk tunnel {shq(session)} --login {shq(opts.login)}"
+            f"{''.join(' ' + shq(a) for a in opts.route_args)}\n"
             f"  stop it: ssh {shq(login)} {tunnel.remote.command_line(['cancel', session])}")
         return
     say(f"hpcdesk: cancelling session {session} (--cancel-on-exit)")

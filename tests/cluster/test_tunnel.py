@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import signal
 import subprocess
 import tempfile
@@ -34,6 +35,8 @@ from sshnet import (
     laptop_python,
 )
 from tooling import require
+
+from hpcdesk.commands.laptop_hint import login_name
 
 pytestmark = pytest.mark.cluster
 SITE = ("--site", "devcluster")
@@ -87,6 +90,10 @@ def net(user: User) -> Iterator[Net]:
             s.start()
         other = Sshd("impostor", workdir=workdir, listen=[], user=user.name, authorized_key="")
         laptop.write("config", f"""\
+# The name `hpcdesk submit --connect tunnel` prints for this login node, as a user's alias.
+Host {login_name()}
+    HostName {LOGIN_IP}
+    Port {PORT_KEY}
 Host login
     HostName {LOGIN_IP}
     Port {PORT_KEY}
@@ -310,15 +317,29 @@ for target in [("10.77.0.11", 22), ("10.77.0.12", 22), ("10.77.0.1", 6817),
 
 def test_desktop_through_the_tunnel_and_recovery(user: User, net: Net, desktop: dict[str, str],
                                                  tmp_path: Path) -> None:
-    assert str(desktop["laptop_command"]).startswith(
-        f"hpcdesk tunnel {desktop['session']} --login {user.name}@")
-    with tunnel(net, str(desktop["session"]), "--login", "login", "--json") as tun, \
-            browser.Chromium(NS_LAPTOP) as chrome:
+    """The exact command `submit --connect tunnel` printed, run on the laptop: --open hands
+    the browser (here $BROWSER, which keeps a copy) the page that opens the desktop."""
+    printed = shlex.split(str(desktop["laptop_command"]))
+    assert printed[:5] == ["hpcdesk", "tunnel", desktop["session"], "--login",
+                           f"{user.name}@{login_name()}"]
+    assert printed[-1] == "--open"
+    opened = net.laptop.home / "opened.html"
+    recorder = net.laptop.home / "browser"  # $BROWSER: keeps a copy of what it is given
+    recorder.write_text(f'#!/bin/sh\ncp "${{1#file://}}" {opened}\n')  # gets a file: URI
+    os.chmod(recorder, 0o755)
+    tun = TunnelProc(net.laptop.argv(*printed[2:], "--json", env={"BROWSER": str(recorder)}))
+    with contextlib.ExitStack() as stack:
+        stack.callback(tun.close)
+        chrome = stack.enter_context(browser.Chromium(NS_LAPTOP))
         info = tun.ready()
         assert info["session"] == desktop["session"]
         assert re.fullmatch(r"https://127\.0\.0\.1:\d+/", str(info["url"]))
         assert info["password"] == desktop["password"]
-        chrome.open(authed(info))
+        deadline = time.monotonic() + 30
+        while not opened.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert authed(info) in opened.read_text()
+        chrome.open(opened.as_uri())
         shot = tmp_path / "desktop.png"
         assert chrome.wait_for(shot, shows(GREEN)), f"no desktop in the browser: {shot}"
 
@@ -338,7 +359,7 @@ def test_desktop_through_the_tunnel_and_recovery(user: User, net: Net, desktop: 
 
         # Ctrl-C closes the tunnel cleanly; the desktop keeps running.
         assert tun.interrupt() == 130
-        assert "session keeps running" in tun.stderr or "keeps running" in tun.stderr
+        assert f"session {desktop['session']} keeps running" in tun.stderr
         assert "Traceback" not in tun.stderr
     assert user.json("status", str(desktop["session"]), *SITE)["state"] == "ready"
 

@@ -15,8 +15,10 @@ from hpcdesk.commands import laptop_hint
 def test_command_names_session_login_node_and_site(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(laptop_hint, "remote_command", lambda: None)
     cmd = laptop_hint.laptop_command("k3x9fq", "dev site")
-    assert cmd == (f"hpcdesk tunnel k3x9fq --login {getpass.getuser()}@{socket.getfqdn()} "
-                   "--site 'dev site' --open")
+    assert cmd == (f"hpcdesk tunnel k3x9fq --login {getpass.getuser()}@"
+                   f"{laptop_hint.login_name()} --site 'dev site' --open")
+    assert laptop_hint.login_name() in (socket.getfqdn(), socket.gethostname())
+    assert not laptop_hint.login_name().startswith("localhost")
 
 
 def test_remote_command_when_not_on_sshs_default_path(monkeypatch: pytest.MonkeyPatch,
