@@ -105,14 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_site(i)
     _add_json(i)
 
-    p = sub.add_parser("tunnel", help="on your laptop: open a desktop through SSH to the login "
-                       "node", description="Connect from this computer to a desktop through "
-                       "SSH to the login node (your ~/.ssh/config, agent, keys and 2FA apply), "
-                       "forward it to 127.0.0.1 and print the URL. Needs only `pip install "
-                       "hpcdesk[tunnel]` here.", epilog="examples:\n"
-                       "  hpcdesk tunnel k3x9fq --login alice@login.cluster.edu --open\n"
-                       "  hpcdesk tunnel --login cluster --submit -p gpu -t 2:00:00",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "tunnel", help="on your laptop: open a desktop through SSH to the login node",
+        description="Connect from this computer to a desktop through SSH to the login node\n"
+        "(your ~/.ssh/config, agent, keys and 2FA apply), forward it to 127.0.0.1 and print\n"
+        "the URL. `pip install hpcdesk` is all it needs here.",
+        epilog="examples:\n"
+        "  hpcdesk tunnel k3x9fq --login alice@login.cluster.edu --open\n"
+        "  hpcdesk tunnel --login cluster --open --submit -p gpu -t 2:00:00\n"
+        "exit codes: 2 no such session, login refused, host key not trusted, port in use;\n"
+        "            3 login node or its hpcdesk unreachable; 130 Ctrl-C (the job keeps\n"
+        "            running unless --cancel-on-exit); see README \"Connecting from your laptop\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("session", nargs="?", help="session id, id prefix or job id")
     p.add_argument("--login", required=True, metavar="[USER@]HOST[:PORT]",
                    help="the login node, or a Host alias from your ssh config")
