@@ -90,9 +90,10 @@ def _next_sock(previous: Link, hop: Hop, timeout: float) -> Any:
         return previous.transport.open_channel(
             "direct-tcpip", (hop.hostname, hop.port), ("127.0.0.1", 0), timeout=timeout)
     except (paramiko.SSHException, OSError, EOFError) as exc:
+        reason = getattr(exc, "text", None) or str(exc) or type(exc).__name__
         raise Unreachable(f"the jump host {via.describe()} cannot reach {hop.describe()}: "
-                          f"{exc}", hint="check ProxyJump / --jump and the login host's name "
-                                         "as the jump host sees it") from None
+                          f"{reason}", hint="check ProxyJump / --jump and the login host's "
+                                            "name as the jump host sees it") from None
 
 
 def _handshake(sock: Any, hop: Hop, auth: Authenticator, timeout: float) -> paramiko.Transport:

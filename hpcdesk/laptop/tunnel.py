@@ -328,14 +328,32 @@ def watch(tunnel: Tunnel, ep: Endpoint) -> int:
             next_check = time.monotonic() + STATE_CHECK
 
 
+def _ssh_name(hop: Hop, with_port: bool) -> str:
+    if hop.name != hop.hostname:  # a Host alias: the user's ssh config knows the rest
+        return hop.name
+    port = f":{hop.port}" if with_port and hop.port != 22 else ""
+    return f"{hop.user}@{hop.hostname}{port}"
+
+
+def ssh_command(tunnel: Tunnel, remote: str) -> str:
+    """The `ssh` command line that runs `remote` on the login node, as the tunnel reaches it."""
+    *jumps, hop = tunnel.hops
+    argv = ["ssh"]
+    if jumps:
+        argv += ["-J", ",".join(_ssh_name(h, True) for h in jumps)]
+    if hop.name == hop.hostname and hop.port != 22:
+        argv += ["-p", str(hop.port)]
+    return " ".join(shq(a) for a in [*argv, _ssh_name(hop, False), remote])
+
+
 def _leave(tunnel: Tunnel, session: str, opts: Options) -> None:
     """The tunnel ends before the session: say how to come back, or cancel it."""
-    login = tunnel.hops[-1].name
+    cancel = ssh_command(tunnel, tunnel.remote.command_line(["cancel", session]))
     if not opts.cancel_on_exit:
         say(f"hpcdesk: tunnel closed; session {session} keeps running.\n"
             f"  reopen:  hpcdesk tunnel {shq(session)} --login {shq(opts.login)}"
             f"{''.join(' ' + shq(a) for a in opts.route_args)}\n"
-            f"  stop it: ssh {shq(login)} {tunnel.remote.command_line(['cancel', session])}")
+            f"  stop it: {cancel}")
         return
     say(f"hpcdesk: cancelling session {session} (--cancel-on-exit)")
     with contextlib.suppress(KeyboardInterrupt):
@@ -347,5 +365,4 @@ def _leave(tunnel: Tunnel, session: str, opts: Options) -> None:
             return
         except (HpcdeskError, ConnectionLost, paramiko.SSHException, OSError) as exc:
             say(f"hpcdesk: could not cancel session {session}: {exc}")
-    say(f"  stop it yourself: ssh {shq(login)} "
-        f"{tunnel.remote.command_line(['cancel', session])}")
+    say(f"  stop it yourself: {cancel}")

@@ -32,7 +32,7 @@ class _Server(paramiko.ServerInterface):
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.done: list[str] = []
-        self.destinations: dict[int, tuple[str, int]] = {}
+        self.destinations: dict[int, socket.socket] = {}
         self.execs: dict[int, tuple[threading.Event, list[str]]] = {}
 
     def exec_slot(self, chanid: int) -> tuple[threading.Event, list[str]]:
@@ -76,7 +76,10 @@ class _Server(paramiko.ServerInterface):
 
     def check_channel_direct_tcpip_request(self, chanid: int, origin: tuple[str, int],
                                            destination: tuple[str, int]) -> int:
-        self.destinations[chanid] = destination
+        try:  # as sshd does: connect first, refuse the channel if that fails
+            self.destinations[chanid] = socket.create_connection(destination, timeout=5)
+        except OSError:
+            return paramiko.common.OPEN_FAILED_CONNECT_FAILED
         return paramiko.common.OPEN_SUCCEEDED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
@@ -121,19 +124,11 @@ class FakeLoginNode:
             chan = t.accept(0.5)
             if chan is None:
                 continue
-            dest = server.destinations.get(chan.get_id())
+            dest = server.destinations.pop(chan.get_id(), None)
             if dest is not None:
-                threading.Thread(target=self._forward, args=(chan, dest), daemon=True).start()
+                threading.Thread(target=pump, args=(dest, chan), daemon=True).start()
             else:
                 threading.Thread(target=self._exec, args=(chan, server), daemon=True).start()
-
-    def _forward(self, chan: paramiko.Channel, dest: tuple[str, int]) -> None:
-        try:
-            sock = socket.create_connection(dest, timeout=5)
-        except OSError:
-            chan.close()
-            return
-        pump(sock, chan)
 
     def _exec(self, chan: paramiko.Channel, server: _Server) -> None:
         event, box = server.exec_slot(chan.get_id())

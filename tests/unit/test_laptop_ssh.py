@@ -391,3 +391,33 @@ def test_open_hands_the_browser_a_private_file(monkeypatch: pytest.MonkeyPatch) 
     assert opened == [page.as_uri()]  # no credentials on the browser's command line
     assert page.stat().st_mode & 0o777 == 0o600
     assert "https://al:pw@127.0.0.1:5000/" in page.read_text()
+
+
+def test_ssh_command_to_stop_a_session() -> None:
+    from hpcdesk.laptop.tunnel import ssh_command
+
+    bastion = Hop(name="gate", hostname="bastion.example", port=22, user="al")
+    login = Hop(name="10.0.0.5", hostname="10.0.0.5", port=2222, user="al")
+    tunnel = Tunnel([bastion, login], Authenticator(Answers()),
+                    "module load hpcdesk && hpcdesk", "dev")
+    line = ssh_command(tunnel, tunnel.remote.command_line(["cancel", "k3x9fq"]))
+    assert line == ("ssh -J gate -p 2222 al@10.0.0.5 "
+                    "'module load hpcdesk && hpcdesk cancel k3x9fq --site dev'")
+    alias = Hop(name="cluster", hostname="login.example", port=2200, user="al")
+    assert ssh_command(Tunnel([alias], Authenticator(Answers()), "hpcdesk", None), "x") == \
+        "ssh cluster x"
+
+
+def test_jump_host_that_cannot_reach_the_login_node(
+        tmp_path: Path, client_key: tuple[paramiko.PKey, Path], servers: list[FakeLoginNode],
+        no_agent: None) -> None:
+    bastion = start(Policy(keys=[client_key[0]]))
+    servers.append(bastion)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # nothing listens here
+        port = closed.getsockname()[1]
+        hops = [hop_for(bastion, tmp_path, client_key[1]),
+                Hop(name="login", hostname="127.0.0.1", port=port, user="alice")]
+        with pytest.raises(Unreachable, match=r"the jump host .* cannot reach alice@127.0.0.1 "
+                           f"port {port} \\(login\\): Connect failed"):
+            link.connect(hops, Authenticator(Answers()))
