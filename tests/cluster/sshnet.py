@@ -20,6 +20,7 @@ service name no other login uses). OpenSSH names its PAM service after its progr
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import pwd
 import shutil
@@ -47,6 +48,32 @@ def sh(*argv: str, timeout: float = 60, check: bool = True) -> subprocess.Comple
 
 def in_ns(netns: str | None) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+
+
+WORKDIR_PREFIX = "hpcdesk-tunnel-"  # /run/hpcdesk-tunnel-XXXX: one run's files
+
+
+def pam_module(name: str) -> str:
+    """Where this machine keeps a PAM module (multiarch, /lib or /usr/lib)."""
+    found = sorted(glob.glob(f"/usr/lib/*/security/{name}") + glob.glob(f"/lib/*/security/{name}"))
+    return found[0] if found else f"/usr/lib/x86_64-linux-gnu/security/{name}"
+
+
+def clean_stale() -> None:
+    """What an earlier run that was killed left behind: its sshd processes (found by their
+    config under /run/hpcdesk-tunnel-*), PAM service files, namespaces and files."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if any(a.startswith(f"/run/{WORKDIR_PREFIX}".encode()) and
+                       a.endswith(b"/sshd_config") for a in cmd):
+                    os.kill(int(entry), signal.SIGKILL)
+    for pam in Path("/etc/pam.d").glob(f"{TAG}-sshd-*"):
+        pam.unlink()
+    network_down()
+    for old in Path("/run").glob(f"{WORKDIR_PREFIX}*"):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- network ---------------------------------------------------------------------------------

@@ -60,13 +60,14 @@ class Net:
 
 @pytest.fixture(scope="module")
 def net(user: User) -> Iterator[Net]:
-    require("sshd", package="openssh-server")
+    require(sshnet.SSHD, package="openssh-server")
     require("ssh-keygen", package="openssh-client")
     require("oathtool", package="oathtool")
-    require("/lib/x86_64-linux-gnu/security/pam_oath.so", package="libpam-oath")
+    require(sshnet.pam_module("pam_oath.so"), package="libpam-oath")
+    sshnet.clean_stale()
     # sshd (StrictModes) reads authorized_keys as the user and wants no group/world-writable
     # directory on the way: not under /tmp (1777).
-    workdir = Path(tempfile.mkdtemp(prefix="hpcdesk-tunnel-", dir="/run"))
+    workdir = Path(tempfile.mkdtemp(prefix=sshnet.WORKDIR_PREFIX, dir="/run"))
     os.chmod(workdir, 0o755)
     servers: list[Sshd] = []
     try:
