@@ -51,11 +51,12 @@ class Net:
     login: Sshd
     otp: Sshd
     bastion: Sshd
-    otp_secret: str
+    otp_secrets: tuple[str, str]
     remote: tuple[str, ...]  # --remote-command and --site for hpcdesk on the login node
 
-    def otp_code(self) -> str:
-        return sshnet.sh("oathtool", "--totp", "-d", "6", self.otp_secret).stdout.strip()
+    def otp_code(self, token: int = 0) -> str:
+        secret = self.otp_secrets[token]
+        return sshnet.sh("oathtool", "--totp", "-d", "6", secret).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +74,20 @@ def net(user: User) -> Iterator[Net]:
     try:
         sshnet.network_up()
         laptop = Laptop(workdir / "laptop-home", user.name, user.hpcdesk)
-        secret = os.urandom(20).hex()
-        users_file = workdir / "users.oath"
-        users_file.write_text(f"HOTP/T30/6 {user.name} - {secret}\n")
-        os.chmod(users_file, 0o600)
+        # Two TOTP tokens, asked one after the other (two keyboard-interactive rounds, as a
+        # site that asks a password and then a code does).
+        secrets = (os.urandom(20).hex(), os.urandom(20).hex())
+        users_files = [workdir / f"users{i}.oath" for i in (1, 2)]
+        for path, secret in zip(users_files, secrets, strict=True):
+            path.write_text(f"HOTP/T30/6 {user.name} - {secret}\n")
+            os.chmod(path, 0o600)
         common = {"workdir": workdir, "user": user.name, "authorized_key": laptop.authorized_keys}
         login = Sshd("login", listen=[(LOGIN_IP, PORT_KEY), (LOGIN_INNER_IP, PORT_KEY)],
                      **common)
         otp = Sshd("otp", listen=[(LOGIN_IP, PORT_OTP)],
                    auth_methods="publickey,keyboard-interactive",
-                   pam_auth=f"auth required pam_oath.so usersfile={users_file} window=2 digits=6",
+                   pam_auth="\n".join(f"auth required pam_oath.so usersfile={f} window=2 "
+                                       "digits=6" for f in users_files),
                    **common)
         bastion = Sshd("bastion", listen=[(BASTION_IP, 22)], netns=sshnet.NS_BASTION,
                        **common)
@@ -137,7 +142,7 @@ Host wrong-key
             f"login-changed {other.public_key}\n",
         ]))
         laptop.own()
-        yield Net(laptop, login, otp, bastion, secret,
+        yield Net(laptop, login, otp, bastion, secrets,
                   ("--remote-command", str(user.hpcdesk), *SITE))
     finally:
         sshnet.cleanup(workdir, servers)
@@ -216,10 +221,10 @@ class TunnelProc:
     def stderr(self) -> str:
         return "".join(self.err)
 
-    def wait_for(self, what: str, timeout: float = 240) -> None:
-        """Until `what` appears on stderr (fails early if the tunnel ends)."""
+    def wait_for(self, what: str, timeout: float = 240, count: int = 1) -> None:
+        """Until `what` appears `count` times on stderr (fails early if the tunnel ends)."""
         deadline = time.monotonic() + timeout
-        while what not in self.stderr:
+        while self.stderr.count(what) < count:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 time.sleep(0.2)  # the reader threads catch up with the last output
                 raise AssertionError(f"no {what!r} on stderr (exit {self.proc.poll()}):\n"
@@ -334,6 +339,7 @@ def test_desktop_through_the_tunnel_and_recovery(user: User, net: Net, desktop: 
         chrome = stack.enter_context(browser.Chromium(NS_LAPTOP))
         info = tun.ready()
         assert info["session"] == desktop["session"]
+        assert info["tls_fingerprint"] == desktop["tls_fingerprint"]
         assert re.fullmatch(r"https://127\.0\.0\.1:\d+/", str(info["url"]))
         assert info["password"] == desktop["password"]
         deadline = time.monotonic() + 30
@@ -390,18 +396,22 @@ def test_two_factor_login_asks_on_the_terminal(net: Net, desktop: dict[str, str]
     with tunnel(net, str(desktop["session"]), "--login", "login-otp", "--json",
                 terminal=True) as tun:
         tun.wait_for("One-time password", timeout=60)
-        tun.answer(net.otp_code())
+        tun.answer(net.otp_code(0))
+        tun.wait_for("One-time password", timeout=60, count=2)
+        tun.answer(net.otp_code(1))
         info = tun.ready(timeout=120)
         assert laptop_http(str(info["url"]), str(info["user"]), str(info["password"])) == 200
         assert tun.interrupt() == 130
 
 
 def test_wrong_two_factor_code_is_refused(net: Net, desktop: dict[str, str]) -> None:
-    code = net.otp_code()
+    code = net.otp_code(0)
     wrong = f"{(int(code) + 500000) % 1000000:06d}"
     with tunnel(net, str(desktop["session"]), "--login", "login-otp", terminal=True) as tun:
         tun.wait_for("One-time password", timeout=60)
         tun.answer(wrong)
+        tun.wait_for("One-time password", timeout=60, count=2)
+        tun.answer(net.otp_code(1))  # the second one right: both must be
         assert tun.proc.wait(120) == 2
         assert "refused the answers" in tun.stderr and "Traceback" not in tun.stderr
 
