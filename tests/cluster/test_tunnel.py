@@ -421,9 +421,11 @@ def test_proxyjump_through_the_bastion(net: Net, desktop: dict[str, str]) -> Non
     the same route also given on the command line with --jump."""
     for args in (("--login", "inner"),
                  ("--login", f"{net.laptop.user}@{LOGIN_INNER_IP}:{PORT_KEY}", "--jump",
-                  "bastion")):
+                  "bastion", "--local-port", "18443")):
         with tunnel(net, str(desktop["session"]), *args, "--json") as tun:
             info = tun.ready(timeout=120)
+            if "--local-port" in args:
+                assert info["url"] == "https://127.0.0.1:18443/"
             assert laptop_http(str(info["url"]), str(info["user"]),
                                str(info["password"])) == 200
             assert tun.interrupt() == 130
