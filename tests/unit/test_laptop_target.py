@@ -120,3 +120,20 @@ def test_config_files(tmp_path: Path) -> None:
     good = tmp_path / "config"
     good.write_text("Host x\n  HostName 10.2.3.4\n")
     assert load_config(good).lookup("x")["hostname"] == "10.2.3.4"
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["tunnel", "--login", "h"], "name a session (or job id) to connect to, or --submit"),
+    (["tunnel", "abc", "--login", "h", "--submit"], "name a session (or job id)"),
+    (["tunnel", "abc", "--login", "h", "--local-port", "70000"], "--local-port 70000"),
+    (["tunnel", "abc", "--login", "bad host"], "'bad host' is not a host"),
+    (["tunnel", "abc", "--login", "h", "-F", "/nonexistent/ssh_config"], "does not exist"),
+])
+def test_command_line_mistakes_are_exit_2_before_any_connection(
+        argv: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from hpcdesk import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hpcdesk: error: ") and words in err
+    assert "connecting" not in err
