@@ -13,6 +13,8 @@ Figures (median, p10..p90 and min..max over the runs):
   e) cold start: `hpcdesk --help`; `hpcdesk list` against raw `squeue`
   f) node agent: job start -> desktop processes launched; healthy -> published
   g) submit -> ready (host runtime; apptainer when --apptainer-image is given)
+  h) scheduler backends side by side (slurm-cli and pyslurm): RPCs for submit -> ready ->
+     cancel, job-info RPCs and wall time of `hpcdesk list` with 50 sessions, its cold start
 """
 
 from __future__ import annotations
@@ -123,15 +125,17 @@ def bench_desktops(runs: int, extra: list[str], label: str) -> dict[str, list[fl
     return series
 
 
-def bench_list(n: int) -> tuple[dict[str, float], Callable[[], None]]:
+def bench_list(n: int, extra: tuple[str, ...] = ()) -> tuple[dict[str, float],
+                                                              Callable[[], None]]:
     held = ["--no-wait", "--set", "scheduler.extra_args=['--hold']"]
     sessions = []
     for _ in range(n):
-        proc = hpcdesk("submit", *SITE, "--json", *held)
+        proc = hpcdesk("submit", *SITE, "--json", *held, *extra)
         sessions.append(json.loads(proc.stdout))
+    time.sleep(1.5)  # past the shared queue snapshot's lifetime: `list` must ask Slurm
     before = sdiag()
     t0 = time.perf_counter()
-    proc = hpcdesk("list", *SITE, "--json")
+    proc = hpcdesk("list", *SITE, "--json", *extra)
     wall = time.perf_counter() - t0
     rpc = delta(before, sdiag())
     listed = len(json.loads(proc.stdout))
@@ -194,12 +198,37 @@ def bench_cold_start(runs: int) -> dict[str, list[float]]:
     return {k: [x - b for x in v] for k, v in out.items()}
 
 
+def bench_backends(runs: int, backends: list[str]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for backend in backends:
+        extra = ["--set", f"scheduler.backend={backend}"]
+        s = bench_desktops(runs, extra, backend)
+        rows.append((f"h) {backend}: slurmctld RPCs, submit->ready->cancel", stats(s["rpc_total"])))
+        rows += [(f"   {backend}: {k}", stats(v)) for k, v in s.items() if k.startswith("rpc ")]
+        rows.append((f"   {backend}: submit -> URL (s)", stats(s["submit_to_url"])))
+        r, cleanup = bench_list(50, tuple(extra))
+        cleanup()
+        rows.append((f"   {backend}: `hpcdesk list`, 50 sessions: job-info RPCs",
+                     f"{r['job_info_rpcs']} (all RPCs {r['all_rpcs']}, "
+                     f"{r['sessions_listed']} listed, {r['wall_s'] * 1000:.0f} ms)"))
+        cold = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            hpcdesk("list", *SITE, *extra)
+            cold.append((time.perf_counter() - t0) * 1000)
+        rows.append((f"   {backend}: `hpcdesk list` cold start (ms, with runuser)", stats(cold)))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--only", nargs="*", default=["desktops", "list", "pending", "cold"])
+    ap.add_argument("--only", nargs="*",
+                    default=["desktops", "list", "pending", "cold", "backends"])
     ap.add_argument("--pending-seconds", type=float, default=60.0)
     ap.add_argument("--apptainer-image", help="also benchmark runtime apptainer with this image")
+    ap.add_argument("--backends", nargs="*", default=["slurm-cli", "pyslurm"],
+                    help="scheduler backends compared in h) (with --only backends)")
     args = ap.parse_args()
     print(f"# hpcdesk benchmarks on {platform.node()}: {os.cpu_count()} CPUs, "
           f"{platform.platform()}, Python {platform.python_version()}")
@@ -241,6 +270,8 @@ def main() -> int:
     if "cold" in args.only:
         c = bench_cold_start(args.runs)
         results += [(f"e) {k} (ms, runuser subtracted)", stats(v)) for k, v in c.items()]
+    if "backends" in args.only:
+        results += bench_backends(args.runs, args.backends)
     width = max(len(k) for k, _ in results)
     print()
     for k, v in results:

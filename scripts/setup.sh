@@ -20,6 +20,7 @@ APT_PACKAGES=(
   nginx       # the upstream image entrypoint's nginx config is checked with `nginx -t`
   shellcheck  # lints the image entrypoint
   python3 python3-venv python3-dev gcc libc6-dev make
+  libslurm-dev  # headers and libslurm for building pyslurm (scheduler.backend: pyslurm)
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -41,8 +42,9 @@ if ((${#missing[@]})); then
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
     trap 'rm -f "$policy"' EXIT
   fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  lock=(-o DPkg::Lock::Timeout=600)  # another apt run (or unattended-upgrades) may hold it
+  apt-get "${lock[@]}" update -qq
+  apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # The venv is rebuilt only when the pinned requirements or the Python version change.
@@ -59,5 +61,7 @@ fi
 # This checkout's hpcdesk, as a real (non-editable) install: the test user cannot read /root.
 PIP_CACHE_DIR="$CACHE/pip" "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
   --no-build-isolation --force-reinstall "$HERE" 2>&1 | { grep -v "^WARNING: Location" || true; }
+# pyslurm for this Slurm, from the vendored release source (built once, cached by content).
+bash "$HERE/scripts/build-pyslurm.sh" "$VENV" "$CACHE"
 chmod -R a+rX "$(dirname "$VENV")"
 log "ready: $VENV ($("$VENV/bin/hpcdesk" --version))"
