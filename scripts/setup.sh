@@ -9,17 +9,22 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${HPCDESK_VENV:-/opt/hpcdesk/venv}
 CACHE=${HPCDESK_CACHE:-/var/cache/hpcdesk}
+# Every tool a test uses is listed here, never left to arrive as someone's dependency: under
+# `make test` a missing tool fails its test (tests/tooling.py), so this list is the contract.
 APT_PACKAGES=(
   slurm-wlm munge iproute2 util-linux procps psmisc curl ca-certificates openssl
-  xserver-xorg-core xserver-xorg-video-dummy x11-utils x11-xserver-utils xauth
+  xserver-xorg-core xserver-xorg-video-dummy x11-utils x11-xserver-utils xauth xvfb
+  xcvt        # `cvt`: the modeline tests compare hpcdesk's CVT with it byte for byte
   openbox xterm chromium fonts-dejavu-core
   libxkbcommon0 libpulse0   # loaded by selkies' pixelflux and pulsectl
-  python3 python3-venv python3-dev gcc
+  nginx       # the upstream image entrypoint's nginx config is checked with `nginx -t`
+  shellcheck  # lints the image entrypoint
+  python3 python3-venv python3-dev gcc libc6-dev make
+  libslurm-dev  # headers and libslurm for building pyslurm (scheduler.backend: pyslurm)
+  # `hpcdesk tunnel` tests: their own OpenSSH servers (keys; PAM TOTP through libpam-oath,
+  # codes from oathtool); no system sshd is started (service starts are denied below).
+  openssh-server openssh-client libpam-oath oathtool
 )
-# `hpcdesk tunnel` tests: their own sshd instances (key auth; PAM TOTP through libpam-oath,
-# codes from oathtool). Installed without starting the package's system sshd: the tests
-# start every sshd they use themselves, with their own config and host keys.
-NO_START_PACKAGES=(openssh-server openssh-client libpam-oath oathtool)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -30,32 +35,19 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-quiet=()
-for p in "${NO_START_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || quiet+=("$p")
-done
-if ((${#missing[@]} + ${#quiet[@]})); then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-fi
 if ((${#missing[@]})); then
   log "installing Debian packages: ${missing[*]}"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-if ((${#quiet[@]})); then
-  log "installing Debian packages (their services not started): ${quiet[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Packages such as nginx start a system service on install; the tests start their own
+  # instances, so nothing may be left listening. Deny service starts for this install only.
   policy=/usr/sbin/policy-rc.d
-  if [[ -e $policy ]]; then
-    apt-get install -y -qq --no-install-recommends "${quiet[@]}" >/dev/null
-  else
-    # policy-rc.d exit 101 = "do not start services" for this install only.
-    printf '#!/bin/sh\nexit 101\n' > "$policy"
-    chmod 755 "$policy"
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
     trap 'rm -f "$policy"' EXIT
-    apt-get install -y -qq --no-install-recommends "${quiet[@]}" >/dev/null
-    rm -f "$policy"
-    trap - EXIT
   fi
+  lock=(-o DPkg::Lock::Timeout=600)  # another apt run (or unattended-upgrades) may hold it
+  apt-get "${lock[@]}" update -qq
+  apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # The venv is rebuilt only when the pinned requirements or the Python version change.
@@ -72,5 +64,7 @@ fi
 # This checkout's hpcdesk, as a real (non-editable) install: the test user cannot read /root.
 PIP_CACHE_DIR="$CACHE/pip" "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
   --no-build-isolation --force-reinstall "$HERE" 2>&1 | { grep -v "^WARNING: Location" || true; }
+# pyslurm for this Slurm, from the vendored release source (built once, cached by content).
+bash "$HERE/scripts/build-pyslurm.sh" "$VENV" "$CACHE"
 chmod -R a+rX "$(dirname "$VENV")"
 log "ready: $VENV ($("$VENV/bin/hpcdesk" --version))"

@@ -167,12 +167,12 @@ class Chromium:
             await page.call("Page.navigate", url=url)
         self._run(steps)
 
-    def wait_for(self, out: Path, ok: Callable[[Path], bool], timeout: float = 45.0) -> bool:
+    def wait_for(self, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0) -> bool:
         """Screenshot into `out` every second until ok(out) (True) or the timeout (False)."""
         return bool(self._run(lambda page: _until(page, out, ok, timeout)))
 
 
-def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 45.0,
+def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0,
           netns: str | None = None) -> bool:
     """Open `url` in headless Chromium; screenshot into `out` until ok(out) or timeout."""
     with Chromium(netns) as browser:

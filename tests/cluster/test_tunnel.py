@@ -361,7 +361,7 @@ def test_desktop_through_the_tunnel_and_recovery(user: User, net: Net, desktop: 
         # reconnect appears (the old connection's stream died with the old SSH link).
         place_window(user, desktop, "#c81e1e", "+400+300")
         shot2 = tmp_path / "after-reconnect.png"
-        assert chrome.wait_for(shot2, shows(RED), timeout=60), \
+        assert chrome.wait_for(shot2, shows(RED), timeout=120), \
             f"the page does not show the live desktop after the reconnect: {shot2}"
 
         # Ctrl-C closes the tunnel cleanly; the desktop keeps running.
