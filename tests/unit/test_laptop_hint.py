@@ -33,3 +33,24 @@ def test_remote_command_when_not_on_sshs_default_path(monkeypatch: pytest.Monkey
                    "--open")
     monkeypatch.setattr(laptop_hint, "SSH_DEFAULT_PATH", str(exe.parent))
     assert "--remote-command" not in laptop_hint.laptop_command("k3x9fq", None)
+
+
+def test_ready_output_names_the_laptop_command(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from hpcdesk.commands.attach import print_connection
+    from hpcdesk.scheduler import JobRef
+    from hpcdesk.session import create
+
+    session = create(tmp_path)
+    conn = {"url": "https://gpu01:4000/", "user": "al", "password": "pw", "node": "gpu01"}
+    cmd = f"hpcdesk tunnel {session.id} --login al@login1 --open"
+    print_connection(session, JobRef("42", None), conn, False, 1.0, cmd)
+    out = capsys.readouterr().out
+    assert f"on your laptop (this URL is for the cluster's network only):\n            {cmd}\n" \
+        in out
+    print_connection(session, JobRef("42", None), conn, True, 1.0, cmd)
+    assert json.loads(capsys.readouterr().out)["laptop_command"] == cmd
+    print_connection(session, JobRef("42", None), conn, True)
+    assert "laptop_command" not in json.loads(capsys.readouterr().out)
