@@ -84,11 +84,8 @@ class RemoteHpcdesk:
         res = self.run([*args, "--json"], show_progress)
         if res.code != 0:
             raise self.failure(res)
-        try:
-            data = json.loads(res.stdout)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
+        data = json_document(res.stdout)
+        if data is None:
             raise Unreachable(
                 f"hpcdesk on {self.host} answered something that is not its JSON: "
                 f"{res.stdout.strip()[:200]!r}",
@@ -109,6 +106,20 @@ class RemoteHpcdesk:
                                         EXIT_TIMEOUT) else EXIT_SCHEDULER
         return RemoteError(f"on {self.host}: {message or f'hpcdesk exited with {res.code}'}",
                            code, hint)
+
+
+def json_document(text: str) -> dict[str, Any] | None:
+    """The JSON object hpcdesk printed, also after what a chatty login shell printed first
+    (a banner, `module` messages): the first line starting with `{` that parses to the end."""
+    starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+    for i in starts:
+        if text.startswith("{", i):
+            try:
+                data = json.loads(text[i:])
+            except ValueError:
+                continue
+            return data if isinstance(data, dict) else None
+    return None
 
 
 def _last_line(text: str) -> str:

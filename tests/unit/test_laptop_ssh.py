@@ -421,3 +421,15 @@ def test_jump_host_that_cannot_reach_the_login_node(
         with pytest.raises(Unreachable, match=r"the jump host .* cannot reach alice@127.0.0.1 "
                            f"port {port} \\(login\\): Connect failed"):
             link.connect(hops, Authenticator(Answers()))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('{"a": 1}\n', {"a": 1}),
+    ('Welcome to the cluster!\n{ not json\nmodule: loaded hpcdesk\n{\n  "a": 1\n}\n', {"a": 1}),
+    ("nothing here\n", None),
+    ("[1, 2]\n", None),
+])
+def test_json_document_after_login_shell_noise(text: str, expected: object) -> None:
+    from hpcdesk.laptop.remote import json_document
+
+    assert json_document(text) == expected
