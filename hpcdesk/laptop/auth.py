@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import paramiko
 
@@ -39,9 +39,34 @@ class Prompter(Protocol):
 
     def tell(self, text: str) -> None: ...
 
+    def restore(self) -> None: ...
+
 
 class TerminalPrompter:
-    """Questions on the terminal; answers that should not echo are read without echo."""
+    """Questions on the terminal; answers that should not echo are read without echo.
+
+    paramiko asks keyboard-interactive questions from its own thread; if Ctrl-C ends the
+    tunnel while a question waits with echo off, `restore` puts the terminal back."""
+
+    def __init__(self) -> None:
+        self._saved: list[Any] | None = None
+        try:
+            import termios  # POSIX only
+
+            if sys.stdin and sys.stdin.isatty():
+                self._saved = termios.tcgetattr(sys.stdin.fileno())
+        except (ImportError, OSError, ValueError):
+            self._saved = None
+
+    def restore(self) -> None:
+        if self._saved is None:
+            return
+        try:
+            import termios
+
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._saved)
+        except (ImportError, OSError, ValueError):
+            log.debug("could not restore the terminal", exc_info=True)
 
     def ask(self, prompt: str, echo: bool) -> str:
         if not sys.stdin or not sys.stdin.isatty():
@@ -68,6 +93,7 @@ class Authenticator:
     _agent_tried: bool = False
 
     def close(self) -> None:
+        self.prompter.restore()
         if self._agent is not None:
             self._agent.close()
             self._agent = None

@@ -25,6 +25,7 @@ from hpcdesk.laptop.target import Hop
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 20.0
+AUTH_TIMEOUT = 300.0  # a person types a one-time code meanwhile (sshd allows 120 s itself)
 KEEPALIVE = 10      # seconds between keepalives (they keep NAT and firewall state alive)
 PROBE_TIMEOUT = 15.0  # a login node that does not answer a request this long is gone
 
@@ -98,6 +99,7 @@ def _next_sock(previous: Link, hop: Hop, timeout: float) -> Any:
 
 def _handshake(sock: Any, hop: Hop, auth: Authenticator, timeout: float) -> paramiko.Transport:
     transport = paramiko.Transport(sock)
+    transport.auth_timeout = AUTH_TIMEOUT
     try:
         known = KnownHosts.load(hop)
         types = known.key_types()

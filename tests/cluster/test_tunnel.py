@@ -416,6 +416,18 @@ def test_wrong_two_factor_code_is_refused(net: Net, desktop: dict[str, str]) -> 
         assert "refused the answers" in tun.stderr and "Traceback" not in tun.stderr
 
 
+def test_ctrl_c_at_the_code_prompt_restores_the_terminal(net: Net,
+                                                       desktop: dict[str, str]) -> None:
+    import termios
+
+    with tunnel(net, str(desktop["session"]), "--login", "login-otp", terminal=True) as tun:
+        tun.wait_for("One-time password", timeout=60)
+        assert not termios.tcgetattr(tun.master)[3] & termios.ECHO  # asked without echo
+        assert tun.interrupt() == 130
+        assert termios.tcgetattr(tun.master)[3] & termios.ECHO  # echo is back
+        assert "Traceback" not in tun.stderr
+
+
 def test_proxyjump_through_the_bastion(net: Net, desktop: dict[str, str]) -> None:
     """`inner` is the login node's address only the bastion can reach (config ProxyJump);
     the same route also given on the command line with --jump."""

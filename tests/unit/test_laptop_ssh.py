@@ -41,6 +41,9 @@ class Answers:
     def tell(self, text: str) -> None:
         self.told.append(text)
 
+    def restore(self) -> None:
+        pass
+
 
 @pytest.fixture
 def client_key(tmp_path: Path) -> tuple[paramiko.PKey, Path]:
