@@ -5,6 +5,7 @@ and the forwards, including the webrtc TURN port at the same number on both ends
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import time
@@ -390,10 +391,14 @@ def test_open_hands_the_browser_a_private_file(monkeypatch: pytest.MonkeyPatch) 
     ep = Endpoint.from_status({"session": "s", "url": "https://gpu01:4000/", "user": "al",
                                "password": "pw"})
     folder = tunnel_mod.open_in_browser(ep, 5000)
-    page = folder / "open.html"
-    assert opened == [page.as_uri()]  # no credentials on the browser's command line
-    assert page.stat().st_mode & 0o777 == 0o600
-    assert "https://al:pw@127.0.0.1:5000/" in page.read_text()
+    try:
+        page = folder / "open.html"
+        assert opened == [page.as_uri()]  # no credentials on the browser's command line
+        assert page.stat().st_mode & 0o777 == 0o600
+        assert folder.stat().st_mode & 0o777 == 0o700
+        assert "https://al:pw@127.0.0.1:5000/" in page.read_text()
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_ssh_command_to_stop_a_session() -> None:
