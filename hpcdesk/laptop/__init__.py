@@ -10,6 +10,7 @@ running `hpcdesk` on the login node over the same SSH connection that carries th
   auth.py      agent, key files, keyboard-interactive (2FA) answered on the terminal
   link.py      one SSH connection through every hop (ProxyCommand, ProxyJump by hand)
   remote.py    hpcdesk on the login node, run over that connection
+  endpoint.py  what to forward, from `hpcdesk status --json` (web port, TURN port)
   forward.py   local ports forwarded to the node through the connection (sshtunnel)
   tunnel.py    the whole thing: session, forwards, reconnects, Ctrl-C, --cancel-on-exit
   command.py   the `hpcdesk tunnel` command
