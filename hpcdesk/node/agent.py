@@ -24,8 +24,9 @@ from typing import Any
 
 from hpcdesk.node import address, health, tls
 from hpcdesk.node.binding import bind_gpu
+from hpcdesk.node.errors import StartError, Stop
 from hpcdesk.node.ports import PortLease
-from hpcdesk.node.procs import Child, StartError, stop_all
+from hpcdesk.node.procs import Child, stop_all
 from hpcdesk.node.runtime import DesktopPlan, Started, get_runtime
 from hpcdesk.notify import Notifier
 from hpcdesk.phases import FAILED, LAUNCHING, READY, STARTING, STOPPED, STOPPING, WAITING
@@ -37,12 +38,6 @@ log = logging.getLogger("hpcdesk.agent")
 EXIT_STOPPED = 0
 EXIT_FAILED = 1
 HEARTBEAT = 10.0  # seconds between "still starting" updates while waiting for the web UI
-
-
-class Stop(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Agent:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcdesk.node.errors import StartError
 from hpcdesk.session import tail_lines
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,6 @@ def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
         if log_path and not isinstance(out, int):
             out.close()
     return Child(name, proc, log_path)
-
-
-class StartError(RuntimeError):
-    """The desktop could not start; the message names the cause."""
 
 
 def descendants(root: int) -> list[int]:

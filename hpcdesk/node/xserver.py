@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcdesk.node.procs import Child, StartError, spawn
+from hpcdesk.node.errors import StartError
+from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.xorg_conf import XorgSpec, render_xorg_conf
 
 FAMILY_WILD = 0xFFFF

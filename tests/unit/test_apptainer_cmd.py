@@ -123,7 +123,7 @@ def test_runtime_version_detection(tmp_path: Path, output: str,
 
 
 def test_too_old_singularity_is_refused(tmp_path: Path) -> None:
-    from hpcdesk.node.procs import StartError
+    from hpcdesk.node.errors import StartError
     from hpcdesk.node.runtime.apptainer import detect_version
 
     fake = tmp_path / "fake-singularity"

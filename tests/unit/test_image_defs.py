@@ -395,7 +395,7 @@ def bash(script: Path, body: str, env: dict[str, str] | None = None,
 ])
 def test_bus_id_to_xorg_decimal(script: Path, nvml: str, xorg: str) -> None:
     assert bash(script, f"xorg_busid {nvml}").stdout.strip() == xorg
-    from hpcdesk.node.xorg_conf import bus_id_from_nvml
+    from hpcdesk.node.gpu import bus_id_from_nvml
 
     if not nvml.startswith("PCI:"):
         assert bus_id_from_nvml(nvml) == xorg  # the same rule as the host runtime's

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcdesk.node.displays import DisplayLease
-from hpcdesk.node.procs import Child, StartError, spawn
+from hpcdesk.node.errors import StartError
+from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
 from hpcdesk.node.runtime.host import selkies_env
 
@@ -187,8 +188,8 @@ class ApptainerRuntime:
 
     def start(self, plan: DesktopPlan, timeout: float) -> Started:
         from hpcdesk.images import ImageError, resolve_image
+        from hpcdesk.node.driver import driver_file_paths
         from hpcdesk.node.gpu import inventory
-        from hpcdesk.node.node_checks import driver_file_paths
 
         req = plan.request
         command = shlex.split(req.runtime.apptainer)[0]

@@ -8,7 +8,8 @@ import shlex
 import shutil
 from pathlib import Path
 
-from hpcdesk.node.procs import Child, StartError, spawn
+from hpcdesk.node.errors import StartError
+from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
 from hpcdesk.node.xorg_conf import XorgSpec
 from hpcdesk.node.xserver import start_xorg, write_xauthority
