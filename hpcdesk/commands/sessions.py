@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from hpcdesk.commands.attach import print_connection, wait_and_report
 from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for
+from hpcdesk.commands.outcome import print_connection, wait_and_report
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
 from hpcdesk.phases import desktop_state

@@ -1,6 +1,6 @@
 """The scheduler protocol: submit, query many jobs in one call, cancel.
 
-Backends: `slurm_cli` (the Slurm commands, default) and `slurm_pyslurm` (optional).
+Backend: `slurm_cli` (the Slurm commands), the only one so far.
 """
 
 from __future__ import annotations
@@ -114,6 +114,5 @@ class Scheduler(Protocol):
 def get_scheduler(backend: str, cache_dir: Path | None = None) -> Scheduler:
     """The backend; `cache_dir` (private to the user) lets processes share queue snapshots."""
     from hpcdesk.scheduler.slurm_cli import SlurmCli
-
 
     return SlurmCli(cache_dir=cache_dir)
