@@ -1,4 +1,9 @@
-"""The `hpcdesk` command: a thin layer that parses arguments and imports the rest lazily."""
+"""The `hpcdesk` command: a thin layer that parses arguments and imports the rest lazily.
+
+Options several commands take (--site, --set, --json) are defined once and shared through
+argparse `parents`; an option that sets a configuration key has that key as its dest, which is
+the only flag -> key mapping (commands/submit.py applies it).
+"""
 
 from __future__ import annotations
 

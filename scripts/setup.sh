@@ -12,6 +12,7 @@ CACHE=${HPCDESK_CACHE:-/var/cache/hpcdesk}
 APT_PACKAGES=(
   slurm-wlm munge iproute2 util-linux procps psmisc curl ca-certificates
   xserver-xorg-core xserver-xorg-video-dummy x11-utils x11-xserver-utils xauth
+  xcvt   # `cvt`, which the modeline tests compare against byte for byte
   openbox xterm chromium fonts-dejavu-core
   libxkbcommon0 libpulse0   # loaded by selkies' pixelflux and pulsectl
   python3 python3-venv python3-dev gcc

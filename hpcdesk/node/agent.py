@@ -128,6 +128,7 @@ class Agent:
                            bind_addr=bind_addr, web_port=port, user=user, password=password,
                            encoder=gpu.encoder, encoder_threads=gpu.encoder_threads,
                            xorg_driver=gpu.xorg_driver, bus_id=gpu.bus_id,
+                           gpu_uuid=gpu.device.uuid if gpu.device else None,
                            tls_cert=tls_files.cert if tls_files else None,
                            tls_key=tls_files.key if tls_files else None)
         self.phase(LAUNCHING, f"starting the desktop ({req.runtime.kind} runtime)",

@@ -11,6 +11,9 @@ to find the allocated GPU. The allocation is read, in this order of trust, from:
 4. ``CUDA_VISIBLE_DEVICES`` / ``GPU_DEVICE_ORDINAL`` holding indices, without cgroups: the
    position among the GPUs sorted by PCI bus id (CUDA's ``PCI_BUS_ID`` order).
 
+PCI bus ids: NVML's hex form is normalised here (:func:`normalize_bus_id`) and converted to
+the decimal ``BusID`` that xorg.conf wants (:func:`bus_id_from_nvml`).
+
 A node without NVIDIA driver or without ``pynvml`` is not an error: :func:`inventory` returns
 an empty list and the reason, and the desktop takes the software path.
 """

@@ -1,7 +1,9 @@
 """Children the agent starts, each in its own process group, and how they are stopped.
 
 The agent ends only what it started: a child's process group, then any remaining descendant
-of the agent itself (found through /proc parent links). It never kills by name.
+of the agent itself (found through /proc parent links: :func:`descendants`, the one process-tree
+walk; a container's processes are the agent's descendants too, so the images' entrypoints
+stop only what they started themselves). It never kills by name.
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
 """xorg.conf for the desktop's own X server: the dummy driver (no GPU) or NVIDIA (one GPU).
 
+The one generator of X configuration: the host runtime's Xorg and the images' Xorg (the Debian
+image's dummy driver, the GLX image's GPU) all start with the file rendered here
+(xserver.write_x_files); the images generate none of their own. Modelines come from
+modeline.py, which matches ``cvt`` byte for byte.
+
 Both variants give an X screen of exactly ``width x height``:
 
 * ``dummy``: a CVT reduced-blanking modeline for the size, a monitor that accepts it (wide

@@ -9,6 +9,7 @@ push channel, the health check and the waiter are the real ones.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig, Timeouts
 from hpcdesk.session import Session
 from hpcdesk.waiting import Progress, Waiter
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)
 FAKE_DESKTOP = '''
 import base64, http.server, os, sys
 token = "Basic " + base64.b64encode(os.environ["FAKE_CREDENTIALS"].encode()).decode()
@@ -106,7 +108,12 @@ def test_no_push_frame_contains_the_password(tmp_path: Path,
         thread.join(timeout=30)
         assert not failures, failures
     finally:
+        # finish() ignores the stop signals for good (it must not be interrupted); put this
+        # process's handlers back, or every later child would inherit the ignored signals.
+        handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         agent.finish("stopped", "test finished")
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         listener.close()
     password = str(conn["password"])
     assert len(password) >= 16 and conn["user"] == "alice"
