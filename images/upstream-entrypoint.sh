@@ -20,8 +20,10 @@
 # essential process, stops everything.
 set -u
 umask 077
+# log, die, is_uint, alive, stop_pids, wait_x
+# shellcheck source=entrypoint-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/entrypoint-lib.sh" || exit 1
 
-PROG=hpcdesk-entrypoint
 XORG_MODULES=/usr/lib/xorg/modules
 KASM_WWW=/usr/share/kasmvnc/www
 GST_ENV=/opt/gstreamer/gst-env
@@ -38,16 +40,7 @@ dbus_session_pid=''
 last_pid=''
 streamer_pid=''
 
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 is_true() { case ${1,,} in true | 1 | yes | on) return 0 ;; *) return 1 ;; esac; }
-is_uint() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
-alive() {  # PID: running, not a zombie (exited children stay zombies until waited for)
-    local stat
-    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-    stat=${stat##*) }
-    [ "${stat%% *}" != Z ]
-}
 
 track() {  # NAME PID essential|optional
     pids+=("$2")
@@ -77,19 +70,12 @@ wait_port() {  # PORT PID WHAT: until 127.0.0.1:PORT accepts connections
 }
 
 cleanup() {  # stop what this script started; hpcdesk's agent ends anything they left behind
-    local rc=$? p i left
+    local rc=$?
     trap '' TERM INT HUP
     trap - EXIT
     local all=("${pids[@]}")
     if [ -n "$dbus_session_pid" ]; then all+=("$dbus_session_pid"); fi
-    for p in "${all[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for ((i = 0; i < 30; i++)); do
-        left=0
-        for p in "${all[@]}"; do alive "$p" && left=1; done
-        [ "$left" = 0 ] && break
-        sleep 0.1
-    done
-    for p in "${all[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    if [ ${#all[@]} -gt 0 ]; then stop_pids "${all[@]}"; fi
     wait 2>/dev/null
     if [ -n "$work" ]; then rm -rf "$work"; fi
     exit "$rc"
@@ -286,7 +272,7 @@ have_nvidia_egl() {
 # --- X servers ---------------------------------------------------------------------------
 
 start_x() {  # NAME ARGV...: start an X server with -displayfd, wait until it takes clients
-    local name=$1 got='' fifo
+    local name=$1 fifo
     shift
     fifo=$work/ready.$name
     mkfifo "$fifo"
@@ -294,12 +280,7 @@ start_x() {  # NAME ARGV...: start an X server with -displayfd, wait until it ta
     local pid=$!
     track "$name" "$pid" essential
     last_pid=$pid
-    if ! read -r -t "$X_TIMEOUT" got <"$fifo" || [ -z "$got" ]; then
-        if [ -f "$work/Xorg.log" ]; then grep -F '(EE)' "$work/Xorg.log" >&2; fi
-        if alive "$pid"; then die "$name did not accept clients within ${X_TIMEOUT}s"; fi
-        die "$name exited during start-up (see its messages above)"
-    fi
-    log "$name ready on display :$got"
+    wait_x "$fifo" "$pid" "$name" "$X_TIMEOUT" "$work/Xorg.log"
 }
 
 xorg_binary() {  # the real server, never the setuid wrapper

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
 FLAVORS = ("glx", "egl")
 ENTRYPOINT = "/opt/hpcdesk/entrypoint.sh"
+ENTRYPOINT_LIB = "/opt/hpcdesk/entrypoint-lib.sh"  # beside it: what both entrypoints share
 VALID_SECTIONS = {"help", "setup", "files", "labels", "environment", "pre", "post", "runscript",
                   "test", "startscript", "arguments"}
 BUILD_ARG = re.compile(r"{{\s*(\w+)\s*}}")  # Apptainer's build-argument pattern
@@ -112,7 +113,15 @@ def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ep") / "entrypoint.sh"
     path.write_text(entrypoint_of("glx"))
     path.chmod(0o755)
+    shutil.copy(IMAGES / "entrypoint-lib.sh", path.parent / "entrypoint-lib.sh")
     return path
+
+
+@pytest.mark.parametrize("flavor", ["glx", "egl", "debian"])
+def test_every_image_installs_the_shared_entrypoint_functions(flavor: str) -> None:
+    d = parse_def(def_text(flavor))
+    assert f"entrypoint-lib.sh {ENTRYPOINT_LIB}" in d.sections["files"]
+    assert f"bash -n {ENTRYPOINT_LIB}" in d.sections["post"]
 
 
 def contract_keys() -> set[str]:
@@ -217,7 +226,8 @@ def test_bash_syntax(script: Path) -> None:
 def test_shellcheck(script: Path) -> None:
     if not shutil.which("shellcheck"):
         pytest.skip("shellcheck is not installed")
-    r = subprocess.run(["shellcheck", "-s", "bash", "-S", "warning", str(script)],
+    r = subprocess.run(["shellcheck", "-s", "bash", "-S", "warning", str(script),
+                        str(script.parent / "entrypoint-lib.sh")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
