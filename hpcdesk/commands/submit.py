@@ -69,13 +69,13 @@ def prepare(loaded: LoadedConfig) -> Session:
 
 def run(args: argparse.Namespace) -> int:
     loaded = load_config(args, cli_overrides(args))
+    scheduler = scheduler_for(loaded)  # a backend that cannot serve fails before any file
     session = prepare(loaded)
     quiet = args.json
     cfg = loaded.config
     listener = None
     if cfg.network.push and not args.no_wait:
         listener = Listener(session.dir, session.id, cfg.network.login_address)
-    scheduler = scheduler_for(loaded)
     t0 = time.monotonic()
     try:
         job = scheduler.submit(session.path("job.sh"), cfg.scheduler.cluster)

@@ -57,7 +57,7 @@ async def _watch(ws_url: str, url: str, out: Path, ok: Callable[[Path], bool],
                 return False
 
 
-def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 45.0) -> bool:
+def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0) -> bool:
     """Open `url` in headless Chromium; screenshot into `out` until ok(out) or timeout."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
