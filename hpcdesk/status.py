@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hpcdesk.phases import desktop_state
+from hpcdesk.phases import FAILED, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
 from hpcdesk.session import Session, now
 
@@ -74,7 +74,7 @@ def describe(session: Session, info: JobInfo | None) -> SessionStatus:
         return SessionStatus(session, "unknown", info.reason, info, node)
     # Finished: remember it, so it is never asked for again.
     state = info.state.value
-    if info.state in (JobState.ENDED, JobState.COMPLETED) and desktop.state == "failed":
+    if info.state in (JobState.ENDED, JobState.COMPLETED) and desktop.state == FAILED:
         state = "failed"
     elif info.state is JobState.ENDED:
         state = "cancelled" if meta.get("cancel_requested") else "ended"

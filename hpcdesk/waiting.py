@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpcdesk.errors import HpcdeskError, WaitTimeout
-from hpcdesk.phases import desktop_state
+from hpcdesk.phases import READY, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
 from hpcdesk.schema import TimeoutsConfig
 from hpcdesk.session import Session
@@ -149,7 +149,7 @@ class Waiter:
         """A verified push event or node.json: the agent's phase (never a secret)."""
         self._mark_agent()
         st = desktop_state(record)
-        if st.state == "ready":
+        if st.state == READY:
             self._ready_seen = True
             return self.session.connection()
         if st.ended:
