@@ -56,7 +56,8 @@ def status(args: argparse.Namespace) -> int:
 
 def list_sessions(args: argparse.Namespace) -> int:
     loaded = load_config(args)
-    sessions = all_sessions(root_of(loaded), include_ended=args.all)
+    # Newest first: the desktop just submitted is the one people look for.
+    sessions = all_sessions(root_of(loaded), include_ended=args.all)[::-1]
     if not args.all:
         sessions = [s for s in sessions if not s.meta.get("final")]
     rows = collect(sessions, scheduler_for(loaded))

@@ -55,3 +55,20 @@ def test_tail_lines_reads_whole_lines_from_the_end(tmp_path: Path) -> None:
     assert [r.split()[1] for r in last] == ["997", "998", "999"]
     assert len(tail_lines(log, 0).splitlines()) == 1000
     assert tail_lines(tmp_path / "missing.log", 5) == ""
+
+
+def test_list_shows_newest_first(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from hpcdesk.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = tmp_path / "sessions"
+    made = [create(root) for _ in range(3)]
+    for n, s in enumerate(made):
+        s.update_meta(id=s.id, created=1000 + n, job_id=str(100 + n), cluster=None,
+                      final={"state": "completed", "detail": ""})
+    assert main(["list", "--all", "--json", "--set", f"session_root={root}"]) == 0
+    listed = [row["session"] for row in json.loads(capsys.readouterr().out)]
+    assert listed == [s.id for s in reversed(made)]
