@@ -26,7 +26,13 @@ from hpcdesk.node import address, health, tls
 from hpcdesk.node.binding import bind_gpu
 from hpcdesk.node.errors import StartError, Stop
 from hpcdesk.node.ports import PortLease
-from hpcdesk.node.procs import Child, stop_all
+from hpcdesk.node.procs import (
+    Child,
+    become_subreaper,
+    first_essential_exit,
+    reap_orphans,
+    stop_all,
+)
 from hpcdesk.node.runtime import DesktopPlan, Started, get_runtime
 from hpcdesk.notify import Notifier
 from hpcdesk.phases import FAILED, LAUNCHING, READY, STARTING, STOPPED, STOPPING, WAITING
@@ -165,9 +171,9 @@ class Agent:
         delay = 0.05
         heartbeat = time.monotonic() + HEARTBEAT
         while True:
-            for child in self.children:
-                if not child.alive():
-                    raise StartError("the desktop failed to start: " + child.describe_exit())
+            dead = first_essential_exit(self.children)
+            if dead:
+                raise StartError("the desktop failed to start: " + dead.describe_exit())
             status = health.http_status(probe_host, plan.web_port, plan.user, plan.password,
                                         https=https, timeout=1.0)
             if status == 200:
@@ -188,12 +194,13 @@ class Agent:
 
     def supervise(self) -> None:
         while True:
-            for child in self.children:
-                if not child.alive():
-                    # scancel signals every process of the job: give our own SIGTERM a moment
-                    # to arrive before calling this a crash.
-                    time.sleep(0.5)
-                    raise StartError("the desktop stopped unexpectedly: " + child.describe_exit())
+            dead = first_essential_exit(self.children)
+            if dead:
+                # scancel signals every process of the job: give our own SIGTERM a moment
+                # to arrive before calling this a crash.
+                time.sleep(0.5)
+                raise StartError("the desktop stopped unexpectedly: " + dead.describe_exit())
+            reap_orphans(self.children)
             time.sleep(1.0)
 
     def finish(self, phase: str, reason: str) -> None:
@@ -228,5 +235,8 @@ def run(session_dir: Path) -> int:
         filename=str(session_dir / "agent.log"), level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    # Daemons that double-fork out of the desktop are reparented to the agent, so its sweep
+    # finds and ends them (procs.py).
+    become_subreaper()
     return Agent(session_dir).run()
 

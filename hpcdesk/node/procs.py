@@ -4,11 +4,17 @@ The agent ends only what it started: a child's process group, then any remaining
 of the agent itself (found through /proc parent links: :func:`descendants`, the one process-tree
 walk; a container's processes are the agent's descendants too, so the images' entrypoints
 stop only what they started themselves). It never kills by name.
+
+The agent is a child subreaper (:func:`become_subreaper`): a daemon that double-forks away
+from its parent (dbus-launch, session helpers, user apps) is reparented to the agent instead
+of init, so it stays a descendant that the sweep finds; :func:`reap_orphans` collects those
+that exit on their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -29,6 +35,11 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path | None
+    # Essential children (X server, desktop session, web UI) end the desktop when they exit;
+    # the exit of any other (autostart programs: launchers and scripts exit all the time) is
+    # only logged.
+    essential: bool = True
+    exit_logged: bool = False
 
     @property
     def pid(self) -> int:
@@ -47,7 +58,7 @@ class Child:
 
 
 def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None,
-          cwd: Path | None = None, pass_fds: Sequence[int] = ()) -> Child:
+          cwd: Path | None = None, pass_fds: Sequence[int] = (), essential: bool = True) -> Child:
     log.info("starting %s: %s", name, " ".join(argv))
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
@@ -59,7 +70,63 @@ def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
     finally:
         if log_path and not isinstance(out, int):
             out.close()
-    return Child(name, proc, log_path)
+    return Child(name, proc, log_path, essential=essential)
+
+
+def first_essential_exit(children: Sequence[Child]) -> Child | None:
+    """The first essential child that has exited; other exits are logged once and ignored."""
+    for child in children:
+        if child.alive():
+            continue
+        if child.essential:
+            return child
+        if not child.exit_logged:
+            child.exit_logged = True
+            log.info("%s (not essential to the desktop)", child.describe_exit())
+    return None
+
+
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants of this process its children (Linux >= 3.4)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        log.warning("cannot become a child subreaper: daemons that double-fork may escape "
+                    "the cleanup")
+    return ok
+
+
+def _direct_children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        with contextlib.suppress(OSError, ValueError):
+            listed = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+            kids.extend(int(k) for k in listed.split())
+    return kids
+
+
+def reap_orphans(children: Sequence[Child]) -> list[int]:
+    """Collect exited processes reparented to this subreaper (not the ones it started, whose
+    status belongs to their Popen); returns the pids reaped."""
+    own = {c.pid for c in children}
+    reaped = []
+    for pid in _direct_children(os.getpid()):
+        if pid in own:
+            continue
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped.append(pid)
+    return reaped
 
 
 def descendants(root: int) -> list[int]:
@@ -101,9 +168,16 @@ def stop_all(children: Sequence[Child], grace: float = 5.0) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.proc.wait(2)
     # Grandchildren that left their group (setsid daemons) but are still ours.
+    # Grandchildren that left their group (setsid daemons), and double-forked daemons that
+    # were reparented to this subreaper: still ours.
     stragglers = descendants(os.getpid())
     for pid in stragglers:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     if stragglers:
         log.info("killed %d leftover descendant process(es): %s", len(stragglers), stragglers)
+        deadline = time.monotonic() + 2.0
+        while set(stragglers) & set(_direct_children(os.getpid())) and (
+                time.monotonic() < deadline):
+            reap_orphans(children)
+            time.sleep(0.05)

@@ -99,7 +99,8 @@ class HostRuntime:
                                   cwd=Path(env.get("HOME", "/"))))
             for i, app in enumerate(r.autostart):
                 children.append(spawn(f"autostart[{i}] {app}", shlex.split(app), denv,
-                                      logs / "desktop.log", cwd=Path(env.get("HOME", "/"))))
+                                      logs / "desktop.log", cwd=Path(env.get("HOME", "/")),
+                                      essential=False))
             senv = {**env, **selkies_env(plan, x.display)}
             children.append(spawn("selkies", selkies_cmd, senv, logs / "selkies.log"))
         except BaseException:
