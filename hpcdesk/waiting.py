@@ -72,7 +72,7 @@ class Waiter:
     _interval: float = field(init=False)
     _agent_seen: bool = field(init=False, default=False)
     _running_since: float | None = field(init=False, default=None)
-    _node_mtime: float = field(init=False, default=0.0)
+    _node_seen: dict[str, Any] = field(init=False, default_factory=dict)
     _last_heard: float = field(init=False, default=0.0)
     _ready_seen: bool = field(init=False, default=False)
 
@@ -171,16 +171,13 @@ class Waiter:
             conn = self.session.connection()
             if conn:
                 return conn
-        path = self.session.path("node.json")
-        try:
-            mtime = path.stat().st_mtime
-        except OSError:
-            return None
-        if mtime == self._node_mtime:
-            return None
-        self._node_mtime = mtime
+        # Compared by content, not by st_mtime: two phases written within one timestamp tick
+        # (or on a filesystem with coarse times) look alike to stat() but not here.
         node = self.session.node_state()
-        return self._on_record(node) if node else None
+        if not node or node == self._node_seen:
+            return None
+        self._node_seen = node
+        return self._on_record(node)
 
 
 def aligned_delay(interval: float, now: float | None = None) -> float:

@@ -3,6 +3,7 @@ dev cluster): backoff, 'unknown' is not failure, push readiness needs no schedul
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -133,3 +134,24 @@ def test_ready_before_connection_json_is_visible(tmp_path: Path) -> None:
         assert w.wait() == {"url": "u"}
     finally:
         listener.close()
+
+
+def test_two_phases_within_one_timestamp_tick_are_both_seen(tmp_path: Path) -> None:
+    """node.json is compared by content: a "failed" written in the same mtime tick as the
+    "launching" before it must still end the wait (no push channel here)."""
+    sched = FakeScheduler([JobState.RUNNING])
+    w, seen = make(tmp_path, sched, poll_min=600.0, poll_max=600.0)
+    node = tmp_path / "node.json"
+    write_json(node, {"phase": "launching", "node": "n1", "detail": "starting"})
+    tick = node.stat().st_mtime_ns
+    assert w._check_files() is None and seen == ["launching"]
+    write_json(node, {"phase": "failed", "node": "n1", "reason": "Xorg exited (exit code 1)"})
+    os.utime(node, ns=(tick, tick))  # the same timestamp tick as the previous phase
+    with pytest.raises(DesktopFailed, match="Xorg exited"):
+        w._check_files()
+    write_json(node, {"phase": "ready", "node": "n1"})
+    os.utime(node, ns=(tick, tick))
+    w2, _ = make(tmp_path, sched)
+    assert w2._check_files() is None  # ready, but connection.json is not visible yet
+    write_json(tmp_path / "connection.json", {"url": "u"})
+    assert w2._check_files() == {"url": "u"}
