@@ -14,6 +14,7 @@ Shared by both sides: imports nothing login-side.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 NOTIFY_FILE = "notify.json"
 _MAX_LINE = 64 * 1024
+# Out of file descriptors or kernel memory: accept() fails until something is closed.
+_NO_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def _tag(secret: bytes, body: str) -> str:
@@ -59,8 +62,27 @@ def verify(secret: bytes, line: bytes) -> dict[str, Any] | None:
     return msg if isinstance(msg, dict) else None
 
 
+class _Conn:
+    __slots__ = ("buf", "since")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.since = time.monotonic()
+
+
 class Listener:
-    """Login side: accept pushed events for one session."""
+    """Login side: accept pushed events for one session.
+
+    Anyone on the cluster network can connect, so connections are bounded: at most
+    `max_connections` at once (the oldest is dropped for a new one), each closed
+    `idle_timeout` seconds after it was accepted, whatever it sent; when accept() finds no
+    free descriptor (EMFILE), the oldest connection is dropped, or accepting pauses briefly.
+    A real agent connects, sends one line and closes within milliseconds.
+    """
+
+    max_connections = 32
+    idle_timeout = 10.0
+    accept_pause = 0.5
 
     def __init__(self, session_dir: Path, session_id: str, advertise: str | None) -> None:
         self.session_id = session_id
@@ -72,6 +94,8 @@ class Listener:
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.sock, selectors.EVENT_READ, None)
         self.last_seq = -1
+        self.conns: dict[socket.socket, _Conn] = {}
+        self._paused_until = 0.0
         host = advertise or socket.getfqdn()
         self.path = session_dir / NOTIFY_FILE
         write_json(self.path, {"host": host, "port": self.sock.getsockname()[1],
@@ -85,24 +109,73 @@ class Listener:
         events: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            ready = self.sel.select(remaining)
+            self._housekeeping()
+            now = time.monotonic()
+            remaining = max(0.0, deadline - now)
+            wake = [deadline]
+            if self.conns:
+                wake.append(min(c.since for c in self.conns.values()) + self.idle_timeout)
+            if self._paused_until:
+                wake.append(self._paused_until)
+            ready = self.sel.select(max(0.0, min(wake) - now))
             for key, _ in ready:
                 if key.data is None:
-                    with contextlib.suppress(BlockingIOError):
-                        conn, _addr = self.sock.accept()
-                        conn.setblocking(False)
-                        self.sel.register(conn, selectors.EVENT_READ, bytearray())
+                    self._accept()
                 else:
-                    events.extend(self._read(key.fileobj, key.data))  # type: ignore[arg-type]
+                    events.extend(self._read(key.fileobj))  # type: ignore[arg-type]
             if events or remaining <= 0:
                 return events
 
-    def _read(self, conn: socket.socket, buf: bytearray) -> list[dict[str, Any]]:
+    def _accept(self) -> None:
+        try:
+            conn, _addr = self.sock.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_RESOURCES:
+                log.info("push channel: accept failed (%s)", exc)
+                return
+            log.warning("push channel: cannot accept a connection (%s)", exc.strerror)
+            if self.conns:
+                self._drop(self._oldest())
+            else:  # nothing of ours to close: stop accepting for a moment, not spin
+                self.sel.unregister(self.sock)
+                self._paused_until = time.monotonic() + self.accept_pause
+            return
+        if len(self.conns) >= self.max_connections:
+            self._drop(self._oldest())
+        conn.setblocking(False)
+        self.conns[conn] = _Conn()
+        self.sel.register(conn, selectors.EVENT_READ, True)
+
+    def _oldest(self) -> socket.socket:
+        return min(self.conns, key=lambda c: self.conns[c].since)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.conns.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(conn)
+        conn.close()
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c, st in self.conns.items() if now - st.since > self.idle_timeout]:
+            self._drop(conn)  # connected and silent: not an agent
+        if self._paused_until and now >= self._paused_until:
+            self._paused_until = 0.0
+            self.sel.register(self.sock, selectors.EVENT_READ, None)
+
+    def _read(self, conn: socket.socket) -> list[dict[str, Any]]:
+        state = self.conns.get(conn)
+        if state is None:
+            return []
         try:
             chunk = conn.recv(65536)
+        except BlockingIOError:
+            return []
         except OSError:
             chunk = b""
+        buf = state.buf
         buf.extend(chunk)
         out = []
         while b"\n" in buf:
@@ -117,14 +190,14 @@ class Listener:
             self.last_seq = seq
             out.append(msg)
         if not chunk or len(buf) > _MAX_LINE:
-            self.sel.unregister(conn)
-            conn.close()
+            self._drop(conn)
         return out
 
     def close(self) -> None:
-        for key in list(self.sel.get_map().values()):
-            with contextlib.suppress(OSError):
-                key.fileobj.close()  # type: ignore[union-attr]
+        for conn in list(self.conns):
+            self._drop(conn)
+        with contextlib.suppress(OSError):
+            self.sock.close()
         self.sel.close()
         with contextlib.suppress(OSError):
             self.path.unlink()

@@ -93,3 +93,81 @@ def test_many_senders_at_once(tmp_path: Path) -> None:
     assert 1 <= len(got) <= 10  # out-of-order arrivals are dropped as replays, never duplicated
     seqs = [e["seq"] for e in got]
     assert seqs == sorted(seqs)
+
+
+def _wait_for_event(listener: Listener, deadline_s: float = 20.0) -> list[dict[str, object]]:
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        events = listener.poll(0.5)
+        if events:
+            return events
+    return []
+
+
+def test_listener_survives_running_out_of_file_descriptors(tmp_path: Path) -> None:
+    """accept() failing with EMFILE is not a traceback; the listener recovers afterwards."""
+    import os
+    import resource
+
+    listener = Listener(tmp_path, "sess1", "127.0.0.1")
+    port = json.loads((tmp_path / "notify.json").read_text())["port"]
+    clients = [socket.socket() for _ in range(3)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        limit = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1
+        while (fd := os.open(os.devnull, os.O_RDONLY)) < limit:
+            fillers.append(fd)  # every descriptor number below the limit is now in use
+        os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        for c in clients:
+            c.connect(("127.0.0.1", port))  # queued in the backlog: accept() needs a new fd
+        assert listener.poll(1.0) == []     # EMFILE inside: no exception
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in fillers:
+            os.close(fd)
+        for c in clients:
+            c.close()
+    try:
+        assert Notifier(tmp_path).send({"phase": "ready", "node": "n1"})
+        events = _wait_for_event(listener)
+        assert [e["phase"] for e in events] == ["ready"]
+    finally:
+        listener.close()
+
+
+def test_silent_connections_are_limited_and_timed_out(tmp_path: Path) -> None:
+    listener = Listener(tmp_path, "sess1", "127.0.0.1")
+    listener.max_connections = 4
+    listener.idle_timeout = 0.5
+    port = json.loads((tmp_path / "notify.json").read_text())["port"]
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+    most = 0
+    events: list[dict[str, object]] = []
+    stop = threading.Event()
+
+    def serve() -> None:  # the waiting client's loop
+        nonlocal most
+        while not stop.is_set():
+            events.extend(listener.poll(0.1))
+            most = max(most, len(listener.conns))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        for s in silent:  # every silent connection is closed by the listener in time
+            s.settimeout(20)
+            assert s.recv(1) == b""
+        assert most <= 4
+        assert Notifier(tmp_path).send({"phase": "ready", "node": "n1"})
+    finally:
+        stop.set()
+        thread.join(10)
+        for s in silent:
+            s.close()
+        events.extend(listener.poll(1.0))
+        listener.close()
+    assert [e["phase"] for e in events] == ["ready"]
