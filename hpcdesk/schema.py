@@ -156,7 +156,6 @@ class NetworkConfig:
         None, "Address of the login node as seen from compute nodes (for push readiness).",
         pattern=r"[A-Za-z0-9_.:-]+",
     )
-    lock_dir: str = opt("/var/tmp/hpcdesk-locks", "Node-wide directory for port locks.")
     connect: Literal["direct", "turn", "tunnel"] = opt(
         "direct", "How the browser reaches the desktop: direct (the node's address), turn (the "
         "site's TURN server relays WebRTC media) or tunnel (`hpcdesk tunnel` from a laptop).",

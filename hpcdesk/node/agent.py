@@ -118,8 +118,7 @@ class Agent:
         gpu = bind_gpu(req)
         self.state["gpu"] = gpu.describe()
         log.info("GPU: %s; encoder %s (%s)", gpu.summary, gpu.encoder, gpu.encoder_reason)
-        self.ports = PortLease(Path(req.network.lock_dir), bind_addr,
-                               req.network.port_min, req.network.port_max)
+        self.ports = PortLease(bind_addr, req.network.port_min, req.network.port_max)
         try:
             port = self.ports.acquire()
         except RuntimeError as exc:

@@ -2,17 +2,18 @@
 
 A display N is free when no lock file /tmp/.XN-lock and no socket /tmp/.X11-unix/XN exists on
 the node, and no abstract socket @/tmp/.X11-unix/XN is bound in this network namespace
-(containers with a private /tmp still share those). The agent then holds an exclusive
-flock on <lock_dir>/display-N.lock for the whole session, so two agents starting at the same
-moment never pick the same N. (The host runtime lets Xorg choose with -displayfd instead.)
+(containers with a private /tmp still share those). The agent then holds the claim
+`display-N` (locks.py: an abstract Unix socket, no file) for the whole session, so two agents
+starting at the same moment never pick the same N. (The host runtime lets Xorg choose with
+-displayfd instead.)
 """
 
 from __future__ import annotations
 
-import os
+import socket
 from pathlib import Path
 
-from hpcdesk.node.locks import try_claim
+from hpcdesk.node.locks import SCOPE, try_claim
 
 FIRST = 20   # leave low numbers to console servers and ssh X forwarding (10+)
 LAST = 999
@@ -40,10 +41,10 @@ def in_use(n: int, tmp: Path = Path("/tmp"), sockets: set[int] | None = None) ->
 
 
 class DisplayLease:
-    def __init__(self, lock_dir: Path, tmp: Path = Path("/tmp")) -> None:
-        self.lock_dir = lock_dir
+    def __init__(self, tmp: Path = Path("/tmp"), scope: str = SCOPE) -> None:
+        self.scope = scope
         self.tmp = tmp
-        self.fd: int | None = None
+        self.claim: socket.socket | None = None
         self.number: int | None = None
 
     def acquire(self) -> int:
@@ -51,17 +52,17 @@ class DisplayLease:
         for n in range(FIRST, LAST + 1):
             if in_use(n, self.tmp, sockets):
                 continue
-            fd = try_claim(self.lock_dir, f"display-{n}")
-            if fd is None:
+            claim = try_claim(f"display-{n}", self.scope)
+            if claim is None:
                 continue
-            if in_use(n, self.tmp):  # taken between the scan and the lock
-                os.close(fd)
+            if in_use(n, self.tmp):  # taken between the scan and the claim
+                claim.close()
                 continue
-            self.fd, self.number = fd, n
+            self.claim, self.number = claim, n
             return n
         raise RuntimeError(f"no free X display between :{FIRST} and :{LAST} on this node")
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = self.number = None
+        if self.claim is not None:
+            self.claim.close()
+            self.claim = self.number = None

@@ -1,27 +1,29 @@
-"""Node-wide exclusive claims (ports, X displays) held by flock for a session's lifetime.
+"""Node-wide exclusive claims (ports, X displays), held for a session's lifetime.
 
-The lock directory is shared by every user's agents on the node (mode 1777, like /tmp); a
-claim is an exclusive, non-blocking flock on one file in it, released when its fd closes
-(also when the agent dies), so a crashed agent never leaves a stale claim behind.
+A claim is an abstract Unix socket bound to the name `<scope>/<name>` in the node's network
+namespace (Linux): binding is atomic, a second bind of the same name fails with EADDRINUSE,
+and the name is released when the socket closes, also when the agent dies. Abstract names are
+not files: no directory or lock file that another user could own, chmod, pre-create with mode
+000 or have refused by `fs.protected_regular`. Another user can only bind a name first, which
+makes the agent pick another port or display, exactly as if that port or display were in use.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-from pathlib import Path
+import errno
+import socket
+
+SCOPE = "hpcdesk"  # shared by every hpcdesk installation on a node, so none of them collide
 
 
-def try_claim(lock_dir: Path, name: str) -> int | None:
-    """The open fd holding the claim on `name`, or None if another agent holds it."""
-    with contextlib.suppress(FileExistsError):
-        lock_dir.mkdir(parents=True)
-        os.chmod(lock_dir, 0o1777)  # noqa: S103 - shared by all users' agents, sticky
-    fd = os.open(lock_dir / f"{name}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+def try_claim(name: str, scope: str = SCOPE) -> socket.socket | None:
+    """The socket holding the claim on `name`, or None if another process holds it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # close-on-exec: not inherited
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+        sock.bind(f"\0{scope}/{name}")
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            return None
+        raise
+    return sock

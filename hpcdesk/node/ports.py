@@ -1,27 +1,27 @@
-"""Race-free TCP ports on a node: the kernel proposes a free port, a node-wide lock claims it.
+"""Race-free TCP ports on a node: the kernel proposes a free port, a node-wide claim holds it.
 
 Two agents starting at the same moment may be offered the same port number by the kernel
-between one agent's probe and its server's bind. Each agent therefore holds an exclusive
-flock on `<lock_dir>/port-<N>.lock` for the whole session; a clash means "try another".
+between one agent's probe and its server's bind. Each agent therefore holds the claim
+`port-<N>` (locks.py: an abstract Unix socket, no file) for the whole session; a clash means
+"try another".
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import random
 import socket
-from pathlib import Path
 
-from hpcdesk.node.locks import try_claim
+from hpcdesk.node.locks import SCOPE, try_claim
 
 
 class PortLease:
-    def __init__(self, lock_dir: Path, bind_addr: str, port_min: int = 0, port_max: int = 0):
-        self.lock_dir = lock_dir
+    def __init__(self, bind_addr: str, port_min: int = 0, port_max: int = 0,
+                 scope: str = SCOPE) -> None:
+        self.scope = scope
         self.bind_addr = bind_addr
         self.range = (port_min, port_max) if port_min and port_max else None
-        self.held: dict[int, int] = {}  # port -> lock fd
+        self.held: dict[int, socket.socket] = {}  # port -> its claim
 
     def _probe(self, port: int) -> int | None:
         family = socket.AF_INET6 if ":" in self.bind_addr else socket.AF_INET
@@ -35,10 +35,10 @@ class PortLease:
             return int(s.getsockname()[1])
 
     def _claim(self, port: int) -> bool:
-        fd = try_claim(self.lock_dir, f"port-{port}")
-        if fd is None:
+        claim = try_claim(f"port-{port}", self.scope)
+        if claim is None:
             return False
-        self.held[port] = fd
+        self.held[port] = claim
         return True
 
     def acquire(self, attempts: int = 200) -> int:
@@ -56,6 +56,6 @@ class PortLease:
 
     def release(self, port: int | None = None) -> None:
         for p in [port] if port is not None else list(self.held):
-            fd = self.held.pop(p, None)
-            if fd is not None:
-                os.close(fd)
+            claim = self.held.pop(p, None)
+            if claim is not None:
+                claim.close()

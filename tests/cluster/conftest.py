@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEVCLUSTER = REPO / "tests/cluster/devcluster.sh"
 VENV = Path(os.environ.get("HPCDESK_VENV", "/opt/hpcdesk/venv"))
 USER = os.environ.get("HPCDESK_DEV_USER", "hpcuser")
+# A second unprivileged user for two-user tests (devcluster.sh up creates it when named).
+USER2 = os.environ.get("HPCDESK_DEV_USER2", f"{USER}b")
 NODE_IPS = {"gpu01": "10.77.0.11", "gpu02": "10.77.0.12"}
 
 
@@ -93,6 +95,31 @@ def user(installed: Path) -> Iterator[User]:
     yield u
     # Leave no job behind, whatever the tests did.
     _run(["scancel", "-u", USER])
+
+
+@pytest.fixture(scope="session")
+def second_user(installed: Path) -> Iterator[User]:
+    """Another researcher on the same cluster (created on demand, like the first)."""
+    if _run(["id", USER2]).returncode != 0:
+        up = _run(["bash", str(DEVCLUSTER), "up"], timeout=300,
+                  env={**os.environ, "HPCDESK_DEV_USER": USER2})
+        assert up.returncode == 0, up.stderr
+    u = User(USER2, Path(f"/home/{USER2}"), installed)
+    yield u
+    _run(["scancel", "-u", USER2])
+
+
+@pytest.fixture
+def protected_regular() -> Iterator[None]:
+    """fs.protected_regular=1 (systemd's default) for the test, the previous value after.
+    The sysctl is machine-wide: never run this while someone else's tests are running."""
+    path = Path("/proc/sys/fs/protected_regular")
+    before = path.read_text().strip()
+    path.write_text("1")
+    try:
+        yield
+    finally:
+        path.write_text(before)
 
 
 @pytest.fixture

@@ -76,8 +76,7 @@ def test_no_push_frame_contains_the_password(tmp_path: Path,
     req = DesktopRequest(
         session_id=sdir.name, user="alice", cpus=1, gpus=0, start_timeout=60,
         desktop=DesktopConfig(https=False), runtime=RuntimeConfig(),
-        network=NetworkConfig(address="fixed", fixed_address="127.0.0.1",
-                              lock_dir=str(tmp_path / "locks")))
+        network=NetworkConfig(address="fixed", fixed_address="127.0.0.1"))
     (sdir / "request.json").write_text(req.to_json())
     frames: list[bytes] = []
     real_verify = notify.verify

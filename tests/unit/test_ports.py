@@ -1,27 +1,38 @@
-"""Ports: many agents claiming at the same moment never get the same port."""
+"""Ports and displays: many agents claiming at the same moment never get the same one, and a
+claim depends on no file (locks.py: abstract Unix sockets in the network namespace)."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import uuid
 from pathlib import Path
 
+import pytest
+
+from hpcdesk.node.locks import try_claim
 from hpcdesk.node.ports import PortLease
 
 
-def _claim(lock_dir: str, barrier: mp.synchronize.Barrier, out: mp.queues.Queue[int],
+@pytest.fixture
+def scope() -> str:
+    """A claim scope of this test alone: parallel test runs on the machine never collide."""
+    return f"hpcdesk-test-{uuid.uuid4().hex}"
+
+
+def _claim(scope: str, barrier: mp.synchronize.Barrier, out: mp.queues.Queue[int],
            hold: mp.synchronize.Event) -> None:
-    lease = PortLease(Path(lock_dir), "127.0.0.1", 20000, 20007)
+    lease = PortLease("127.0.0.1", 20000, 20007, scope=scope)
     barrier.wait()
     out.put(lease.acquire())
-    hold.wait(10)  # keep the lock, like a running desktop does
+    hold.wait(10)  # keep the claim, like a running desktop does
 
 
-def test_concurrent_claims_in_a_small_range_are_distinct(tmp_path: Path) -> None:
+def test_concurrent_claims_in_a_small_range_are_distinct(scope: str) -> None:
     n = 8  # as many claimants as ports: every one must get a different port
     ctx = mp.get_context("fork")
     barrier, out, hold = ctx.Barrier(n), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_claim, args=(str(tmp_path), barrier, out, hold))
-             for _ in range(n)]
+    procs = [ctx.Process(target=_claim, args=(scope, barrier, out, hold)) for _ in range(n)]
     for p in procs:
         p.start()
     ports = [out.get(timeout=20) for _ in range(n)]
@@ -31,39 +42,59 @@ def test_concurrent_claims_in_a_small_range_are_distinct(tmp_path: Path) -> None
     assert sorted(ports) == list(range(20000, 20008))
 
 
-def test_release_and_reuse(tmp_path: Path) -> None:
-    a = PortLease(tmp_path, "127.0.0.1", 20100, 20100)
+def test_release_and_reuse(scope: str) -> None:
+    a = PortLease("127.0.0.1", 20100, 20100, scope=scope)
     port = a.acquire()
-    b = PortLease(tmp_path, "127.0.0.1", 20100, 20100)
-    try:
+    b = PortLease("127.0.0.1", 20100, 20100, scope=scope)
+    with pytest.raises(RuntimeError, match="no free port"):
         b.acquire(attempts=5)
-        raise AssertionError("a held port was handed out twice")
-    except RuntimeError as exc:
-        assert "no free port" in str(exc)
     a.release()
     assert b.acquire() == port
+    b.release()
 
 
-def test_kernel_chosen_port(tmp_path: Path) -> None:
-    lock_dir = tmp_path / "locks"
-    lease = PortLease(lock_dir, "127.0.0.1")
+def test_a_claim_dies_with_its_holder(scope: str) -> None:
+    ctx = mp.get_context("fork")
+    holder = ctx.Process(target=lambda: (try_claim("port-1", scope), os.kill(os.getpid(), 9)))
+    holder.start()
+    holder.join(10)
+    assert holder.exitcode == -9
+    claim = try_claim("port-1", scope)  # the killed agent left nothing behind
+    assert claim is not None
+    assert try_claim("port-1", scope) is None
+    claim.close()
+
+
+def test_claims_use_no_file(scope: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim opens no file (so no file another user owns or pre-creates can block it) and
+    is a name in the network namespace while held (tests/cluster/test_shared_nodes.py runs
+    two users against a hostile lock directory)."""
+    monkeypatch.chdir(tmp_path)
+    before = set(os.listdir("/proc/self/fd"))
+    lease = PortLease("127.0.0.1", scope=scope)
     port = lease.acquire()
     assert 1024 < port < 65536
-    assert lock_dir.stat().st_mode & 0o7777 == 0o1777  # shared by all users' agents, sticky
-    assert (lock_dir / f"port-{port}.lock").exists()
+    fds = set(os.listdir("/proc/self/fd")) - before
+    targets = {os.readlink(f"/proc/self/fd/{fd}") for fd in fds if os.path.exists(
+        f"/proc/self/fd/{fd}")}
+    assert all(t.startswith("socket:") for t in targets), targets
+    names = Path("/proc/net/unix").read_text()
+    assert f"@{scope}/port-{port}" in names
+    lease.release()
+    assert f"@{scope}/port-{port}" not in Path("/proc/net/unix").read_text()
 
 
-def _claim_display(lock_dir: str, tmp: str, barrier: mp.synchronize.Barrier,
+def _claim_display(scope: str, tmp: str, barrier: mp.synchronize.Barrier,
                    out: mp.queues.Queue[int], hold: mp.synchronize.Event) -> None:
     from hpcdesk.node.displays import DisplayLease
 
-    lease = DisplayLease(Path(lock_dir), Path(tmp))
+    lease = DisplayLease(Path(tmp), scope=scope)
     barrier.wait()
     out.put(lease.acquire())
     hold.wait(10)
 
 
-def test_concurrent_display_claims_are_distinct_and_skip_used(tmp_path: Path) -> None:
+def test_concurrent_display_claims_are_distinct_and_skip_used(tmp_path: Path, scope: str) -> None:
     from hpcdesk.node.displays import FIRST
 
     fake_tmp = tmp_path / "tmp"
@@ -73,8 +104,7 @@ def test_concurrent_display_claims_are_distinct_and_skip_used(tmp_path: Path) ->
     n = 6
     ctx = mp.get_context("fork")
     barrier, out, hold = ctx.Barrier(n), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_claim_display,
-                         args=(str(tmp_path / "locks"), str(fake_tmp), barrier, out, hold))
+    procs = [ctx.Process(target=_claim_display, args=(scope, str(fake_tmp), barrier, out, hold))
              for _ in range(n)]
     for p in procs:
         p.start()

@@ -219,7 +219,7 @@ class ApptainerRuntime:
             image = resolve_image(req.runtime.image or "", req.runtime.image_dir)
         except ImageError as exc:
             raise StartError(f"{exc}; build it with `hpcdesk image build`") from None
-        self.display_lease = DisplayLease(Path(req.network.lock_dir))
+        self.display_lease = DisplayLease()
         try:
             display = f":{self.display_lease.acquire()}"
         except RuntimeError as exc:

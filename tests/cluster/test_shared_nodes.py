@@ -1,0 +1,93 @@
+"""Issue 12 on the dev cluster: a node shared by several users, and programs that exit or
+double-fork inside a desktop."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import time
+
+import pytest
+from conftest import VENV, User, node_exec, node_user_pids
+
+pytestmark = pytest.mark.cluster
+SITE = ("--site", "devcluster")
+
+# Runs as each user on the node: claims 4 ports and 2 displays the way the agent does, writes
+# them down, and holds them until the other user has written theirs (both hold at once).
+CLAIM = textwrap.dedent("""
+    import json, os, sys, time
+    from hpcdesk.node.displays import DisplayLease
+    from hpcdesk.node.ports import PortLease
+    me, other = sys.argv[1], sys.argv[2]
+    ports = PortLease("127.0.0.1", 21000, 21015)
+    got = {"ports": [ports.acquire() for _ in range(4)],
+           "displays": [DisplayLease().acquire() for _ in range(2)]}
+    with open(f"/var/tmp/h12-{me}.json.tmp", "w") as f:
+        json.dump(got, f)
+    os.rename(f"/var/tmp/h12-{me}.json.tmp", f"/var/tmp/h12-{me}.json")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(f"/var/tmp/h12-{other}.json") and time.monotonic() < deadline:
+        time.sleep(0.05)
+""")
+
+# In a private mount namespace on the node (so nobody else's agents see these files): the
+# second user owns the old lock directory with mode 755 and lock files with mode 000, exactly
+# what blocked every other user before; then both users claim at the same moment.
+HOSTILE = textwrap.dedent("""
+    set -eu
+    mount -t tmpfs -o mode=1777 h12-vartmp /var/tmp
+    mount -t tmpfs -o mode=1777 h12-tmp /tmp
+    runuser -u "$B" -- mkdir -m 755 /var/tmp/hpcdesk-locks
+    for n in $(seq 21000 21015); do
+        runuser -u "$B" -- sh -c "umask 777; : > /var/tmp/hpcdesk-locks/port-$n.lock"
+    done
+    for n in $(seq 20 40); do
+        runuser -u "$B" -- sh -c "umask 777; : > /var/tmp/hpcdesk-locks/display-$n.lock"
+    done
+    runuser -u "$A" -- "$PY" -c "$CLAIM" "$A" "$B" & a=$!
+    runuser -u "$B" -- "$PY" -c "$CLAIM" "$B" "$A" & b=$!
+    wait $a; wait $b
+    cat /var/tmp/h12-"$A".json; echo; cat /var/tmp/h12-"$B".json
+""")
+
+
+def test_claims_ignore_hostile_lock_files_of_another_user(user: User, second_user: User,
+                                                         protected_regular: None) -> None:
+    env = ["env", f"A={user.name}", f"B={second_user.name}", f"PY={VENV / 'bin/python'}",
+           f"CLAIM={CLAIM}"]
+    proc = node_exec("gpu01", *env, "unshare", "--mount", "--propagation", "private",
+                     "bash", "-c", HOSTILE, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    a, b = (json.loads(line) for line in proc.stdout.split())
+    assert len(set(a["ports"] + b["ports"])) == 8, (a, b)      # nobody blocked, no collision
+    assert len(set(a["displays"] + b["displays"])) == 4, (a, b)
+
+
+def test_autostart_that_exits_or_double_forks(user: User, cleanup_jobs: list[str]) -> None:
+    """`sh -c true` exits at once and a daemon double-forks away: the desktop stays up, both
+    are logged, and after cancel the daemon is gone with the job."""
+    marker = str(86400 + os.getpid() % 10000)
+    autostart = json.dumps(["xterm", "sh -c true", f"setsid -f sleep {marker}"])
+    data = user.json("submit", *SITE, "--set", f"runtime.autostart={autostart}", timeout=300)
+    sid, node = str(data["session"]), str(data["node"])
+    cleanup_jobs.append(sid)
+    sdir = user.sessions_root() / sid
+
+    def daemons() -> list[str]:
+        return [p for p in node_user_pids(node, user.name) if p.endswith(f"sleep {marker}")]
+
+    deadline = time.monotonic() + 60
+    while not daemons() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert daemons(), "the double-forked daemon never ran"
+    # The launcher's exit was noticed, logged, and is not fatal.
+    deadline = time.monotonic() + 30
+    while "not essential" not in (sdir / "agent.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "autostart[1] sh -c true exited (exit code 0)" in (sdir / "agent.log").read_text()
+    assert user.json("status", sid, *SITE)["state"] == "ready"
+    assert user.json("cancel", sid, *SITE)["state"] == "cancelled"
+    assert daemons() == [], "a double-forked daemon outlived the desktop"
+    assert "leftover descendant" in (sdir / "agent.log").read_text()
