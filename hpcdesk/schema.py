@@ -83,6 +83,10 @@ class SchedulerConfig:
         min=10, max=3600,
     )
     job_name: str = opt("hpcdesk", "Slurm job name.", pattern=r"[A-Za-z0-9_.-]{1,64}")
+    unstartable: Literal["cancel", "keep"] = opt(
+        "cancel", "A job Slurm says can never start (PartitionTimeLimit, InvalidAccount, a "
+        "required node down...): the wait ends at once with the cause; cancel the job, or "
+        "keep it queued (an administrator may still change the limit).")
 
 
 @dataclass

@@ -40,10 +40,14 @@ class DesktopFailed(HpcdeskError):
     """The job ended or the desktop failed before it was ready."""
 
     def __init__(self, message: str, info: JobInfo | None = None, node_state: dict[str, Any]
-                 | None = None) -> None:
-        super().__init__(message)
+                 | None = None, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
         self.info = info
         self.node_state = node_state or {}
+
+
+class JobCannotStart(DesktopFailed):
+    """Slurm keeps the job pending for a reason that waiting cannot resolve."""
 
 
 @dataclass
@@ -124,6 +128,7 @@ class Waiter:
         self.scheduler_queries += 1
         info = self.scheduler.query([self.job]).get(self.job) or JobInfo(self.job, JobState.UNKNOWN)
         if info.state is JobState.PENDING:
+            self._check_startable(info)
             when = f", expected start {info.start_estimate}" if info.start_estimate else ""
             self.progress("queued", f"job {self.job} is queued ({info.reason or 'waiting'}{when})")
             self._interval = min(self._interval * 2, self.timeouts.poll_max)
@@ -137,6 +142,20 @@ class Waiter:
         elif info.state.finished:
             raise self._ended(info)
         return info
+
+    def _check_startable(self, info: JobInfo) -> None:
+        from hpcdesk.scheduler import unstartable
+
+        down: set[str] | None = None
+        if info.reason.startswith("ReqNodeNotAvail"):
+            from hpcdesk.scheduler.slurm_cli import slurm_env
+
+            down = unstartable.down_nodes(slurm_env(), self.job.cluster)
+        why = unstartable.why_unstartable(info.reason, down)
+        if why:
+            cause, step = why
+            raise JobCannotStart(f"job {self.job} can never start as asked: {cause} (Slurm's "
+                                 f"pending reason: {info.reason})", info, hint=step)
 
     def _ended(self, info: JobInfo) -> DesktopFailed:
         node = self.session.node_state()

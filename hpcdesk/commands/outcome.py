@@ -12,7 +12,7 @@ from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, WaitTimeout
 from hpcdesk.scheduler import JobRef, Scheduler
 from hpcdesk.session import Session, now, tail_lines
-from hpcdesk.waiting import DesktopFailed, Progress, Waiter
+from hpcdesk.waiting import DesktopFailed, JobCannotStart, Progress, Waiter
 
 if TYPE_CHECKING:  # the push channel is needed only while submitting
     from hpcdesk.notify import Listener
@@ -33,7 +33,9 @@ def wait_and_report(session: Session, scheduler: Scheduler, job: JobRef, loaded:
               f"  stop it:  hpcdesk cancel {session.id}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (DesktopFailed, WaitTimeout) as exc:
-        report_failure(session, scheduler, job, exc)
+        keep = (isinstance(exc, JobCannotStart)
+                and loaded.config.scheduler.unstartable == "keep")
+        report_failure(session, scheduler, job, exc, keep=keep)
         return exc.exit_code if isinstance(exc, WaitTimeout) else EXIT_FAILED
     finally:
         if listener:
@@ -70,10 +72,13 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
           f"  stop it:  hpcdesk cancel {session.id}", flush=True)
 
 
-def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exception) -> None:
-    """Say what happened, cancel what is left, keep the session directory."""
+def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exception,
+                   keep: bool = False) -> None:
+    """Say what happened, cancel what is left (unless `keep`), keep the session directory."""
     info = scheduler.query([job]).get(job)
-    if info is None or not info.state.finished:
+    if keep:
+        cancelled = False
+    elif info is None or not info.state.finished:
         scheduler.cancel(job)
         cancelled = True
     else:
@@ -86,6 +91,9 @@ def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exc
              f"  Slurm state: {state}" + (f", exit code {exit_code}" if exit_code else "")]
     if cancelled:
         lines.append(f"  job {job} was cancelled")
+    elif keep:
+        lines.append(f"  job {job} is kept in the queue (scheduler.unstartable: keep); "
+                     f"stop it: hpcdesk cancel {session.id}")
     for name in ("agent.log", "job.out"):
         text = tail_lines(session.path(name), 12)
         if text:
@@ -96,6 +104,8 @@ def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exc
     if hint:
         lines.append(f"  hint: {hint}")
     print("\n".join(lines), file=sys.stderr)
+    if keep:
+        return  # still queued: `list` and `status` keep following it
     session.update_meta(final={"state": "failed", "detail": str(exc).split("\n")[0],
                                "exit_code": exit_code, "at": now()})
 

@@ -18,7 +18,7 @@ from hpcdesk.commands.common import (
 )
 from hpcdesk.commands.outcome import wait_and_report
 from hpcdesk.config import LoadedConfig, parse_resolution
-from hpcdesk.errors import EXIT_OK, UsageError
+from hpcdesk.errors import EXIT_OK, SchedulerRejected, UsageError
 from hpcdesk.notify import Listener
 from hpcdesk.request import DesktopRequest
 from hpcdesk.session import Session, atomic_write, create, discard, now, write_json
@@ -39,6 +39,22 @@ def build_request(loaded: LoadedConfig, session_id: str) -> DesktopRequest:
     return DesktopRequest(session_id=session_id, user=getpass.getuser(), cpus=c.scheduler.cpus,
                           gpus=c.scheduler.gpus, start_timeout=c.timeouts.start,
                           desktop=c.desktop, runtime=c.runtime, network=c.network)
+
+
+def check_partition_limits(loaded: LoadedConfig) -> None:
+    """One `scontrol show partition`: refuse a request no partition it names can ever run
+    (time limit above MaxTime, partition down). Unknown answers are left to sbatch."""
+    from hpcdesk.scheduler import unstartable
+    from hpcdesk.scheduler.slurm_cli import slurm_env
+
+    s = loaded.config.scheduler
+    partitions = unstartable.show_partitions(slurm_env(), s.cluster)
+    if not partitions:
+        return
+    problem = unstartable.check_request(partitions, s.partition, s.time)
+    if problem:
+        raise SchedulerRejected(f"Slurm could never start this job: {problem[0]}; nothing "
+                                "was submitted", hint=problem[1])
 
 
 def prepare(loaded: LoadedConfig) -> Session:
@@ -71,6 +87,7 @@ def prepare(loaded: LoadedConfig) -> Session:
 def run(args: argparse.Namespace) -> int:
     loaded = load_config(args, cli_overrides(args))
     scheduler = scheduler_for(loaded)  # a backend that cannot serve fails before any file
+    check_partition_limits(loaded)      # a job that could never start is not submitted
     session = prepare(loaded)
     quiet = args.json
     cfg = loaded.config

@@ -208,3 +208,31 @@ def test_controller_down_is_a_clear_error_and_leaves_nothing(
         assert re.search(r"unable to contact slurm controller|connection refused",
                          proc.stderr, re.IGNORECASE), proc.stderr
         assert {p.name for p in user.sessions_root().iterdir()} == before
+
+
+def test_a_job_that_can_never_start_ends_the_wait(user: User, backend: str,
+                                                  cleanup_jobs: list[str]) -> None:
+    """Issue 12 defect 3: the partition's MaxTime is 8 h. Checked before sbatch; and when the
+    job script asks for more behind the check's back, the pending reason ends the wait."""
+    before = {p.name for p in user.sessions_root().iterdir()}
+    proc = user.run("submit", *with_backend(backend), "-t", "10-00:00:00", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "MaxTime 08:00:00" in proc.stderr and "-t 08:00:00" in proc.stderr, proc.stderr
+    assert {p.name for p in user.sessions_root().iterdir()} == before
+    sneaky = ("--set", "scheduler.extra_args=['--time=10-00:00:00']")
+    for keep in (False, True):
+        extra = ("--set", "scheduler.unstartable=keep") if keep else ()
+        proc = user.run("submit", *with_backend(backend), *sneaky, *extra, timeout=120)
+        m = re.search(r"session (\w+), job (\d+)", proc.stdout)
+        assert m, proc.stdout + proc.stderr
+        cleanup_jobs.append(m[1])
+        assert proc.returncode == 1, proc.stderr
+        assert "can never start" in proc.stderr and "PartitionTimeLimit" in proc.stderr
+        assert "hint: ask for less time (-t)" in proc.stderr
+        state = _run(["squeue", "-h", "-j", m[2], "-o", "%T"]).stdout.strip()
+        if keep:
+            assert state == "PENDING" and "is kept in the queue" in proc.stderr
+            listed = user.json("list", *with_backend(backend))
+            assert [r["state"] for r in listed if r["session"] == m[1]] == ["queued"]
+        else:
+            assert state in ("", "CANCELLED") and f"job {m[2]} was cancelled" in proc.stderr
