@@ -45,6 +45,10 @@ class SchedulerError(HpcdeskError):
     exit_code = EXIT_SCHEDULER
 
 
+class SubmitUncertain(SchedulerError):
+    """sbatch did not answer and the scheduler cannot say whether the job was queued."""
+
+
 class SchedulerRejected(UsageError):
     """The scheduler refused the request because of the user's input (partition, account...)."""
 

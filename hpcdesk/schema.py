@@ -83,6 +83,9 @@ class SchedulerConfig:
         min=10, max=3600,
     )
     job_name: str = opt("hpcdesk", "Slurm job name.", pattern=r"[A-Za-z0-9_.-]{1,64}")
+    timeout: float = opt(30.0, "Seconds one Slurm command (sbatch, squeue, ...) may take; a "
+                         "submission that times out is looked up by its tag before anything "
+                         "is decided.", min=1, max=600)
     unstartable: Literal["cancel", "keep"] = opt(
         "cancel", "A job Slurm says can never start (PartitionTimeLimit, InvalidAccount, a "
         "required node down...): the wait ends at once with the cause; cancel the job, or "

@@ -38,7 +38,8 @@ def root_of(loaded: config.LoadedConfig) -> Path:
 
 def scheduler_for(loaded: config.LoadedConfig) -> Scheduler:
     s = loaded.config.scheduler
-    return get_scheduler(s.backend, cache_dir=root_of(loaded) / ".cache", cluster=s.cluster)
+    return get_scheduler(s.backend, cache_dir=root_of(loaded) / ".cache", cluster=s.cluster,
+                         timeout=s.timeout)
 
 
 def emit_json(data: Any) -> None:

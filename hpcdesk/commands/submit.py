@@ -18,7 +18,7 @@ from hpcdesk.commands.common import (
 )
 from hpcdesk.commands.outcome import wait_and_report
 from hpcdesk.config import LoadedConfig, parse_resolution
-from hpcdesk.errors import EXIT_OK, SchedulerRejected, UsageError
+from hpcdesk.errors import EXIT_OK, SchedulerRejected, SubmitUncertain, UsageError
 from hpcdesk.notify import Listener
 from hpcdesk.request import DesktopRequest
 from hpcdesk.session import Session, atomic_write, create, discard, now, write_json
@@ -97,6 +97,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         job = scheduler.submit(session.path("job.sh"), cfg.scheduler.cluster)
+    except SubmitUncertain as exc:
+        if listener:
+            listener.close()
+        # The job may be queued: its script runs from this directory, so it stays.
+        session.update_meta(final={"state": "unknown", "detail": exc.message, "at": now()})
+        raise
     except BaseException:
         if listener:
             listener.close()

@@ -97,7 +97,11 @@ class JobInfo:
 class Scheduler(Protocol):
     name: str
 
-    def submit(self, script: Path, cluster: str | None) -> JobRef: ...
+    def submit(self, script: Path, cluster: str | None) -> JobRef:
+        """The queued job. When the submission itself timed out, the job is looked up by the
+        tag in the script's `--comment` (hpcdesk:<session>): its ref if it was queued,
+        SchedulerError if it surely was not, SubmitUncertain if Slurm cannot tell now."""
+        ...
 
     def query(self, jobs: Sequence[JobRef]) -> dict[JobRef, JobInfo]:
         """All jobs in as few scheduler calls as possible (one per cluster).
@@ -135,8 +139,9 @@ def select_backend(backend: str, cluster: str | None) -> tuple[str, str]:
 
 
 def get_scheduler(backend: str, cache_dir: Path | None = None,
-                  cluster: str | None = None) -> Scheduler:
-    """The backend; `cache_dir` (private to the user) lets processes share queue snapshots."""
+                  cluster: str | None = None, timeout: float = 30.0) -> Scheduler:
+    """The backend; `cache_dir` (private to the user) lets processes share queue snapshots;
+    `timeout`: seconds one Slurm command may take (the commands backend)."""
     name, _why = ("slurm-cli", "") if backend == "slurm-cli" else select_backend(backend, cluster)
     if name == "pyslurm":
         from hpcdesk.scheduler.slurm_pyslurm import Pyslurm, probe
@@ -146,4 +151,4 @@ def get_scheduler(backend: str, cache_dir: Path | None = None,
         return Pyslurm(module, cache_dir=cache_dir)
     from hpcdesk.scheduler.slurm_cli import SlurmCli
 
-    return SlurmCli(cache_dir=cache_dir)
+    return SlurmCli(timeout=timeout, cache_dir=cache_dir)

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from hpcdesk.errors import SchedulerError, SubmitUncertain
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, map_slurm_state
 from hpcdesk.session import atomic_write
 
@@ -40,8 +41,21 @@ UNREACHABLE = (
     r"communication connection failure|unable to connect"
 )
 ALREADY_DONE = r"already completing or completed|invalid job id"
+TIMED_OUT = r"socket timed out|timed out"
 REJECTED_HINT = ("check the partition/account/qos/gres with `sinfo` and "
                  "`sacctmgr show assoc user=$USER`")
+
+
+_TAG = re.compile(r"^#SBATCH\s+--comment=(hpcdesk:\S+)\s*$", re.MULTILINE)
+# After a submission timed out: how long the controller must keep answering "no such job"
+# before hpcdesk believes the job was never queued (a slow controller may still be at it).
+LOOKUP_WINDOW = 20.0
+
+
+def job_tag(script: Path) -> str | None:
+    """The tag that names a job script's job in the queue (its `--comment`)."""
+    m = _TAG.search(script.read_text())
+    return m.group(1) if m else None
 
 
 def matches(pattern: str, text: str) -> bool:
@@ -97,6 +111,43 @@ class QueueTable(abc.ABC):
     @abc.abstractmethod
     def gone(self, cluster: str | None, refs: list[JobRef]) -> dict[JobRef, JobInfo]:
         """Jobs absent from the table: accounting's answer, UNKNOWN if it is unreachable."""
+
+    @abc.abstractmethod
+    def fetch_tags(self, cluster: str | None) -> dict[str, str] | None:
+        """The user's queued jobs as {comment: job id} (one RPC); None if Slurm did not
+        answer, with the reason in self.last_error."""
+
+    # --- a submission that timed out ------------------------------------------------------
+    def recover_submit(self, script: Path, cluster: str | None, why: str,
+                       window: float = LOOKUP_WINDOW) -> JobRef:
+        """After `why` (a timeout): the job if it was queued after all, never a second one."""
+        tag = job_tag(script)
+        if tag is None:
+            raise SubmitUncertain(f"{why}, and the job script carries no tag to look it up by",
+                                  hint="check `squeue --me`; cancel a job you do not want")
+        answered = None
+        deadline = time.monotonic() + window
+        delay = 0.5
+        while True:
+            tags = self.fetch_tags(cluster)
+            if tags is not None:
+                if tag in tags:
+                    return JobRef(tags[tag], cluster)
+                answered = answered or time.monotonic()
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 4.0)
+        if answered is not None:
+            raise SchedulerError(f"{why}; Slurm then answered for {window:.0f}s without a job "
+                                 f"tagged {tag}, so nothing was queued",
+                                 hint="try again; if it keeps happening the controller is "
+                                 "overloaded: tell your site's admins")
+        raise SubmitUncertain(
+            f"{why}, and Slurm is not answering, so hpcdesk cannot tell whether the job was "
+            f"queued (it would carry the comment {tag})",
+            hint=f"when Slurm answers again: `squeue --me -o '%i %k'`; a job with comment "
+            f"{tag} is this desktop (`scancel` it, or follow it once it runs)")
 
     # --- shared -----------------------------------------------------------------------------
     def query(self, jobs: Sequence[JobRef]) -> dict[JobRef, JobInfo]:

@@ -64,6 +64,9 @@ class SlurmCli(QueueTable):
     def submit(self, script: Path, cluster: str | None) -> JobRef:
         proc = self._run(["sbatch", "--parsable", *_cluster_args(cluster), str(script)],
                          cwd=script.parent)
+        if proc.returncode == 124:  # the job may be queued all the same: look before deciding
+            return self.recover_submit(script, cluster, f"sbatch did not answer within "
+                                       f"{self.timeout:.0f}s")
         if proc.returncode != 0:
             msg = " ".join(line.strip() for line in proc.stderr.strip().splitlines()) or (
                 f"sbatch exited with {proc.returncode}")
@@ -86,6 +89,15 @@ class SlurmCli(QueueTable):
             return None
         self.last_error = ""
         return proc.stdout
+
+    def fetch_tags(self, cluster: str | None) -> dict[str, str] | None:
+        proc = self._run(["squeue", "--noheader", f"--user={getpass.getuser()}",
+                          f"--format=%i{SEP}%k", *_cluster_args(cluster)])
+        if proc.returncode != 0:
+            self.last_error = " ".join(proc.stderr.split()) or f"exit code {proc.returncode}"
+            return None
+        pairs = (line.strip().split(SEP, 1) for line in proc.stdout.splitlines())
+        return {p[1]: p[0] for p in pairs if len(p) == 2 and p[0].isdigit()}
 
     def gone(self, cluster: str | None, refs: list[JobRef]) -> dict[JobRef, JobInfo]:
         proc = self._run(["sacct", "--noheader", "--parsable2", "--allocations",

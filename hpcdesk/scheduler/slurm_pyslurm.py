@@ -29,6 +29,7 @@ from hpcdesk.scheduler import JobInfo, JobRef, JobState, map_slurm_state
 from hpcdesk.scheduler.queue_table import (
     ALREADY_DONE,
     REJECTED_HINT,
+    TIMED_OUT,
     UNREACHABLE,
     USER_ERRORS,
     QueueTable,
@@ -183,8 +184,23 @@ class Pyslurm(QueueTable):
             if matches(USER_ERRORS, msg):
                 raise SchedulerRejected(f"Slurm refused the job: {msg}",
                                         hint=REJECTED_HINT) from None
+            if matches(TIMED_OUT, msg):  # the job may be queued all the same
+                return self.recover_submit(script, None, f"submitting timed out ({msg})")
             raise SchedulerError(f"submitting through pyslurm failed: {msg}") from None
         return JobRef(str(job_id), None)
+
+    def fetch_tags(self, cluster: str | None) -> dict[str, str] | None:
+        if cluster:
+            self.last_error = NO_MULTI_CLUSTER
+            return None
+        self.calls["Jobs.load"] += 1
+        try:
+            jobs = self.pyslurm.Jobs.load()
+        except self.pyslurm.RPCError as exc:
+            self.last_error = _message(exc)
+            return None
+        return {str(job.comment): str(job.id) for job in jobs.values()
+                if job.user_id == self.uid and job.comment}
 
     def fetch_table(self, cluster: str | None) -> str | None:
         if cluster:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,3 +238,50 @@ def test_a_job_that_can_never_start_ends_the_wait(user: User, backend: str,
             assert [r["state"] for r in listed if r["session"] == m[1]] == ["queued"]
         else:
             assert state in ("", "CANCELLED") and f"job {m[2]} was cancelled" in proc.stderr
+
+
+def test_a_submitted_job_is_found_by_its_tag(user: User, backend: str,
+                                             cleanup_jobs: list[str]) -> None:
+    """Issue 12 defect 4: each backend finds a job by the tag in its script's --comment."""
+    sid, job, sdir = submit_held(user, backend, cleanup_jobs)
+    assert scontrol_job(job)["Comment"] == f"hpcdesk:{sid}"
+    code = ("import sys; from pathlib import Path; from hpcdesk.scheduler import get_scheduler; "
+            "s = get_scheduler(sys.argv[1]); "
+            "print(s.recover_submit(Path(sys.argv[2]), None, 'test').job_id)")
+    proc = py(user, code, backend, str(sdir / "job.sh"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == job
+
+
+@pytest.mark.parametrize("queues", [True, False])
+def test_sbatch_that_times_out_leaves_no_orphan(user: User, cleanup_jobs: list[str],
+                                                queues: bool) -> None:
+    """sbatch queues the job (or does not) and then hangs past scheduler.timeout: submit
+    follows the queued job instead of dropping its directory, and never submits twice."""
+    wrap = Path(tempfile.mkdtemp(prefix="hpcdesk-sbatch-hangs-"))  # the user can read it
+    wrap.chmod(0o755)
+    real = shutil.which("sbatch")
+    assert real
+    (wrap / "sbatch").write_text("#!/bin/sh\n" + (f'{real} "$@"\n' if queues else "")
+                                 + "exec sleep 600\n")
+    (wrap / "sbatch").chmod(0o755)
+    before = {p.name for p in user.sessions_root().iterdir()}
+    path = f"{wrap}:{VENV / 'bin'}:/usr/bin:/bin"
+    try:
+        proc = user.run("submit", *SITE, "--set", "scheduler.timeout=3", *HELD, "--no-wait",
+                        "--json", env={"PATH": path}, timeout=180)
+    finally:
+        shutil.rmtree(wrap)
+    if not queues:
+        assert proc.returncode == 3, proc.stderr
+        assert "nothing was queued" in proc.stderr and "Traceback" not in proc.stderr
+        assert {p.name for p in user.sessions_root().iterdir()} == before
+        return
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    cleanup_jobs.append(str(info["session"]))
+    tagged = [line.split()[0] for line in _run(["squeue", "-h", "-u", user.name, "-o",
+                                                "%i %k"]).stdout.splitlines()
+              if line.split()[1:] == [f"hpcdesk:{info['session']}"]]
+    assert tagged == [str(info["job_id"])]  # the one queued job, followed, not orphaned
+    assert user.json("status", str(info["session"]), *SITE)["state"] == "queued"
