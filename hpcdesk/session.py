@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -159,9 +160,28 @@ def all_sessions(root: Path, include_ended: bool = True) -> list[Session]:
     return sorted(found, key=lambda s: s.meta.get("created", 0))
 
 
+# What a user may type for a session: an id or its prefix, or a job id ("cluster:1234").
+# Nothing else reaches a path: no "/", no leading "." or "-", no "..", no control characters.
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_:-]{0,99}")
+_ID = re.compile(f"[{_ID_ALPHABET}]{{6}}")
+
+
+def is_session_id(sid: str) -> bool:
+    """True for an id that `create` could have made (a plain directory name)."""
+    return _ID.fullmatch(sid) is not None
+
+
+def check_key(key: str) -> str:
+    if not _KEY.fullmatch(key):
+        raise SessionNotFound(f"{key!r} is not a session id or job id",
+                              hint="use an id as `hpcdesk list` shows it (letters and digits)")
+    return key
+
+
 def find(root: Path, key: str) -> Session:
     """A session by id, unique id prefix, or Slurm job id ("1234" or "cluster:1234")."""
-    if not key.startswith(".") and "/" not in key and (root / key / "session.json").exists():
+    check_key(key)
+    if (root / key / "session.json").exists():
         return Session(root / key)
     sessions = all_sessions(root)
     by_job = [s for s in sessions if key in (s.job_id, f"{s.meta.get('cluster')}:{s.job_id}")]

@@ -72,3 +72,28 @@ def test_list_shows_newest_first(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["list", "--all", "--json", "--set", f"session_root={root}"]) == 0
     listed = [row["session"] for row in json.loads(capsys.readouterr().out)]
     assert listed == [s.id for s in reversed(made)]
+
+
+@pytest.mark.parametrize("key", ["", "..", "../x", "/etc", "a/b", "a\nb", ".active", "-x",
+                                 "ab..cd/..", "x" * 101, "sess ion", "$(id)"])
+def test_keys_that_could_leave_the_session_root_are_refused(tmp_path: Path, key: str) -> None:
+    s = create(tmp_path / "sessions")
+    s.update_meta(id=s.id, created=1, job_id="5", cluster=None)
+    with pytest.raises(SessionNotFound, match="not a session id"):
+        find(tmp_path / "sessions", key)
+
+
+def test_node_run_refuses_a_request_naming_another_path(tmp_path: Path) -> None:
+    import argparse
+
+    from hpcdesk.commands import node
+    from hpcdesk.errors import UsageError
+    from hpcdesk.request import DesktopRequest
+    from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig
+
+    sdir = create(tmp_path).dir
+    req = DesktopRequest(session_id="../../tmp/x", user="u", cpus=1, gpus=0, start_timeout=60,
+                         desktop=DesktopConfig(), runtime=RuntimeConfig(), network=NetworkConfig())
+    (sdir / "request.json").write_text(req.to_json())
+    with pytest.raises(UsageError, match="names session '../../tmp/x'"):
+        node.run(argparse.Namespace(session=str(sdir)))
