@@ -80,6 +80,15 @@ def describe(session: Session, info: JobInfo | None) -> SessionStatus:
     elif info.state is JobState.ENDED:
         state = "cancelled" if meta.get("cancel_requested") else "ended"
     detail = node.get("reason") or info.reason
+    if node and not desktop.ended and info.state is not JobState.CANCELLED:
+        # The agent always records how it ended; silence means it was killed or its node died.
+        how = (f"node {desktop.node} failed" if info.state is JobState.NODE_FAIL else
+               f"the node agent on {desktop.node} was killed or died")
+        exit_code = f", exit code {info.exit_code}" if info.exit_code else ""
+        detail = (f"{how} while the desktop was {desktop.state} (Slurm: {info.state.value}"
+                  f"{exit_code}); see `hpcdesk logs {session.id}`, then submit again")
+        if info.state in (JobState.ENDED, JobState.COMPLETED):
+            state = "failed"
     session.update_meta(final={"state": state, "detail": detail, "exit_code": info.exit_code,
                                "at": now()})
     return SessionStatus(session, state, detail, info, node)

@@ -64,7 +64,7 @@ def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
     try:
         proc = subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
-                                pass_fds=tuple(pass_fds))
+                                pass_fds=tuple(pass_fds), preexec_fn=_die_with_parent)
     except OSError as exc:
         raise StartError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
     finally:
@@ -86,7 +86,15 @@ def first_essential_exit(children: Sequence[Child]) -> Child | None:
     return None
 
 
-PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+PR_SET_PDEATHSIG = 1         # <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _die_with_parent() -> None:
+    """In a new child, before exec: SIGKILL it when the agent dies, even by SIGKILL (its own
+    process group would otherwise outlive the job: Slurm's linuxproc tracking loses
+    processes whose parent is gone)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def become_subreaper() -> bool:

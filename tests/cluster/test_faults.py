@@ -1,0 +1,82 @@
+"""Issue 12 fault scenarios on the dev cluster: what dies, what is left, what status says."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import User, _run
+
+pytestmark = pytest.mark.cluster
+SITE = ("--site", "devcluster")
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def tree(root: int) -> set[int]:
+    """`root` and its descendants now (all nodes share this machine's process table)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat[stat.rfind(")") + 2:].split()[1])
+    found, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found.update(kids)
+        frontier.extend(kids)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z":
+                out.add(pid)
+        except OSError:
+            continue
+    return out
+
+
+def squeue_state(job: str) -> str:
+    return _run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip()
+
+
+def test_agent_killed_leaves_no_desktop_process(user: User, cleanup_jobs: list[str]) -> None:
+    """Scenario 3: the agent is SIGKILLed; nothing of the desktop outlives the job, and
+    status says what happened."""
+    data = user.json("submit", *SITE)
+    sid, job = str(data["session"]), str(data["job_id"])
+    cleanup_jobs.append(sid)
+    sdir = user.sessions_root() / sid
+    agent = int(json.loads((sdir / "node.json").read_text())["agent_pid"])
+    desktop = tree(agent) - {agent}
+    assert len(desktop) >= 3, desktop  # X server, session, web UI, autostart
+    os.kill(agent, signal.SIGKILL)
+    wait_for("every desktop process to end", lambda: not alive(desktop), timeout=60)
+    wait_for("the job to leave the queue", lambda: squeue_state(job) in ("", "COMPLETED",
+                                                                         "FAILED"))
+    st = user.json("status", sid, *SITE)
+    assert st["state"] == "failed", st
+    assert "node agent on gpu0" in st["detail"] and "killed or died" in st["detail"], st
+    assert "hpcdesk logs" in st["detail"]
+    assert (sdir / "agent.log").exists() and (sdir / "job.sh").exists()
+    with pytest.raises(OSError):  # nobody serves the old port any more
+        socket.create_connection((str(data["host"]), int(data["port"])), timeout=5).close()
