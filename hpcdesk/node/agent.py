@@ -44,6 +44,7 @@ log = logging.getLogger("hpcdesk.agent")
 EXIT_STOPPED = 0
 EXIT_FAILED = 1
 HEARTBEAT = 10.0  # seconds between "still starting" updates while waiting for the web UI
+MAX_RESTARTS = 3  # a crashed web UI is started again this often (same port and password)
 
 
 class Agent:
@@ -198,9 +199,26 @@ class Agent:
                 # scancel signals every process of the job: give our own SIGTERM a moment
                 # to arrive before calling this a crash.
                 time.sleep(0.5)
-                raise StartError("the desktop stopped unexpectedly: " + dead.describe_exit())
+                if dead.again is None or dead.restarts >= MAX_RESTARTS:
+                    more = (f" (after {dead.restarts} restarts)" if dead.restarts else "")
+                    raise StartError("the desktop stopped unexpectedly: " + dead.describe_exit()
+                                     + more)
+                self.restart(dead)
             reap_orphans(self.children)
             time.sleep(1.0)
+
+    def restart(self, dead: Child) -> None:
+        """Start a crashed child again; the URL and the password stay valid."""
+        assert dead.again is not None
+        why = dead.describe_exit().split(";")[0]
+        log.warning("%s; starting it again (%d of %d)", why, dead.restarts + 1, MAX_RESTARTS)
+        fresh = dead.again()
+        fresh.restarts = dead.restarts + 1
+        self.children[self.children.index(dead)] = fresh
+        self.state.setdefault("restarts", []).append({"child": dead.name, "why": why,
+                                                      "at": now()})
+        self.phase(READY, f"{why}; started again ({fresh.restarts} of {MAX_RESTARTS}), same "
+                   "URL and password")
 
     def finish(self, phase: str, reason: str) -> None:
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):

@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,10 @@ class Child:
     # only logged.
     essential: bool = True
     exit_logged: bool = False
+    # How to start it again, for a child that may be restarted after a crash (the web UI:
+    # same port, same password); None for one whose loss ends the desktop (the X server).
+    again: Callable[[], Child] | None = None
+    restarts: int = 0
 
     @property
     def pid(self) -> int:
@@ -58,7 +62,8 @@ class Child:
 
 
 def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None,
-          cwd: Path | None = None, pass_fds: Sequence[int] = (), essential: bool = True) -> Child:
+          cwd: Path | None = None, pass_fds: Sequence[int] = (), essential: bool = True,
+          restartable: bool = False) -> Child:
     log.info("starting %s: %s", name, " ".join(argv))
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
@@ -70,7 +75,11 @@ def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
     finally:
         if log_path and not isinstance(out, int):
             out.close()
-    return Child(name, proc, log_path, essential=essential)
+    child = Child(name, proc, log_path, essential=essential)
+    if restartable:
+        child.again = lambda: spawn(name, argv, env, log_path, cwd, pass_fds, essential,
+                                    restartable=True)
+    return child
 
 
 def first_essential_exit(children: Sequence[Child]) -> Child | None:

@@ -80,3 +80,58 @@ def test_agent_killed_leaves_no_desktop_process(user: User, cleanup_jobs: list[s
     assert (sdir / "agent.log").exists() and (sdir / "job.sh").exists()
     with pytest.raises(OSError):  # nobody serves the old port any more
         socket.create_connection((str(data["host"]), int(data["port"])), timeout=5).close()
+
+
+def child_named(agent: int, word: str) -> int:
+    for pid in sorted(tree(agent) - {agent}):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if word in cmd and int(Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[1]
+                               ) == agent:
+            return pid
+    raise AssertionError(f"no child {word!r} of the agent {agent}")
+
+
+def test_web_ui_crash_restarts_with_same_url_then_x_crash_ends(user: User,
+                                                                cleanup_jobs: list[str]) -> None:
+    """Scenario 4: a crashed web UI comes back on the same URL with the same password, a
+    bounded number of times; the X server's crash ends the desktop with the reason recorded."""
+    data = user.json("submit", *SITE)
+    sid, url = str(data["session"]), str(data["url"])
+    creds = (str(data["user"]), str(data["password"]))
+    cleanup_jobs.append(sid)
+    sdir = user.sessions_root() / sid
+    agent = int(json.loads((sdir / "node.json").read_text())["agent_pid"])
+    for n in (1, 2, 3):
+        os.kill(child_named(agent, "selkies"), signal.SIGKILL)
+        wait_for(f"restart {n}", lambda n=n: f"starting it again ({n} of 3)" in (
+            sdir / "agent.log").read_text())
+        wait_for("the same URL and password to work again", lambda: _status(url, creds) == 200)
+        assert user.json("status", sid, *SITE)["state"] == "ready"
+    os.kill(child_named(agent, "selkies"), signal.SIGKILL)  # once too often
+    wait_for("the desktop to end", lambda: user.json("status", sid, *SITE)["state"] != "ready")
+    wait_for("the final state", lambda: user.json("status", sid, *SITE)["state"] == "failed")
+    st = user.json("status", sid, *SITE)
+    assert "selkies exited (signal 9)" in st["detail"] and "after 3 restarts" in st["detail"]
+    # The X server: not restartable (the session's programs die with it).
+    data = user.json("submit", *SITE)
+    sid = str(data["session"])
+    cleanup_jobs.append(sid)
+    sdir = user.sessions_root() / sid
+    agent = int(json.loads((sdir / "node.json").read_text())["agent_pid"])
+    os.kill(child_named(agent, "Xorg"), signal.SIGKILL)
+    wait_for("the final state", lambda: user.json("status", sid, *SITE)["state"] == "failed")
+    st = user.json("status", sid, *SITE)
+    assert "the desktop stopped unexpectedly: Xorg exited (signal 9)" in st["detail"], st
+    assert "phase failed" in (sdir / "agent.log").read_text()
+
+
+def _status(url: str, creds: tuple[str, str]) -> int:
+    from conftest import http_status
+
+    try:
+        return http_status(url, creds)
+    except OSError:
+        return 0

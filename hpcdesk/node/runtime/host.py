@@ -102,7 +102,8 @@ class HostRuntime:
                                       logs / "desktop.log", cwd=Path(env.get("HOME", "/")),
                                       essential=False))
             senv = {**env, **selkies_env(plan, x.display)}
-            children.append(spawn("selkies", selkies_cmd, senv, logs / "selkies.log"))
+            children.append(spawn("selkies", selkies_cmd, senv, logs / "selkies.log",
+                                  restartable=True))
         except BaseException:
             from hpcdesk.node.procs import stop_all
 
