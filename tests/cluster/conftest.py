@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,3 +188,23 @@ def colour_fraction(png: Path, rgb: tuple[int, int, int], tol: int = 40) -> floa
 
 def python() -> str:
     return sys.executable
+
+
+def read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
+    """What the process printed on stdout up to and including the line holding `needle`
+    (a reader thread, so a line already buffered is never waited for)."""
+    stream = proc.stdout
+    assert stream is not None
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in iter(stream.readline, "")],
+                     daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            seen.append(lines.get(timeout=left))
+        except queue.Empty:
+            break
+        if needle in seen[-1]:
+            return "".join(seen)
+    raise AssertionError(f"{needle!r} never came; output so far:\n{''.join(seen)}")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import queue
 import re
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +19,7 @@ from conftest import (
     http_status,
     node_exec,
     node_user_pids,
+    read_until,
 )
 
 pytestmark = pytest.mark.cluster
@@ -218,23 +217,3 @@ def test_ctrl_c_leaves_job_running(user: User, cleanup_jobs: list[str]) -> None:
     assert _run(["scontrol", "release", job]).returncode == 0
     st = user.json("status", sid, "--wait", *SITE)
     assert st["state"] == "ready"
-
-
-def read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
-    """What the process printed on stdout up to and including the line holding `needle`
-    (a reader thread, so a line already buffered is never waited for)."""
-    stream = proc.stdout
-    assert stream is not None
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in iter(stream.readline, "")],
-                     daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            seen.append(lines.get(timeout=left))
-        except queue.Empty:
-            break
-        if needle in seen[-1]:
-            return "".join(seen)
-    raise AssertionError(f"{needle!r} never came; output so far:\n{''.join(seen)}")

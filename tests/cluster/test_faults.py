@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import User, _run
+from conftest import User, _run, read_until
 
 pytestmark = pytest.mark.cluster
 SITE = ("--site", "devcluster")
@@ -135,3 +136,35 @@ def _status(url: str, creds: tuple[str, str]) -> int:
         return http_status(url, creds)
     except OSError:
         return 0
+
+
+def test_scancel_during_startup(user: User) -> None:
+    """Scenario 7: scancel while the desktop starts. Held there deterministically: the web UI
+    command never answers, so the agent is in "waiting for the web UI" until it is cancelled."""
+    marker = str(87400 + os.getpid() % 10000)
+    proc = user.popen("submit", *SITE, "--set", f"runtime.selkies=sleep {marker}",
+                      "--set", "timeouts.start=600")
+    try:
+        head = read_until(proc, "waiting for the web UI", timeout=180)
+        m = re.search(r"session (\w+), job (\d+)", head)
+        assert m, head
+        sid, job = m[1], m[2]
+        sdir = user.sessions_root() / sid
+        agent = int(json.loads((sdir / "node.json").read_text())["agent_pid"])
+        desktop = tree(agent)
+        assert _run(["runuser", "-u", user.name, "--", "scancel", job]).returncode == 0
+        assert proc.wait(timeout=120) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert "stopped by Slurm (scancel or end of the time limit)" in err, err
+    assert f"everything is kept in {sdir}" in err and "Traceback" not in err
+    wait_for("every desktop process to end", lambda: not alive(desktop), timeout=60)
+    wait_for("the job to end", lambda: squeue_state(job) == "")
+    st = user.json("status", sid, *SITE)
+    assert st["state"] in ("failed", "cancelled") and "scancel" in st["detail"], st
+    for name in ("agent.log", "job.sh", "node.json", "request.json"):
+        assert (sdir / name).exists(), name
+    assert not (sdir / "connection.json").exists()
