@@ -24,6 +24,8 @@ class DesktopRequest:
     desktop: DesktopConfig
     runtime: RuntimeConfig
     network: NetworkConfig
+    time_limit: int = 0   # the job's time limit in seconds (0: unknown)
+    warn_before: int = 0  # warn the user this many seconds before it (0: never)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -39,6 +41,8 @@ class DesktopRequest:
             desktop=DesktopConfig(**data["desktop"]),
             runtime=RuntimeConfig(**data["runtime"]),
             network=NetworkConfig(**data["network"]),
+            time_limit=int(data.get("time_limit", 0)),
+            warn_before=int(data.get("warn_before", 0)),
         )
 
     @classmethod

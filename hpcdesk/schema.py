@@ -177,6 +177,9 @@ class TimeoutsConfig:
                      min=0, max=604800)
     poll_min: float = opt(1.0, "First scheduler poll interval while queued (s).",
                           min=0.2, max=60)
+    warn_before: int = opt(600, "Seconds before the job's time limit at which the desktop "
+                           "warns (a message on the screen, and in `hpcdesk status`); 0: no "
+                           "warning.", min=0, max=86400)
     poll_max: float = opt(32.0, "Longest scheduler poll interval while queued (s); intervals "
                           "double from poll_min, so keep it poll_min times a power of two.",
                           min=1, max=600)

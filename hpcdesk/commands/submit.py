@@ -21,6 +21,7 @@ from hpcdesk.config import LoadedConfig, parse_resolution
 from hpcdesk.errors import EXIT_OK, SchedulerRejected, SubmitUncertain, UsageError
 from hpcdesk.notify import Listener
 from hpcdesk.request import DesktopRequest
+from hpcdesk.schema import slurm_time_seconds
 from hpcdesk.session import Session, atomic_write, create, discard, now, write_json
 
 
@@ -38,7 +39,9 @@ def build_request(loaded: LoadedConfig, session_id: str) -> DesktopRequest:
     c = loaded.config
     return DesktopRequest(session_id=session_id, user=getpass.getuser(), cpus=c.scheduler.cpus,
                           gpus=c.scheduler.gpus, start_timeout=c.timeouts.start,
-                          desktop=c.desktop, runtime=c.runtime, network=c.network)
+                          desktop=c.desktop, runtime=c.runtime, network=c.network,
+                          time_limit=slurm_time_seconds(c.scheduler.time),
+                          warn_before=c.timeouts.warn_before)
 
 
 def check_partition_limits(loaded: LoadedConfig) -> None:

@@ -31,6 +31,7 @@ from hpcdesk.node.procs import (
     become_subreaper,
     first_essential_exit,
     reap_orphans,
+    spawn,
     stop_all,
 )
 from hpcdesk.node.runtime import DesktopPlan, Started, get_runtime
@@ -61,6 +62,8 @@ class Agent:
             "times": {"agent_start": now()},
         }
         self.stop_reason: str | None = None
+        self.outcome = ""  # "timeout" when the time limit ended the desktop
+        self.warned = False
         self.children: list[Child] = []
         self.ports: PortLease | None = None
         self.workdir: Path | None = None
@@ -88,6 +91,8 @@ class Agent:
         if self.stop_reason is not None:
             return  # already stopping: a second signal must not interrupt the cleanup
         self.stop_reason = reasons.get(signal.Signals(signum), f"signal {signum}")
+        if signum == signal.SIGUSR1:
+            self.outcome = "timeout"
         raise Stop(self.stop_reason)
 
     def install_signals(self) -> None:
@@ -205,7 +210,33 @@ class Agent:
                                      + more)
                 self.restart(dead)
             reap_orphans(self.children)
+            self.warn_time_limit()
             time.sleep(1.0)
+
+    def warn_time_limit(self) -> None:
+        """Once, `warn_before` seconds before the time limit: in node.json (so `hpcdesk
+        status` shows it) and as a message on the desktop itself."""
+        req = self.request
+        if self.warned or not req.time_limit or not req.warn_before:
+            return
+        left = self.state["times"]["agent_start"] + req.time_limit - time.time()
+        if left > req.warn_before:
+            return
+        self.warned = True
+        msg = (f"This desktop ends in about {max(1, round(left / 60))} min (the job's time "
+               "limit): save your work.")
+        self.state["warning"] = {"at": now(), "message": msg}
+        self.phase(READY, msg)
+        xmessage = shutil.which("xmessage")
+        if xmessage and self.started:
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                   "DISPLAY": self.started.display}
+            if self.started.xauthority:
+                env["XAUTHORITY"] = str(self.started.xauthority)
+            with contextlib.suppress(StartError):
+                self.children.append(spawn("time-limit warning", [
+                    xmessage, "-center", "-timeout", str(req.warn_before), msg], env, None,
+                    essential=False))
 
     def restart(self, dead: Child) -> None:
         """Start a crashed child again; the URL and the password stay valid."""
@@ -236,7 +267,7 @@ class Agent:
             if conn.exists():
                 conn.unlink()  # the credentials are dead; don't leave them lying around
         self.mark("ended")
-        self.phase(phase, reason, reason=reason)
+        self.phase(phase, reason, reason=reason, outcome=self.outcome or phase)
 
 
 def _address(req: DesktopRequest) -> tuple[str, str]:

@@ -130,25 +130,34 @@ def test_cancel_ends_the_job_and_is_idempotent(user: User, backend: str,
 def test_time_limit_signal_reaches_the_desktop(user: User, backend: str,
                                                cleanup_jobs: list[str]) -> None:
     """A 2-minute job warned 60 s before its end: Slurm sends the warning about a minute
-    after the start (its timer runs every 30 s), and the desktop stops, saying why."""
+    after the start (its timer runs every 30 s), and the desktop stops, saying why. 90 s
+    before the end the user is warned (node.json, status, a message on the desktop), and the
+    final state is "timeout"."""
     data = user.json("submit", *with_backend(backend), "--time", "2",
-                     "--set", "scheduler.signal_lead=60")
+                     "--set", "scheduler.signal_lead=60", "--set", "timeouts.warn_before=90")
     sid, node = str(data["session"]), str(data["node"])
     cleanup_jobs.append(sid)
     sdir = user.sessions_root() / sid
     deadline = time.monotonic() + 180
     state: dict[str, object] = {}
+    warned_in_status = ""
     while time.monotonic() < deadline:
         state = json.loads((sdir / "node.json").read_text())
+        if state.get("warning") and not warned_in_status:
+            warned_in_status = str(user.json("status", sid, *with_backend(backend))["detail"])
         if state["phase"] == "stopped":
             break
         time.sleep(1)
     assert state.get("phase") == "stopped", state
     assert "time limit" in str(state["reason"])
+    assert "ends in about" in warned_in_status and "save your work" in warned_in_status
+    assert "starting time-limit warning: " in (sdir / "agent.log").read_text()  # on screen
     deadline = time.monotonic() + 60
     while node_user_pids(node) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert node_user_pids(node) == []
+    final = user.json("status", sid, *with_backend(backend))
+    assert final["state"] == "timeout", final
 
 
 def test_unknown_partition_is_bad_input(user: User, backend: str) -> None:
