@@ -26,6 +26,7 @@ class DesktopRequest:
     network: NetworkConfig
     time_limit: int = 0   # the job's time limit in seconds (0: unknown)
     warn_before: int = 0  # warn the user this many seconds before it (0: never)
+    idle_timeout: int = 0  # end the desktop after this many seconds without a viewer
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -43,6 +44,7 @@ class DesktopRequest:
             network=NetworkConfig(**data["network"]),
             time_limit=int(data.get("time_limit", 0)),
             warn_before=int(data.get("warn_before", 0)),
+            idle_timeout=int(data.get("idle_timeout", 0)),
         )
 
     @classmethod

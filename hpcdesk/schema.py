@@ -177,6 +177,9 @@ class TimeoutsConfig:
                      min=0, max=604800)
     poll_min: float = opt(1.0, "First scheduler poll interval while queued (s).",
                           min=0.2, max=60)
+    idle: int = opt(0, "Seconds without any viewer connected after which the desktop ends and "
+                    "its GPU is freed (0: never). Site file only.", min=0, max=604800,
+                    admin=True)
     warn_before: int = opt(600, "Seconds before the job's time limit at which the desktop "
                            "warns (a message on the screen, and in `hpcdesk status`); 0: no "
                            "warning.", min=0, max=86400)

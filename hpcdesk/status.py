@@ -80,8 +80,8 @@ def describe(session: Session, info: JobInfo | None) -> SessionStatus:
     elif info.state is JobState.ENDED:
         state = "cancelled" if meta.get("cancel_requested") else "ended"
     detail = node.get("reason") or info.reason
-    if node.get("outcome") == "timeout":
-        state = "timeout"  # the agent stopped the desktop at Slurm's time-limit warning
+    if node.get("outcome") in ("timeout", "idle"):
+        state = str(node["outcome"])  # the time limit's early signal, or the idle timeout
     if node and not desktop.ended and info.state is not JobState.CANCELLED:
         # The agent always records how it ended; silence means it was killed or its node died.
         how = (f"node {desktop.node} failed" if info.state is JobState.NODE_FAIL else

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hpcdesk.node import address, health, tls
+from hpcdesk.node import address, health, tls, viewers
 from hpcdesk.node.binding import bind_gpu
 from hpcdesk.node.errors import StartError, Stop
 from hpcdesk.node.ports import PortLease
@@ -62,8 +62,10 @@ class Agent:
             "times": {"agent_start": now()},
         }
         self.stop_reason: str | None = None
-        self.outcome = ""  # "timeout" when the time limit ended the desktop
+        self.outcome = ""  # "timeout" when the time limit ended the desktop, "idle" ...
         self.warned = False
+        self.web_port = 0
+        self.last_viewer = 0.0  # monotonic time a viewer was last seen connected
         self.children: list[Child] = []
         self.ports: PortLease | None = None
         self.workdir: Path | None = None
@@ -166,6 +168,7 @@ class Agent:
         }
         write_json(self.dir / "connection.json", connection, mode=0o600)
         self.mark("published")
+        self.web_port = port
         # The waiting client reads the credentials from connection.json when "ready" arrives.
         self.phase(READY, f"desktop ready at {connection['url']}")
         return connection
@@ -211,7 +214,23 @@ class Agent:
                 self.restart(dead)
             reap_orphans(self.children)
             self.warn_time_limit()
+            self.check_idle()
             time.sleep(1.0)
+
+    def check_idle(self) -> None:
+        """The site's idle timeout: no viewer connected for that long ends the desktop."""
+        limit = self.request.idle_timeout
+        if not limit or not self.web_port:
+            return
+        now_m = time.monotonic()
+        if not self.last_viewer or viewers.connected(self.web_port):
+            self.last_viewer = now_m  # the clock starts when the desktop is ready
+            return
+        if now_m - self.last_viewer > limit:
+            self.outcome = "idle"
+            self.stop_reason = (f"no viewer was connected for {limit}s (the site's idle "
+                                "timeout); the GPU is free again")
+            raise Stop(self.stop_reason)
 
     def warn_time_limit(self) -> None:
         """Once, `warn_before` seconds before the time limit: in node.json (so `hpcdesk

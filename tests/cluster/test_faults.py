@@ -168,3 +168,40 @@ def test_scancel_during_startup(user: User) -> None:
     for name in ("agent.log", "job.sh", "node.json", "request.json"):
         assert (sdir / name).exists(), name
     assert not (sdir / "connection.json").exists()
+
+
+def test_idle_timeout_ends_a_desktop_nobody_watches(user: User, cleanup_jobs: list[str]) -> None:
+    """Scenario 6: the site's idle timeout (15 s here). A connected viewer keeps the desktop
+    alive well past it; once the viewer leaves, the job ends, the GPU is free again, and the
+    reason is recorded. The viewer is an authenticated keep-alive HTTPS connection that asks
+    for the page every few seconds, as an open browser tab keeps its connection."""
+    import base64
+    import http.client
+    import ssl
+
+    site = user.home / "h12-idle-site.yaml"
+    text = (Path(__file__).resolve().parents[2] / "site-configs/devcluster.yaml").read_text()
+    site.write_text(text.rstrip() + "\n  idle: 15\n")
+    os.chmod(site, 0o644)
+    data = user.json("submit", "--site", str(site))
+    sid, job = str(data["session"]), str(data["job_id"])
+    cleanup_jobs.append(sid)
+    auth = base64.b64encode(f"{data['user']}:{data['password']}".encode()).decode()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    viewer = http.client.HTTPSConnection(str(data["host"]), int(data["port"]), context=ctx,
+                                         timeout=10)
+    watched_until = time.monotonic() + 45  # three idle timeouts
+    while time.monotonic() < watched_until:
+        viewer.request("GET", "/", headers={"Authorization": f"Basic {auth}"})
+        assert viewer.getresponse().read() is not None
+        assert squeue_state(job) == "RUNNING"
+        time.sleep(3)
+    assert user.json("status", sid, "--site", str(site))["state"] == "ready"
+    viewer.close()
+    left = time.monotonic()
+    wait_for("the idle desktop to end", lambda: squeue_state(job) == "", timeout=120)
+    assert time.monotonic() - left >= 10  # not at once (the agent samples every second)
+    st = user.json("status", sid, "--site", str(site))
+    assert st["state"] == "idle", st
+    assert "no viewer was connected for 15s" in st["detail"]
