@@ -7,6 +7,7 @@ import json
 import os
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import VENV, User, node_exec, node_user_pids
@@ -91,3 +92,50 @@ def test_autostart_that_exits_or_double_forks(user: User, cleanup_jobs: list[str
     assert user.json("cancel", sid, *SITE)["state"] == "cancelled"
     assert daemons() == [], "a double-forked daemon outlived the desktop"
     assert "leftover descendant" in (sdir / "agent.log").read_text()
+
+
+def test_two_users_race_for_the_last_gpus_of_a_node(user: User, second_user: User,
+                                                   protected_regular: None,
+                                                   cleanup_jobs: list[str]) -> None:
+    """Scenario 8, with fs.protected_regular=1: two users ask at the same moment for the
+    GPUs of gpu01 (all of them, so exactly one can have them); one runs, the other queues.
+    CPU-only desktops of both users run beside the winner: no display or port collides."""
+    gpu = (*SITE, "-G", "2", "--cpus", "1", "--mem", "400M",
+           "--set", "scheduler.extra_args=['--nodelist=gpu01']")
+    cpu = (*SITE, "-G", "0", "--cpus", "1", "--mem", "400M",
+           "--set", "scheduler.extra_args=['--nodelist=gpu01']")
+    runs = [(user, gpu), (second_user, gpu), (user, cpu), (second_user, cpu)]
+    with ThreadPoolExecutor(len(runs)) as pool:
+        subs = list(pool.map(lambda r: r[0].json("submit", *r[1], "--no-wait"), runs))
+    mine = [str(s["session"]) for (who, _), s in zip(runs, subs, strict=True) if who is user]
+    cleanup_jobs.extend(mine)
+    second_sessions = [str(s["session"]) for (who, _), s in zip(runs, subs, strict=True)
+                       if who is second_user]
+    try:
+        with ThreadPoolExecutor(2) as pool:  # the CPU-only desktops come up
+            cpu_ready = list(pool.map(lambda i: runs[i][0].json(
+                "status", str(subs[i]["session"]), *SITE, "--wait", timeout=300), (2, 3)))
+        states: list[dict[str, object]] = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            states = [runs[i][0].json("status", str(subs[i]["session"]), *SITE) for i in (0, 1)]
+            if sorted(str(s["state"]) for s in states) == ["queued", "ready"]:
+                break
+            time.sleep(1)
+        assert sorted(str(s["state"]) for s in states) == ["queued", "ready"], states
+        winner = 0 if states[0]["state"] == "ready" else 1
+        loser = 1 - winner
+        assert "Resources" in str(states[loser]["detail"]) or "Priority" in str(
+            states[loser]["detail"]), states[loser]
+        running = [states[winner], *cpu_ready]
+        assert {str(r["node"]) for r in running} == {"gpu01"}
+        assert len({r["port"] for r in running}) == 3, running
+        assert len({r["display"] for r in running}) == 3, running
+        # The winner leaves: the other user's desktop gets the GPUs.
+        runs[winner][0].json("cancel", str(subs[winner]["session"]), *SITE)
+        after = runs[loser][0].json("status", str(subs[loser]["session"]), *SITE, "--wait",
+                                    timeout=300)
+        assert after["state"] == "ready" and after["node"] == "gpu01"
+    finally:
+        for sid in second_sessions:
+            second_user.run("cancel", sid, *SITE, timeout=90)
