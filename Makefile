@@ -30,7 +30,8 @@ test-unit: setup
 ## HPCDESK_TEST_STRICT: a missing tool fails its test, and any skip but a missing GPU fails the
 ## run (tests/tooling.py).
 test: lint cluster-up
-	HPCDESK_TEST_STRICT=1 $(VENV)/bin/python -m pytest -rs tests
+	HPCDESK_TEST_STRICT=1 $(VENV)/bin/python -m pytest -rs tests; status=$$?; \
+	$(VENV)/bin/python scripts/update-readme-reliability.py; exit $$status
 
 bench: cluster-up
 	$(VENV)/bin/python benchmarks/run.py

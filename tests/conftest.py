@@ -9,8 +9,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest
+from reliability import ReliabilityTable
 from tooling import SkipPolicy
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SkipPolicy(), "hpcdesk-skip-policy")
+    config.pluginmanager.register(ReliabilityTable(), "hpcdesk-reliability")

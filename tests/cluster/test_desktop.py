@@ -144,6 +144,8 @@ def test_bad_input_is_one_clear_error(user: User, args: tuple[str, ...], needle:
     assert set(p.name for p in user.sessions_root().iterdir()) == sessions_before
 
 
+@pytest.mark.reliability("S9 isolation from a second user",
+                          "no password in files, /proc, node /tmp, Slurm output; 401")
 def test_injection_is_literal_and_password_stays_secret(user: User, tmp_path: Path,
                                                         cleanup_jobs: list[str]) -> None:
     marker = user.home / "INJECTED"
@@ -192,6 +194,8 @@ def test_status_list_logs(user: User, cleanup_jobs: list[str]) -> None:
     assert "URL:" in human and "password:" in human
 
 
+@pytest.mark.reliability("S7 Ctrl-C during submit (held)",
+                          "exit 130, the job keeps running and can be reattached")
 def test_ctrl_c_leaves_job_running(user: User, cleanup_jobs: list[str]) -> None:
     """Ctrl-C while submit waits. The job is held in the queue on purpose (sbatch --hold) and
     the interrupt comes only once submit has said so, however fast or slow the machine."""

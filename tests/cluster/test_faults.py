@@ -60,6 +60,8 @@ def squeue_state(job: str) -> str:
     return _run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip()
 
 
+@pytest.mark.reliability("S3 node agent SIGKILLed",
+                          "no desktop process outlives the job; status says what happened")
 def test_agent_killed_leaves_no_desktop_process(user: User, cleanup_jobs: list[str]) -> None:
     """Scenario 3: the agent is SIGKILLed; nothing of the desktop outlives the job, and
     status says what happened."""
@@ -95,6 +97,8 @@ def child_named(agent: int, word: str) -> int:
     raise AssertionError(f"no child {word!r} of the agent {agent}")
 
 
+@pytest.mark.reliability("S4 web UI or X server crashes after ready",
+                          "web UI restarted (3x) with the same URL and password; X crash ends the job with the reason")
 def test_web_ui_crash_restarts_with_same_url_then_x_crash_ends(user: User,
                                                                 cleanup_jobs: list[str]) -> None:
     """Scenario 4: a crashed web UI comes back on the same URL with the same password, a
@@ -138,6 +142,8 @@ def _status(url: str, creds: tuple[str, str]) -> int:
         return 0
 
 
+@pytest.mark.reliability("S7 scancel during startup",
+                          "clear error, logs kept, nothing left running")
 def test_scancel_during_startup(user: User) -> None:
     """Scenario 7: scancel while the desktop starts. Held there deterministically: the web UI
     command never answers, so the agent is in "waiting for the web UI" until it is cancelled."""
@@ -170,6 +176,8 @@ def test_scancel_during_startup(user: User) -> None:
     assert not (sdir / "connection.json").exists()
 
 
+@pytest.mark.reliability("S6 idle timeout",
+                          "a viewer keeps it alive; without one the job ends, GPU freed, reason recorded")
 def test_idle_timeout_ends_a_desktop_nobody_watches(user: User, cleanup_jobs: list[str]) -> None:
     """Scenario 6: the site's idle timeout (15 s here). A connected viewer keeps the desktop
     alive well past it; once the viewer leaves, the job ends, the GPU is free again, and the

@@ -54,6 +54,8 @@ SNOOP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.reliability("S9 isolation from a second user",
+                          "no password in files, /proc, node /tmp, Slurm output; 401")
 def test_second_user_cannot_get_in(user: User, second_user: User,
                                    cleanup_jobs: list[str]) -> None:
     data = user.json("submit", *SITE)
@@ -92,6 +94,8 @@ def _sha256(der: bytes) -> str:
     return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
 
 
+@pytest.mark.reliability("S10 HTTPS without credentials",
+                          "401, with a provided and with a generated certificate (fingerprint shown)")
 def test_https_never_answers_200_without_credentials(user: User, cleanup_jobs: list[str]) -> None:
     # A generated certificate: hpcdesk shows its fingerprint, and that is what is served.
     gen = user.json("submit", *SITE)

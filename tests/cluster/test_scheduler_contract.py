@@ -127,6 +127,8 @@ def test_cancel_ends_the_job_and_is_idempotent(user: User, backend: str,
     assert again.returncode == 0, again.stderr
 
 
+@pytest.mark.reliability("S5 time limit",
+                          "warning ahead (status, on screen), clean stop at the early signal, final state timeout")
 def test_time_limit_signal_reaches_the_desktop(user: User, backend: str,
                                                cleanup_jobs: list[str]) -> None:
     """A 2-minute job warned 60 s before its end: Slurm sends the warning about a minute
@@ -209,6 +211,8 @@ def controller_down() -> Iterator[None]:
         assert up.returncode == 0, up.stderr
 
 
+@pytest.mark.reliability("S7 controller down from the start",
+                          "clear error (exit 3), nothing left behind")
 def test_controller_down_is_a_clear_error_and_leaves_nothing(
         user: User, controller_down: None) -> None:
     for name in BACKENDS:
@@ -221,6 +225,8 @@ def test_controller_down_is_a_clear_error_and_leaves_nothing(
         assert {p.name for p in user.sessions_root().iterdir()} == before
 
 
+@pytest.mark.reliability("D3 a job that can never start",
+                          "refused before sbatch, or the wait ends at once with cause and fix; cancelled or kept")
 def test_a_job_that_can_never_start_ends_the_wait(user: User, backend: str,
                                                   cleanup_jobs: list[str]) -> None:
     """Issue 12 defect 3: the partition's MaxTime is 8 h. Checked before sbatch; and when the
@@ -249,6 +255,8 @@ def test_a_job_that_can_never_start_ends_the_wait(user: User, backend: str,
             assert state in ("", "CANCELLED") and f"job {m[2]} was cancelled" in proc.stderr
 
 
+@pytest.mark.reliability("D4 sbatch times out",
+                          "the tagged job is found and followed; never a duplicate or an orphan")
 def test_a_submitted_job_is_found_by_its_tag(user: User, backend: str,
                                              cleanup_jobs: list[str]) -> None:
     """Issue 12 defect 4: each backend finds a job by the tag in its script's --comment."""
@@ -262,6 +270,8 @@ def test_a_submitted_job_is_found_by_its_tag(user: User, backend: str,
     assert proc.stdout.strip() == job
 
 
+@pytest.mark.reliability("D4 sbatch times out",
+                          "the tagged job is found and followed; never a duplicate or an orphan")
 @pytest.mark.parametrize("queues", [True, False])
 def test_sbatch_that_times_out_leaves_no_orphan(user: User, cleanup_jobs: list[str],
                                                 queues: bool) -> None:

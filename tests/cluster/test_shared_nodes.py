@@ -54,6 +54,8 @@ HOSTILE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.reliability("D1 node-wide claims on a shared node",
+                          "ports and displays claimed without any file another user owns or can block")
 def test_claims_ignore_hostile_lock_files_of_another_user(user: User, second_user: User,
                                                          protected_regular: None) -> None:
     env = ["env", f"A={user.name}", f"B={second_user.name}", f"PY={VENV / 'bin/python'}",
@@ -66,6 +68,8 @@ def test_claims_ignore_hostile_lock_files_of_another_user(user: User, second_use
     assert len(set(a["displays"] + b["displays"])) == 4, (a, b)
 
 
+@pytest.mark.reliability("D2 an autostart program exits",
+                          "logged; the desktop stays up")
 def test_autostart_that_exits_or_double_forks(user: User, cleanup_jobs: list[str]) -> None:
     """`sh -c true` exits at once and a daemon double-forks away: the desktop stays up, both
     are logged, and after cancel the daemon is gone with the job."""
@@ -94,6 +98,8 @@ def test_autostart_that_exits_or_double_forks(user: User, cleanup_jobs: list[str
     assert "leftover descendant" in (sdir / "agent.log").read_text()
 
 
+@pytest.mark.reliability("S8 two users race for the last GPUs of a node",
+                          "one runs, one queues; no display or port collides (fs.protected_regular=1)")
 def test_two_users_race_for_the_last_gpus_of_a_node(user: User, second_user: User,
                                                    protected_regular: None,
                                                    cleanup_jobs: list[str]) -> None:

@@ -27,3 +27,22 @@ def test_example_sites_validate(site: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     loaded = config.load(str(site))
     assert loaded.site_path == site
+
+
+def test_reliability_table_rows_are_the_marked_scenarios() -> None:
+    """README's Reliability rows are written from a test run (scripts/update-readme-
+    reliability.py): each names a scenario that tests are marked with, and each marked
+    scenario has its row."""
+    import re
+
+    marked = set()
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        marked |= set(re.findall(r'@pytest\.mark\.reliability\(\s*"([^"]+)"', path.read_text()))
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- reliability:begin -->", 1)[1].split("<!-- reliability:end -->")[0]
+    rows = {line.split("|")[1].strip() for line in block.splitlines()
+            if line.startswith("| ") and not line.startswith("| scenario")}
+    assert marked, "no test is marked as a reliability scenario"
+    assert rows == marked, "run the tests, then scripts/update-readme-reliability.py"
+    assert all("| passed |" in line or "FAILED" in line for line in block.splitlines()
+               if line.startswith("| ") and not line.startswith("| scenario"))

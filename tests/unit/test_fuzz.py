@@ -126,6 +126,8 @@ extra_args = st.lists(st.builds(lambda n, v: f"--{n}={v}", st.text(
     lambda xs: "[" + ", ".join(repr(x) for x in xs) + "]")
 
 
+@pytest.mark.reliability("S11 fuzzed config files and CLI values (2,200)",
+                          "valid or one clear error; no value ever runs")
 @FUZZ
 @given(pairs=st.lists(st.one_of(
     st.tuples(st.one_of(st.sampled_from(KEYS), texts), texts),
@@ -139,6 +141,8 @@ def test_fuzzed_command_line_values(sandbox: Path, pairs: list[tuple[str, str]])
         _run_job_script(loaded, sandbox)
 
 
+@pytest.mark.reliability("S11 fuzzed config files and CLI values (2,200)",
+                          "valid or one clear error; no value ever runs")
 @FUZZ
 @given(doc=st.one_of(
     st.dictionaries(st.sampled_from([k.split(".")[0] for k in KEYS]) | texts,

@@ -8,6 +8,8 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from hpcdesk.notify import Listener, Notifier, sign, verify
 
 
@@ -106,6 +108,8 @@ def _wait_for_event(listener: Listener, deadline_s: float = 20.0) -> list[dict[s
     return []
 
 
+@pytest.mark.reliability("D6 push listener under abuse",
+                          "EMFILE and silent connections handled; real events still arrive")
 def test_listener_survives_running_out_of_file_descriptors(tmp_path: Path) -> None:
     """accept() failing with EMFILE is not a traceback; the listener recovers afterwards."""
     import os
@@ -139,6 +143,8 @@ def test_listener_survives_running_out_of_file_descriptors(tmp_path: Path) -> No
         listener.close()
 
 
+@pytest.mark.reliability("D6 push listener under abuse",
+                          "EMFILE and silent connections handled; real events still arrive")
 def test_silent_connections_are_limited_and_timed_out(tmp_path: Path) -> None:
     listener = Listener(tmp_path, "sess1", "127.0.0.1")
     listener.max_connections = 4

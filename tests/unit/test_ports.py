@@ -65,6 +65,8 @@ def test_a_claim_dies_with_its_holder(scope: str) -> None:
     claim.close()
 
 
+@pytest.mark.reliability("D1 node-wide claims on a shared node",
+                          "ports and displays claimed without any file another user owns or can block")
 def test_claims_use_no_file(scope: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A claim opens no file (so no file another user owns or pre-creates can block it) and
     is a name in the network namespace while held (tests/cluster/test_shared_nodes.py runs

@@ -8,9 +8,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from hpcdesk.node.procs import first_essential_exit, spawn, stop_all
 
 
+@pytest.mark.reliability("D2 an autostart program exits",
+                          "logged; the desktop stays up")
 def test_only_essential_exits_end_the_desktop(tmp_path: Path) -> None:
     log = tmp_path / "desktop.log"
     server = spawn("x server", ["sleep", "60"], {}, log)
@@ -58,6 +62,8 @@ SUBREAPER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.reliability("D7 a daemon double-forks out of the desktop",
+                          "the subreaper agent finds and ends it")
 def test_double_forked_daemon_is_found_and_ended() -> None:
     marker = str(86400 + os.getpid() % 10000)
     proc = subprocess.run([sys.executable, "-c", SUBREAPER, marker], capture_output=True,

@@ -57,6 +57,8 @@ def test_tail_lines_reads_whole_lines_from_the_end(tmp_path: Path) -> None:
     assert tail_lines(tmp_path / "missing.log", 5) == ""
 
 
+@pytest.mark.reliability("D8 hpcdesk list",
+                          "newest session first")
 def test_list_shows_newest_first(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import json
@@ -74,6 +76,8 @@ def test_list_shows_newest_first(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert listed == [s.id for s in reversed(made)]
 
 
+@pytest.mark.reliability("S12 session ids and paths",
+                          "nothing traverses out of the session directory")
 @pytest.mark.parametrize("key", ["", "..", "../x", "/etc", "a/b", "a\nb", ".active", "-x",
                                  "ab..cd/..", "x" * 101, "sess ion", "$(id)"])
 def test_keys_that_could_leave_the_session_root_are_refused(tmp_path: Path, key: str) -> None:
@@ -83,6 +87,8 @@ def test_keys_that_could_leave_the_session_root_are_refused(tmp_path: Path, key:
         find(tmp_path / "sessions", key)
 
 
+@pytest.mark.reliability("S12 session ids and paths",
+                          "nothing traverses out of the session directory")
 def test_node_run_refuses_a_request_naming_another_path(tmp_path: Path) -> None:
     import argparse
 

@@ -82,6 +82,8 @@ class PendingScheduler:
         return ""
 
 
+@pytest.mark.reliability("D3 a job that can never start",
+                          "refused before sbatch, or the wait ends at once with cause and fix; cancelled or kept")
 def test_the_wait_ends_at_the_first_hopeless_reason(tmp_path: Path) -> None:
     sched = PendingScheduler("PartitionTimeLimit")
     w = Waiter(Session(tmp_path), sched, JobRef("1"), TimeoutsConfig(poll_min=0.2, poll_max=0.2),

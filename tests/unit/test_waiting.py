@@ -136,6 +136,8 @@ def test_ready_before_connection_json_is_visible(tmp_path: Path) -> None:
         listener.close()
 
 
+@pytest.mark.reliability("D5 no push channel, phases in one timestamp tick",
+                          "the file fallback still sees every phase and ready")
 def test_two_phases_within_one_timestamp_tick_are_both_seen(tmp_path: Path) -> None:
     """node.json is compared by content: a "failed" written in the same mtime tick as the
     "launching" before it must still end the wait (no push channel here)."""

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Write README.md's "Reliability" table from the last test run's build/reliability.json
+(tests/reliability.py collects it from the tests marked `reliability`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- reliability:begin -->", "<!-- reliability:end -->"
+
+
+def table(rows: dict[str, dict[str, object]]) -> str:
+    lines = ["| scenario | expected | result | tests | last run |", "|---|---|---|---|---|"]
+    for scenario in sorted(rows):
+        row = rows[scenario]
+        tests = ", ".join(f"`{t.split('::')[-1]}`" for t in row["tests"])  # type: ignore[attr-defined]
+        lines.append(f"| {scenario} | {row['expected']} | {row['result']} | {tests} | "
+                     f"{row['at']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    src = Path(os.environ.get("HPCDESK_RELIABILITY_OUT", REPO / "build" / "reliability.json"))
+    if not src.exists():
+        print(f"{src} does not exist: run the tests first (make test)", file=sys.stderr)
+        return 1
+    rows = json.loads(src.read_text())["rows"]
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    readme.write_text(text[:start] + "\n" + table(rows) + "\n" + text[end:])
+    print(f"README.md: {len(rows)} reliability rows from {src}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
