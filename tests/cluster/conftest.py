@@ -7,9 +7,11 @@ the checkout under test (so the nodes run exactly this code).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +30,7 @@ USER = os.environ.get("HPCDESK_DEV_USER", "hpcuser")
 # A second unprivileged user for two-user tests (devcluster.sh up creates it when named).
 USER2 = os.environ.get("HPCDESK_DEV_USER2", f"{USER}b")
 NODE_IPS = {"gpu01": "10.77.0.11", "gpu02": "10.77.0.12"}
+CTLD_PIDFILE = Path("/run/slurmctld-hpcdesk-devcluster.pid")
 
 
 def _run(argv: list[str], timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -98,6 +101,22 @@ def user(installed: Path) -> Iterator[User]:
     yield u
     # Leave no job behind, whatever the tests did.
     _run(["scancel", "-u", USER])
+
+
+@contextlib.contextmanager
+def controller_stopped() -> Iterator[None]:
+    """slurmctld stopped, then started again with its saved state (devcluster.sh up), even
+    if the body fails. The controller is the whole cluster's: keep the body short."""
+    pid = int(CTLD_PIDFILE.read_text())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        up = _run(["bash", str(DEVCLUSTER), "up"], timeout=300)
+        assert up.returncode == 0, up.stderr
 
 
 @pytest.fixture(scope="session")
@@ -190,10 +209,11 @@ def python() -> str:
     return sys.executable
 
 
-def read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
-    """What the process printed on stdout up to and including the line holding `needle`
-    (a reader thread, so a line already buffered is never waited for)."""
-    stream = proc.stdout
+def read_until(proc: subprocess.Popen[str], needle: str, timeout: float,
+               stderr: bool = False) -> str:
+    """What the process printed on stdout (or stderr) up to and including the line holding
+    `needle` (a reader thread, so a line already buffered is never waited for)."""
+    stream = proc.stderr if stderr else proc.stdout
     assert stream is not None
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in iter(stream.readline, "")],

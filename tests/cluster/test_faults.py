@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import User, _run, read_until
+from conftest import User, _run, controller_stopped, read_until
 
 pytestmark = pytest.mark.cluster
 SITE = ("--site", "devcluster")
@@ -213,3 +213,45 @@ def test_idle_timeout_ends_a_desktop_nobody_watches(user: User, cleanup_jobs: li
     st = user.json("status", sid, "--site", str(site))
     assert st["state"] == "idle", st
     assert "no viewer was connected for 15s" in st["detail"]
+
+
+@pytest.mark.reliability("S1 slurmctld down for 30 s while submit waits",
+                         "submit keeps waiting and succeeds; status and list answer; no "
+                         "duplicate job")
+def test_controller_outage_while_waiting(user: User, cleanup_jobs: list[str]) -> None:
+    """The job is held in the queue (sbatch --hold) so submit is waiting on a pending job
+    when slurmctld stops; it is released only after the controller is back."""
+    submit = user.popen("submit", *SITE, "--json", "--set", "scheduler.extra_args=['--hold']")
+    waiter = None
+    try:
+        err_head = read_until(submit, "is queued", timeout=120, stderr=True)
+        m = re.search(r"session (\w+), job (\d+)", err_head)
+        assert m, err_head
+        sid, job = m[1], m[2]
+        cleanup_jobs.append(sid)
+        with controller_stopped():
+            outage = time.monotonic()
+            listed = user.run("list", *SITE, "--json", timeout=120)
+            assert listed.returncode == 0, listed.stderr
+            assert [r["state"] for r in json.loads(listed.stdout) if r["session"] == sid] == [
+                "unknown"]
+            st = user.json("status", sid, *SITE)
+            assert st["state"] == "unknown" and "Traceback" not in json.dumps(st)
+            waiter = user.popen("status", sid, *SITE, "--wait", "--json")
+            wait_for("30 s of outage", lambda: time.monotonic() - outage >= 30, timeout=60)
+            assert submit.poll() is None and waiter.poll() is None  # both still waiting
+        assert _run(["scontrol", "release", job]).returncode == 0
+        out, _ = submit.communicate(timeout=300)  # (stderr is read by read_until's thread)
+        assert submit.returncode == 0, out
+        assert json.loads(out)["state"] == "ready"
+        w_out, w_err = waiter.communicate(timeout=300)
+        assert waiter.returncode == 0, w_err
+        assert json.loads(w_out)["state"] == "ready"
+        tagged = [ln for ln in _run(["squeue", "-h", "-u", user.name, "-o", "%i %k"]
+                                    ).stdout.splitlines() if ln.endswith(f"hpcdesk:{sid}")]
+        assert tagged == [f"{job} hpcdesk:{sid}"]  # one job, not a second one
+    finally:
+        for proc in (submit, waiter):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+

@@ -5,10 +5,8 @@ scripts/build-pyslurm.sh (`make setup`)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -16,14 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DEVCLUSTER, VENV, User, _run, node_user_pids
+from conftest import VENV, User, _run, controller_stopped, node_user_pids
 from tooling import strict
 
 pytestmark = pytest.mark.cluster
 SITE = ("--site", "devcluster")
 BACKENDS = ["slurm-cli", "pyslurm"]
 HELD = ("--set", "scheduler.extra_args=['--hold']")
-CTLD_PIDFILE = Path("/run/slurmctld-hpcdesk-devcluster.pid")
 
 # Runs as the test user with the venv's Python: one backend object, one query for many jobs.
 QUERY = """
@@ -199,16 +196,8 @@ def test_doctor_says_which_backend_and_why(user: User, backend: str) -> None:
 @pytest.fixture
 def controller_down() -> Iterator[None]:
     """slurmctld stopped for the test, started again (with its saved state) afterwards."""
-    pid = int(CTLD_PIDFILE.read_text())
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    try:
+    with controller_stopped():
         yield
-    finally:
-        up = _run(["bash", str(DEVCLUSTER), "up"], timeout=300)
-        assert up.returncode == 0, up.stderr
 
 
 @pytest.mark.reliability("S7 controller down from the start",
