@@ -316,6 +316,9 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
     if cfg.runtime.kind == "apptainer" and not cfg.runtime.image:
         fail("runtime.image", "must name an image (a .sif path or a flavour) for apptainer",
              "runtime.kind")
+    if cfg.desktop.auth == "token" and cfg.runtime.kind != "host":
+        fail("desktop.auth", "token mode needs the host runtime (PyPI Selkies 2.x)",
+             "runtime.kind")
     if cfg.timeouts.poll_max < cfg.timeouts.poll_min:
         fail("timeouts.poll_max", "must not be below timeouts.poll_min", "timeouts.poll_min")
 

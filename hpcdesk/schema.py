@@ -138,6 +138,14 @@ class DesktopConfig:
     https_cert: str | None = opt(None, "PEM certificate for HTTPS (default: a self-signed one "
                                  "made on the node per session).")
     https_key: str | None = opt(None, "PEM key for https_cert.")
+    auth: Literal["basic", "token"] = opt(
+        "basic", "How the browser proves itself to Selkies: basic (user and password) or token "
+        "(a per-session token in the URL fragment, `#token=...`; works through proxies that "
+        "drop the Authorization header, such as Open OnDemand's). Token needs the host runtime.")
+    url_path: str = opt(
+        "/", "Path the web UI is served under; {host} and {port} stand for the published "
+        "address and port (Open OnDemand's /node/{host}/{port}/ proxy keeps its prefix).",
+        pattern=r"/([A-Za-z0-9_.-]+/|\{host\}/|\{port\}/)*")
 
 
 @dataclass
@@ -177,6 +185,34 @@ class TimeoutsConfig:
 
 
 @dataclass
+class OodConfig:
+    """What the Open OnDemand form offers (`hpcdesk ood generate`); site file only."""
+
+    title: str = opt("GPU Desktop", "Name of the app in Open OnDemand's menus.", admin=True,
+                     pattern=r"[A-Za-z0-9 _.()-]{1,64}")
+    proxy: Literal["rnode", "node"] = opt(
+        "rnode", "OOD proxy route: rnode (/rnode/HOST/PORT/, prefix stripped) or node "
+        "(/node/HOST/PORT/, prefix kept; Selkies is told its subfolder).", admin=True)
+    partitions: list[str] = opt(
+        [], "Partitions offered in the form (default: scheduler.partition alone).",
+        item_pattern=r"[A-Za-z0-9_.+-]+", admin=True)
+    accounts: list[str] = opt(
+        [], "Accounts offered in the form (empty: a free field, blank for the default).",
+        item_pattern=r"[A-Za-z0-9_.+-]+", admin=True)
+    gpu_types: list[str] = opt(
+        [], "GPU types offered (--gres=gpu:TYPE:N); empty: no type choice.",
+        item_pattern=r"[A-Za-z0-9_.+-]+", admin=True)
+    max_gpus: int = opt(1, "Most GPUs a user may ask for in the form.", min=0, max=16,
+                        admin=True)
+    max_hours: int = opt(8, "Longest time limit offered in the form, in hours.", min=1,
+                         max=720, admin=True)
+    resolutions: list[str] = opt(
+        ["1280x720", "1920x1080", "2560x1440", "3840x2160"],
+        "Screen sizes offered in the form (WIDTHxHEIGHT).", item_pattern=r"\d{3,4}x\d{3,4}",
+        admin=True)
+
+
+@dataclass
 class SiteConfig:
     name: str = opt("default", "Site name shown to users.", pattern=r"[A-Za-z0-9_.-]+")
     session_root: str = opt(
@@ -188,6 +224,7 @@ class SiteConfig:
     desktop: DesktopConfig = field(default_factory=DesktopConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    ood: OodConfig = field(default_factory=OodConfig)
 
 
 CHECKS = {"slurm_time": slurm_time_seconds}

@@ -9,7 +9,7 @@ from typing import Any
 
 from hpcdesk.phases import FAILED, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
-from hpcdesk.session import Session, now
+from hpcdesk.session import Session, browser_link, now
 
 
 @dataclass
@@ -33,7 +33,8 @@ class SessionStatus:
             out["url"] = conn.get("url")
             out["tls_fingerprint"] = conn.get("tls_fingerprint")
             if with_secrets:
-                out.update(user=conn.get("user"), password=conn.get("password"))
+                out.update(user=conn.get("user"), password=conn.get("password"),
+                           url=browser_link(conn), token=conn.get("token"))
         return out
 
 

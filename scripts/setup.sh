@@ -24,6 +24,7 @@ APT_PACKAGES=(
   # `hpcdesk tunnel` tests: their own OpenSSH servers (keys; PAM TOTP through libpam-oath,
   # codes from oathtool); no system sshd is started (service starts are denied below).
   openssh-server openssh-client libpam-oath oathtool
+  ruby        # `hpcdesk ood generate` tests: the real ood_core renders the batch connect app
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -122,6 +122,11 @@ class Agent:
         self.state["workdir"] = str(self.workdir)  # node-local: X socket dirs, container /tmp
         user = req.desktop.user or req.user or getpass.getuser()
         password = secrets.token_urlsafe(18)
+        # Token mode: Selkies gets a master token that never leaves this process and its
+        # child; the browser gets a per-session token provisioned with it (fragment only).
+        token_mode = req.desktop.auth == "token"
+        master_token = secrets.token_urlsafe(32) if token_mode else None
+        url_path = req.desktop.url_path.replace("{host}", host).replace("{port}", str(port))
         tls_files = (tls.prepare(self.workdir, [host, bind_addr], req.desktop.https_cert,
                                  req.desktop.https_key) if req.desktop.https else None)
         plan = DesktopPlan(request=req, session_dir=self.dir, workdir=self.workdir,
@@ -130,7 +135,8 @@ class Agent:
                            xorg_driver=gpu.xorg_driver, bus_id=gpu.bus_id,
                            gpu_uuid=gpu.device.uuid if gpu.device else None,
                            tls_cert=tls_files.cert if tls_files else None,
-                           tls_key=tls_files.key if tls_files else None)
+                           tls_key=tls_files.key if tls_files else None,
+                           master_token=master_token, url_path=url_path)
         self.phase(LAUNCHING, f"starting the desktop ({req.runtime.kind} runtime)",
                    port=port, host=host)
         deadline = time.monotonic() + req.start_timeout
@@ -141,12 +147,14 @@ class Agent:
         self.phase(WAITING, f"desktop on display {started.display}; waiting for the web UI",
                    display=started.display,
                    xauthority=str(started.xauthority) if started.xauthority else None)
-        self.wait_healthy(plan, started, deadline)
+        session_token = self.wait_healthy(plan, started, deadline)
         self.mark("healthy")
         scheme = "https" if req.desktop.https else "http"
         connection = {
-            "session": req.session_id, "url": f"{scheme}://{host}:{port}/", "host": host,
-            "port": port, "user": user, "password": password, "display": started.display,
+            "session": req.session_id, "url": f"{scheme}://{host}:{port}{url_path}",
+            "host": host, "port": port, "path": url_path, "auth": req.desktop.auth,
+            "user": None if token_mode else user, "password": None if token_mode else password,
+            "token": session_token, "display": started.display,
             "node": self.state["node"], "interface": req.desktop.interface,
             "encoder": gpu.encoder, "encoder_reason": gpu.encoder_reason,
             "tls": tls_files.kind if tls_files else None,
@@ -159,7 +167,9 @@ class Agent:
         self.phase(READY, f"desktop ready at {connection['url']}")
         return connection
 
-    def wait_healthy(self, plan: DesktopPlan, started: Started, deadline: float) -> None:
+    def wait_healthy(self, plan: DesktopPlan, started: Started, deadline: float) -> str | None:
+        """Wait until the web UI is ready and protected; in token mode provision and return
+        the session token. Ready never means a desktop an anonymous client can stream."""
         https = plan.request.desktop.https
         probe_host = plan.bind_addr if plan.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
         delay = 0.05
@@ -168,14 +178,21 @@ class Agent:
             for child in self.children:
                 if not child.alive():
                     raise StartError("the desktop failed to start: " + child.describe_exit())
-            status = health.http_status(probe_host, plan.web_port, plan.user, plan.password,
-                                        https=https, timeout=1.0)
-            if status == 200:
+            if plan.master_token:
+                status = health.http_status(probe_host, plan.web_port, None, None, https=https,
+                                            timeout=1.0, path=plan.url_path)
+                token = self._token_ready(plan, probe_host) if status == 200 else None
+                if token:
+                    return token
+            else:
+                status = health.http_status(probe_host, plan.web_port, plan.user,
+                                            plan.password, https=https, timeout=1.0)
+            if status == 200 and not plan.master_token:
                 anon = health.http_status(probe_host, plan.web_port, None, None, https=https)
                 if anon != 401:
                     raise StartError(f"the web UI answered {anon} without credentials (expected "
                                      "401): refusing to publish an unprotected desktop")
-                return
+                return None
             if time.monotonic() > heartbeat:
                 heartbeat = time.monotonic() + HEARTBEAT
                 self.phase(self.state["phase"], self.state.get("detail", ""))
@@ -185,6 +202,26 @@ class Agent:
                     f"{plan.request.start_timeout}s (last status: {status or 'no answer'})")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
+
+    def _token_ready(self, plan: DesktopPlan, probe_host: str) -> str | None:
+        """Token mode, once the page answers: an anonymous WebSocket must be refused (401),
+        then a session token is provisioned. None: not ready yet (Selkies still starting)."""
+        assert plan.master_token is not None
+        https = plan.request.desktop.https
+        ws = health.anonymous_websocket_status(probe_host, plan.web_port,
+                                               plan.url_path + "api/websockets", https=https)
+        if ws == 101:
+            raise StartError("the web UI accepted a WebSocket without a token: refusing to "
+                             "publish a desktop that streams to anyone")
+        if ws != 401:
+            return None
+        token = secrets.token_urlsafe(24)
+        status = health.provision_token(probe_host, plan.web_port, plan.url_path + "api/tokens",
+                                        plan.master_token, token, https=https)
+        if status != 200:
+            raise StartError(f"Selkies refused the session token (HTTP {status}); is it "
+                             "Selkies 2.x with token support?")
+        return token
 
     def supervise(self) -> None:
         while True:

@@ -167,6 +167,23 @@ class Chromium:
             await page.call("Page.navigate", url=url)
         self._run(steps)
 
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page (JSON-serialisable results)."""
+        async def steps(page: _Page) -> Any:
+            result = await page.call("Runtime.evaluate", expression=expression,
+                                     returnByValue=True)
+            return dict(result.get("result", {})).get("value")  # type: ignore[call-overload]
+        return self._run(steps)
+
+    def wait_until(self, expression: str, timeout: float = 60.0) -> bool:
+        """Poll a JavaScript expression until it is truthy (True) or the timeout (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.evaluate(expression):
+                return True
+            time.sleep(0.25)
+        return False
+
     def wait_for(self, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0) -> bool:
         """Screenshot into `out` every second until ok(out) (True) or the timeout (False)."""
         return bool(self._run(lambda page: _until(page, out, ok, timeout)))

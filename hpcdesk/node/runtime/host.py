@@ -42,11 +42,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "DISPLAY": display,
         "SELKIES_ADDR": plan.bind_addr,
         "SELKIES_PORT": str(plan.web_port),
-        "SELKIES_ENABLE_BASIC_AUTH": "true",
-        "SELKIES_BASIC_AUTH_USER": plan.user,
-        # The password reaches Selkies only through this process's environment (readable by
-        # the user and root alone), never through argv, the job script or the job's env.
-        "SELKIES_BASIC_AUTH_PASSWORD": plan.password,
+        **_auth_env(plan),
         "SELKIES_ENCODER": encoder,
         "SELKIES_USE_CPU": use_cpu,
         "SELKIES_FRAMERATE": str(d.framerate),
@@ -59,6 +55,24 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
     }
     if plan.tls_cert and plan.tls_key:
         env["SELKIES_HTTPS_CERT"], env["SELKIES_HTTPS_KEY"] = str(plan.tls_cert), str(plan.tls_key)
+    return env
+
+
+def _auth_env(plan: DesktopPlan) -> dict[str, str]:
+    """Selkies' auth settings. Secrets reach Selkies only through this process's environment
+    (readable by the user and root alone), never through argv, the job script or the job's env.
+    """
+    env: dict[str, str] = {}
+    if plan.url_path != "/":
+        env["SELKIES_SUBFOLDER"] = plan.url_path
+    if plan.master_token:
+        # Token mode: no basic auth; the master token guards /api/tokens, and every
+        # WebSocket must present a session token that the agent provisioned there.
+        env.update({"SELKIES_ENABLE_BASIC_AUTH": "false",
+                    "SELKIES_MASTER_TOKEN": plan.master_token})
+        return env
+    env.update({"SELKIES_ENABLE_BASIC_AUTH": "true", "SELKIES_BASIC_AUTH_USER": plan.user,
+                "SELKIES_BASIC_AUTH_PASSWORD": plan.password})
     return env
 
 

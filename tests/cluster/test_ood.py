@@ -1,0 +1,373 @@
+"""Issue 13 acceptance: the Open OnDemand app that `hpcdesk ood generate` writes, rendered by
+the real ood_core batch connect template (Ruby), submitted to the dev cluster, and opened by
+headless Chromium through nginx configured as OOD's /rnode/ proxy.
+
+What stands in for OOD's dashboard is tests/cluster/ood_dashboard.rb: it renders the app's ERB
+files with Ruby's ERB as the dashboard does and builds the batch script with ood_core's own
+`Factory.build_basic`; the job goes to the real Slurm as the test user. OOD's proxy is Debian's
+nginx with OOD's /rnode/ rules (prefix stripped, WebSocket upgrade, Authorization removed).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import browser
+import pytest
+import yaml
+from conftest import NODE_IPS, REPO, VENV, User, _run, colour_fraction, node_exec, node_user_pids
+from tooling import require
+
+pytestmark = pytest.mark.cluster
+SITE = "devcluster"
+GREEN = (0x13, 0xA8, 0x6B)
+OOD_CORE = Path(os.environ.get("OOD_CORE_DIR") or REPO.parent / "shared/vendor/ood_core")
+DASHBOARD = REPO / "tests/cluster/ood_dashboard.rb"
+FORM = {"hpcdesk_partition": "gpu", "hpcdesk_account": "", "hpcdesk_hours": "1",
+        "hpcdesk_gpus": "1", "hpcdesk_gpu_type": "", "hpcdesk_resolution": "1280x720",
+        "hpcdesk_interface": "selkies", "hpcdesk_encoder": "auto"}
+
+# OOD's /rnode/HOST/PORT/... proxy (ood-portal-generator's rules, in nginx): the prefix is
+# stripped, WebSockets are upgraded, and the Authorization header does not reach the app.
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+  access_log {prefix}/access.log;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location ~ ^/rnode/(?<node_host>[A-Za-z0-9.-]+)/(?<node_port>[0-9]+)(?<node_uri>/.*)?$ {{
+      set $target_uri $node_uri;
+      if ($target_uri = "") {{ set $target_uri "/"; }}
+      proxy_pass http://$node_host:$node_port$target_uri$is_args$args;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $http_host;
+      proxy_set_header Authorization "";
+      proxy_buffering off;
+      proxy_read_timeout 3600s;
+    }}
+  }}
+}}
+"""
+
+
+def as_user(user: User, *argv: str, stdin: str | None = None, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    extra = [f"{k}={v}" for k, v in (env or {}).items()]
+    return _run(["runuser", "-u", user.name, "--", "env", f"HOME={user.home}",
+                 f"USER={user.name}", f"LOGNAME={user.name}",
+                 f"PATH={VENV / 'bin'}:/usr/bin:/bin", *extra, *argv],
+                input=stdin, timeout=timeout, cwd="/")
+
+
+@pytest.fixture(scope="module")
+def app(user: User) -> Path:
+    require("ruby", package="ruby")
+    out = user.home / "ood-apps" / "hpcdesk"
+    proc = user.run("ood", "generate", "--site", SITE, "--out", str(out), "--force",
+                    "--hpcdesk", str(VENV / "bin/hpcdesk"), "--json", check=True)
+    assert json.loads(proc.stdout)["out"] == str(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ood_core(user: User, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The harness and ood_core where the test user can read them."""
+    if not (OOD_CORE / "lib/ood_core").is_dir():
+        pytest.fail(f"ood_core sources not found at {OOD_CORE} (set OOD_CORE_DIR)")
+    where = user.home / "ood-core-test"
+    shutil.rmtree(where, ignore_errors=True)
+    shutil.copytree(OOD_CORE, where / "ood_core")
+    shutil.copy(DASHBOARD, where / "ood_dashboard.rb")
+    _run(["chown", "-R", f"{user.name}:", str(where)])
+    return where
+
+
+def dashboard(user: User, core: Path, action: str, app: Path, work: Path,
+              form: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return as_user(user, "ruby", str(core / "ood_dashboard.rb"), action, str(app), str(work),
+                   stdin=json.dumps(form or {}), env={"OOD_CORE_DIR": str(core / "ood_core")})
+
+
+def new_work_dir(user: User) -> Path:
+    # Where the dashboard stages a session: ~/ondemand/data/sys/dashboard/batch_connect/...
+    return (user.home / "ondemand/data/sys/dashboard/batch_connect/sys/hpcdesk/output"
+            / str(uuid.uuid4()))
+
+
+def sbatch(user: User, script: Path, native: list[str], work: Path) -> str:
+    # ood_core's Slurm adapter puts the shell line in front of the template's content and
+    # passes the app's native arguments to sbatch; the script goes in on stdin.
+    content = "#!/bin/bash\n" + script.read_text()
+    proc = as_user(user, "sbatch", "--parsable", f"--output={work}/output.log",
+                   "--job-name=sys/dashboard/sys/hpcdesk", *native, stdin=content)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def wait_for_file(path: Path, job: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        state = _run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip()
+        log = path.parent / "output.log"
+        assert state or path.exists(), \
+            f"job {job} ended without {path.name}:\n{log.read_text() if log.exists() else ''}"
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout}s (job {state})"
+        time.sleep(0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def proxy(user: User, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """nginx as OOD's proxy, unprivileged, on a loopback port: (base URL, access log)."""
+    require("nginx", package="nginx")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    prefix = user.home / f"ood-proxy-{tmp_path.name}"
+    shutil.rmtree(prefix, ignore_errors=True)
+    prefix.mkdir()
+    port = free_port()
+    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=port))
+    _run(["chown", "-R", f"{user.name}:", str(prefix)])
+    proc = subprocess.Popen(["runuser", "-u", user.name, "--", nginx, "-p", str(prefix),
+                             "-e", str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, f"nginx did not start: {proc.stderr.read() if proc.stderr else ''}"
+            assert time.monotonic() < deadline, "nginx did not listen within 30 s"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", prefix / "access.log"
+    finally:
+        pid = (prefix / "nginx.pid").read_text().strip() if (prefix / "nginx.pid").exists() else ""
+        if pid:
+            _run(["kill", "-QUIT", pid])
+        proc.terminate()
+        proc.wait(20)
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def ws_status(base: str, path: str, token: str | None) -> int:
+    """Status of a WebSocket upgrade through the proxy (101: it would stream)."""
+    host, port = base.removeprefix("http://").split(":")
+    headers = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
+               "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+               "Sec-WebSocket-Key: " + base64.b64encode(secrets.token_bytes(16)).decode()]
+    if token:  # the carrier the page uses for a fragment token: a subprotocol, not the URL
+        enc = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+        headers.append(f"Sec-WebSocket-Protocol: selkies, selkies.token.{enc}")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
+        first = s.recv(4096).decode(errors="replace").split("\r\n", 1)[0]
+    return int(first.split()[1])
+
+
+def test_generated_app_is_complete_and_parses(app: Path) -> None:
+    names = {str(p.relative_to(app)) for p in app.rglob("*") if p.is_file()}
+    assert names == {"manifest.yml", "form.yml", "submit.yml.erb", "view.html.erb", "icon.png",
+                     "template/before.sh.erb", "template/script.sh.erb",
+                     "template/after.sh.erb"}
+    manifest = yaml.safe_load((app / "manifest.yml").read_text())
+    assert manifest["role"] == "batch_connect" and manifest["category"] == "Interactive Apps"
+    form = yaml.safe_load((app / "form.yml").read_text())
+    assert form["form"] == list(FORM)
+    attrs = form["attributes"]
+    assert attrs["hpcdesk_partition"]["options"] == [["gpu", "gpu"]]  # the site's partition
+    assert attrs["hpcdesk_hours"]["max"] == 8 and attrs["hpcdesk_gpus"]["max"] == 1
+    assert [o[0] for o in attrs["hpcdesk_interface"]["options"]] == ["selkies"]
+    from PIL import Image
+
+    with Image.open(app / "icon.png") as icon:
+        assert icon.size == (64, 64)
+    # No port finding of OOD's: the agent picks the port.
+    code = [line for p in (app / "template").iterdir() for line in p.read_text().splitlines()
+            if not line.lstrip().startswith("#")]
+    assert not [line for line in code if "find_port" in line]
+
+
+def test_ood_session_through_the_proxy(user: User, app: Path, ood_core: Path,
+                                       proxy: tuple[str, Path], tmp_path: Path) -> None:
+    require("chromium", package="chromium")
+    base, access_log = proxy
+    work = new_work_dir(user)
+    rendered = dashboard(user, ood_core, "submit", app, work, FORM)
+    assert rendered.returncode == 0, rendered.stderr
+    submit = json.loads(rendered.stdout)
+    assert "--partition=gpu" in submit["native"] and "--gres=gpu:1" in submit["native"]
+    script = Path(submit["script"])
+    assert "OodCore" not in script.read_text() and "create_yml" in script.read_text()
+    t0 = time.monotonic()
+    job = sbatch(user, script, submit["native"], work)
+    conn_yml = work / "connection.yml"
+    try:
+        wait_for_file(conn_yml, job)
+        ready_after = time.monotonic() - t0
+        assert conn_yml.stat().st_mode & 0o777 == 0o600  # OOD's create_yml: umask 077
+        conn = yaml.safe_load(conn_yml.read_text())
+        token, host, port = str(conn["token"]), str(conn["host"]), int(conn["port"])
+        assert len(token) >= 30 and host in NODE_IPS.values()
+        view = dashboard(user, ood_core, "view", app, work)
+        assert view.returncode == 0, view.stderr
+        href = re.search(r'href="([^"]+)"', view.stdout)
+        assert href, view.stdout
+        link = href.group(1)
+        assert link == f"/rnode/{host}/{port}/#token={token}"
+
+        # The session is an ordinary hpcdesk session: list, status, and what tunnel reads.
+        sid = str(conn["hpcdesk_session"])
+        listed = user.json("list", "--site", SITE)
+        assert any(s["session"] == sid and s["state"] == "ready" and s["job_id"] == job
+                   for s in listed), listed
+        status = user.json("status", sid, "--site", SITE)
+        assert status["state"] == "ready" and status["url"].endswith(f"/#token={token}")
+        from hpcdesk.laptop.endpoint import Endpoint
+
+        ep = Endpoint.from_status(status)
+        assert ep.target == (host, port) and ep.local_url(5000).endswith(f"#token={token}")
+
+        # Through the proxy: an anonymous WebSocket is refused, the token's is accepted.
+        assert ws_status(base, f"/rnode/{host}/{port}/api/websockets", None) == 401
+        assert ws_status(base, f"/rnode/{host}/{port}/api/websockets", token) == 101
+
+        # A window of a known colour on the desktop, placed from the node itself.
+        node_state = json.loads((user.sessions_root() / sid / "node.json").read_text())
+        node = str(node_state["node"])
+        xterm = node_exec(node, "runuser", "-u", user.name, "--", "env",
+                          f"DISPLAY={node_state['display']}",
+                          f"XAUTHORITY={node_state['xauthority']}", "sh", "-c",
+                          'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
+                          "xterm", "-bg", "#13a86b", "-geometry", "200x80+0+0")
+        assert xterm.returncode == 0, xterm.stderr
+        with browser.Chromium() as chromium:
+            t1 = time.monotonic()
+            chromium.open(base + link)
+            shot = tmp_path / "ood-desktop.png"
+            seen = chromium.wait_for(shot, lambda png: colour_fraction(png, GREEN) > 0.10)
+            assert seen, f"the desktop is not visible through the proxy (last: {shot})"
+            shown_after = time.monotonic() - t1
+        # The same link without its fragment token: the page loads, but no desktop streams.
+        with browser.Chromium() as chromium:
+            chromium.open(base + link.split("#")[0])
+            assert chromium.wait_until("document.readyState === 'complete'")
+            shot = tmp_path / "ood-no-token.png"
+            window = max(20.0, 3 * shown_after)
+            leaked = chromium.wait_for(shot, lambda png: colour_fraction(png, GREEN) > 0.02,
+                                       timeout=window)
+            assert not leaked, f"a desktop showed without the token ({shot})"
+
+        # The token is in connection.yml/connection.json only: not in the job script, the
+        # form, any log, the proxy's log, Slurm's view of the job or a command line.
+        sdir = user.sessions_root() / sid
+        for path in [*work.iterdir(), *sdir.iterdir()]:
+            if path.is_file() and path.name not in ("connection.yml", "connection.json"):
+                assert token not in path.read_text(errors="replace"), path
+        assert token not in access_log.read_text()
+        assert f"/rnode/{host}/{port}/" in access_log.read_text()
+        assert token not in _run(["scontrol", "show", "job", "-dd", job]).stdout
+        assert token not in _run(["ps", "-eww", "-o", "args"]).stdout
+        agent_pid = node_state["agent_pid"]
+        assert token not in Path(f"/proc/{agent_pid}/environ").read_bytes().decode(
+            errors="replace")
+        print(f"ood: connection.yml after {ready_after:.1f}s, desktop through the proxy after "
+              f"{shown_after:.1f}s")
+    finally:
+        _run(["scancel", job])
+    deadline = time.monotonic() + 60
+    while _run(["squeue", "-h", "-j", job]).stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _run(["squeue", "-h", "-j", job]).stdout.strip()
+    deadline = time.monotonic() + 30
+    while node_user_pids(node) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert node_user_pids(node) == []
+
+
+# The bad inputs of tests/cluster/test_desktop.py::test_bad_input_is_one_clear_error, sent
+# through the form's fields (the form has no free-form keys: a key it lacks is refused too).
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("hpcdesk_resolution", "wide", "is not WIDTHxHEIGHT"),
+    ("hpcdesk_resolution", "0x0", "desktop.width: 0 is out of range"),
+    ("hpcdesk_resolution", "100000x1", "desktop.width: 100000 is out of range"),
+    ("hpcdesk_hours", "-5", "is not a Slurm time"),
+    ("hpcdesk_hours", "1:xx", "is not a Slurm time"),
+    ("hpcdesk_partition", "nosuchpartition", "invalid partition"),
+    ("hpcdesk_account", "a'b", "scheduler.account"),
+    ("hpcdesk_account", "UTC\n;id", "scheduler.account"),
+    ("hpcdesk_gpus", "99", "more than this site offers"),
+    ("hpcdesk_interface", "vnc", "is not offered"),
+])
+def test_bad_form_value_is_refused_before_sbatch(user: User, app: Path, ood_core: Path,
+                                                 field: str, value: str, needle: str) -> None:
+    def job_ids() -> set[str]:
+        return set(_run(["squeue", "-h", "-u", user.name, "-t", "all", "-o", "%i"]).stdout.split())
+
+    before = job_ids()
+    sessions_before = set(p.name for p in user.sessions_root().iterdir())
+    work = new_work_dir(user)
+    proc = dashboard(user, ood_core, "submit", app, work, {**FORM, field: value})
+    # submit.yml.erb raised: the dashboard shows the message and submits nothing.
+    assert proc.returncode != 0
+    assert needle.lower() in proc.stderr.lower(), proc.stderr
+    assert "hpcdesk: form:" in proc.stderr
+    assert not (work / "job_script.sh").exists()
+    assert job_ids() <= before
+    assert set(p.name for p in user.sessions_root().iterdir()) == sessions_before
+
+
+def test_failed_start_fails_the_ood_session_with_the_agents_reason(
+        user: User, app: Path, ood_core: Path, tmp_path: Path) -> None:
+    """after.sh ends the job with the agent's message when the desktop cannot start."""
+    site = user.home / "ood-broken-site.yaml"
+    devsite = yaml.safe_load((REPO / "site-configs/devcluster.yaml").read_text())
+    devsite["runtime"]["session"] = "/nonexistent/window-manager"
+    site.write_text(yaml.safe_dump(devsite))
+    out = user.home / "ood-apps" / "broken"
+    _run(["chown", f"{user.name}:", str(site)])
+    user.run("ood", "generate", "--site", str(site), "--out", str(out), "--force",
+             "--hpcdesk", str(VENV / "bin/hpcdesk"), check=True)
+    work = new_work_dir(user)
+    rendered = dashboard(user, ood_core, "submit", out, work, FORM)
+    assert rendered.returncode == 0, rendered.stderr
+    submit = json.loads(rendered.stdout)
+    job = sbatch(user, Path(submit["script"]), submit["native"], work)
+    deadline = time.monotonic() + 180
+    while _run(["squeue", "-h", "-j", job]).stdout.strip():
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.5)
+    log = (work / "output.log").read_text()
+    assert "/nonexistent/window-manager" in log, log
+    assert "the desktop did not start" in log
+    assert not (work / "connection.yml").exists()
+    state = _run(["scontrol", "show", "job", "-o", job]).stdout
+    assert "JobState=FAILED" in state and "ExitCode=1:0" in state, state
