@@ -73,7 +73,12 @@ def generate(loaded: LoadedConfig, site_arg: str, out: Path, cluster: str | None
                          "scheduler.partition in the site file")
     if out.exists() and any(out.iterdir()) and not force:
         raise UsageError(f"{out} exists and is not empty", hint="pass --force to overwrite")
-    argv = shlex.split(hpcdesk_command) if hpcdesk_command else agent_argv(cfg)
+    try:
+        argv = shlex.split(hpcdesk_command) if hpcdesk_command else agent_argv(cfg)
+    except ValueError as exc:
+        raise UsageError(f"--hpcdesk {hpcdesk_command!r}: {exc}") from None
+    if not argv:
+        raise UsageError("--hpcdesk: empty command")
     context = {
         "version": __version__, "site": cfg.name, "site_arg": site_arg,
         "title": cfg.ood.title, "cluster": cluster or cfg.scheduler.cluster or cfg.name,

@@ -22,12 +22,21 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import browser
 import pytest
 import yaml
-from conftest import NODE_IPS, REPO, VENV, User, _run, colour_fraction, node_exec, node_user_pids
+from conftest import (
+    NODE_IPS,
+    REPO,
+    VENV,
+    User,
+    _run,
+    colour_fraction,
+    http_status,
+    node_exec,
+    node_user_pids,
+)
 from tooling import require
 
 pytestmark = pytest.mark.cluster
@@ -276,15 +285,17 @@ def test_ood_session_through_the_proxy(user: User, app: Path, ood_core: Path,
             seen = chromium.wait_for(shot, lambda png: colour_fraction(png, GREEN) > 0.10)
             assert seen, f"the desktop is not visible through the proxy (last: {shot})"
             shown_after = time.monotonic() - t1
-        # The same link without its fragment token: the page loads, but no desktop streams.
+        # The same link without its fragment token: the page loads, its WebSocket is refused
+        # (the page says so), and no desktop is shown.
         with browser.Chromium() as chromium:
             chromium.open(base + link.split("#")[0])
-            assert chromium.wait_until("document.readyState === 'complete'")
+            assert chromium.wait_until(
+                "document.body && document.body.innerText.includes('WebSocket disconnected')")
             shot = tmp_path / "ood-no-token.png"
-            window = max(20.0, 3 * shown_after)
-            leaked = chromium.wait_for(shot, lambda png: colour_fraction(png, GREEN) > 0.02,
-                                       timeout=window)
-            assert not leaked, f"a desktop showed without the token ({shot})"
+            assert not chromium.wait_for(shot, lambda png: colour_fraction(png, GREEN) > 0.02,
+                                         timeout=0), f"a desktop showed without the token ({shot})"
+        assert re.search(rf'"GET /rnode/{re.escape(host)}/{port}/api/websockets[^"]*" 401 ',
+                         access_log.read_text()), "the token-less WebSocket was not refused"
 
         # The token is in connection.yml/connection.json only: not in the job script, the
         # form, any log, the proxy's log, Slurm's view of the job or a command line.
@@ -371,3 +382,48 @@ def test_failed_start_fails_the_ood_session_with_the_agents_reason(
     assert not (work / "connection.yml").exists()
     state = _run(["scontrol", "show", "job", "-o", job]).stdout
     assert "JobState=FAILED" in state and "ExitCode=1:0" in state, state
+
+
+def test_cli_token_mode(user: User, cleanup_jobs: list[str], tmp_path: Path) -> None:
+    """desktop.auth: token from the command line: the link carries the token in its fragment,
+    the page loads without credentials, and only a WebSocket with the token streams."""
+    require("chromium", package="chromium")
+    data = user.json("submit", "--site", SITE, "--set", "desktop.auth=token")
+    cleanup_jobs.append(str(data["session"]))
+    assert data["state"] == "ready" and data["password"] is None
+    token = str(data["token"])
+    url = str(data["url"])
+    assert url.endswith(f"/#token={token}") and url.startswith("https://")
+    base = url.split("#")[0]
+    assert http_status(base, None) == 200  # the page itself holds no secret
+    host, port = str(data["host"]), int(data["port"])
+    import ssl
+
+    def upgrade(with_token: bool) -> int:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        lines = ["GET /api/websockets HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
+                 "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+                 "Sec-WebSocket-Key: " + base64.b64encode(secrets.token_bytes(16)).decode()]
+        if with_token:
+            enc = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+            lines.append(f"Sec-WebSocket-Protocol: selkies, selkies.token.{enc}")
+        with socket.create_connection((host, port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname=host) as s:
+            s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            return int(s.recv(4096).decode(errors="replace").split()[1])
+
+    assert upgrade(False) == 401 and upgrade(True) == 101
+    node_state = json.loads((user.sessions_root() / str(data["session"]) / "node.json")
+                            .read_text())
+    xterm = node_exec(str(data["node"]), "runuser", "-u", user.name, "--", "env",
+                      f"DISPLAY={node_state['display']}",
+                      f"XAUTHORITY={node_state['xauthority']}", "sh", "-c",
+                      'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
+                      "xterm", "-bg", "#13a86b", "-geometry", "200x80+0+0")
+    assert xterm.returncode == 0, xterm.stderr
+    shot = tmp_path / "token-desktop.png"
+    assert browser.watch(url, shot, lambda png: colour_fraction(png, GREEN) > 0.10), shot
+    for path in (user.sessions_root() / str(data["session"])).iterdir():
+        if path.is_file() and path.name != "connection.json":
+            assert token not in path.read_text(errors="replace"), path
