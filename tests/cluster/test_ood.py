@@ -80,6 +80,17 @@ http {{
       proxy_buffering off;
       proxy_read_timeout 3600s;
     }}
+    # /node/HOST/PORT/...: the same, with the prefix kept (the app is told its subfolder).
+    location ~ ^/node/(?<node_host>[A-Za-z0-9.-]+)/(?<node_port>[0-9]+)/ {{
+      proxy_pass http://$node_host:$node_port;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $http_host;
+      proxy_set_header Authorization "";
+      proxy_buffering off;
+      proxy_read_timeout 3600s;
+    }}
   }}
 }}
 """
@@ -173,10 +184,18 @@ def test_generated_app_is_complete_and_parses(app: Path) -> None:
     assert not [line for line in code if "find_port" in line]
 
 
-def test_ood_session_through_the_proxy(user: User, app: Path, ood_core: Path,
+@pytest.mark.parametrize("route", ["rnode", "node"])
+def test_ood_session_through_the_proxy(user: User, app: Path, ood_core: Path, route: str,
                                        proxy: tuple[str, Path], tmp_path: Path) -> None:
     require("chromium", package="chromium")
     base, access_log = proxy
+    if route == "node":  # a site that prefers /node/: Selkies serves under its subfolder
+        site = yaml.safe_load((REPO / "site-configs/devcluster.yaml").read_text())
+        site["ood"] = {"proxy": "node"}
+        site_file = user.home / "ood-node-site.yaml"
+        site_file.write_text(yaml.safe_dump(site))
+        _run(["chown", f"{user.name}:", str(site_file)])
+        app = generate_app(user, user.home / "ood-apps" / "hpcdesk-node", site=str(site_file))
     work = new_work_dir(user)
     rendered = dashboard(user, ood_core, "submit", app, work, FORM)
     assert rendered.returncode == 0, rendered.stderr
@@ -199,7 +218,7 @@ def test_ood_session_through_the_proxy(user: User, app: Path, ood_core: Path,
         href = re.search(r'href="([^"]+)"', view.stdout)
         assert href, view.stdout
         link = href.group(1)
-        assert link == f"/rnode/{host}/{port}/#token={token}"
+        assert link == f"/{route}/{host}/{port}/#token={token}"
 
         # The session is an ordinary hpcdesk session: list, status, and what tunnel reads.
         sid = str(conn["hpcdesk_session"])
@@ -214,8 +233,8 @@ def test_ood_session_through_the_proxy(user: User, app: Path, ood_core: Path,
         assert ep.target == (host, port) and ep.local_url(5000).endswith(f"#token={token}")
 
         # Through the proxy: an anonymous WebSocket is refused, the token's is accepted.
-        assert ws_status(base, f"/rnode/{host}/{port}/api/websockets", None) == 401
-        assert ws_status(base, f"/rnode/{host}/{port}/api/websockets", token) == 101
+        assert ws_status(base, f"/{route}/{host}/{port}/api/websockets", None) == 401
+        assert ws_status(base, f"/{route}/{host}/{port}/api/websockets", token) == 101
 
         # A window of a known colour on the desktop, placed from the node itself.
         node_state = json.loads((user.sessions_root() / sid / "node.json").read_text())
@@ -242,7 +261,7 @@ def test_ood_session_through_the_proxy(user: User, app: Path, ood_core: Path,
             shot = tmp_path / "ood-no-token.png"
             assert not chromium.wait_for(shot, lambda png: colour_fraction(png, GREEN) > 0.02,
                                          timeout=0), f"a desktop showed without the token ({shot})"
-        assert re.search(rf'"GET /rnode/{re.escape(host)}/{port}/api/websockets[^"]*" 401 ',
+        assert re.search(rf'"GET /{route}/{re.escape(host)}/{port}/api/websockets[^"]*" 401 ',
                          access_log.read_text()), "the token-less WebSocket was not refused"
 
         # The token is in connection.yml/connection.json only: not in the job script, the
@@ -252,7 +271,7 @@ def test_ood_session_through_the_proxy(user: User, app: Path, ood_core: Path,
             if path.is_file() and path.name not in ("connection.yml", "connection.json"):
                 assert token not in path.read_text(errors="replace"), path
         assert token not in access_log.read_text()
-        assert f"/rnode/{host}/{port}/" in access_log.read_text()
+        assert f"/{route}/{host}/{port}/" in access_log.read_text()
         assert token not in _run(["scontrol", "show", "job", "-dd", job]).stdout
         assert token not in _run(["ps", "-eww", "-o", "args"]).stdout
         agent_pid = node_state["agent_pid"]
