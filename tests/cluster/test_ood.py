@@ -279,6 +279,8 @@ def test_ood_session_through_the_proxy(user: User, app: Path, ood_core: Path, ro
             errors="replace")
         print(f"ood: connection.yml after {ready_after:.1f}s, desktop through the proxy after "
               f"{shown_after:.1f}s")
+        # `hpcdesk cancel` stops it like any other session (OOD's clean_up runs as the job ends).
+        assert user.json("cancel", sid, "--site", SITE)["state"] == "cancelled"
     finally:
         _run(["scancel", job])
     deadline = time.monotonic() + 60
