@@ -170,7 +170,6 @@ class Agent:
     def wait_healthy(self, plan: DesktopPlan, started: Started, deadline: float) -> str | None:
         """Wait until the web UI is ready and protected; in token mode provision and return
         the session token. Ready never means a desktop an anonymous client can stream."""
-        https = plan.request.desktop.https
         probe_host = plan.bind_addr if plan.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
         delay = 0.05
         heartbeat = time.monotonic() + HEARTBEAT
@@ -178,21 +177,9 @@ class Agent:
             for child in self.children:
                 if not child.alive():
                     raise StartError("the desktop failed to start: " + child.describe_exit())
-            if plan.master_token:
-                status = health.http_status(probe_host, plan.web_port, None, None, https=https,
-                                            timeout=1.0, path=plan.url_path)
-                token = self._token_ready(plan, probe_host) if status == 200 else None
-                if token:
-                    return token
-            else:
-                status = health.http_status(probe_host, plan.web_port, plan.user,
-                                            plan.password, https=https, timeout=1.0)
-            if status == 200 and not plan.master_token:
-                anon = health.http_status(probe_host, plan.web_port, None, None, https=https)
-                if anon != 401:
-                    raise StartError(f"the web UI answered {anon} without credentials (expected "
-                                     "401): refusing to publish an unprotected desktop")
-                return None
+            ready, token, status = self._probe(plan, probe_host)
+            if ready:
+                return token
             if time.monotonic() > heartbeat:
                 heartbeat = time.monotonic() + HEARTBEAT
                 self.phase(self.state["phase"], self.state.get("detail", ""))
@@ -202,6 +189,26 @@ class Agent:
                     f"{plan.request.start_timeout}s (last status: {status or 'no answer'})")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
+
+    def _probe(self, plan: DesktopPlan, probe_host: str
+               ) -> tuple[bool, str | None, int | None]:
+        """One look at the web UI: (ready, the session token in token mode, HTTP status)."""
+        https = plan.request.desktop.https
+        if plan.master_token:  # token mode: the page itself loads without credentials
+            status = health.http_status(probe_host, plan.web_port, None, None, https=https,
+                                        timeout=1.0, path=plan.url_path)
+            token = self._token_ready(plan, probe_host) if status == 200 else None
+            return token is not None, token, status
+        status = health.http_status(probe_host, plan.web_port, plan.user, plan.password,
+                                    https=https, timeout=1.0, path=plan.url_path)
+        if status != 200:
+            return False, None, status
+        anon = health.http_status(probe_host, plan.web_port, None, None, https=https,
+                                  path=plan.url_path)
+        if anon != 401:
+            raise StartError(f"the web UI answered {anon} without credentials (expected "
+                             "401): refusing to publish an unprotected desktop")
+        return True, None, status
 
     def _token_ready(self, plan: DesktopPlan, probe_host: str) -> str | None:
         """Token mode, once the page answers: an anonymous WebSocket must be refused (401),
