@@ -28,6 +28,7 @@ class DesktopPlan:
     bus_id: str | None
     tls_cert: Path | None  # HTTPS certificate and key for the web UI (None: plain HTTP)
     tls_key: Path | None
+    rtc_config: Path | None = None  # Selkies' ICE configuration file (connect/rtc.py)
 
 
 @dataclass

@@ -19,6 +19,8 @@ Invocation choices (pinned by tests/unit/test_apptainer_cmd.py):
   image: all of hpcdesk's entrypoints read it, so no environment holds it.
 - `--ipc`: a private IPC namespace, so the X server's shared-memory segments are not visible
   to other desktops on the node.
+- The agent's rtc file (Selkies' ICE servers, connect/rtc.py) is bound in read-only by its
+  directory and named in SELKIES_RTC_CONFIG_JSON for every image.
 - `--nv` with a bound GPU; for the GLX flavour the host's NVIDIA X driver and GLX server
   module are bound where the image's Xorg looks for them, so nothing is downloaded at start.
 """
@@ -36,7 +38,7 @@ from pathlib import Path
 from hpcdesk.node.displays import DisplayLease
 from hpcdesk.node.procs import Child, StartError, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
-from hpcdesk.node.runtime.host import selkies_env
+from hpcdesk.node.runtime.host import ice_env, selkies_env
 
 # Where the upstream images' Xorg looks for the NVIDIA modules.
 XORG_MODULE_TARGETS = {
@@ -107,6 +109,8 @@ def contract_env(plan: DesktopPlan, display: str, kind: ImageKind,
         # Upstream images: selkies-gstreamer listens on 127.0.0.1 behind nginx; the entrypoint
         # picks a free internal port itself. Metrics stay off (they have no authentication).
         env["SELKIES_METRICS_HTTP_PORT"] = "0"
+        if plan.rtc_config:  # the agent's ICE servers, never the image's STUN default
+            env["SELKIES_RTC_CONFIG_JSON"] = ice_env(plan)["SELKIES_RTC_CONFIG_JSON"]
     else:
         env.update({k: v for k, v in selkies_env(plan, display).items()
                     if k.startswith("SELKIES_") and k not in (
@@ -143,6 +147,10 @@ def build_invocation(plan: DesktopPlan, image: str, display: str,
             host = driver_files.get(name)
             if host is not None:
                 argv += ["--bind", f"{host}:{target}:ro"]
+    if plan.rtc_config:
+        # The directory, not the file: a renewed file replaces the old one by rename.
+        rtc_dir = plan.rtc_config.parent
+        argv += ["--bind", f"{rtc_dir}:{rtc_dir}:ro"]
     for bind in r.binds:
         argv += ["--bind", bind]
     argv.append(image)
