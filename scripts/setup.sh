@@ -15,6 +15,7 @@ APT_PACKAGES=(
   openbox xterm chromium fonts-dejavu-core
   libxkbcommon0 libpulse0   # loaded by selkies' pixelflux and pulsectl
   python3 python3-venv python3-dev gcc
+  coturn socat   # TURN: the site's server and the in-job one (tests start their own); tunnels
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -31,6 +32,15 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" coturn "* ]]; then
+    # The package enables a system-wide TURN server; hpcdesk and its tests start their own.
+    if [[ -d /run/systemd/system ]]; then
+      systemctl disable --now coturn >/dev/null 2>&1 || true
+    else
+      service coturn stop >/dev/null 2>&1 || true
+      update-rc.d coturn disable >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 # The venv is rebuilt only when the pinned requirements or the Python version change.

@@ -48,7 +48,8 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
         emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
                    "state": "ready", **{k: conn.get(k) for k in (
                        "url", "host", "port", "user", "password", "node", "display",
-                       "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint")}})
+                       "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint",
+                       "transport", "turn_port")}})
         return
     took = f" after {elapsed:.1f}s" if elapsed is not None else ""
     print(f"\nYour desktop is ready{took}:\n"
