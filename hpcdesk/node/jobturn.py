@@ -76,6 +76,7 @@ def config_text(directory: Path, port: int, bind_addr: str, relay_ip: str | None
     lines += [
         f"min-port={relay[0]}", f"max-port={relay[1]}",
         "no-udp", "no-tls", "no-dtls", "no-cli", "no-multicast-peers", "fingerprint",
+        "verbose",  # session lines with relayed byte counts (coturn logs them only so)
         "lt-cred-mech", f"realm={REALM}", f"user={username}:{password}",
         f"userdb={directory / 'turndb'}", f"pidfile={directory / 'turnserver.pid'}",
         f"log-file={directory / 'turnserver.log'}", "simple-log", "no-stdout-log",

@@ -141,12 +141,27 @@ def peer_configs(tools: DevTools) -> list[dict[str, Any]] | None:
 
 
 def open_and_watch(tools: DevTools, url: str, out: Path, ok: Callable[[Path], bool],
-                   timeout: float = 45.0, init_script: str | None = None) -> bool:
-    """Navigate to `url`; screenshot into `out` every second until ok(out) or timeout."""
+                   timeout: float = 45.0, init_script: str | None = None,
+                   login: tuple[str, str] | None = None) -> bool:
+    """Navigate to `url`; screenshot into `out` every second until ok(out) or timeout.
+
+    `login` (user, password) is answered the way a person answers the browser's prompt: once,
+    after which the browser sends the credentials with every request to the site. (Credentials
+    inside the page URL would make the page's own fetch() calls fail: the Selkies client then
+    silently connects without its ICE servers.)
+    """
     tools.call("Page.enable")
     tools.call("Runtime.enable")
     if init_script:
         tools.call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
+    if login:
+        scheme, rest = url.split("://", 1)
+        tools.call("Page.navigate", url=f"{scheme}://{login[0]}:{login[1]}@{rest}")
+        deadline = time.monotonic() + 30
+        while tools.evaluate("document.readyState") != "complete":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not load")
+            time.sleep(0.2)
     tools.call("Page.navigate", url=url)
     deadline = time.monotonic() + timeout
     while True:
