@@ -165,8 +165,8 @@ class NetworkConfig:
         "direct", "How the browser reaches the desktop: direct (the node's address), turn (the "
         "site's TURN server relays WebRTC media) or tunnel (`hpcdesk tunnel` from a laptop).",
     )
-    turn: Literal["off", "job"] = opt(
-        "off", "TURN inside the job: job starts an unprivileged coturn next to a webrtc desktop "
+    turn: Literal["none", "job"] = opt(
+        "none", "TURN inside the job: job starts an unprivileged coturn next to a webrtc desktop "
         "(on a claimed TCP port, per-session credentials), so WebRTC crosses any TCP path to "
         "the node. With network.connect: tunnel it is started anyway.",
     )

@@ -101,7 +101,7 @@ def start(directory: Path, ports: PortLease, lock_dir: Path, bind_addr: str,
     turnserver = shutil.which("turnserver")
     if not turnserver:
         raise StartError("the in-job TURN needs coturn's `turnserver` on this node (Debian: "
-                         "apt-get install coturn); or use network.turn: off with --connect "
+                         "apt-get install coturn); or use network.turn: none with --connect "
                          "direct or turn")
     try:
         port = ports.acquire()

@@ -106,3 +106,36 @@ def test_cancel_leaves_no_container_behind(user: User, debian_image: str) -> Non
     leftovers = [m for m in mounts.splitlines()
                  if any(k in m for k in ("squashfuse", "apptainer", "fuse-overlayfs", sid))]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("transport", ["websockets", "webrtc"])
+def test_apptainer_desktop_gets_only_the_agents_ice_servers(
+        user: User, debian_image: str, transport: str, tmp_path: Path,
+        cleanup_jobs: list[str]) -> None:
+    """Issue 9: the image's Selkies takes the agent's rtc file (no public STUN/TURN) and
+    offers the webrtc switch only when webrtc is configured."""
+    from test_webrtc import PUBLIC_NAMES, api_turn, http, ice_urls
+
+    data = user.json("submit", *SITE, *APPTAINER, "--set", f"desktop.transport={transport}",
+                     timeout=400)
+    cleanup_jobs.append(str(data["session"]))
+    auth = (str(data["user"]), str(data["password"]))
+    status, body = http(f"{data['url']}api/status", auth)
+    assert status == 200 and json.loads(body)["enable_dual_mode"] is (transport == "webrtc")
+    if transport == "webrtc":
+        doc = api_turn(data)
+        assert ice_urls(doc) == [], doc
+        _place_window(str(data["node"]), user, user.sessions_root() / str(data["session"]),
+                      "#13a86b")
+        with browser.chromium() as tools:
+            seen = browser.open_and_watch(tools, str(data["url"]), tmp_path / "rtc.png",
+                                          lambda p: colour_fraction(p, GREEN) > 0.05,
+                                          timeout=60, init_script=browser.RTC_SPY, login=auth)
+            configs = browser.peer_configs(tools)
+        assert seen, f"the container's desktop is not visible over WebRTC ({tmp_path})"
+        assert configs and all(ice_urls(c) == [] for c in configs), configs
+    else:
+        status, body = http(f"{data['url']}api/turn", auth)
+        assert status == 409 and not any(n in body for n in PUBLIC_NAMES), (status, body)
+        status, _ = http(f"{data['url']}api/switch", auth, b'{"mode": "webrtc"}')
+        assert status == 403
