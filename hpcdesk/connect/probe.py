@@ -156,6 +156,8 @@ def allocate(url: str, username: str, password: str, timeout: float = 6.0) -> Al
         return Allocation(relayed, rtt, url)
     except TimeoutError:
         raise ProbeError(f"no answer from {where} within {timeout:.0f}s") from None
+    except ConnectionRefusedError:
+        raise ProbeError(f"nothing answers on {where} (connection refused)") from None
     except OSError as exc:
         raise ProbeError(f"{where}: {exc}") from None
     finally:
