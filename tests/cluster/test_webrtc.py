@@ -374,6 +374,11 @@ def test_no_public_relay_webrtc_without_turn(user: User, site_dir: Path, tmp_pat
     doc = api_turn(conn)
     assert ice_urls(doc) == [] and doc["iceTransportPolicy"] == "all", doc
     auth = (str(conn["user"]), str(conn["password"]))
+    # Selkies dials itself on localhost in webrtc mode: the port answers there too.
+    port = int(conn["port"])
+    loop = node_exec(str(conn["node"]), "python3", "-c",
+                     f"import socket; socket.create_connection(('127.0.0.1', {port}), 5)")
+    assert loop.returncode == 0, loop.stderr
     status, body = http(f"{conn['url']}api/status", auth)
     assert status == 200 and json.loads(body)["enable_dual_mode"] is True  # webrtc configured: switching allowed
     place_window(user, conn)
