@@ -186,7 +186,7 @@ class Agent:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "LANG")}
         self.job_turn = jobturn.start(
             self.workdir / "turn", self.ports, Path(req.network.lock_dir), bind_addr, host,
-            (req.network.turn_relay_min, req.network.turn_relay_max), env)
+            (req.network.turn_relay_min, req.network.turn_relay_max), env, req.runtime)
         log.info("in-job TURN on port %d, relay ports %d-%d", self.job_turn.port,
                  *self.job_turn.relay)
         return [self.job_turn.child]

@@ -2,6 +2,9 @@
 
 The agent starts coturn next to the desktop so that WebRTC media can cross any TCP path to
 the node (a firewall that passes only TCP, an SSH tunnel forwarding the same port number):
+- from the node (`turnserver` on PATH) or, for the apptainer runtime on a node without
+  coturn, from the desktop image (`apptainer exec IMAGE turnserver`; hpcdesk's Debian image
+  and the selkies-project images ship coturn);
 - unprivileged, as the desktop's user, TCP listener only, on a port claimed exactly like the
   web port (node/ports.py), on the node's address and on its loopback (see connect/rtc.py for
   why both);
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import shlex
 import shutil
 import socket
 import time
@@ -28,6 +32,7 @@ from hpcdesk.connect.turn import IceServer
 from hpcdesk.node.locks import try_claim
 from hpcdesk.node.ports import PortLease
 from hpcdesk.node.procs import Child, StartError, spawn, stop_all
+from hpcdesk.schema import RuntimeConfig
 
 RELAY_BLOCK = 16
 REALM = "hpcdesk"
@@ -94,15 +99,30 @@ def _relay_ip(bind_addr: str, published_host: str) -> str | None:
     return None if ip.startswith("127.") else ip
 
 
+def command(runtime: RuntimeConfig, directory: Path) -> list[str]:
+    """How to run coturn: the node's `turnserver`, else the apptainer image's."""
+    found = shutil.which("turnserver")
+    if found:
+        return [found]
+    if runtime.kind == "apptainer":
+        from hpcdesk.images import ImageError, resolve_image
+
+        try:
+            image = resolve_image(runtime.image or "", runtime.image_dir)
+        except ImageError as exc:
+            raise StartError(f"the in-job TURN: {exc}") from None
+        return [*shlex.split(runtime.apptainer), "exec", "--cleanenv", "--contain",
+                "--bind", f"{directory}:{directory}", image, "turnserver"]
+    raise StartError("the in-job TURN needs coturn's `turnserver` on this node (Debian: "
+                     "apt-get install coturn); or use network.turn: none with --connect "
+                     "direct or turn")
+
+
 def start(directory: Path, ports: PortLease, lock_dir: Path, bind_addr: str,
           published_host: str, relay_range: tuple[int, int], env: dict[str, str],
-          timeout: float = 30.0) -> JobTurn:
+          runtime: RuntimeConfig, timeout: float = 30.0) -> JobTurn:
     """Start coturn; returns once it accepts TCP connections on its port."""
-    turnserver = shutil.which("turnserver")
-    if not turnserver:
-        raise StartError("the in-job TURN needs coturn's `turnserver` on this node (Debian: "
-                         "apt-get install coturn); or use network.turn: none with --connect "
-                         "direct or turn")
+    argv = command(runtime, directory)
     try:
         port = ports.acquire()
         first, lock = claim_relay_block(lock_dir, *relay_range)
@@ -116,7 +136,7 @@ def start(directory: Path, ports: PortLease, lock_dir: Path, bind_addr: str,
     with os.fdopen(fd, "w") as fh:
         fh.write(config_text(directory, port, bind_addr, _relay_ip(bind_addr, published_host),
                              relay, USER, password))
-    child = spawn("turn server", [turnserver, "-c", str(conf)], env,
+    child = spawn("turn server", [*argv, "-c", str(conf)], env,
                   directory / "turnserver.out")
     turn = JobTurn(port, relay, USER, password, child, directory, lock)
     probe = "127.0.0.1"

@@ -22,12 +22,15 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import browser
 import pytest
@@ -466,6 +469,62 @@ def test_long_term_turn_auth(user: User, site_dir: Path, turn_peer: int,
         ok = uclient(server, "desk", password, turn_peer, tcp=True)
         assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
         assert uclient(server, "desk", "wrong" + password, turn_peer, tcp=True).returncode != 0
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def rest_service(secret: str, turn_url: str) -> Iterator[tuple[str, list[str]]]:
+    """The site's TURN REST service (the draft's GET ?service=turn&username=U), on the
+    controller address the nodes reach: it mints coturn use-auth-secret credentials."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = parse_qs(urlsplit(self.path).query)
+            asked.append(query["username"][0])
+            name = f"{int(time.time()) + 300}:{query['username'][0]}"
+            password = base64.b64encode(hmac.new(secret.encode(), name.encode(),
+                                                 hashlib.sha1).digest()).decode()
+            body = json.dumps({"username": name, "password": password, "ttl": 300,
+                               "uris": [turn_url]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("10.77.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://10.77.0.1:{server.server_address[1]}/turn", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_rest_uri_turn_auth(user: User, site_dir: Path, turn_peer: int,
+                            cleanup_jobs: list[str]) -> None:
+    secret = "h9-" + base64.b32encode(os.urandom(15)).decode()
+    server = Coturn(site_dir / "turn-rest", ["use-auth-secret", f"static-auth-secret={secret}"])
+    turn_url = f"turn:{TURN_IP}:{server.port}?transport=udp"
+    try:
+        with rest_service(secret, turn_url) as (uri, asked):
+            site = write_site(site_dir, "rest", desktop={"transport": "webrtc"},
+                              network={"connect": "turn"}, turn={"rest_uri": uri})
+            conn = submit(user, site)
+            cleanup_jobs.append(str(conn["session"]))
+            assert asked == [user.name]  # asked once, by the node, for this user
+            (entry,) = api_turn(conn)["iceServers"]
+        # Exactly what the service answered: no STUN added by anyone.
+        assert entry["urls"] == [turn_url]
+        ok = uclient(server, str(entry["username"]), str(entry["credential"]), turn_peer)
+        assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+        bad = uclient(server, str(entry["username"]), "x" + str(entry["credential"]), turn_peer)
+        assert bad.returncode != 0
     finally:
         server.stop()
 

@@ -14,6 +14,7 @@ from hpcdesk.connect import rtc
 from hpcdesk.connect.turn import IceServer
 from hpcdesk.node import jobturn
 from hpcdesk.node.ports import PortLease
+from hpcdesk.node.procs import StartError
 from hpcdesk.node.runtime import DesktopPlan
 from hpcdesk.node.runtime.apptainer import build_invocation
 from hpcdesk.node.runtime.host import selkies_env
@@ -143,3 +144,18 @@ def test_relay_blocks_are_claimed_node_wide(tmp_path: Path) -> None:
         jobturn.claim_relay_block(tmp_path, 50000, 50031)
     os.close(fd1)
     os.close(fd2)
+
+
+def test_job_turn_runs_from_the_node_or_the_image(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    image = tmp_path / "debian-x.sif"
+    image.write_text("")
+    apptainer = RuntimeConfig(kind="apptainer", image=str(image))
+    monkeypatch.setattr(jobturn.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert jobturn.command(apptainer, tmp_path / "turn") == ["/usr/bin/turnserver"]
+    monkeypatch.setattr(jobturn.shutil, "which", lambda name: None)
+    assert jobturn.command(apptainer, tmp_path / "turn") == [
+        "apptainer", "exec", "--cleanenv", "--contain", "--bind",
+        f"{tmp_path}/turn:{tmp_path}/turn", str(image), "turnserver"]
+    with pytest.raises(StartError, match="apt-get install coturn"):
+        jobturn.command(RuntimeConfig(), tmp_path / "turn")
