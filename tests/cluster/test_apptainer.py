@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,3 +141,41 @@ def test_apptainer_desktop_gets_only_the_agents_ice_servers(
         assert status == 409 and not any(n in body for n in PUBLIC_NAMES), (status, body)
         status, _ = http(f"{data['url']}api/switch", auth, b'{"mode": "webrtc"}')
         assert status == 403
+
+
+def test_in_job_turn_from_the_image_on_a_node_without_coturn(
+        user: User, debian_image: str, tmp_path: Path, cleanup_jobs: list[str]) -> None:
+    """Issue 9: network.turn: job runs the image's coturn where the node has none (the job's
+    PATH holds every command of /usr/bin except turnserver)."""
+    from test_webrtc import api_turn
+
+    from hpcdesk.connect.probe import allocate
+
+    bin_dir = Path(tempfile.mkdtemp(prefix="h9-nocoturn-", dir="/var/tmp"))
+    try:
+        bin_dir.chmod(0o755)
+        for tool in Path("/usr/bin").iterdir():
+            if tool.name != "turnserver":
+                (bin_dir / tool.name).symlink_to(tool)
+        path = f"{os.environ.get('HPCDESK_VENV', '/opt/hpcdesk/venv')}/bin:/usr/local/bin:{bin_dir}"
+        proc = user.run("submit", *SITE, *APPTAINER, "--set", "desktop.transport=webrtc",
+                        "--set", "network.turn=job", "--json", timeout=400,
+                        env={"PATH": path}, check=True)
+        data = json.loads(proc.stdout)
+        cleanup_jobs.append(str(data["session"]))
+        # The TURN server runs inside the image: another mount namespace than the agent's.
+        sdir = user.sessions_root() / str(data["session"])
+        agent = json.loads((sdir / "node.json").read_text())["agent_pid"]
+        turns = [int(p.split()[0]) for p in node_user_pids(str(data["node"]))
+                 if "turnserver -c" in p]
+        assert len(turns) == 1
+        mnt = os.stat(f"/proc/{turns[0]}/ns/mnt").st_ino
+        assert mnt != os.stat(f"/proc/{agent}/ns/mnt").st_ino
+        assert "starting turn server: apptainer exec" in (sdir / "agent.log").read_text()
+        (server,) = api_turn(data)["iceServers"]
+        url = str(server["urls"][0])
+        assert url == f"turn:{data['host']}:{data['turn_port']}?transport=tcp"
+        got = allocate(url, str(server["username"]), str(server["credential"]))
+        assert got.relayed.startswith(f"{data['host']}:")
+    finally:
+        shutil.rmtree(bin_dir, ignore_errors=True)
