@@ -27,8 +27,10 @@ test-unit: setup
 	$(VENV)/bin/python -m pytest tests/unit
 
 ## Every test: lint, unit tests, then the real-cluster, browser and container tests.
+## HPCDESK_TEST_STRICT: a missing tool fails its test, and any skip but a missing GPU fails the
+## run (tests/tooling.py).
 test: lint cluster-up
-	$(VENV)/bin/python -m pytest tests
+	HPCDESK_TEST_STRICT=1 $(VENV)/bin/python -m pytest -rs tests
 
 bench: cluster-up
 	$(VENV)/bin/python benchmarks/run.py

@@ -13,6 +13,8 @@ Figures (median, p10..p90 and min..max over the runs):
   e) cold start: `hpcdesk --help`; `hpcdesk list` against raw `squeue`
   f) node agent: job start -> desktop processes launched; healthy -> published
   g) submit -> ready (host runtime; apptainer when --apptainer-image is given)
+  h) scheduler backends side by side (slurm-cli and pyslurm): RPCs for submit -> ready ->
+     cancel, job-info RPCs and wall time of `hpcdesk list` with 50 sessions, its cold start
 """
 
 from __future__ import annotations
@@ -55,6 +57,15 @@ def sdiag() -> Counter[str]:
     section = section.split("Remote Procedure Call statistics by user", 1)[0]
     return Counter({m.group(1): int(m.group(2))
                     for m in re.finditer(r"^\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", section, re.M)})
+
+
+def user_rpcs(user: str = USER) -> int:
+    """RPCs that `user` sent to slurmctld so far (sdiag's per-user section): unlike the
+    per-type counts, other users' activity on the cluster does not enter it."""
+    out = subprocess.run(["sdiag"], capture_output=True, text=True, check=True).stdout
+    section = out.split("Remote Procedure Call statistics by user", 1)[-1]
+    m = re.search(rf"^\s*{re.escape(user)}\s+\(\s*\d+\)\s+count:(\d+)", section, re.M)
+    return int(m.group(1)) if m else 0
 
 
 def delta(before: Counter[str], after: Counter[str]) -> Counter[str]:
@@ -129,6 +140,7 @@ def bench_list(n: int) -> tuple[dict[str, float], Callable[[], None]]:
     for _ in range(n):
         proc = hpcdesk("submit", *SITE, "--json", *held)
         sessions.append(json.loads(proc.stdout))
+    time.sleep(1.5)  # past the shared queue snapshot's lifetime: `list` must ask Slurm
     before = sdiag()
     t0 = time.perf_counter()
     proc = hpcdesk("list", *SITE, "--json")
@@ -194,12 +206,51 @@ def bench_cold_start(runs: int) -> dict[str, list[float]]:
     return {k: [x - b for x in v] for k, v in out.items()}
 
 
+def bench_backends(runs: int, backends: list[str]) -> list[tuple[str, str]]:
+    """The user's own RPCs (sdiag per user), so other users on the cluster do not count."""
+    rows: list[tuple[str, str]] = []
+    for backend in backends:
+        extra = ["--set", f"scheduler.backend={backend}"]
+        own: list[float] = []
+        url: list[float] = []
+        for _ in range(runs):
+            before = user_rpcs()
+            url.append(one_desktop(extra)["submit_to_url"])
+            time.sleep(1.0)  # let the cancel's own RPCs land in the counters
+            own.append(float(user_rpcs() - before))
+        rows.append((f"h) {backend}: the user's RPCs, submit->ready->cancel", stats(own)))
+        rows.append((f"   {backend}: submit -> URL (s)", stats(url)))
+        held = ["--no-wait", "--set", "scheduler.extra_args=['--hold']", *extra]
+        for _ in range(50):
+            hpcdesk("submit", *SITE, *held)
+        time.sleep(1.5)  # past the shared queue snapshot's lifetime: `list` must ask Slurm
+        before = user_rpcs()
+        t0 = time.perf_counter()
+        listed = hpcdesk("list", *SITE, "--json", *extra)
+        wall = time.perf_counter() - t0
+        list_rpcs = user_rpcs() - before
+        subprocess.run(["scancel", "-u", USER], check=False)
+        rows.append((f"   {backend}: `hpcdesk list`, 50 sessions: the user's RPCs",
+                     f"{list_rpcs} ({len(json.loads(listed.stdout))} listed, "
+                     f"{wall * 1000:.0f} ms)"))
+        cold = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            hpcdesk("list", *SITE, *extra)
+            cold.append((time.perf_counter() - t0) * 1000)
+        rows.append((f"   {backend}: `hpcdesk list` cold start (ms, with runuser)", stats(cold)))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--only", nargs="*", default=["desktops", "list", "pending", "cold"])
+    ap.add_argument("--only", nargs="*",
+                    default=["desktops", "list", "pending", "cold", "backends"])
     ap.add_argument("--pending-seconds", type=float, default=60.0)
     ap.add_argument("--apptainer-image", help="also benchmark runtime apptainer with this image")
+    ap.add_argument("--backends", nargs="*", default=["slurm-cli", "pyslurm"],
+                    help="scheduler backends compared in h) (with --only backends)")
     args = ap.parse_args()
     print(f"# hpcdesk benchmarks on {platform.node()}: {os.cpu_count()} CPUs, "
           f"{platform.platform()}, Python {platform.python_version()}")
@@ -241,6 +292,8 @@ def main() -> int:
     if "cold" in args.only:
         c = bench_cold_start(args.runs)
         results += [(f"e) {k} (ms, runuser subtracted)", stats(v)) for k, v in c.items()]
+    if "backends" in args.only:
+        results += bench_backends(args.runs, args.backends)
     width = max(len(k) for k, _ in results)
     print()
     for k, v in results:

@@ -105,6 +105,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_site(i)
     _add_json(i)
 
+    p = sub.add_parser(
+        "tunnel", help="on your laptop: open a desktop through SSH to the login node",
+        description="Connect from this computer to a desktop through SSH to the login node\n"
+        "(your ~/.ssh/config, agent, keys and 2FA apply), forward it to 127.0.0.1 and print\n"
+        "the URL. `pip install hpcdesk` is all it needs here.",
+        epilog="examples:\n"
+        "  hpcdesk tunnel k3x9fq --login alice@login.cluster.edu --open\n"
+        "  hpcdesk tunnel --login cluster --open --submit -p gpu -t 2:00:00\n"
+        "exit codes: 2 no such session, login refused, host key not trusted, port in use;\n"
+        "            3 login node or its hpcdesk unreachable; 130 Ctrl-C (the job keeps\n"
+        "            running unless --cancel-on-exit); see README \"Connecting from your laptop\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("session", nargs="?", help="session id, id prefix or job id")
+    p.add_argument("--login", required=True, metavar="[USER@]HOST[:PORT]",
+                   help="the login node, or a Host alias from your ssh config")
+    p.add_argument("-J", "--jump", metavar="HOST[,HOST...]",
+                   help="jump host(s) as with ssh -J (default: ProxyJump from your ssh config)")
+    p.add_argument("-L", "--local-port", type=int, metavar="PORT",
+                   help="local port for the desktop (default: a free one)")
+    p.add_argument("--open", action="store_true", help="open the desktop in your browser")
+    p.add_argument("--cancel-on-exit", action="store_true",
+                   help="cancel the job when the tunnel is closed (Ctrl-C)")
+    p.add_argument("--remote-command", metavar="CMD",
+                   help="how to run hpcdesk on the login node, e.g. /opt/hpcdesk/bin/hpcdesk "
+                   "or 'module load hpcdesk && hpcdesk' (default: $HPCDESK_REMOTE_COMMAND "
+                   "or hpcdesk)")
+    p.add_argument("--site", help="--site for hpcdesk on the login node")
+    p.add_argument("-F", "--ssh-config", metavar="FILE", help="ssh config (default ~/.ssh/config)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log what SSH does")
+    _add_json(p)
+    p.add_argument("--submit", nargs=argparse.REMAINDER, metavar="SUBMIT_OPTION",
+                   help="start a new desktop: everything after --submit goes to `hpcdesk "
+                   "submit` on the login node; its progress is shown, then the tunnel opens")
+
     p = sub.add_parser("node", help="internal: run by the job script on the compute node")
     nsub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     n = nsub.add_parser("run", help="start, publish and supervise the desktop")
@@ -122,6 +156,7 @@ COMMANDS = {
     "doctor": ("hpcdesk.commands.doctor", "run"),
     "image": ("hpcdesk.commands.image", "run"),
     "node": ("hpcdesk.commands.node", "run"),
+    "tunnel": ("hpcdesk.laptop.command", "run"),
 }
 
 

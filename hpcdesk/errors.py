@@ -1,9 +1,11 @@
 """Exceptions that carry a user-facing message and an exit code.
 
 Exit codes (documented in README "Exit codes"):
-  0 success, 1 the desktop or job failed, 2 bad input (nothing was submitted),
-  3 the scheduler refused or could not be reached, 4 timed out waiting,
-  130 interrupted (the job keeps running).
+  0 success, 1 the desktop or job failed, 2 bad input (nothing was submitted; for
+  `hpcdesk tunnel` also: SSH login refused, host key not trusted, local port in use),
+  3 the scheduler refused or could not be reached (for `hpcdesk tunnel`: the login node or
+  hpcdesk on it could not be reached), 4 timed out waiting,
+  130 interrupted (the job keeps running unless `hpcdesk tunnel --cancel-on-exit`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SCHEDULER = 3
+EXIT_UNREACHABLE = 3  # the same code: what hpcdesk needs is out of reach (Slurm, SSH)
 EXIT_TIMEOUT = 4
 EXIT_INTERRUPTED = 130
 
@@ -52,3 +55,10 @@ class SessionNotFound(UsageError):
 
 class WaitTimeout(HpcdeskError):
     exit_code = EXIT_TIMEOUT
+
+
+class Unreachable(HpcdeskError):
+    """A host or service hpcdesk needs cannot be reached (the login node over SSH, or
+    hpcdesk on it)."""
+
+    exit_code = EXIT_UNREACHABLE

@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from hpcdesk import config
 from hpcdesk.checks import Check
@@ -43,6 +44,7 @@ def _slurm_checks(loaded: config.LoadedConfig) -> list[Check]:
         return [Check("slurm commands", "fail", "not found: " + ", ".join(missing),
                       "run hpcdesk on a login node with the Slurm client commands on PATH")]
     out.append(Check("slurm commands", "ok", "sbatch, squeue, scancel, sinfo found"))
+    out.append(_backend_check(loaded))
     cluster = loaded.config.scheduler.cluster
     argv = ["squeue", "-h", "-u", getpass.getuser(), "-o", "%i"] + (["-M", cluster] if cluster
                                                                      else [])
@@ -65,6 +67,17 @@ def _slurm_checks(loaded: config.LoadedConfig) -> list[Check]:
         else:
             out.append(Check("partition", "ok", "; ".join(rows)))
     return out
+
+
+def _backend_check(loaded: config.LoadedConfig) -> Check:
+    from hpcdesk.scheduler import select_backend
+
+    s = loaded.config.scheduler
+    try:
+        name, why = select_backend(s.backend, s.cluster)
+    except ConfigError as exc:
+        return Check("scheduler backend", "fail", exc.message, exc.hint)
+    return Check("scheduler backend", "ok", f"{name} ({why})")
 
 
 def _session_dir_checks(loaded: config.LoadedConfig) -> list[Check]:
@@ -112,9 +125,9 @@ def _runtime_checks(loaded: config.LoadedConfig) -> list[Check]:
     return checks
 
 
-def login_checks(site: str | None) -> list[Check]:
+def login_checks(site: str | None, overrides: dict[str, Any] | None = None) -> list[Check]:
     try:
-        loaded = config.load(site)
+        loaded = config.load(site, overrides)
     except ConfigError as exc:
         return [Check("configuration", "fail", str(exc), "fix the file and key named above")]
     where = loaded.site_path or "built-in defaults only"

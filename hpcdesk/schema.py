@@ -50,8 +50,10 @@ def slurm_time_seconds(text: str) -> int:
 
 @dataclass
 class SchedulerConfig:
-    backend: Literal["slurm-cli"] = opt(
-        "slurm-cli", "How hpcdesk talks to Slurm: its commands (the only backend so far)."
+    backend: Literal["slurm-cli", "pyslurm", "auto"] = opt(
+        "slurm-cli", "How hpcdesk talks to Slurm: its commands (slurm-cli), its C API through "
+        "pyslurm (hpcdesk[pyslurm], built for this Slurm), or auto (pyslurm when it matches "
+        "this host's Slurm, else the commands; `hpcdesk doctor` says which and why)."
     )
     cluster: str | None = opt(
         None, "Slurm cluster for multi-cluster sites (sbatch -M); the session remembers it.",

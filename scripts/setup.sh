@@ -9,12 +9,21 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${HPCDESK_VENV:-/opt/hpcdesk/venv}
 CACHE=${HPCDESK_CACHE:-/var/cache/hpcdesk}
+# Every tool a test uses is listed here, never left to arrive as someone's dependency: under
+# `make test` a missing tool fails its test (tests/tooling.py), so this list is the contract.
 APT_PACKAGES=(
-  slurm-wlm munge iproute2 util-linux procps psmisc curl ca-certificates
-  xserver-xorg-core xserver-xorg-video-dummy x11-utils x11-xserver-utils xauth
+  slurm-wlm munge iproute2 util-linux procps psmisc curl ca-certificates openssl
+  xserver-xorg-core xserver-xorg-video-dummy x11-utils x11-xserver-utils xauth xvfb
+  xcvt        # `cvt`: the modeline tests compare hpcdesk's CVT with it byte for byte
   openbox xterm chromium fonts-dejavu-core
   libxkbcommon0 libpulse0   # loaded by selkies' pixelflux and pulsectl
-  python3 python3-venv python3-dev gcc
+  nginx       # the upstream image entrypoint's nginx config is checked with `nginx -t`
+  shellcheck  # lints the image entrypoint
+  python3 python3-venv python3-dev gcc libc6-dev make
+  libslurm-dev  # headers and libslurm for building pyslurm (scheduler.backend: pyslurm)
+  # `hpcdesk tunnel` tests: their own OpenSSH servers (keys; PAM TOTP through libpam-oath,
+  # codes from oathtool); no system sshd is started (service starts are denied below).
+  openssh-server openssh-client libpam-oath oathtool
   coturn socat   # TURN: the site's server and the in-job one (tests start their own); tunnels
 )
 
@@ -30,16 +39,19 @@ done
 if ((${#missing[@]})); then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  if [[ " ${missing[*]} " == *" coturn "* ]]; then
+  # Packages such as nginx start a system service on install; the tests start their own
+  # instances, so nothing may be left listening. Deny service starts for this install only.
+  policy=/usr/sbin/policy-rc.d
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
+  lock=(-o DPkg::Lock::Timeout=600)  # another apt run (or unattended-upgrades) may hold it
+  apt-get "${lock[@]}" update -qq
+  apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" coturn "* ]] && [[ -d /run/systemd/system ]]; then
     # The package enables a system-wide TURN server; hpcdesk and its tests start their own.
-    if [[ -d /run/systemd/system ]]; then
-      systemctl disable --now coturn >/dev/null 2>&1 || true
-    else
-      service coturn stop >/dev/null 2>&1 || true
-      update-rc.d coturn disable >/dev/null 2>&1 || true
-    fi
+    systemctl disable --now coturn >/dev/null 2>&1 || true
   fi
 fi
 
@@ -57,5 +69,7 @@ fi
 # This checkout's hpcdesk, as a real (non-editable) install: the test user cannot read /root.
 PIP_CACHE_DIR="$CACHE/pip" "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
   --no-build-isolation --force-reinstall "$HERE" 2>&1 | { grep -v "^WARNING: Location" || true; }
+# pyslurm for this Slurm, from the vendored release source (built once, cached by content).
+bash "$HERE/scripts/build-pyslurm.sh" "$VENV" "$CACHE"
 chmod -R a+rX "$(dirname "$VENV")"
 log "ready: $VENV ($("$VENV/bin/hpcdesk" --version))"

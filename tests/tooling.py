@@ -17,6 +17,9 @@ import pytest
 
 STRICT_ENV = "HPCDESK_TEST_STRICT"
 GPU_SKIP_PREFIX = "no NVIDIA GPU"
+# Tests of the GPU-less path, on a machine that has a GPU: the mirror image of the above.
+GPU_PRESENT_PREFIX = "NVIDIA GPU present"
+ALLOWED_SKIPS = (GPU_SKIP_PREFIX, GPU_PRESENT_PREFIX)
 
 
 def strict() -> bool:
@@ -45,3 +48,46 @@ def require(*tools: str, package: str) -> None:
 def skip_without_gpu(reason: str) -> None:
     """The one skip allowed under `make test`: this machine has no NVIDIA GPU."""
     pytest.skip(f"{GPU_SKIP_PREFIX}: {reason}")
+
+
+def skip_with_gpu(reason: str) -> None:
+    """A test of the software path cannot run where an NVIDIA GPU is present."""
+    pytest.skip(f"{GPU_PRESENT_PREFIX}: {reason}")
+
+
+def skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+class SkipPolicy:
+    """Under `make test`, a skip for anything but the GPU fails the whole run.
+
+    Registered by tests/conftest.py, so the check is part of the suite (not of CI's script):
+    a new test that skips for a missing tool turns `make test` red, listing it.
+    """
+
+    def __init__(self) -> None:
+        self.refused: list[tuple[str, str]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not strict() or not report.skipped or hasattr(report, "wasxfail"):
+            return
+        reason = skip_reason(report)
+        if not reason.startswith(ALLOWED_SKIPS):
+            self.refused.append((report.nodeid, reason))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.refused and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.refused:
+            return
+        terminalreporter.section("skips refused under make test", red=True)
+        for nodeid, reason in self.refused:
+            terminalreporter.line(f"SKIP REFUSED {nodeid}: {reason}")
+        terminalreporter.line(f"{len(self.refused)} test(s) skipped for something other than a "
+                              "missing NVIDIA GPU: install what they name (scripts/setup.sh).")

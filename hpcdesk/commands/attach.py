@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # the push channel is needed only while submitting
 
 
 def wait_and_report(session: Session, scheduler: Scheduler, job: JobRef, loaded: LoadedConfig,
-                    listener: Listener | None, quiet: bool, t0: float) -> int:
+                    listener: Listener | None, quiet: bool, t0: float,
+                    laptop: str | None = None) -> int:
     def show(stage: str, detail: str) -> None:
         say(f"  [{time.monotonic() - t0:6.1f}s] {detail}", quiet)
 
@@ -38,18 +39,20 @@ def wait_and_report(session: Session, scheduler: Scheduler, job: JobRef, loaded:
             listener.close()
     elapsed = time.monotonic() - t0
     session.update_meta(ready_at=now(), ready_after_s=round(elapsed, 3))
-    print_connection(session, job, conn, quiet, elapsed)
+    print_connection(session, job, conn, quiet, elapsed, laptop)
     return EXIT_OK
 
 
 def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet: bool,
-                     elapsed: float | None = None) -> None:
+                     elapsed: float | None = None, laptop: str | None = None) -> None:
+    """`laptop`: the `hpcdesk tunnel` command for sessions reached through a tunnel."""
     if quiet:
         emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
                    "state": "ready", **{k: conn.get(k) for k in (
                        "url", "host", "port", "user", "password", "node", "display",
                        "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint",
-                       "transport", "turn_port")}})
+                       "transport", "turn_port")},
+                   **({"laptop_command": laptop} if laptop else {})})
         return
     took = f" after {elapsed:.1f}s" if elapsed is not None else ""
     print(f"\nYour desktop is ready{took}:\n"
@@ -62,6 +65,8 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
           + (f"  certificate: self-signed for this session; your browser warns once.\n"
              f"           SHA-256 {conn.get('tls_fingerprint')}\n"
              if conn.get("tls") == "self-signed" else "") +
+          (f"  on your laptop (this URL is for the cluster's network only):\n"
+           f"            {laptop}\n" if laptop else "") +
           f"  stop it:  hpcdesk cancel {session.id}", flush=True)
 
 

@@ -37,7 +37,8 @@ def root_of(loaded: config.LoadedConfig) -> Path:
 
 
 def scheduler_for(loaded: config.LoadedConfig) -> Scheduler:
-    return get_scheduler(loaded.config.scheduler.backend, cache_dir=root_of(loaded) / ".cache")
+    s = loaded.config.scheduler
+    return get_scheduler(s.backend, cache_dir=root_of(loaded) / ".cache", cluster=s.cluster)
 
 
 def emit_json(data: Any) -> None:

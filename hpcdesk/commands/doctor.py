@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hpcdesk.checks import checks_to_json, worst
-from hpcdesk.commands.common import emit_json
+from hpcdesk.commands.common import emit_json, overrides_from_sets
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK
 
 
@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from hpcdesk.login_checks import login_checks
 
-        checks = login_checks(args.site)
+        checks = login_checks(args.site, overrides_from_sets(args.set))
     overall = worst(checks)
     if args.json:
         emit_json({"worst": overall, "checks": checks_to_json(checks)})

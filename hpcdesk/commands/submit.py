@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import time
 from typing import Any
 
@@ -85,13 +86,13 @@ def prepare(loaded: LoadedConfig) -> Session:
 
 def run(args: argparse.Namespace) -> int:
     loaded = load_config(args, cli_overrides(args))
+    scheduler = scheduler_for(loaded)  # a backend that cannot serve fails before any file
     session = prepare(loaded)
     quiet = args.json
     cfg = loaded.config
     listener = None
     if cfg.network.push and not args.no_wait:
         listener = Listener(session.dir, session.id, cfg.network.login_address)
-    scheduler = scheduler_for(loaded)
     t0 = time.monotonic()
     try:
         job = scheduler.submit(session.path("job.sh"), cfg.scheduler.cluster)
@@ -103,11 +104,18 @@ def run(args: argparse.Namespace) -> int:
     session.update_meta(job_id=job.job_id, cluster=job.cluster, submitted=now())
     where = f" to partition {cfg.scheduler.partition}" if cfg.scheduler.partition else ""
     say(f"hpcdesk: session {session.id}, job {job}{where} submitted", quiet)
+    laptop = None
+    if cfg.network.connect == "tunnel":
+        from hpcdesk.commands.laptop_hint import laptop_command
+
+        laptop = laptop_command(session.id, args.site or os.environ.get("HPCDESK_SITE"))
+        say(f"  on your laptop: {laptop}", quiet)
     if args.no_wait:
         if quiet:
             emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
-                       "state": "submitted", "directory": str(session.dir)})
+                       "state": "submitted", "directory": str(session.dir),
+                       **({"laptop_command": laptop} if laptop else {})})
         else:
             say(f"  follow it:  hpcdesk status {session.id} --wait")
         return EXIT_OK
-    return wait_and_report(session, scheduler, job, loaded, listener, quiet, t0)
+    return wait_and_report(session, scheduler, job, loaded, listener, quiet, t0, laptop)

@@ -2,34 +2,43 @@
 
 `--screenshot` runs on virtual time and fires before a video stream has started; this opens
 the page and takes real-time screenshots until a condition holds (or a deadline passes).
-DevTools runs over a pipe (`--remote-debugging-pipe`), not a TCP port, so the browser can run
-inside another network namespace (a "laptop" that reaches only what a test allows) while the
-test drives it from here.
+
+`watch()` is the one-shot form. `Chromium` keeps one browser and page open across several
+steps (open, wait until the desktop shows, do something elsewhere, wait again), and
+can run inside a network namespace (`netns="NAME"`, /run/netns/NAME): the browser is started
+there with nsenter, and its DevTools connection is made from a thread that joined the same
+namespace, so it sees exactly the network a laptop there would. `open()` can install a
+script before the page's own (RTC_SPY records the page's RTCPeerConnections, so a test reads
+the ICE configuration the browser really uses) and answer the site's login once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import ctypes
 import json
 import os
-import select
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import aiohttp
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--ignore-certificate-errors", "--window-size=1280,720", "--remote-debugging-pipe",
+         "--ignore-certificate-errors", "--window-size=1280,720", "--remote-debugging-port=0",
          "--autoplay-policy=no-user-gesture-required"]  # WebRTC video starts without a click
 
-# Installed before any page script: remembers every RTCPeerConnection the page makes, so a
-# test can read the configuration the browser really uses (getConfiguration()).
+# Installed before any page script: remembers every RTCPeerConnection the page makes.
 RTC_SPY = """(() => {
   const Orig = window.RTCPeerConnection;
   if (!Orig || Orig.__hpcdeskSpy) return;
@@ -46,127 +55,66 @@ RTC_SPY = """(() => {
   });
 })();"""
 PEER_CONFIGS = "JSON.stringify(window.__hpcdeskPeerConfigs ? window.__hpcdeskPeerConfigs() : null)"
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
-class DevTools:
-    """The browser end of --remote-debugging-pipe: NUL-separated JSON on fds 3 (in) and 4."""
+def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
+    """fn() in a thread that joined network namespace `netns` (or here, if None)."""
+    if netns is None:
+        return fn()
+    box: dict[str, Any] = {}
 
-    def __init__(self, to_browser: int, from_browser: int) -> None:
-        self.w, self.r = to_browser, from_browser
-        self.buf = b""
-        self.counter = 0
-        self.session: str | None = None
-
-    def call(self, method: str, timeout: float = 30.0, **params: Any) -> dict[str, Any]:
-        self.counter += 1
-        msg: dict[str, Any] = {"id": self.counter, "method": method, "params": params}
-        if self.session and not method.startswith("Target."):
-            msg["sessionId"] = self.session
-        os.write(self.w, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\0" in self.buf:
-                raw, self.buf = self.buf.split(b"\0", 1)
-                data = json.loads(raw)
-                if data.get("id") == self.counter:
-                    if "error" in data:
-                        raise RuntimeError(f"{method}: {data['error']}")
-                    return dict(data.get("result", {}))
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.r], [], [], left)[0]:
-                raise RuntimeError(f"DevTools: no answer to {method} within {timeout}s")
-            chunk = os.read(self.r, 1 << 20)
-            if not chunk:
-                raise RuntimeError("DevTools pipe closed (chromium exited)")
-            self.buf += chunk
-
-    def attach_page(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            targets = self.call("Target.getTargets")["targetInfos"]
-            pages = [t for t in targets if t.get("type") == "page"]
-            if pages:
-                got = self.call("Target.attachToTarget", targetId=pages[0]["targetId"],
-                                flatten=True)
-                self.session = str(got["sessionId"])
-                return
-            time.sleep(0.1)
-        raise RuntimeError("chromium has no page target")
-
-    def evaluate(self, expression: str) -> Any:
-        got = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                        awaitPromise=True)
-        return got.get("result", {}).get("value")
-
-
-@contextlib.contextmanager
-def chromium(netns: str | None = None) -> Any:
-    """A headless Chromium (optionally inside network namespace `netns`), attached to a page."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not exe:
-        raise RuntimeError("chromium is not installed (apt-get install chromium)")
-    prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
-    with tempfile.TemporaryDirectory(prefix="hpcdesk-chromium-",
-                                     ignore_cleanup_errors=True) as profile:
-        cmd_r, cmd_w = os.pipe()
-        out_r, out_w = os.pipe()
-        argv = ["bash", "-c", 'exec "$@" 3<&0 4>&1 </dev/null >/dev/null', "chromium",
-                *prefix, exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"]
-        proc = subprocess.Popen(argv, stdin=cmd_r, stdout=out_w, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        os.close(cmd_r)
-        os.close(out_w)
+    def run() -> None:
         try:
-            tools = DevTools(cmd_w, out_r)
-            tools.attach_page()
-            yield tools
-        finally:
-            # The browser and its helper processes (one group): stop them all before the
-            # profile directory is removed.
-            os.close(cmd_w)
-            os.close(out_r)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}")
+            finally:
+                os.close(fd)
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
 
 
-def peer_configs(tools: DevTools) -> list[dict[str, Any]] | None:
-    """The configurations of the page's RTCPeerConnections (None: RTC_SPY not installed)."""
-    got = json.loads(str(tools.evaluate(PEER_CONFIGS)))
-    return None if got is None else list(got)
+class _Page:
+    """One DevTools connection to the page; `call` sends a command and awaits its answer."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.counter = 0
+
+    async def call(self, method: str, **params: object) -> dict[str, object]:
+        self.counter += 1
+        await self.ws.send_json({"id": self.counter, "method": method, "params": params})
+        async for msg in self.ws:
+            data = json.loads(msg.data)
+            if data.get("id") == self.counter:
+                if "error" in data:
+                    raise RuntimeError(f"{method}: {data['error']}")
+                return dict(data.get("result", {}))
+        raise RuntimeError("DevTools connection closed")
 
 
-def open_and_watch(tools: DevTools, url: str, out: Path, ok: Callable[[Path], bool],
-                   timeout: float = 45.0, init_script: str | None = None,
-                   login: tuple[str, str] | None = None) -> bool:
-    """Navigate to `url`; screenshot into `out` every second until ok(out) or timeout.
+async def _with_page(ws_url: str, steps: Callable[[_Page], Any]) -> Any:
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
+        return await steps(_Page(ws))
 
-    `login` (user, password) is answered the way a person answers the browser's prompt: once,
-    after which the browser sends the credentials with every request to the site. (Credentials
-    inside the page URL would make the page's own fetch() calls fail: the Selkies client then
-    silently connects without its ICE servers.)
-    """
-    tools.call("Page.enable")
-    tools.call("Runtime.enable")
-    if init_script:
-        tools.call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
-    if login:
-        scheme, rest = url.split("://", 1)
-        tools.call("Page.navigate", url=f"{scheme}://{login[0]}:{login[1]}@{rest}")
-        deadline = time.monotonic() + 30
-        while tools.evaluate("document.readyState") != "complete":
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not load")
-            time.sleep(0.2)
-    tools.call("Page.navigate", url=url)
+
+async def _until(page: _Page, out: Path, ok: Callable[[Path], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
-        time.sleep(1.0)
-        shot = tools.call("Page.captureScreenshot", format="png")
+        await asyncio.sleep(1.0)
+        shot = await page.call("Page.captureScreenshot", format="png")
         out.write_bytes(base64.b64decode(str(shot["data"])))
         if ok(out):
             return True
@@ -174,7 +122,136 @@ def open_and_watch(tools: DevTools, url: str, out: Path, ok: Callable[[Path], bo
             return False
 
 
-def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 45.0) -> bool:
+class Chromium:
+    """Headless Chromium with one page, optionally in a network namespace."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self.proc: subprocess.Popen[str] | None = None
+        self.page_ws = ""
+        self._profile: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> Chromium:
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if not chromium:
+            raise RuntimeError("chromium is not installed (apt-get install chromium)")
+        self._profile = tempfile.TemporaryDirectory(prefix="hpcdesk-chromium-",
+                                                    ignore_cleanup_errors=True)
+        prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
+        self.proc = subprocess.Popen(
+            [*prefix, chromium, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        try:
+            assert self.proc.stderr is not None
+            ws_url = ""
+            start = time.monotonic()
+            while time.monotonic() - start < 30:
+                line = self.proc.stderr.readline()
+                m = re.search(r"DevTools listening on (ws://\S+)", line)
+                if m:
+                    ws_url = m.group(1)
+                    break
+            if not ws_url:
+                raise RuntimeError("chromium did not open its DevTools port")
+            self.page_ws = in_netns(self.netns, lambda: asyncio.run(_page_target(ws_url)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        # The browser and its helper processes (one group): stop them all before the profile
+        # directory is removed.
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+            self.proc = None
+        if self._profile is not None:
+            self._profile.cleanup()
+            self._profile = None
+
+    def _run(self, steps: Callable[[_Page], Any]) -> Any:
+        return in_netns(self.netns, lambda: asyncio.run(_with_page(self.page_ws, steps)))
+
+    def open(self, url: str, init_script: str | None = None,
+             login: tuple[str, str] | None = None) -> None:
+        """Navigate to `url`. `init_script` runs in every new document before the page's
+        scripts. `login` (user, password) is answered the way a person answers the browser's
+        prompt: once, after which the browser sends it with every request to the site
+        (credentials inside the page URL would make the page's own fetch() calls fail: the
+        Selkies client then silently connects without its ICE servers)."""
+        async def loaded(page: _Page) -> None:
+            deadline = time.monotonic() + 30
+            while True:
+                got = await page.call("Runtime.evaluate", expression="document.readyState",
+                                      returnByValue=True)
+                if _value(got) == "complete":
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} did not load")
+                await asyncio.sleep(0.2)
+
+        async def steps(page: _Page) -> None:
+            await page.call("Page.enable")
+            await page.call("Runtime.enable")
+            if init_script:
+                await page.call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
+            if login:
+                scheme, rest = url.split("://", 1)
+                await page.call("Page.navigate", url=f"{scheme}://{login[0]}:{login[1]}@{rest}")
+                await loaded(page)
+            await page.call("Page.navigate", url=url)
+            if init_script:  # the script lives while this DevTools session does
+                await loaded(page)
+        self._run(steps)
+
+    def evaluate(self, expression: str) -> Any:
+        async def steps(page: _Page) -> Any:
+            got = await page.call("Runtime.evaluate", expression=expression,
+                                  returnByValue=True, awaitPromise=True)
+            return _value(got)
+        return self._run(steps)
+
+    def peer_configs(self) -> list[dict[str, Any]] | None:
+        """The page's RTCPeerConnection configurations (None: RTC_SPY was not installed)."""
+        got = json.loads(str(self.evaluate(PEER_CONFIGS)))
+        return None if got is None else list(got)
+
+    def wait_for(self, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0) -> bool:
+        """Screenshot into `out` every second until ok(out) (True) or the timeout (False)."""
+        return bool(self._run(lambda page: _until(page, out, ok, timeout)))
+
+
+def _value(evaluated: dict[str, object]) -> Any:
+    result = evaluated.get("result")
+    return result.get("value") if isinstance(result, dict) else None
+
+
+def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0,
+          netns: str | None = None) -> bool:
     """Open `url` in headless Chromium; screenshot into `out` until ok(out) or timeout."""
-    with chromium() as tools:
-        return open_and_watch(tools, url, out, ok, timeout)
+    with Chromium(netns) as browser:
+        browser.open(url)
+        return browser.wait_for(out, ok, timeout)
+
+
+async def _page_target(browser_ws: str) -> str:
+    base = browser_ws.split("/devtools/")[0].replace("ws://", "http://")
+    async with aiohttp.ClientSession() as http:
+        for _ in range(50):
+            async with http.get(f"{base}/json/list") as resp:
+                targets = await resp.json()
+            pages = [t for t in targets if t.get("type") == "page"]
+            if pages:
+                return str(pages[0]["webSocketDebuggerUrl"])
+            await asyncio.sleep(0.1)
+    raise RuntimeError("chromium has no page target")

@@ -129,11 +129,10 @@ def test_apptainer_desktop_gets_only_the_agents_ice_servers(
         assert ice_urls(doc) == [], doc
         _place_window(str(data["node"]), user, user.sessions_root() / str(data["session"]),
                       "#13a86b")
-        with browser.chromium() as tools:
-            seen = browser.open_and_watch(tools, str(data["url"]), tmp_path / "rtc.png",
-                                          lambda p: colour_fraction(p, GREEN) > 0.05,
-                                          timeout=60, init_script=browser.RTC_SPY, login=auth)
-            configs = browser.peer_configs(tools)
+        with browser.Chromium() as tools:
+            tools.open(str(data["url"]), init_script=browser.RTC_SPY, login=auth)
+            seen = tools.wait_for(tmp_path / "rtc.png", lambda p: colour_fraction(p, GREEN) > 0.05)
+            configs = tools.peer_configs()
         assert seen, f"the container's desktop is not visible over WebRTC ({tmp_path})"
         assert configs and all(ice_urls(c) == [] for c in configs), configs
     else:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import queue
+import re
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,7 +55,6 @@ def test_submit_browser_cancel(user: User, tmp_path: Path, cleanup_jobs: list[st
                       'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
                       "xterm", "-bg", "#13a86b", "-geometry", "200x80+0+0")
     assert xterm.returncode == 0, xterm.stderr
-    time.sleep(1.5)
     authed = url.replace("https://", f"https://{data['user']}:{data['password']}@")
     shot = tmp_path / "desktop.png"
     seen = browser.watch(authed, shot, lambda png: colour_fraction(png, GREEN) > 0.10)
@@ -91,13 +93,12 @@ def test_two_desktops_same_node_same_moment(user: User, cleanup_jobs: list[str])
     ("runtime.xorg=/bin/false", "X server failed to start"),
 ])
 def test_desktop_that_cannot_start(user: User, override: str, cause: str) -> None:
-    t0 = time.monotonic()
     proc = user.run("submit", *SITE, "--set", override, "--set", "timeouts.start=60",
                     timeout=200)
     assert proc.returncode == 1, proc.stderr
     assert cause in proc.stderr
     assert "Slurm state" in proc.stderr
-    assert time.monotonic() - t0 < 60 + 60
+    assert "timed out" not in proc.stderr  # the cause was seen, not waited out
     sid = _newest_session(user)
     sdir = user.sessions_root() / sid
     assert (sdir / "job.sh").exists() and (sdir / "agent.log").exists()
@@ -193,39 +194,47 @@ def test_status_list_logs(user: User, cleanup_jobs: list[str]) -> None:
 
 
 def test_ctrl_c_leaves_job_running(user: User, cleanup_jobs: list[str]) -> None:
-    proc = user.popen("submit", *SITE)
-    time.sleep(2.5)
-    sid = _newest_session(user)
+    """Ctrl-C while submit waits. The job is held in the queue on purpose (sbatch --hold) and
+    the interrupt comes only once submit has said so, however fast or slow the machine."""
+    proc = user.popen("submit", *SITE, "--set", "scheduler.extra_args=['--hold']")
+    try:
+        head = read_until(proc, "is queued", timeout=120)
+    except BaseException:
+        proc.kill()
+        raise
+    m = re.search(r"session (\w+), job (\d+)", head)
+    assert m, head
+    sid, job = m[1], m[2]
     cleanup_jobs.append(sid)
+    assert "JobHeldUser" in head, head
     subprocess.run(["pkill", "-INT", "-P", str(proc.pid)], check=False)  # the child of runuser
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, (out, err)
+    proc.wait(timeout=60)  # stdout is drained by read_until's thread
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert proc.returncode == 130, (head, err)
     assert f"hpcdesk status {sid} --wait" in err and f"hpcdesk cancel {sid}" in err
+    # The job was left alone: still queued, and it becomes the desktop once released.
+    assert _run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip() == "PENDING"
+    assert _run(["scontrol", "release", job]).returncode == 0
     st = user.json("status", sid, "--wait", *SITE)
     assert st["state"] == "ready"
 
 
-def test_time_limit_signal_stops_and_records_reason(user: User, cleanup_jobs: list[str]) -> None:
-    """Slurm's --signal=B:USR1@lead warning: the agent stops everything and says why."""
-    data = submit(user)
-    sid, node = str(data["session"]), str(data["node"])
-    cleanup_jobs.append(sid)
-    sdir = user.sessions_root() / sid
-    job = str(json.loads((sdir / "session.json").read_text())["job_id"])
-    sig = _run(["scancel", "--signal=USR1", "--batch", job])
-    assert sig.returncode == 0, sig.stderr
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        state = json.loads((sdir / "node.json").read_text())
-        if state["phase"] == "stopped":
+def read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
+    """What the process printed on stdout up to and including the line holding `needle`
+    (a reader thread, so a line already buffered is never waited for)."""
+    stream = proc.stdout
+    assert stream is not None
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in iter(stream.readline, "")],
+                     daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            seen.append(lines.get(timeout=left))
+        except queue.Empty:
             break
-        time.sleep(0.3)
-    assert state["phase"] == "stopped"
-    assert "time limit" in state["reason"]
-    assert not (sdir / "connection.json").exists(), "dead credentials were left behind"
-    deadline = time.monotonic() + 30
-    while node_user_pids(node) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert node_user_pids(node) == []
-    st = user.json("status", sid, *SITE)
-    assert st["state"] in ("completed", "ended") and "time limit" in st["detail"]
+        if needle in seen[-1]:
+            return "".join(seen)
+    raise AssertionError(f"{needle!r} never came; output so far:\n{''.join(seen)}")

@@ -358,11 +358,10 @@ def test_no_public_relay_websockets(user: User, site_dir: Path, tmp_path: Path,
     status, body = http(f"{conn['url']}api/switch", auth, json.dumps({"mode": "webrtc"}).encode())
     assert status == 403, (status, body)
     place_window(user, conn)
-    with browser.chromium() as tools:
-        seen = browser.open_and_watch(tools, str(conn["url"]), tmp_path / "ws.png",
-                                      lambda p: colour_fraction(p, GREEN) > 0.10,
-                                      init_script=browser.RTC_SPY, login=auth)
-        configs = browser.peer_configs(tools)
+    with browser.Chromium() as tools:
+        tools.open(str(conn["url"]), init_script=browser.RTC_SPY, login=auth)
+        seen = tools.wait_for(tmp_path / "ws.png", lambda p: colour_fraction(p, GREEN) > 0.10)
+        configs = tools.peer_configs()
     assert seen, "the desktop is not visible in the browser"
     assert configs is not None
     assert all(ice_urls(c) == [] for c in configs), configs
@@ -383,13 +382,13 @@ def test_no_public_relay_webrtc_without_turn(user: User, site_dir: Path, tmp_pat
                      f"import socket; socket.create_connection(('127.0.0.1', {port}), 5)")
     assert loop.returncode == 0, loop.stderr
     status, body = http(f"{conn['url']}api/status", auth)
-    assert status == 200 and json.loads(body)["enable_dual_mode"] is True  # webrtc configured: switching allowed
+    # webrtc is configured: switching transports is allowed
+    assert status == 200 and json.loads(body)["enable_dual_mode"] is True
     place_window(user, conn)
-    with browser.chromium() as tools:
-        seen = browser.open_and_watch(tools, str(conn["url"]), tmp_path / "rtc.png",
-                                      lambda p: colour_fraction(p, GREEN) > 0.10,
-                                      init_script=browser.RTC_SPY, login=auth)
-        configs = browser.peer_configs(tools)
+    with browser.Chromium() as tools:
+        tools.open(str(conn["url"]), init_script=browser.RTC_SPY, login=auth)
+        seen = tools.wait_for(tmp_path / "rtc.png", lambda p: colour_fraction(p, GREEN) > 0.10)
+        configs = tools.peer_configs()
     assert seen, "the desktop is not visible over direct WebRTC"
     assert configs, "the page made no RTCPeerConnection in webrtc mode"
     assert all(ice_urls(c) == [] for c in configs), configs
@@ -569,12 +568,12 @@ def test_webrtc_relayed_through_the_site_turn(user: User, laptop: str, site_dir:
         assert not laptop_connects(node_ip, port), "the laptop must not reach the node"
         place_window(user, conn)
         url = f"https://127.0.0.1:{port}/"
-        with tcp_bridge([port], node_ip), browser.chromium(netns=laptop) as tools:
-            seen = browser.open_and_watch(tools, url, tmp_path / "relay.png",
-                                          lambda p: colour_fraction(p, GREEN) > 0.10,
-                                          timeout=90, init_script=browser.RTC_SPY,
-                                          login=(str(conn["user"]), str(conn["password"])))
-            configs = browser.peer_configs(tools)
+        with tcp_bridge([port], node_ip), browser.Chromium(laptop) as tools:
+            tools.open(url, init_script=browser.RTC_SPY,
+                       login=(str(conn["user"]), str(conn["password"])))
+            seen = tools.wait_for(tmp_path / "relay.png",
+                                  lambda p: colour_fraction(p, GREEN) > 0.10)
+            configs = tools.peer_configs()
         assert seen, f"the desktop is not visible through TURN ({tmp_path}): {configs}"
         assert configs and all(c["iceTransportPolicy"] == "relay" for c in configs), configs
         assert all(u.startswith(f"turn:{TURN_IP}:") for c in configs for u in ice_urls(c))
@@ -623,12 +622,12 @@ def test_webrtc_through_the_in_job_turn_over_tcp_only(user: User, laptop: str, s
     assert not laptop_connects(node_ip, port)
     place_window(user, conn)
     url = f"https://127.0.0.1:{port}/"
-    with tcp_bridge([port, turn_port], node_ip), browser.chromium(netns=laptop) as tools:
-        seen = browser.open_and_watch(tools, url, tmp_path / "jobturn.png",
-                                      lambda p: colour_fraction(p, GREEN) > 0.10,
-                                      timeout=90, init_script=browser.RTC_SPY,
-                                      login=(str(conn["user"]), str(conn["password"])))
-        configs = browser.peer_configs(tools)
+    with tcp_bridge([port, turn_port], node_ip), browser.Chromium(laptop) as tools:
+        tools.open(url, init_script=browser.RTC_SPY,
+                   login=(str(conn["user"]), str(conn["password"])))
+        seen = tools.wait_for(tmp_path / "jobturn.png",
+                              lambda p: colour_fraction(p, GREEN) > 0.10)
+        configs = tools.peer_configs()
     assert seen, f"the desktop is not visible through the in-job TURN ({tmp_path})"
     assert configs and all(c["iceTransportPolicy"] == "relay" for c in configs), configs
 

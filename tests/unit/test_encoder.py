@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from tooling import require
 
 from hpcdesk.node import nvenc
 from hpcdesk.node.encoder import decide_encoder, software_threads
@@ -230,9 +231,8 @@ int NvEncodeAPICreateInstance(void *list) {
 
 @pytest.fixture(scope="module")
 def fake_driver_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler to build the fake driver libraries")
+    require("gcc", package="gcc")  # builds the fake driver libraries
+    cc = str(shutil.which("gcc"))
     out = tmp_path_factory.mktemp("fakedriver")
     for name, source in (("libcuda.so.1", FAKE_CUDA_C), ("libnvidia-encode.so.1", FAKE_NVENC_C)):
         src = out / (name + ".c")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from tooling import require, skip_with_gpu
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
@@ -211,8 +212,7 @@ def test_bash_syntax(script: Path) -> None:
 
 
 def test_shellcheck(script: Path) -> None:
-    if not shutil.which("shellcheck"):
-        pytest.skip("shellcheck is not installed")
+    require("shellcheck", package="shellcheck")
     r = subprocess.run(["shellcheck", "-s", "bash", "-S", "warning", str(script)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -411,8 +411,7 @@ def test_bad_bus_id_is_refused(script: Path) -> None:
     ("none", 'Option "UseDisplayDevice" "none"'),
 ])
 def test_xorg_conf_for_the_gpu(script: Path, tmp_path: Path, video_port: str, line: str) -> None:
-    if not shutil.which("cvt"):
-        pytest.skip("cvt is not installed")
+    require("cvt", package="xcvt")
     from hpcdesk.node.xorg_conf import MODE_VALIDATION
 
     conf = tmp_path / "xorg.conf"
@@ -430,8 +429,7 @@ def test_xorg_conf_for_the_gpu(script: Path, tmp_path: Path, video_port: str, li
 
 
 def test_odd_refresh_and_width_modelines(script: Path) -> None:
-    if not shutil.which("cvt"):
-        pytest.skip("cvt is not installed")
+    require("cvt", package="xcvt")
     out = bash(script, "modeline 1366 768 60; modeline 1920 1080 30").stdout.splitlines()
     assert out[0].split()[1:4] == ['"1366x768"', out[0].split()[2], "1366"]  # exact width
     assert out[1].startswith('Modeline "1920x1080_30.00"')  # cvt -r refuses 30 Hz
@@ -497,10 +495,9 @@ def _free_port() -> int:
 
 
 def test_nginx_config_is_valid(script: Path, tmp_path: Path) -> None:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
-                                      else None)
-    if not nginx or not shutil.which("openssl"):
-        pytest.skip("nginx or openssl is not installed")
+    require("/usr/sbin/nginx", package="nginx")
+    require("openssl", package="openssl")
+    nginx = "/usr/sbin/nginx"
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=t", "-keyout", str(key), "-out", str(cert)], check=True,
@@ -590,10 +587,10 @@ class Desktop:
 
 @pytest.fixture
 def egl_desktop(script: Path, tmp_path: Path) -> Iterator[Desktop]:
-    needed = ("Xvfb", "xdpyinfo", "openssl", "setsid")
+    for tool, package in (("Xvfb", "xvfb"), ("xdpyinfo", "x11-utils"), ("openssl", "openssl"),
+                          ("setsid", "util-linux"), ("/usr/sbin/nginx", "nginx")):
+        require(tool, package=package)
     nginx_dirs = f"{os.environ['PATH']}:/usr/sbin:/sbin"
-    if any(not shutil.which(t) for t in needed) or not shutil.which("nginx", path=nginx_dirs):
-        pytest.skip(f"needs {', '.join(needed)} and nginx")
     from hpcdesk.node.displays import in_use
 
     stubs, out, tmp, home, run = (tmp_path / n for n in ("bin", "out", "tmp", "home", "run"))
@@ -647,6 +644,14 @@ def _wait_ready(desktop: Desktop, timeout: float = 30) -> None:
     pytest.fail("the desktop did not become ready:\n" + desktop.log.read_text())
 
 
+def _survivors(pids: list[int], timeout: float = 30) -> list[int]:
+    """The pids still running once they had `timeout` seconds to finish exiting."""
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in pids if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
 def test_egl_desktop_end_to_end(egl_desktop: Desktop) -> None:
     from hpcdesk.node.health import http_status
 
@@ -681,8 +686,7 @@ def test_egl_desktop_end_to_end(egl_desktop: Desktop) -> None:
 
     dbus_pid = int((egl_desktop.out / "dbus.pid").read_text())
     assert egl_desktop.stop() == 128 + signal.SIGTERM
-    time.sleep(0.3)
-    survivors = [pid for pid in [*tree, dbus_pid] if _running(pid)]
+    survivors = _survivors([*tree, dbus_pid])
     assert not survivors, [(p, _cmdline(p)) for p in survivors]
     assert not work.exists(), "the private work directory is removed"
 
@@ -695,8 +699,7 @@ def test_egl_desktop_stops_when_the_streamer_dies(egl_desktop: Desktop) -> None:
     os.kill(streamer, signal.SIGKILL)
     assert egl_desktop.proc.wait(timeout=20) == 1
     assert "selkies-gstreamer" in egl_desktop.log.read_text()
-    time.sleep(0.3)
-    assert not [p for p in tree if _running(p)]
+    assert not _survivors(tree)
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -724,7 +727,7 @@ def test_glx_without_gpu_names_the_alternatives(script: Path, tmp_path: Path) ->
            "HPCDESK_FLAVOR": "glx", "DISPLAY": ":900", "NGINX_PORT": "40001",
            "SELKIES_BASIC_AUTH_PASSWORD": PASSWORD}
     if shutil.which("nvidia-smi", path=env["PATH"]):
-        pytest.skip("this machine has nvidia-smi")
+        skip_with_gpu("the entrypoint would find nvidia-smi")
     r = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert "needs an NVIDIA GPU" in r.stderr and "egl" in r.stderr

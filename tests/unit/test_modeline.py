@@ -1,4 +1,4 @@
-"""CVT modelines compared with the real `cvt` / `cvt -r` (Debian: xcvt, via xserver-xorg-core)."""
+"""CVT modelines compared with the real `cvt` / `cvt -r` (Debian package xcvt)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import shutil
 import subprocess
 
 import pytest
+from tooling import require
 
 from hpcdesk.node.modeline import cvt_mode
 
 CVT = shutil.which("cvt")
-needs_cvt = pytest.mark.skipif(
-    CVT is None, reason="the `cvt` binary is absent (apt-get install xserver-xorg-core or xcvt)"
-)
+
+
+@pytest.fixture
+def needs_cvt() -> None:
+    require("cvt", package="xcvt")
 
 # (width, height, refresh): the desktop sizes people ask for, at 60 Hz and at 30/50/120/144 Hz.
 MODES = [
@@ -42,7 +45,7 @@ def installed_cvt_is_legacy() -> bool:
     return hsync_start == 1696
 
 
-@needs_cvt
+@pytest.mark.usefixtures("needs_cvt")
 @pytest.mark.parametrize(("width", "height", "refresh"), MODES)
 def test_standard_cvt_matches_binary(width: int, height: int, refresh: int) -> None:
     done = run_cvt(width, height, refresh, reduced=False)
@@ -65,7 +68,7 @@ def test_libxcvt_versions_differ_only_in_the_sync_start() -> None:
     assert cvt_mode(1600, 900, 60, legacy_hsync=True).hsync_start == 1696
 
 
-@needs_cvt
+@pytest.mark.usefixtures("needs_cvt")
 @pytest.mark.parametrize(("width", "height", "refresh"), MODES)
 def test_reduced_blanking_matches_binary(width: int, height: int, refresh: int) -> None:
     done = run_cvt(width, height, refresh, reduced=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fakes_gpu import FakeGpuBackend, fake_device
+from tooling import skip_with_gpu
 
 from hpcdesk.checks import Check, checks_to_json, worst
 from hpcdesk.node.gpu import NO_DRIVER, Device
@@ -41,7 +42,7 @@ def test_every_non_ok_check_has_a_fix_helper() -> None:
 
 def test_on_this_machine_without_nvidia() -> None:
     if Path("/proc/driver/nvidia/version").exists():
-        pytest.skip("this machine has an NVIDIA driver")
+        skip_with_gpu("this test covers the machine without a driver")
     checks = node_checks({}, cpus=2)
     found = by_name(checks)
     assert [c.name for c in checks] == NAMES

@@ -107,7 +107,7 @@ exit 0
     (tmp_path / "job12").touch()                          # submitted after the snapshot
     assert b.query([JobRef("12")])[JobRef("12")].state is JobState.PENDING
     assert counter.read_text().count("x") == 2
-    assert (cache / "squeue-default.txt").stat().st_mode & 0o777 == 0o600
+    assert (cache / "queue-default.txt").stat().st_mode & 0o777 == 0o600
     time.sleep(1.1)                                       # too old: ask again
     a.query([JobRef("11")])
     assert counter.read_text().count("x") == 3

@@ -2,8 +2,8 @@
 
 Runs Xorg as an unprivileged user (nobody when the tests run as root), on a display Xorg picks
 itself (-displayfd), with its log in a temporary directory; only that Xorg is stopped.
-Skipped where Xorg, the dummy driver or xdpyinfo is missing
-(Debian: xserver-xorg-core xserver-xorg-video-dummy x11-utils).
+Needs Xorg, the dummy driver, xdpyinfo and xrandr (Debian: xserver-xorg-core
+xserver-xorg-video-dummy x11-utils x11-xserver-utils); see tests/tooling.py.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from tooling import require
 
 from hpcdesk.node.xorg_conf import XorgSpec, render_xorg_conf
 
@@ -29,11 +30,14 @@ XDPYINFO = shutil.which("xdpyinfo")
 XRANDR = shutil.which("xrandr")
 NOBODY = 65534
 
-pytestmark = pytest.mark.skipif(
-    not (XORG.is_file() and DUMMY.is_file() and XDPYINFO),
-    reason="needs /usr/lib/xorg/Xorg, the dummy driver and xdpyinfo (apt-get install "
-    "xserver-xorg-core xserver-xorg-video-dummy x11-utils)",
-)
+
+
+@pytest.fixture(autouse=True)
+def _x_tools() -> None:
+    require(str(XORG), package="xserver-xorg-core")
+    require(str(DUMMY), package="xserver-xorg-video-dummy")
+    require("xdpyinfo", package="x11-utils")
+    require("xrandr", package="x11-xserver-utils")
 
 
 @pytest.fixture
@@ -137,10 +141,9 @@ def test_dummy_xorg_has_exactly_the_requested_size(
         assert (int(dims[1]), int(dims[2])) == (width, height)
         assert re.search(rf"depth of root window:\s+{depth} planes", info)
         assert re.search(r"resolution:\s+96x96 dots per inch", info)
-        if XRANDR:
-            randr = subprocess.run([XRANDR, "-display", f":{display}"], capture_output=True,
-                                   text=True, timeout=30, check=False).stdout
-            assert f"current {width} x {height}" in randr, randr
+        randr = subprocess.run([str(XRANDR), "-display", f":{display}"], capture_output=True,
+                               text=True, timeout=30, check=False).stdout
+        assert f"current {width} x {height}" in randr, randr
     except AssertionError:
         log = (shared_tmp / "Xorg.log").read_text(errors="replace")
         print("\n".join(line for line in log.splitlines() if "(EE)" in line or "(WW)" in line))

@@ -1,0 +1,63 @@
+"""What the tunnel forwards to, from `hpcdesk status --json` on the login node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from hpcdesk.errors import Unreachable
+
+LOCAL_HOST = "127.0.0.1"  # the node's self-signed certificate names it (and localhost)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    session: str
+    job_id: str | None
+    node: str | None
+    scheme: str
+    host: str                 # the node's web address, as the login node reaches it
+    port: int
+    path: str                 # path, query and fragment of the desktop's URL
+    user: str
+    password: str
+    transport: str            # "websockets" | "webrtc"
+    turn_port: int | None     # the in-job TURN's TCP port (webrtc): same number on both ends
+    tls_fingerprint: str | None
+
+    @classmethod
+    def from_status(cls, data: dict[str, Any]) -> Endpoint:
+        url = data.get("url")
+        if not isinstance(url, str) or not url:
+            raise Unreachable(f"hpcdesk on the login node gave no URL for session "
+                              f"{data.get('session')} (state {data.get('state')})")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Unreachable(f"the session's URL {url!r} is not one the tunnel can forward")
+        path = parts.path or "/"
+        path += f"?{parts.query}" if parts.query else ""
+        path += f"#{parts.fragment}" if parts.fragment else ""
+        turn = data.get("turn_port")
+        return cls(
+            session=str(data.get("session")), job_id=_opt_str(data.get("job_id")),
+            node=_opt_str(data.get("node")), scheme=parts.scheme, host=parts.hostname,
+            port=parts.port or (443 if parts.scheme == "https" else 80), path=path,
+            user=str(data.get("user") or ""), password=str(data.get("password") or ""),
+            transport=str(data.get("transport") or "websockets"),
+            turn_port=int(turn) if isinstance(turn, int) and turn > 0 else None,
+            tls_fingerprint=_opt_str(data.get("tls_fingerprint")),
+        )
+
+    @property
+    def target(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def local_url(self, port: int, with_credentials: bool = False) -> str:
+        creds = (f"{quote(self.user, safe='')}:{quote(self.password, safe='')}@"
+                 if with_credentials and self.user else "")
+        return f"{self.scheme}://{creds}{LOCAL_HOST}:{port}{self.path}"
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
