@@ -1,4 +1,9 @@
-"""The `hpcdesk` command: a thin layer that parses arguments and imports the rest lazily."""
+"""The `hpcdesk` command: a thin layer that parses arguments and imports the rest lazily.
+
+Options several commands take (--site, --set, --json) are defined once and shared through
+argparse `parents`; an option that sets a configuration key has that key as its dest, which is
+the only flag -> key mapping (commands/submit.py applies it).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from hpcdesk import __version__
 
@@ -15,15 +21,26 @@ exit codes: 0 ok, 1 the desktop or job failed, 2 bad input (nothing submitted),
 docs: README.md, or `hpcdesk config reference` for every setting"""
 
 
-def _add_site(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--site", help="site name or path to a site YAML (default: $HPCDESK_SITE, "
-                   "/etc/hpcdesk/site.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any setting, e.g. --set desktop.dpi=120 (repeatable)")
+def _options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The options several commands share, defined once: (--site/--set, --json)."""
+    site = argparse.ArgumentParser(add_help=False)
+    site.add_argument("--site", help="site name or path to a site YAML (default: $HPCDESK_SITE, "
+                      "/etc/hpcdesk/site.yaml)")
+    site.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="any setting, e.g. --set desktop.dpi=120 (repeatable)")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true",
+                         help="machine-readable output on stdout only")
+    return site, as_json
 
 
-def _add_json(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout only")
+def _setting(p: argparse.ArgumentParser, *flags: str, key: str, help: str = "",
+             **kw: Any) -> None:
+    """An option that sets one configuration key. The key is its dest: the flag -> key mapping
+    lives here alone, and `submit` applies every such dest as a setting."""
+    metavar = None if "choices" in kw else flags[-1].lstrip("-").upper()
+    p.add_argument(*flags, dest=key, metavar=metavar, help=f"{help}{'; ' if help else ''}"
+                   f"sets {key}", **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,81 +49,73 @@ def build_parser() -> argparse.ArgumentParser:
         "Slurm job.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"hpcdesk {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    site, as_json = _options()
+    both = [site, as_json]
 
-    p = sub.add_parser("submit", help="start a desktop and wait until it answers",
+    p = sub.add_parser("submit", parents=both, help="start a desktop and wait until it answers",
                        description="Submit a desktop job and wait until the desktop answers; "
                        "then print its URL and credentials.")
-    _add_site(p)
-    _add_json(p)
     p.add_argument("--no-wait", action="store_true", help="print the session id and return")
-    p.add_argument("-p", "--partition")
-    p.add_argument("-A", "--account")
-    p.add_argument("-q", "--qos")
-    p.add_argument("-t", "--time", help="time limit, e.g. 2:00:00")
-    p.add_argument("-c", "--cpus", type=int)
-    p.add_argument("--mem", dest="memory", help="memory, e.g. 16G")
-    p.add_argument("-G", "--gpus", type=int)
-    p.add_argument("-M", "--cluster")
-    p.add_argument("--constraint")
-    p.add_argument("--reservation")
-    p.add_argument("-r", "--resolution", help="WIDTHxHEIGHT, e.g. 2560x1440")
-    p.add_argument("--runtime", choices=["host", "apptainer"])
-    p.add_argument("--image", help="apptainer image path or flavour")
-    p.add_argument("--interface", choices=["selkies", "vnc"])
-    p.add_argument("--encoder", choices=["auto", "nvh264enc", "x264enc", "vp8enc", "vp9enc"])
-    p.add_argument("--connect", choices=["direct", "turn", "tunnel"],
-                   help="how your browser reaches the desktop (see README)")
+    _setting(p, "-p", "--partition", key="scheduler.partition")
+    _setting(p, "-A", "--account", key="scheduler.account")
+    _setting(p, "-q", "--qos", key="scheduler.qos")
+    _setting(p, "-t", "--time", key="scheduler.time", help="time limit, e.g. 2:00:00")
+    _setting(p, "-c", "--cpus", key="scheduler.cpus", type=int)
+    _setting(p, "--mem", key="scheduler.memory", help="memory, e.g. 16G")
+    _setting(p, "-G", "--gpus", key="scheduler.gpus", type=int)
+    _setting(p, "-M", "--cluster", key="scheduler.cluster")
+    _setting(p, "--constraint", key="scheduler.constraint")
+    _setting(p, "--reservation", key="scheduler.reservation")
+    p.add_argument("-r", "--resolution", help="WIDTHxHEIGHT, e.g. 2560x1440 (sets "
+                   "desktop.width and desktop.height)")
+    _setting(p, "--runtime", key="runtime.kind", choices=["host", "apptainer"])
+    _setting(p, "--image", key="runtime.image", help="apptainer image path or flavour")
+    _setting(p, "--interface", key="desktop.interface", choices=["selkies", "vnc"])
+    _setting(p, "--encoder", key="desktop.encoder",
+             choices=["auto", "nvh264enc", "x264enc", "vp8enc", "vp9enc"])
+    _setting(p, "--connect", key="network.connect", choices=["direct", "turn", "tunnel"],
+             help="how your browser reaches the desktop (see README)")
 
-    p = sub.add_parser("status", help="show one session (URL and credentials when ready)")
+    p = sub.add_parser("status", parents=both,
+                       help="show one session (URL and credentials when ready)")
     p.add_argument("session", nargs="?", help="session id, id prefix or job id (default: newest)")
     p.add_argument("--wait", action="store_true", help="wait until it is ready or has ended")
-    _add_site(p)
-    _add_json(p)
 
-    p = sub.add_parser("list", help="list your sessions (one scheduler query for all)")
+    p = sub.add_parser("list", parents=both,
+                       help="list your sessions (one scheduler query for all)")
     p.add_argument("-a", "--all", action="store_true", help="include ended sessions")
-    _add_site(p)
-    _add_json(p)
 
-    p = sub.add_parser("cancel", help="stop a desktop and its job")
+    p = sub.add_parser("cancel", parents=both, help="stop a desktop and its job")
     p.add_argument("session")
     p.add_argument("--no-wait", action="store_true", help="don't wait for the job to end")
-    _add_site(p)
-    _add_json(p)
 
-    p = sub.add_parser("logs", help="show a session's logs (job, agent, desktop)")
+    p = sub.add_parser("logs", parents=[site], help="show a session's logs (job, agent, desktop)")
     p.add_argument("session")
     p.add_argument("-n", "--lines", type=int, default=40, help="lines per log (0: all)")
-    _add_site(p)
 
     p = sub.add_parser("config", help="show the merged configuration or the reference")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    c = csub.add_parser("show", help="merged settings and where each came from")
-    _add_site(c)
-    _add_json(c)
+    csub.add_parser("show", parents=both, help="merged settings and where each came from")
     csub.add_parser("reference", help="every setting, its type, default and meaning (Markdown)")
 
-    p = sub.add_parser("doctor", help="check this login node (or, with --node, a GPU node)")
+    p = sub.add_parser("doctor", parents=both,
+                       help="check this login node (or, with --node, a GPU node)")
     p.add_argument("--node", action="store_true", help="check the GPU node this runs on")
-    _add_site(p)
-    _add_json(p)
 
     p = sub.add_parser("image", help="build or list desktop images (admins)")
     isub = p.add_subparsers(dest="image_command", metavar="ACTION", required=True)
-    i = isub.add_parser("build", help="build a desktop image into the site's image directory")
+    i = isub.add_parser("build", parents=both,
+                        help="build a desktop image into the site's image directory")
     i.add_argument("--flavor", required=True, choices=["debian", "glx", "egl"])
     i.add_argument("--tag", help="upstream tag: 24.04, 22.04, 20.04 or a dated one")
     i.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="passed to apptainer build (e.g. DEBIAN_MIRROR=http://mirror/debian)")
     i.add_argument("--force", action="store_true", help="rebuild even if it exists")
-    _add_site(i)
-    _add_json(i)
-    i = isub.add_parser("list", help="flavours, tags and which are built")
-    _add_site(i)
-    _add_json(i)
+    isub.add_parser("list", parents=both, help="flavours, tags and which are built")
 
     p = sub.add_parser(
-        "tunnel", help="on your laptop: open a desktop through SSH to the login node",
+        "tunnel", parents=[as_json],
+        help="on your laptop: open a desktop through SSH to the login node",
         description="Connect from this computer to a desktop through SSH to the login node\n"
         "(your ~/.ssh/config, agent, keys and 2FA apply), forward it to 127.0.0.1 and print\n"
         "the URL. `pip install hpcdesk` is all it needs here.",
@@ -134,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", help="--site for hpcdesk on the login node")
     p.add_argument("-F", "--ssh-config", metavar="FILE", help="ssh config (default ~/.ssh/config)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log what SSH does")
-    _add_json(p)
     p.add_argument("--submit", nargs=argparse.REMAINDER, metavar="SUBMIT_OPTION",
                    help="start a new desktop: everything after --submit goes to `hpcdesk "
                    "submit` on the login node; its progress is shown, then the tunnel opens")

@@ -2,16 +2,17 @@
 
 The waiting client listens on a TCP port and writes `notify.json` (0600, in the private session
 directory on the shared filesystem) with its address and a one-time random key. The agent sends
-one JSON line per event. Each event is encrypted and authenticated with keys derived from that
-secret (HMAC-SHA256 as PRF in counter mode, then encrypt-then-MAC), carries a sequence number
-against replays, and is ignored if it does not verify: nobody else can inject a fake "ready" or
-read the password. `connection.json` stays the fallback when the push is lost.
+one JSON line per event: the event in clear, with its sequence number and session id, and an
+HMAC-SHA256 tag of it under that key. The client ignores a frame whose tag does not verify,
+that names another session, or whose sequence number is not above the last one it accepted:
+nobody else can inject or replay a "ready". The channel carries no secret: on "ready" the
+client reads the password from `connection.json` (0600), which is also the fallback when the
+push is lost.
 Shared by both sides: imports nothing login-side.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import hmac
@@ -32,43 +33,27 @@ NOTIFY_FILE = "notify.json"
 _MAX_LINE = 64 * 1024
 
 
-def _keys(secret: bytes) -> tuple[bytes, bytes]:
-    enc = hmac.new(secret, b"hpcdesk-notify-enc", hashlib.sha256).digest()
-    mac = hmac.new(secret, b"hpcdesk-notify-mac", hashlib.sha256).digest()
-    return enc, mac
+def _tag(secret: bytes, body: str) -> str:
+    return hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()
 
 
-def _keystream(key: bytes, nonce: bytes, length: int) -> bytes:
-    blocks = []
-    for counter in range((length + 31) // 32):
-        blocks.append(hmac.new(key, nonce + counter.to_bytes(4, "big"), hashlib.sha256).digest())
-    return b"".join(blocks)[:length]
+def sign(secret: bytes, message: dict[str, Any]) -> bytes:
+    """One frame: the message as canonical JSON and its HMAC-SHA256 tag, newline-terminated."""
+    body = json.dumps(message, sort_keys=True)
+    return json.dumps({"e": body, "m": _tag(secret, body)}).encode() + b"\n"
 
 
-def seal(secret: bytes, message: dict[str, Any]) -> bytes:
-    enc, mac = _keys(secret)
-    plain = json.dumps(message, sort_keys=True).encode()
-    nonce = os.urandom(16)
-    cipher = bytes(a ^ b for a, b in zip(plain, _keystream(enc, nonce, len(plain)), strict=True))
-    tag = hmac.new(mac, nonce + cipher, hashlib.sha256).hexdigest()
-    frame = {"n": nonce.hex(), "c": base64.b64encode(cipher).decode(), "m": tag}
-    return json.dumps(frame).encode() + b"\n"
-
-
-def unseal(secret: bytes, line: bytes) -> dict[str, Any] | None:
+def verify(secret: bytes, line: bytes) -> dict[str, Any] | None:
     """The message, or None if the frame is malformed or was not made with this secret."""
-    enc, mac = _keys(secret)
     try:
         frame = json.loads(line)
-        nonce, cipher = bytes.fromhex(frame["n"]), base64.b64decode(frame["c"])
-        tag = str(frame["m"])
+        body, tag = str(frame["e"]), str(frame["m"])
     except (ValueError, KeyError, TypeError):
         return None
-    if not hmac.compare_digest(hmac.new(mac, nonce + cipher, hashlib.sha256).hexdigest(), tag):
+    if not hmac.compare_digest(_tag(secret, body), tag):
         return None
-    plain = bytes(a ^ b for a, b in zip(cipher, _keystream(enc, nonce, len(cipher)), strict=True))
     try:
-        msg = json.loads(plain)
+        msg = json.loads(body)
     except ValueError:
         return None
     return msg if isinstance(msg, dict) else None
@@ -123,12 +108,13 @@ class Listener:
         while b"\n" in buf:
             line, _, rest = bytes(buf).partition(b"\n")
             buf[:] = rest
-            msg = unseal(self.secret, line)
+            msg = verify(self.secret, line)
+            seq = msg.get("seq") if msg else None
             if (msg is None or msg.get("session") != self.session_id
-                    or int(msg.get("seq", -1)) <= self.last_seq):
+                    or not isinstance(seq, int) or seq <= self.last_seq):
                 log.warning("ignored an unauthenticated or replayed push event")
                 continue
-            self.last_seq = int(msg["seq"])
+            self.last_seq = seq
             out.append(msg)
         if not chunk or len(buf) > _MAX_LINE:
             self.sel.unregister(conn)
@@ -157,7 +143,7 @@ class Notifier:
             return False
         self.seq += 1
         msg = {**event, "seq": self.seq, "session": self.target["session"], "ts": time.time()}
-        frame = seal(bytes.fromhex(self.target["secret"]), msg)
+        frame = sign(bytes.fromhex(self.target["secret"]), msg)
         try:
             with socket.create_connection((self.target["host"], int(self.target["port"])),
                                           timeout=2) as s:

@@ -1,4 +1,5 @@
-"""What a session is doing now, from its cached final state, Slurm and the agent's node.json."""
+"""What a session is doing now, from its cached final state, Slurm and the agent's node.json
+(read through phases.desktop_state)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hpcdesk.phases import FAILED, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
 from hpcdesk.session import Session, now
 
@@ -62,22 +64,20 @@ def describe(session: Session, info: JobInfo | None) -> SessionStatus:
     if info is None:
         state = "submitting" if not meta.get("job_id") else "unknown"
         return SessionStatus(session, state, "", None, node)
-    phase = node.get("phase", "")
+    desktop = desktop_state(node)
     if info.state is JobState.PENDING:
         detail = info.reason + (f", expected start {info.start_estimate}"
                                 if info.start_estimate else "")
         return SessionStatus(session, "queued", detail, info, node)
     if info.state in (JobState.RUNNING, JobState.COMPLETING, JobState.SUSPENDED):
-        if phase == "ready":
-            return SessionStatus(session, "ready", node.get("detail", ""), info, node)
-        if phase in ("failed", "stopping", "stopped"):
-            return SessionStatus(session, "stopping", node.get("reason", ""), info, node)
-        return SessionStatus(session, "starting", node.get("detail", phase), info, node)
+        # The job runs on while an agent that has ended (stopped, failed) winds it down.
+        state = "stopping" if desktop.ended else desktop.state
+        return SessionStatus(session, state, desktop.detail, info, node)
     if info.state is JobState.UNKNOWN:
         return SessionStatus(session, "unknown", info.reason, info, node)
     # Finished: remember it, so it is never asked for again.
     state = info.state.value
-    if info.state in (JobState.ENDED, JobState.COMPLETED) and phase == "failed":
+    if info.state in (JobState.ENDED, JobState.COMPLETED) and desktop.state == FAILED:
         state = "failed"
     elif info.state is JobState.ENDED:
         state = "cancelled" if meta.get("cancel_requested") else "ended"

@@ -1,5 +1,8 @@
 """Waiting for a desktop: push events first, session files second, the scheduler last.
 
+Push events and node.json carry the agent's phase, read through phases.desktop_state; when
+the desktop is ready, the URL and credentials come from connection.json (0600).
+
 The scheduler is asked once per cycle for all watched jobs, with backoff while queued
 (fast at first, then slower), and not at all while the node agent is reporting. A scheduler
 that cannot be reached means "unknown, keep waiting".
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpcdesk.errors import HpcdeskError, WaitTimeout
+from hpcdesk.phases import READY, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
 from hpcdesk.schema import TimeoutsConfig
 from hpcdesk.session import Session
@@ -70,6 +74,7 @@ class Waiter:
     _running_since: float | None = field(init=False, default=None)
     _node_mtime: float = field(init=False, default=0.0)
     _last_heard: float = field(init=False, default=0.0)
+    _ready_seen: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self._interval = self.timeouts.poll_min
@@ -104,7 +109,7 @@ class Waiter:
                 wait_for = FILE_CHECK_INTERVAL
             events = self.listener.poll(wait_for) if self.listener else _sleep(wait_for)
             for event in events:
-                conn = self._on_event(event)
+                conn = self._on_record(event)
                 if conn:
                     return conn
             conn = self._check_files()
@@ -135,21 +140,21 @@ class Waiter:
 
     def _ended(self, info: JobInfo) -> DesktopFailed:
         node = self.session.node_state()
-        reason = node.get("reason") or node.get("detail") or ""
         msg = f"job {self.job} ended ({info.state.value}) before the desktop was ready"
-        if reason:
-            msg += f": {reason}"
+        if node:
+            msg += f": {desktop_state(node).detail}"
         return DesktopFailed(msg, info, node)
 
-    def _on_event(self, event: dict[str, Any]) -> dict[str, Any] | None:
+    def _on_record(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """A verified push event or node.json: the agent's phase (never a secret)."""
         self._mark_agent()
-        phase = str(event.get("phase", ""))
-        if phase == "ready" and isinstance(event.get("connection"), dict):
-            return dict(event["connection"])
-        if phase == "failed":
-            raise DesktopFailed(f"the desktop failed to start on {event.get('node')}: "
-                                f"{event.get('detail', '')}", None, event)
-        self.progress(phase, f"{event.get('node', 'node')}: {event.get('detail', phase)}")
+        st = desktop_state(record)
+        if st.state == READY:
+            self._ready_seen = True
+            return self.session.connection()
+        if st.ended:
+            raise DesktopFailed(f"the desktop {st.state} on {st.node}: {st.detail}", None, record)
+        self.progress(st.phase, f"{st.node}: {st.detail}")
         return None
 
     def _mark_agent(self) -> None:
@@ -160,6 +165,12 @@ class Waiter:
                 self._running_since = time.monotonic()
 
     def _check_files(self) -> dict[str, Any] | None:
+        if self._ready_seen:
+            # Ready was announced: the credentials are in connection.json (0600), which a
+            # shared filesystem may show a moment after the announcement.
+            conn = self.session.connection()
+            if conn:
+                return conn
         path = self.session.path("node.json")
         try:
             mtime = path.stat().st_mtime
@@ -169,19 +180,7 @@ class Waiter:
             return None
         self._node_mtime = mtime
         node = self.session.node_state()
-        if not node:
-            return None
-        self._mark_agent()
-        phase = node.get("phase", "")
-        if phase == "ready":
-            conn = self.session.connection()
-            if conn:
-                return conn
-        if phase in ("failed", "stopped"):
-            raise DesktopFailed(f"the desktop {phase} on {node.get('node')}: "
-                                f"{node.get('reason') or node.get('detail', '')}", None, node)
-        self.progress(phase, f"{node.get('node', 'node')}: {node.get('detail', phase)}")
-        return None
+        return self._on_record(node) if node else None
 
 
 def aligned_delay(interval: float, now: float | None = None) -> float:

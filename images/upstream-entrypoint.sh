@@ -10,23 +10,23 @@
 # files in $HOME. Secrets never appear on a command line: they reach the one process that
 # needs them through its environment, a pipe or a 0600 file.
 #
+# X: hpcdesk writes the X cookie file (XAUTHORITY) and, for the GLX flavour, the xorg.conf
+# for the job's GPU (HPCDESK_XORG_CONF) and binds them in read-only; this script generates
+# neither and starts its X server with them.
+#
 # Order: contract checks -> X server (Xorg on the GPU | Xvfb | KasmVNC) -> D-Bus -> audio ->
 # KDE -> TURN -> streamer (selkies-gstreamer | KasmVNC) on 127.0.0.1 -> nginx on the one public
 # port (basic auth, TLS) once the streamer answers. SIGTERM/SIGINT/SIGHUP, or the end of any
 # essential process, stops everything.
 set -u
 umask 077
+# log, die, is_uint, alive, stop_pids, wait_x
+# shellcheck source=entrypoint-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/entrypoint-lib.sh" || exit 1
 
-PROG=hpcdesk-entrypoint
 XORG_MODULES=/usr/lib/xorg/modules
 KASM_WWW=/usr/share/kasmvnc/www
 GST_ENV=/opt/gstreamer/gst-env
-# The upstream image's relaxations: a GPU without a monitor then accepts any mode.
-MODE_VALIDATION=NoMaxPClkCheck,NoEdidMaxPClkCheck,NoMaxSizeCheck,NoHorizSyncCheck
-MODE_VALIDATION+=,NoVertRefreshCheck,NoVirtualSizeCheck,NoExtendedGpuCapabilitiesCheck
-MODE_VALIDATION+=,NoTotalSizeCheck,NoDualLinkDVICheck,NoDisplayPortBandwidthCheck
-MODE_VALIDATION+=,AllowNon3DVisionModes,AllowNonHDMI3DModes,AllowNonEdidModes
-MODE_VALIDATION+=,NoEdidHDMI2Check,AllowDpInterlaced
 # GLX + KasmVNC: KasmVNC's own X display is DISPLAY + this offset. hpcdesk leases displays
 # below 1000 node-wide, so the pair is unique on the node.
 KASM_DISPLAY_OFFSET=1000
@@ -40,16 +40,7 @@ dbus_session_pid=''
 last_pid=''
 streamer_pid=''
 
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 is_true() { case ${1,,} in true | 1 | yes | on) return 0 ;; *) return 1 ;; esac; }
-is_uint() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
-alive() {  # PID: running, not a zombie (exited children stay zombies until waited for)
-    local stat
-    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-    stat=${stat##*) }
-    [ "${stat%% *}" != Z ]
-}
 
 track() {  # NAME PID essential|optional
     pids+=("$2")
@@ -78,41 +69,13 @@ wait_port() {  # PORT PID WHAT: until 127.0.0.1:PORT accepts connections
     done
 }
 
-descendants() {  # PID: every process below PID (from /proc), parents before children
-    local -A kids=()
-    local f pid stat ppid queue=("$1") p
-    for f in /proc/[0-9]*/stat; do
-        read -r stat 2>/dev/null <"$f" || continue
-        pid=${f#/proc/}
-        pid=${pid%/stat}
-        read -r _ ppid _ <<<"${stat##*) }"
-        kids[$ppid]+=" $pid"
-    done
-    while [ ${#queue[@]} -gt 0 ]; do
-        p=${queue[0]}
-        queue=("${queue[@]:1}")
-        for pid in ${kids[$p]:-}; do
-            printf '%s\n' "$pid"
-            queue+=("$pid")
-        done
-    done
-}
-
-cleanup() {
-    local rc=$? p i left
+cleanup() {  # stop what this script started; hpcdesk's agent ends anything they left behind
+    local rc=$?
     trap '' TERM INT HUP
     trap - EXIT
-    local all=()
-    mapfile -t all < <(descendants $$)
+    local all=("${pids[@]}")
     if [ -n "$dbus_session_pid" ]; then all+=("$dbus_session_pid"); fi
-    for p in "${all[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for ((i = 0; i < 30; i++)); do
-        left=0
-        for p in "${all[@]}"; do alive "$p" && left=1; done
-        [ "$left" = 0 ] && break
-        sleep 0.1
-    done
-    for p in "${all[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    if [ ${#all[@]} -gt 0 ]; then stop_pids "${all[@]}"; fi
     wait 2>/dev/null
     if [ -n "$work" ]; then rm -rf "$work"; fi
     exit "$rc"
@@ -231,7 +194,6 @@ setup_dirs() {
         mkdir -p "$HOME"
     fi
     cd "$HOME" || cd "$work" || die "cannot enter $HOME"
-    export XAUTHORITY=$work/Xauthority
     # Desktop session and audio paths below the private runtime directory (the image's ENV
     # points them at /tmp/runtime-ubuntu).
     export XDG_SESSION_ID=$dnum XDG_SESSION_TYPE=x11
@@ -245,58 +207,30 @@ setup_dirs() {
     export GST_REGISTRY=$work/gstreamer-registry.bin
 }
 
-write_xauthority() {  # FILE: one FamilyWild MIT-MAGIC-COOKIE-1 entry (any display), random
-    local hex esc='' i
-    hex=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-    [ ${#hex} -eq 32 ] || return 1
-    for ((i = 0; i < 32; i += 2)); do esc+="\\x${hex:i:2}"; done
-    printf '%b' "\\xff\\xff\\x00\\x00\\x00\\x00\\x00\\x12MIT-MAGIC-COOKIE-1\\x00\\x10$esc" >"$1"
-}
-
 # --- GPU ---------------------------------------------------------------------------------
 
-xorg_busid() {  # BUSID: nvidia-smi's hex 00000000:3B:00.0 (or Xorg's form) -> PCI:59:0:0
-    local id=${1//[[:space:]]/} dom bus dev
-    if [[ $id =~ ^PCI:[0-9]+(@[0-9]+)?:[0-9]+:[0-9]+$ ]]; then
-        printf '%s\n' "$id"
-        return 0
-    fi
-    [[ $id =~ ^(([0-9A-Fa-f]{1,8}):)?([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2})\.([0-7])$ ]] || return 1
-    dom=$((16#${BASH_REMATCH[2]:-0}))
-    bus=$((16#${BASH_REMATCH[3]}))
-    dev=$((16#${BASH_REMATCH[4]}))
-    if [ "$dom" -ne 0 ]; then
-        printf 'PCI:%d@%d:%d:%d\n' "$bus" "$dom" "$dev" "${BASH_REMATCH[5]}"
-    else
-        printf 'PCI:%d:%d:%d\n' "$bus" "$dev" "${BASH_REMATCH[5]}"
-    fi
-}
-
-select_gpu() {  # sets gpu_busid (Xorg form), gpu_index, gpu_count; fails without a GPU
-    gpu_busid='' gpu_index='' gpu_count=0
+select_gpu() {  # sets gpu_index, gpu_count: HPCDESK_GPU_UUID's GPU, else the first; fails without a GPU
+    gpu_index='' gpu_count=0
     command -v nvidia-smi >/dev/null 2>&1 || return 1
-    local list idx bus uuid want='' pick=''
-    list=$(nvidia-smi --query-gpu=index,pci.bus_id,uuid --format=csv,noheader 2>/dev/null) || return 1
+    local list idx uuid want=${HPCDESK_GPU_UUID:-} pick=''
+    list=$(nvidia-smi --query-gpu=index,uuid --format=csv,noheader 2>/dev/null) || return 1
     [ -n "$list" ] || return 1
     gpu_count=$(grep -c . <<<"$list")
-    if [ -n "${HPCDESK_GPU_BUS_ID:-}" ]; then
-        want=$(xorg_busid "$HPCDESK_GPU_BUS_ID") || want=$HPCDESK_GPU_BUS_ID
-    else
+    if [ -z "$want" ]; then
         case ${NVIDIA_VISIBLE_DEVICES:-all} in
             all | none | void | '') ;;
             *) want=${NVIDIA_VISIBLE_DEVICES%%,*} ;;
         esac
     fi
-    while IFS=', ' read -r idx bus uuid; do
-        [ -n "$bus" ] || continue
-        bus=$(xorg_busid "$bus") || continue
-        if [ -z "$want" ] || [ "$want" = "$bus" ] || [ "$want" = "$idx" ] || [ "$want" = "$uuid" ]; then
-            pick="$idx $bus"
+    while IFS=', ' read -r idx uuid; do
+        [ -n "$uuid" ] || continue
+        if [ -z "$want" ] || [ "$want" = "$idx" ] || [ "$want" = "$uuid" ]; then
+            pick=$idx
             break
         fi
     done <<<"$list"
     [ -n "$pick" ] || die "GPU '$want' is not visible in the container; nvidia-smi lists: $(tr '\n' ';' <<<"$list")"
-    read -r gpu_index gpu_busid <<<"$pick"
+    gpu_index=$pick
 }
 
 driver_version() {  # the host driver's version, for messages
@@ -335,98 +269,10 @@ have_nvidia_egl() {
     ldconfig -p 2>/dev/null | grep -q 'libEGL_nvidia\.so\.0'
 }
 
-modeline() {  # W H REFRESH -> "Modeline ..." (cvt -r; plain CVT where -r refuses the rate)
-    local out f
-    out=$(cvt -r "$1" "$2" "$3" 2>/dev/null | grep '^Modeline') ||
-        out=$(cvt "$1" "$2" "$3" 2>/dev/null | grep '^Modeline') || return 1
-    read -r -a f <<<"$out"
-    [ ${#f[@]} -ge 11 ] || return 1
-    if [ "${f[3]}" != "$1" ]; then
-        # cvt rounds the width up to a multiple of 8; keep the exact width inside the blanking.
-        f[1]="\"${1}x${2}\""
-        f[3]=$1
-    fi
-    printf '%s\n' "${f[*]}"
-}
-
-write_xorg_conf() {  # FILE BUSID: the GLX flavour's X server on the GPU, no monitor needed
-    local ml mode display
-    ml=$(modeline "$w" "$h" "$refresh") || die "cvt cannot compute a mode for ${w}x${h}@${refresh}"
-    mode=$(awk '{ gsub(/"/, "", $2); print $2 }' <<<"$ml")
-    if [ "${video_port,,}" = none ]; then
-        display='Option "UseDisplayDevice" "none"'
-    else
-        display="Option \"ConnectedMonitor\" \"${video_port^^}\""
-    fi
-    cat >"$1" <<EOF
-# Written by the hpcdesk entrypoint for display :$dnum; never edited.
-Section "ServerFlags"
-    Option "AutoAddGPU" "false"
-    Option "AutoAddDevices" "false"
-    Option "AutoEnableDevices" "false"
-    Option "AllowMouseOpenFail" "true"
-    Option "DontVTSwitch" "true"
-    Option "DontZap" "true"
-    Option "BlankTime" "0"
-    Option "StandbyTime" "0"
-    Option "SuspendTime" "0"
-    Option "OffTime" "0"
-EndSection
-
-Section "ServerLayout"
-    Identifier "hpcdesk-layout"
-    Screen 0 "hpcdesk-screen"
-EndSection
-
-Section "Module"
-    Load "glx"
-EndSection
-
-Section "Device"
-    Identifier "hpcdesk-gpu"
-    Driver "nvidia"
-    VendorName "NVIDIA Corporation"
-    BusID "$2"
-    $display
-    Option "ModeValidation" "$MODE_VALIDATION"
-    Option "AllowExternalGpus" "true"
-    Option "ProbeAllGpus" "false"
-    Option "UseEdidDpi" "false"
-    Option "DPI" "$dpi x $dpi"
-    Option "HardDPMS" "false"
-    Option "SLI" "off"
-    Option "MultiGPU" "off"
-    Option "BaseMosaic" "off"
-EndSection
-
-Section "Monitor"
-    Identifier "hpcdesk-monitor"
-    HorizSync 1.0 - 2000.0
-    VertRefresh 1.0 - 500.0
-    $ml
-    Option "DPMS" "false"
-EndSection
-
-Section "Screen"
-    Identifier "hpcdesk-screen"
-    Device "hpcdesk-gpu"
-    Monitor "hpcdesk-monitor"
-    DefaultDepth $depth
-    Option "AllowEmptyInitialConfiguration" "true"
-    Option "IncludeImplicitMetaModes" "true"
-    SubSection "Display"
-        Depth $depth
-        Modes "$mode"
-        Virtual $w $h
-    EndSubSection
-EndSection
-EOF
-}
-
 # --- X servers ---------------------------------------------------------------------------
 
 start_x() {  # NAME ARGV...: start an X server with -displayfd, wait until it takes clients
-    local name=$1 got='' fifo
+    local name=$1 fifo
     shift
     fifo=$work/ready.$name
     mkfifo "$fifo"
@@ -434,12 +280,7 @@ start_x() {  # NAME ARGV...: start an X server with -displayfd, wait until it ta
     local pid=$!
     track "$name" "$pid" essential
     last_pid=$pid
-    if ! read -r -t "$X_TIMEOUT" got <"$fifo" || [ -z "$got" ]; then
-        if [ -f "$work/Xorg.log" ]; then grep -F '(EE)' "$work/Xorg.log" >&2; fi
-        if alive "$pid"; then die "$name did not accept clients within ${X_TIMEOUT}s"; fi
-        die "$name exited during start-up (see its messages above)"
-    fi
-    log "$name ready on display :$got"
+    wait_x "$fifo" "$pid" "$name" "$X_TIMEOUT" "$work/Xorg.log"
 }
 
 xorg_binary() {  # the real server, never the setuid wrapper
@@ -457,15 +298,24 @@ console_args() {  # Xorg + NVIDIA open a VT; give it a harmless one in the priva
     if [ -r /dev/tty$vt ] && [ -w /dev/tty$vt ]; then printf 'vt%s\n' "$vt"; fi
 }
 
+check_x_files() {  # the cookie file, and for Xorg the xorg.conf, that hpcdesk wrote
+    [ -n "${XAUTHORITY:-}" ] && [ -r "$XAUTHORITY" ] ||
+        die "XAUTHORITY must name the X cookie file hpcdesk wrote (got '${XAUTHORITY:-}')"
+    export XAUTHORITY
+    if [ "$flavor" = glx ]; then
+        [ -n "${HPCDESK_XORG_CONF:-}" ] && [ -r "$HPCDESK_XORG_CONF" ] ||
+            die "HPCDESK_XORG_CONF must name the xorg.conf hpcdesk wrote for this GPU (got '${HPCDESK_XORG_CONF:-}')"
+    fi
+}
+
 start_xorg_gpu() {
     check_glx_driver || exit 1
     local xorg vt
     xorg=$(xorg_binary) || die "Xorg is missing in this image"
-    write_xorg_conf "$work/xorg.conf" "$gpu_busid"
-    log "Xorg on GPU $gpu_busid (index $gpu_index), ${w}x${h}@$refresh depth $depth, $video_port"
+    log "Xorg on GPU index $gpu_index with $HPCDESK_XORG_CONF, depth $depth, $video_port"
     vt=$(console_args)
     # shellcheck disable=SC2086 # $vt is empty or one word
-    start_x Xorg "$xorg" "$DISPLAY" $vt -config "$work/xorg.conf" -noreset -novtswitch -sharevts \
+    start_x Xorg "$xorg" "$DISPLAY" $vt -config "$HPCDESK_XORG_CONF" -noreset -novtswitch -sharevts \
         -nolisten tcp -auth "$XAUTHORITY" -logfile "$work/Xorg.log" -dpi "$dpi" \
         +extension GLX +extension RANDR +extension RENDER +extension COMPOSITE \
         +extension DAMAGE +extension MIT-SHM +extension XFIXES +extension XTEST
@@ -593,7 +443,7 @@ start_audio() {  # PipeWire + PulseAudio emulation for selkies' audio, if the im
 start_desktop() {
     local session=(startplasma-x11)
     command -v startplasma-x11 >/dev/null || die "startplasma-x11 is missing in this image"
-    if [ "$flavor" = egl ] && [ -n "$gpu_busid" ] && command -v vglrun >/dev/null; then
+    if [ "$flavor" = egl ] && [ -n "$gpu_index" ] && command -v vglrun >/dev/null; then
         if have_nvidia_egl; then
             # OpenGL of every desktop program is rendered on the GPU through EGL.
             export VGL_DISPLAY=${VGL_DISPLAY:-egl} VGL_FPS=${VGL_FPS:-$refresh}
@@ -788,14 +638,14 @@ main() {
     setup_dirs
     log "flavour $flavor, display $DISPLAY ${w}x${h}@${refresh} depth $depth dpi $dpi," \
         "interface $interface, NVIDIA ${NVIDIA_DRIVER_VERSION:-none} (${NVIDIA_DRIVER_CAPABILITIES:-no capabilities})"
-    write_xauthority "$XAUTHORITY" || die "cannot write $XAUTHORITY"
 
-    gpu_busid='' gpu_index='' gpu_count=0
+    gpu_index='' gpu_count=0
     if ! select_gpu; then
         [ "$flavor" = glx ] && die "the GLX flavour needs an NVIDIA GPU (apptainer --nv, a GPU" \
             "in the job); for a desktop without GPU use the egl or debian image"
         log "no NVIDIA GPU visible: software rendering"
     fi
+    check_x_files
 
     backend_port=$(internal_port "${SELKIES_PORT:-$((web_port + 1))}") || die "no free local port"
     if [ "$flavor" = glx ]; then

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from hpcdesk.commands.attach import print_connection, wait_and_report
 from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for
+from hpcdesk.commands.outcome import print_connection, wait_and_report
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
+from hpcdesk.phases import desktop_state
 from hpcdesk.scheduler import JobRef, Scheduler
 from hpcdesk.session import Session, all_sessions, find, now, tail_lines
 from hpcdesk.status import collect, job_ref
@@ -121,7 +122,7 @@ def _wait_agent_stopped(session: Session, scheduler: Scheduler, ref: JobRef,
     start = time.monotonic()
     deadline, next_ask = start + timeout, start + 5.0
     delay = 0.1
-    while node.get("phase") not in ("stopped", "failed"):
+    while not desktop_state(node).ended:
         if time.monotonic() > next_ask:
             next_ask = time.monotonic() + 5.0
             info = scheduler.query([ref]).get(ref)

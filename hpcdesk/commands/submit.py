@@ -8,7 +8,6 @@ import os
 import time
 from typing import Any
 
-from hpcdesk.commands.attach import wait_and_report
 from hpcdesk.commands.common import (
     emit_json,
     load_config,
@@ -17,6 +16,7 @@ from hpcdesk.commands.common import (
     say,
     scheduler_for,
 )
+from hpcdesk.commands.outcome import wait_and_report
 from hpcdesk.config import LoadedConfig, parse_resolution
 from hpcdesk.connect.turn import check_files, configured
 from hpcdesk.errors import EXIT_OK, UsageError
@@ -25,22 +25,12 @@ from hpcdesk.request import DesktopRequest
 from hpcdesk.schema import slurm_time_seconds
 from hpcdesk.session import Session, atomic_write, create, discard, now, write_json
 
-_FLAG_KEYS = {
-    "partition": "scheduler.partition", "account": "scheduler.account", "qos": "scheduler.qos",
-    "time": "scheduler.time", "cpus": "scheduler.cpus", "memory": "scheduler.memory",
-    "gpus": "scheduler.gpus", "cluster": "scheduler.cluster",
-    "constraint": "scheduler.constraint", "reservation": "scheduler.reservation",
-    "runtime": "runtime.kind", "image": "runtime.image", "interface": "desktop.interface",
-    "encoder": "desktop.encoder", "connect": "network.connect",
-}
-
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--set KEY=VALUE, then the options that name a setting (cli.py: their dest is the key)."""
     out = overrides_from_sets(args.set)
-    for attr, key in _FLAG_KEYS.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            out[key] = value
+    out.update({key: value for key, value in vars(args).items()
+                if "." in key and value is not None})
     if args.resolution:
         out["desktop.width"], out["desktop.height"] = parse_resolution(args.resolution)
     return out

@@ -27,10 +27,12 @@ from hpcdesk.connect.turn import TurnError
 from hpcdesk.errors import ConfigError
 from hpcdesk.node import address, health, jobturn, tls
 from hpcdesk.node.binding import bind_gpu
+from hpcdesk.node.errors import StartError, Stop
 from hpcdesk.node.ports import PortLease
-from hpcdesk.node.procs import Child, StartError, stop_all
+from hpcdesk.node.procs import Child, stop_all
 from hpcdesk.node.runtime import DesktopPlan, Started, get_runtime
 from hpcdesk.notify import Notifier
+from hpcdesk.phases import FAILED, LAUNCHING, READY, STARTING, STOPPED, STOPPING, WAITING
 from hpcdesk.request import DesktopRequest
 from hpcdesk.session import now, write_json
 
@@ -39,12 +41,6 @@ log = logging.getLogger("hpcdesk.agent")
 EXIT_STOPPED = 0
 EXIT_FAILED = 1
 HEARTBEAT = 10.0  # seconds between "still starting" updates while waiting for the web UI
-
-
-class Stop(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Agent:
@@ -57,7 +53,7 @@ class Agent:
             "node": os.uname().nodename,
             "job_id": os.environ.get("SLURM_JOB_ID"),
             "agent_pid": os.getpid(),
-            "phase": "starting",
+            "phase": STARTING,
             "times": {"agent_start": now()},
         }
         self.stop_reason: str | None = None
@@ -70,13 +66,12 @@ class Agent:
         self.rtc_refresh_at: float | None = None
 
     # -- state and events -------------------------------------------------------------
-    def phase(self, phase: str, detail: str = "", push: dict[str, Any] | None = None,
-              **fields: Any) -> None:
+    def phase(self, phase: str, detail: str = "", **fields: Any) -> None:
+        """Record a phase (phases.py) in node.json and push it; neither carries a secret."""
         self.state.update(fields, phase=phase, detail=detail, updated=now())
         write_json(self.dir / "node.json", self.state, mode=0o644)
         log.info("phase %s%s", phase, f": {detail}" if detail else "")
-        self.notifier.send({"phase": phase, "detail": detail, "node": self.state["node"],
-                            **(push or {})})
+        self.notifier.send({"phase": phase, "detail": detail, "node": self.state["node"]})
 
     def mark(self, name: str) -> None:
         self.state["times"][name] = now()
@@ -102,19 +97,19 @@ class Agent:
     def run(self) -> int:
         self.install_signals()
         try:
-            self.phase("starting", "node agent started")
+            self.phase(STARTING, "node agent started")
             self.start()
             self.supervise()
             return EXIT_STOPPED  # supervise returns only on Stop
         except Stop as stop:
-            self.finish("stopped", stop.reason)
+            self.finish(STOPPED, stop.reason)
             return EXIT_STOPPED
         except StartError as exc:
-            self.finish("failed", str(exc))
+            self.finish(FAILED, str(exc))
             return EXIT_FAILED
         except Exception as exc:
             log.exception("node agent error")
-            self.finish("failed", f"internal error in the node agent: {exc!r}")
+            self.finish(FAILED, f"internal error in the node agent: {exc!r}")
             return EXIT_FAILED
 
     def start(self) -> dict[str, Any]:
@@ -145,17 +140,18 @@ class Agent:
                            bind_addr=bind_addr, web_port=port, user=user, password=password,
                            encoder=gpu.encoder, encoder_threads=gpu.encoder_threads,
                            xorg_driver=gpu.xorg_driver, bus_id=gpu.bus_id,
+                           gpu_uuid=gpu.device.uuid if gpu.device else None,
                            tls_cert=tls_files.cert if tls_files else None,
                            tls_key=tls_files.key if tls_files else None,
                            rtc_config=self.rtc_path)
-        self.phase("launching", f"starting the desktop ({req.runtime.kind} runtime)",
+        self.phase(LAUNCHING, f"starting the desktop ({req.runtime.kind} runtime)",
                    port=port, host=host)
         deadline = time.monotonic() + req.start_timeout
         started = get_runtime(req.runtime.kind).start(plan, timeout=req.start_timeout)
         self.started = started
         self.children = [*turn_children, *started.children]
         self.mark("desktop_launched")
-        self.phase("waiting", f"desktop on display {started.display}; waiting for the web UI",
+        self.phase(WAITING, f"desktop on display {started.display}; waiting for the web UI",
                    display=started.display,
                    xauthority=str(started.xauthority) if started.xauthority else None)
         self.wait_healthy(plan, started, deadline)
@@ -174,8 +170,8 @@ class Agent:
         }
         write_json(self.dir / "connection.json", connection, mode=0o600)
         self.mark("published")
-        self.phase("ready", f"desktop ready at {connection['url']}",
-                   push={"connection": connection})
+        # The waiting client reads the credentials from connection.json when "ready" arrives.
+        self.phase(READY, f"desktop ready at {connection['url']}")
         return connection
 
     def start_job_turn(self, host: str, bind_addr: str) -> list[Child]:
@@ -264,7 +260,7 @@ class Agent:
     def finish(self, phase: str, reason: str) -> None:
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # cleanup must not be interrupted
-        self.phase("stopping", reason)
+        self.phase(STOPPING, reason)
         stop_all(self.children)
         if self.started and self.started.on_stop:
             self.started.on_stop()

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hpcdesk.node import gpu
+from hpcdesk.node.driver import has_nvidia_xorg_driver
 from hpcdesk.node.encoder import decide_encoder
+from hpcdesk.node.errors import StartError
 from hpcdesk.node.nvenc import probe_nvenc
-from hpcdesk.node.procs import StartError
 from hpcdesk.request import DesktopRequest
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,6 @@ def _software(req: DesktopRequest, why: str) -> GpuBinding:
                       f"{why}; using {SOFTWARE_NOTE}")
 
 
-def host_has_nvidia_xorg_driver() -> bool:
-    from hpcdesk.node.node_checks import driver_file_paths
-
-    return driver_file_paths().get("nvidia_drv.so") is not None
-
-
 def bind_gpu(req: DesktopRequest, backend: gpu.GpuBackend | None = None) -> GpuBinding:
     if req.gpus == 0:
         return _software(req, "no GPU was requested")
@@ -77,7 +72,7 @@ def bind_gpu(req: DesktopRequest, backend: gpu.GpuBackend | None = None) -> GpuB
     choice = decide_encoder(req.desktop.encoder, nvenc, req.cpus)
     driver: Literal["dummy", "nvidia"] = "nvidia"
     summary = f"bound {device.label()} ({how})"
-    if req.runtime.kind == "host" and not host_has_nvidia_xorg_driver():
+    if req.runtime.kind == "host" and not has_nvidia_xorg_driver():
         driver = "dummy"
         summary += ("; this node's driver has no Xorg module (nvidia_drv.so), so the X server "
                     "renders in software while encoding may still use the GPU")

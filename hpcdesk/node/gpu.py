@@ -11,6 +11,9 @@ to find the allocated GPU. The allocation is read, in this order of trust, from:
 4. ``CUDA_VISIBLE_DEVICES`` / ``GPU_DEVICE_ORDINAL`` holding indices, without cgroups: the
    position among the GPUs sorted by PCI bus id (CUDA's ``PCI_BUS_ID`` order).
 
+PCI bus ids: NVML's hex form is normalised here (:func:`normalize_bus_id`) and converted to
+the decimal ``BusID`` that xorg.conf wants (:func:`bus_id_from_nvml`).
+
 A node without NVIDIA driver or without ``pynvml`` is not an error: :func:`inventory` returns
 an empty list and the reason, and the desktop takes the software path.
 """
@@ -26,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hpcdesk.node.xorg_conf import bus_id_from_nvml
-
 __all__ = [
     "AllocationError",
     "Device",
@@ -36,6 +37,7 @@ __all__ = [
     "GpuInventory",
     "NoNvidiaDriver",
     "NvmlBackend",
+    "bus_id_from_nvml",
     "check_display_free",
     "choose_display_gpu",
     "inventory",
@@ -50,6 +52,10 @@ NO_DRIVER = (
 )
 
 _DEV_NODE_RE = re.compile(r"^nvidia(\d+)$")
+_NVML_BUS_RE = re.compile(
+    r"^(?:(?P<domain>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{1,2}):(?P<dev>[0-9a-fA-F]{1,2})"
+    r"\.(?P<func>[0-7])$"
+)
 
 
 class NoNvidiaDriver(RuntimeError):
@@ -123,6 +129,26 @@ def normalize_bus_id(bus_id: str) -> str:
     except ValueError:
         raise ValueError(f"not a PCI bus id: {bus_id!r}") from None
     return f"{domain:08x}:{bus:02x}:{dev:02x}.{func:x}"
+
+
+def bus_id_from_nvml(hex_bus_id: str) -> str:
+    """NVML/nvidia-smi PCI bus id (hex, ``00000000:00:06.0``) -> Xorg BusID (decimal).
+
+    ``"00000000:00:06.0"`` -> ``"PCI:0:6:0"``; a non-zero domain gives the ``bus@domain``
+    form of xorg.conf(5): ``"00000001:8a:00.0"`` -> ``"PCI:138@1:0:0"``.
+    """
+    match = _NVML_BUS_RE.match(hex_bus_id.strip())
+    if match is None:
+        raise ValueError(
+            f"not a PCI bus id: {hex_bus_id!r} (expected DOMAIN:BUS:DEVICE.FUNCTION in hex, "
+            "like 00000000:3b:00.0)"
+        )
+    domain = int(match["domain"] or "0", 16)
+    bus, dev, func = int(match["bus"], 16), int(match["dev"], 16), int(match["func"], 16)
+    if dev > 31:
+        raise ValueError(f"PCI device number {dev} out of range in {hex_bus_id!r}")
+    where = f"{bus}@{domain}" if domain else f"{bus}"
+    return f"PCI:{where}:{dev}:{func}"
 
 
 def _text(value: Any) -> str:

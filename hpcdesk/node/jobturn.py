@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcdesk.connect.turn import IceServer
+from hpcdesk.node.errors import StartError
 from hpcdesk.node.locks import try_claim
 from hpcdesk.node.ports import PortLease
-from hpcdesk.node.procs import Child, StartError, spawn, stop_all
+from hpcdesk.node.procs import Child, spawn, stop_all
 from hpcdesk.schema import RuntimeConfig
 
 RELAY_BLOCK = 16

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import sys
@@ -18,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from hpcdesk.checks import Check, checks_to_json, worst
+from hpcdesk.node.driver import ICD_DIRS, driver_file_paths, driver_version_from_proc
 from hpcdesk.node.encoder import decide_encoder
 from hpcdesk.node.gpu import (
     NO_DRIVER,
@@ -33,97 +33,21 @@ from hpcdesk.node.gpu import (
 )
 from hpcdesk.node.nvenc import NvencResult, probe_nvenc
 
-__all__ = ["driver_file_paths", "driver_version_from_proc", "main", "node_checks"]
+__all__ = ["main", "node_checks"]
 
 MIN_DRIVER = (450, 80, 2)
 RECOMMENDED_DRIVER = (470, 42, 1)
 SHM_MIN_BYTES = 1 << 30
 GPU_NVENC = "L4, L40S, A10, A40, RTX"
 
-_TRIPLET = f"{platform.machine()}-linux-gnu"
-X_MODULE_DIRS = (
-    "/usr/lib/xorg/modules/drivers",
-    "/usr/lib/xorg/modules/extensions",
-    "/usr/lib64/xorg/modules/drivers",
-    "/usr/lib64/xorg/modules/extensions",
-    f"/usr/lib/{_TRIPLET}/nvidia/xorg",
-    "/usr/lib/nvidia/xorg",
-    "/usr/lib/nvidia/current",
-    "/usr/lib64/nvidia/xorg",
-    "/usr/local/lib/xorg/modules/drivers",
-    "/usr/local/lib/xorg/modules/extensions",
-)
-LIB_DIRS = (
-    f"/usr/lib/{_TRIPLET}",
-    f"/usr/lib/{_TRIPLET}/nvidia/current",
-    "/usr/lib64",
-    "/usr/lib",
-    "/usr/local/nvidia/lib64",
-    "/usr/local/nvidia/lib",
-)
-ICD_DIRS = {
-    "nvidia_icd.json": (
-        "/usr/share/vulkan/icd.d",
-        "/etc/vulkan/icd.d",
-        "/usr/local/share/vulkan/icd.d",
-    ),
-    "10_nvidia.json": (
-        "/usr/share/glvnd/egl_vendor.d",
-        "/etc/glvnd/egl_vendor.d",
-        "/usr/local/share/glvnd/egl_vendor.d",
-    ),
-}
-_PATTERNS = {
-    # name -> (glob patterns, directories)
-    "nvidia_drv.so": (("nvidia_drv.so",), X_MODULE_DIRS),
-    "libglxserver_nvidia.so": (("libglxserver_nvidia.so.*", "libglxserver_nvidia.so"),
-                               X_MODULE_DIRS),
-    "libcuda.so.1": (("libcuda.so.1",), LIB_DIRS),
-    "libnvidia-encode.so.1": (("libnvidia-encode.so.1",), LIB_DIRS),
-    "libEGL_nvidia.so.0": (("libEGL_nvidia.so.0",), LIB_DIRS),
-    "libGLX_nvidia.so.0": (("libGLX_nvidia.so.0",), LIB_DIRS),
-    "nvidia_icd.json": (("nvidia_icd.json",), ICD_DIRS["nvidia_icd.json"]),
-    "10_nvidia.json": (("10_nvidia.json",), ICD_DIRS["10_nvidia.json"]),
-}
 XORG_CANDIDATES = ("/usr/lib/xorg/Xorg", "/usr/libexec/Xorg", "/usr/lib/Xorg")
 DUMMY_DRIVER_DIRS = ("/usr/lib/xorg/modules/drivers", "/usr/lib64/xorg/modules/drivers")
 
 Prober = Callable[[Device], NvencResult]
 
 
-def _find(patterns: Sequence[str], dirs: Sequence[str], root: Path) -> Path | None:
-    for directory in dirs:
-        base = root / directory.lstrip("/")
-        for pattern in patterns:
-            hits = sorted(base.glob(pattern)) if base.is_dir() else []
-            if hits:
-                return hits[-1]
-    return None
-
-
-def driver_file_paths(root: Path = Path("/")) -> dict[str, Path | None]:
-    """Where this host keeps the NVIDIA files a container needs bound in (None: not found).
-
-    Keys: ``nvidia_drv.so`` and ``libglxserver_nvidia.so`` (the X driver and GLX server
-    extension; a headless/compute-only driver has neither), ``libcuda.so.1``,
-    ``libnvidia-encode.so.1``, ``libEGL_nvidia.so.0``, ``libGLX_nvidia.so.0``, and the ICD
-    files ``nvidia_icd.json`` (Vulkan) and ``10_nvidia.json`` (EGL). ``root`` is for tests.
-    """
-    return {name: _find(pats, dirs, root) for name, (pats, dirs) in _PATTERNS.items()}
-
-
 def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text))
-
-
-def driver_version_from_proc(path: Path = Path("/proc/driver/nvidia/version")) -> str | None:
-    """The kernel module's version (``580.159.04``), readable even without NVML."""
-    try:
-        first = path.read_text(errors="replace").splitlines()[0]
-    except (OSError, IndexError):
-        return None
-    match = re.search(r"\b(\d{3,4}\.\d{1,3}(?:\.\d{1,3})?)\b", first)
-    return match[1] if match else None
 
 
 def _driver_check(inv: GpuInventory, proc_version: str | None) -> Check:

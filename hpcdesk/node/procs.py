@@ -1,7 +1,9 @@
 """Children the agent starts, each in its own process group, and how they are stopped.
 
 The agent ends only what it started: a child's process group, then any remaining descendant
-of the agent itself (found through /proc parent links). It never kills by name.
+of the agent itself (found through /proc parent links: :func:`descendants`, the one process-tree
+walk; a container's processes are the agent's descendants too, so the images' entrypoints
+stop only what they started themselves). It never kills by name.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcdesk.node.errors import StartError
 from hpcdesk.session import tail_lines
 
 log = logging.getLogger(__name__)
@@ -57,10 +60,6 @@ def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
         if log_path and not isinstance(out, int):
             out.close()
     return Child(name, proc, log_path)
-
-
-class StartError(RuntimeError):
-    """The desktop could not start; the message names the cause."""
 
 
 def descendants(root: int) -> list[int]:

@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcdesk.node.procs import StartError
+from hpcdesk.node.errors import StartError
 
 
 @dataclass(frozen=True)

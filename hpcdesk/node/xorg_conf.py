@@ -1,5 +1,10 @@
 """xorg.conf for the desktop's own X server: the dummy driver (no GPU) or NVIDIA (one GPU).
 
+The one generator of X configuration: the host runtime's Xorg and the images' Xorg (the Debian
+image's dummy driver, the GLX image's GPU) all start with the file rendered here
+(xserver.write_x_files); the images generate none of their own. Modelines come from
+modeline.py, which matches ``cvt`` byte for byte.
+
 Both variants give an X screen of exactly ``width x height``:
 
 * ``dummy``: a CVT reduced-blanking modeline for the size, a monitor that accepts it (wide
@@ -37,7 +42,6 @@ from hpcdesk.node.modeline import CvtMode, cvt_mode
 __all__ = [
     "ResolutionError",
     "XorgSpec",
-    "bus_id_from_nvml",
     "check_resolution",
     "render_xorg_conf",
     "xorg_mode",
@@ -69,10 +73,6 @@ MODE_VALIDATION = ",".join(
 )
 
 _BUS_ID_RE = re.compile(r"^PCI:\d{1,3}(@\d{1,5})?:\d{1,2}:\d$")
-_NVML_BUS_RE = re.compile(
-    r"^(?:(?P<domain>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{1,2}):(?P<dev>[0-9a-fA-F]{1,2})"
-    r"\.(?P<func>[0-7])$"
-)
 _VIDEO_PORT_RE = re.compile(r"^(DFP(-\d+)?|DP-\d+|none)$", re.IGNORECASE)
 
 
@@ -80,29 +80,9 @@ class ResolutionError(ValueError):
     """The requested screen size cannot work on this driver/port; the message says what will."""
 
 
-def bus_id_from_nvml(hex_bus_id: str) -> str:
-    """NVML/nvidia-smi PCI bus id (hex, ``00000000:00:06.0``) -> Xorg BusID (decimal).
-
-    ``"00000000:00:06.0"`` -> ``"PCI:0:6:0"``; a non-zero domain gives the ``bus@domain``
-    form of xorg.conf(5): ``"00000001:8a:00.0"`` -> ``"PCI:138@1:0:0"``.
-    """
-    match = _NVML_BUS_RE.match(hex_bus_id.strip())
-    if match is None:
-        raise ValueError(
-            f"not a PCI bus id: {hex_bus_id!r} (expected DOMAIN:BUS:DEVICE.FUNCTION in hex, "
-            "like 00000000:3b:00.0)"
-        )
-    domain = int(match["domain"] or "0", 16)
-    bus, dev, func = int(match["bus"], 16), int(match["dev"], 16), int(match["func"], 16)
-    if dev > 31:
-        raise ValueError(f"PCI device number {dev} out of range in {hex_bus_id!r}")
-    where = f"{bus}@{domain}" if domain else f"{bus}"
-    return f"PCI:{where}:{dev}:{func}"
-
-
 @dataclass(frozen=True)
 class XorgSpec:
-    """What the X server should be. ``bus_id`` is Xorg's decimal form (see bus_id_from_nvml)."""
+    """What the X server should be. ``bus_id`` is Xorg's decimal form (gpu.bus_id_from_nvml)."""
 
     width: int
     height: int
@@ -137,7 +117,7 @@ class XorgSpec:
             if not _BUS_ID_RE.match(self.bus_id):
                 raise ValueError(
                     f"BusID {self.bus_id!r} is not Xorg's decimal form PCI:BUS[@DOMAIN]:DEV:FUNC "
-                    "(convert NVML's hex id with bus_id_from_nvml)"
+                    "(convert NVML's hex id with gpu.bus_id_from_nvml)"
                 )
 
 

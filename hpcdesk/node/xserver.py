@@ -1,13 +1,20 @@
-"""Start a private X server: generated xorg.conf, a cookie file, and a display Xorg picks itself.
+"""The desktop's X server files and the host runtime's Xorg.
 
-`-displayfd` makes Xorg choose the first free display under its own lock files and report it
-when it accepts connections, so two agents starting together never get the same display.
+:func:`write_x_files` is the one place that writes the X cookie file and the xorg.conf
+(rendered by xorg_conf.py) for every runtime: the host runtime starts Xorg with them here,
+the apptainer runtime hands them to the image (bound read-only), whose entrypoint only
+starts its X server with what it is given.
+
+For the host runtime, `-displayfd` makes Xorg choose the first free display under its own lock
+files and report it when it accepts connections, so two agents starting together never get the
+same display.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import select
 import subprocess
 import time
@@ -15,7 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcdesk.node.procs import Child, StartError, spawn
+from hpcdesk.node.errors import StartError
+from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.xorg_conf import XorgSpec, render_xorg_conf
 
 FAMILY_WILD = 0xFFFF
@@ -34,24 +42,46 @@ def write_xauthority(path: Path, cookie: bytes) -> None:
         fh.write(entry)
 
 
+@dataclass(frozen=True)
+class XFiles:
+    xauthority: Path   # a fresh random cookie, 0600
+    conf: Path | None  # the xorg.conf, 0600; None for X servers that need none (Xvfb, Xvnc)
+
+
+def write_x_files(workdir: Path, spec: XorgSpec | None) -> XFiles:
+    """Write ``workdir/Xauthority`` and, for a spec, ``workdir/xorg.conf``."""
+    xauthority = workdir / "Xauthority"
+    write_xauthority(xauthority, secrets.token_bytes(16))
+    if spec is None:
+        return XFiles(xauthority, None)
+    try:
+        text = render_xorg_conf(spec)
+    except ValueError as exc:  # a size or setting the X driver cannot do: the message says why
+        raise StartError(str(exc)) from None
+    conf = workdir / "xorg.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return XFiles(xauthority, conf)
+
+
 @dataclass
 class XServer:
     child: Child
     display: str  # ":N"
-    conf_path: Path
 
 
-def start_xorg(xorg: str, spec: XorgSpec, workdir: Path, xauthority: Path,
-               env: Mapping[str, str], log_path: Path, timeout: float) -> XServer:
-    conf = workdir / "xorg.conf"
-    conf.write_text(render_xorg_conf(spec))
+def start_xorg(xorg: str, files: XFiles, dpi: int, env: Mapping[str, str], log_path: Path,
+               timeout: float) -> XServer:
+    assert files.conf is not None, "Xorg needs the xorg.conf"
+    conf, workdir = files.conf, files.conf.parent
     # No -configdir: an unprivileged Xorg ignores an absolute one. The generated config turns
     # off input hot-plugging, so the node's own xorg.conf.d snippets cannot grab devices.
     rfd, wfd = os.pipe()
     argv = [xorg, "-noreset", "-novtswitch", "-sharevts", "-nolisten", "tcp",
             "-config", str(conf),
-            "-logfile", str(log_path.parent / "Xorg.log"), "-auth", str(xauthority),
-            "-displayfd", str(wfd), "-dpi", str(spec.dpi),
+            "-logfile", str(log_path.parent / "Xorg.log"), "-auth", str(files.xauthority),
+            "-displayfd", str(wfd), "-dpi", str(dpi),
             "+extension", "GLX", "+extension", "RANDR", "+extension", "RENDER"]
     try:
         child = spawn("Xorg", argv, env, log_path, cwd=workdir, pass_fds=[wfd])
@@ -61,7 +91,7 @@ def start_xorg(xorg: str, spec: XorgSpec, workdir: Path, xauthority: Path,
         display = _read_display(rfd, child, timeout)
     finally:
         os.close(rfd)
-    return XServer(child, f":{display}", conf)
+    return XServer(child, f":{display}")
 
 
 def _read_display(rfd: int, child: Child, timeout: float) -> int:

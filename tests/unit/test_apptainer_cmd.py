@@ -8,6 +8,7 @@ import pytest
 
 from hpcdesk.node.runtime import DesktopPlan
 from hpcdesk.node.runtime.apptainer import ImageKind, build_invocation
+from hpcdesk.node.xserver import XFiles
 from hpcdesk.request import DesktopRequest
 from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig
 
@@ -30,7 +31,12 @@ def plan(tmp_path: Path, gpu: bool, interface: str = "selkies") -> DesktopPlan:
                        encoder="nvh264enc" if gpu else "x264enc", encoder_threads=4,
                        xorg_driver="nvidia" if gpu else "dummy",
                        bus_id="PCI:0:6:0" if gpu else None,
-                       tls_cert=tmp_path / "w/tls-cert.pem", tls_key=tmp_path / "w/tls-key.pem")
+                       tls_cert=tmp_path / "w/tls-cert.pem", tls_key=tmp_path / "w/tls-key.pem",
+                       gpu_uuid="GPU-1234" if gpu else None)
+
+
+def xfiles(tmp_path: Path, conf: bool = True) -> XFiles:
+    return XFiles(tmp_path / "w/Xauthority", tmp_path / "w/xorg.conf" if conf else None)
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +46,7 @@ def _home(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_glx_with_gpu(tmp_path: Path) -> None:
     inv = build_invocation(plan(tmp_path, gpu=True), "/img/glx-24.04-0123.sif", ":21",
-                           DRIVER_FILES, "580.159.04")
+                           xfiles(tmp_path), DRIVER_FILES, "580.159.04")
     w = tmp_path / "w"
     assert inv.argv == [
         "apptainer", "run", "--cleanenv", "--contain", "--ipc", "--writable-tmpfs",
@@ -55,7 +61,10 @@ def test_glx_with_gpu(tmp_path: Path) -> None:
     assert e["APPTAINERENV_DISPLAY"] == ":21"
     assert e["APPTAINERENV_DISPLAY_SIZEW"] == "2560" and e["APPTAINERENV_DISPLAY_SIZEH"] == "1440"
     assert e["APPTAINERENV_NGINX_PORT"] == "40001" and "APPTAINERENV_SELKIES_PORT" not in e
-    assert e["APPTAINERENV_HPCDESK_GPU_BUS_ID"] == "PCI:0:6:0"
+    assert e["APPTAINERENV_HPCDESK_GPU_UUID"] == "GPU-1234"
+    # The X files hpcdesk wrote, in the work directory bound read-only at its own path.
+    assert e["APPTAINERENV_XAUTHORITY"] == f"{w}/Xauthority"
+    assert e["APPTAINERENV_HPCDESK_XORG_CONF"] == f"{w}/xorg.conf"
     assert e["APPTAINERENV_SELKIES_ENCODER"] == "nvh264enc"
     assert e["APPTAINERENV_KASMVNC_ENABLE"] == "false"
     assert e["APPTAINERENV_NVIDIA_DRIVER_VERSION"] == "580.159.04"
@@ -69,16 +78,26 @@ def test_glx_with_gpu(tmp_path: Path) -> None:
 
 def test_egl_with_gpu_binds_no_xorg_modules(tmp_path: Path) -> None:
     inv = build_invocation(plan(tmp_path, gpu=True), "/img/egl-22.04-aa.sif", ":22",
-                           DRIVER_FILES, "580.159.04")
+                           xfiles(tmp_path, conf=False), DRIVER_FILES, "580.159.04")
     assert "--nv" in inv.argv
     joined = " ".join(inv.argv)
     assert "nvidia_drv.so" not in joined and "10_nvidia.json" in joined
     assert ImageKind.detect("/img/egl-22.04-aa.sif") == ImageKind("egl", True)
+    assert "APPTAINERENV_HPCDESK_XORG_CONF" not in inv.env  # Xvfb: no xorg.conf
+    assert inv.env["APPTAINERENV_XAUTHORITY"] == str(tmp_path / "w/Xauthority")
+
+
+@pytest.mark.parametrize(("image", "driver"), [
+    ("/img/debian-bookworm-c.sif", "dummy"), ("/img/glx-24.04-0123.sif", "nvidia"),
+    ("/img/egl-22.04-aa.sif", None),
+])
+def test_which_x_server_each_image_runs(image: str, driver: str | None) -> None:
+    assert ImageKind.detect(image).xorg_driver == driver
 
 
 def test_kasmvnc_interface(tmp_path: Path) -> None:
     inv = build_invocation(plan(tmp_path, gpu=True, interface="vnc"), "/img/glx-24.04-b.sif",
-                           ":23", DRIVER_FILES, None)
+                           ":23", xfiles(tmp_path), DRIVER_FILES, None)
     assert inv.env["APPTAINERENV_KASMVNC_ENABLE"] == "true"
     assert inv.env["APPTAINERENV_KASMVNC_THREADS"] == "4"
     assert "APPTAINERENV_NVIDIA_DRIVER_VERSION" not in inv.env
@@ -86,7 +105,7 @@ def test_kasmvnc_interface(tmp_path: Path) -> None:
 
 def test_debian_without_gpu(tmp_path: Path) -> None:
     inv = build_invocation(plan(tmp_path, gpu=False), "/img/debian-bookworm-c.sif", ":24",
-                           DRIVER_FILES, None)
+                           xfiles(tmp_path), DRIVER_FILES, None)
     w = tmp_path / "w"
     assert inv.argv == [
         "apptainer", "exec", "--cleanenv", "--contain", "--ipc",
@@ -103,7 +122,8 @@ def test_debian_without_gpu(tmp_path: Path) -> None:
     assert e["APPTAINERENV_SELKIES_ENCODER"] == "h264enc"   # PyPI selkies' name for x264
     assert e["APPTAINERENV_SELKIES_USE_CPU"] == "true"
     assert "--nv" not in inv.argv and "APPTAINERENV_PASSWD" not in e
-    assert "APPTAINERENV_HPCDESK_GPU_BUS_ID" not in e
+    assert "APPTAINERENV_HPCDESK_GPU_UUID" not in e
+    assert e["APPTAINERENV_HPCDESK_XORG_CONF"] == f"{w}/xorg.conf"
 
 
 @pytest.mark.parametrize(("output", "expect"), [
@@ -123,7 +143,7 @@ def test_runtime_version_detection(tmp_path: Path, output: str,
 
 
 def test_too_old_singularity_is_refused(tmp_path: Path) -> None:
-    from hpcdesk.node.procs import StartError
+    from hpcdesk.node.errors import StartError
     from hpcdesk.node.runtime.apptainer import detect_version
 
     fake = tmp_path / "fake-singularity"

@@ -6,8 +6,8 @@ import pytest
 from fakes_gpu import FakeGpuBackend, fake_device
 
 from hpcdesk.node import binding
+from hpcdesk.node.errors import StartError
 from hpcdesk.node.nvenc import NvencResult
-from hpcdesk.node.procs import StartError
 from hpcdesk.request import DesktopRequest
 from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig
 
@@ -38,7 +38,7 @@ def test_allocated_gpu_by_minor_number(monkeypatch: pytest.MonkeyPatch, no_nvenc
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("SLURM_STEP_GPUS", raising=False)
     monkeypatch.setattr(binding.gpu, "scan_dev_nodes", lambda: {})  # no device cgroups
-    monkeypatch.setattr(binding, "host_has_nvidia_xorg_driver", lambda: True)
+    monkeypatch.setattr(binding, "has_nvidia_xorg_driver", lambda: True)
     backend = FakeGpuBackend([fake_device(0), fake_device(1, bus=0x6)])
     b = binding.bind_gpu(request(), backend)
     assert b.xorg_driver == "nvidia" and b.bus_id == "PCI:6:0:0"
@@ -51,7 +51,7 @@ def test_headless_driver_keeps_software_x(monkeypatch: pytest.MonkeyPatch, no_nv
     monkeypatch.delenv("SLURM_JOB_GPUS", raising=False)
     monkeypatch.delenv("SLURM_STEP_GPUS", raising=False)
     monkeypatch.setattr(binding.gpu, "scan_dev_nodes", lambda: {})
-    monkeypatch.setattr(binding, "host_has_nvidia_xorg_driver", lambda: False)
+    monkeypatch.setattr(binding, "has_nvidia_xorg_driver", lambda: False)
     b = binding.bind_gpu(request(), FakeGpuBackend([fake_device(0)]))
     assert b.xorg_driver == "dummy" and "nvidia_drv.so" in b.summary
 

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
 FLAVORS = ("glx", "egl")
 ENTRYPOINT = "/opt/hpcdesk/entrypoint.sh"
+ENTRYPOINT_LIB = "/opt/hpcdesk/entrypoint-lib.sh"  # beside it: what both entrypoints share
 VALID_SECTIONS = {"help", "setup", "files", "labels", "environment", "pre", "post", "runscript",
                   "test", "startscript", "arguments"}
 BUILD_ARG = re.compile(r"{{\s*(\w+)\s*}}")  # Apptainer's build-argument pattern
@@ -113,13 +114,22 @@ def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ep") / "entrypoint.sh"
     path.write_text(entrypoint_of("glx"))
     path.chmod(0o755)
+    shutil.copy(IMAGES / "entrypoint-lib.sh", path.parent / "entrypoint-lib.sh")
     return path
+
+
+@pytest.mark.parametrize("flavor", ["glx", "egl", "debian"])
+def test_every_image_installs_the_shared_entrypoint_functions(flavor: str) -> None:
+    d = parse_def(def_text(flavor))
+    assert f"entrypoint-lib.sh {ENTRYPOINT_LIB}" in d.sections["files"]
+    assert f"bash -n {ENTRYPOINT_LIB}" in d.sections["post"]
 
 
 def contract_keys() -> set[str]:
     """Every variable hpcdesk passes to the upstream images (contract_env plus the password)."""
     from hpcdesk.node.runtime import DesktopPlan
     from hpcdesk.node.runtime.apptainer import ImageKind, contract_env
+    from hpcdesk.node.xserver import XFiles
     from hpcdesk.request import DesktopRequest
     from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig
 
@@ -133,9 +143,12 @@ def contract_keys() -> set[str]:
                            bind_addr="10.0.0.5", web_port=40001, user="alice",
                            password=PASSWORD, encoder="nvh264enc", encoder_threads=4,
                            xorg_driver="nvidia", bus_id="PCI:0:6:0",
-                           tls_cert=Path("/w/c.pem"), tls_key=Path("/w/k.pem"))
+                           tls_cert=Path("/w/c.pem"), tls_key=Path("/w/k.pem"),
+                           gpu_uuid="GPU-bbbb")
         for flavor in FLAVORS:
-            keys |= set(contract_env(plan, ":21", ImageKind(flavor, True), "580.1"))
+            kind = ImageKind(flavor, True)
+            x = XFiles(Path("/w/Xauthority"), Path("/w/xorg.conf") if kind.xorg_driver else None)
+            keys |= set(contract_env(plan, ":21", kind, x, "580.1"))
     return keys
 
 
@@ -213,7 +226,8 @@ def test_bash_syntax(script: Path) -> None:
 
 def test_shellcheck(script: Path) -> None:
     require("shellcheck", package="shellcheck")
-    r = subprocess.run(["shellcheck", "-s", "bash", "-S", "warning", str(script)],
+    r = subprocess.run(["shellcheck", "-s", "bash", "-S", "warning", str(script),
+                        str(script.parent / "entrypoint-lib.sh")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -234,6 +248,29 @@ def test_no_sudo_download_or_etc_writes(flavor: str) -> None:
     assert "/etc/" not in ep
     for target in re.findall(r"(?<![<&0-9])>>?\s*\"?([^\s\"&|;)]+)", build_and_run):
         assert target in ("/dev/null", "&2") or target.startswith("/opt/hpcdesk/"), target
+
+
+def _image_code() -> dict[str, str]:
+    """Every image file without its comment lines, heredocs included (the Debian image's
+    entrypoint is one)."""
+    files = {"upstream-entrypoint.sh": entrypoint_of("glx")}
+    files |= {path.name: path.read_text() for path in sorted(IMAGES.glob("*.def"))}
+    return {name: "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+            for name, text in files.items()}
+
+
+def test_images_generate_no_x_configuration() -> None:
+    """hpcdesk renders the xorg.conf (xorg_conf.py) and writes the cookie (xserver.py); the
+    images only start their X server with the files they are given."""
+    generators = re.compile(r"Modeline|BusID|\bcvt\b|ModeValidation|MIT-MAGIC-COOKIE|"
+                            r"xauth\s+(-|add|source|generate)|od -An -N16|Section \"")
+    for name, code in _image_code().items():
+        found = generators.search(code)
+        assert found is None, f"{name} generates X configuration: {found}"
+    ep = _image_code()["upstream-entrypoint.sh"]
+    assert '-config "$HPCDESK_XORG_CONF"' in ep and '-auth "$XAUTHORITY"' in ep
+    debian = _image_code()["debian-desktop.def"]
+    assert '-config "$HPCDESK_XORG_CONF"' in debian and '-auth "$XAUTHORITY"' in debian
 
 
 def test_x_servers_are_private_and_unprivileged() -> None:
@@ -386,55 +423,6 @@ def bash(script: Path, body: str, env: dict[str, str] | None = None,
                           capture_output=True, text=True, check=check, timeout=60)
 
 
-@pytest.mark.parametrize(("nvml", "xorg"), [
-    ("00000000:00:06.0", "PCI:0:6:0"),
-    ("00000000:3B:00.1", "PCI:59:0:1"),
-    ("00000001:8a:1f.0", "PCI:138@1:31:0"),
-    ("0000:c1:00.0", "PCI:193:0:0"),
-    ("PCI:4@2:0:0", "PCI:4@2:0:0"),
-])
-def test_bus_id_to_xorg_decimal(script: Path, nvml: str, xorg: str) -> None:
-    assert bash(script, f"xorg_busid {nvml}").stdout.strip() == xorg
-    from hpcdesk.node.xorg_conf import bus_id_from_nvml
-
-    if not nvml.startswith("PCI:"):
-        assert bus_id_from_nvml(nvml) == xorg  # the same rule as the host runtime's
-
-
-def test_bad_bus_id_is_refused(script: Path) -> None:
-    assert bash(script, "xorg_busid 3b:00", check=False).returncode != 0
-
-
-@pytest.mark.parametrize(("video_port", "line"), [
-    ("DFP", 'Option "ConnectedMonitor" "DFP"'),
-    ("dp-2", 'Option "ConnectedMonitor" "DP-2"'),
-    ("none", 'Option "UseDisplayDevice" "none"'),
-])
-def test_xorg_conf_for_the_gpu(script: Path, tmp_path: Path, video_port: str, line: str) -> None:
-    require("cvt", package="xcvt")
-    from hpcdesk.node.xorg_conf import MODE_VALIDATION
-
-    conf = tmp_path / "xorg.conf"
-    bash(script, f"w=2560 h=1440 refresh=60 dpi=96 depth=24 dnum=21 video_port={video_port}\n"
-                 f'write_xorg_conf "{conf}" PCI:59:0:0')
-    text = conf.read_text()
-    cvt = subprocess.run(["cvt", "-r", "2560", "1440", "60"], capture_output=True, text=True,
-                         check=True).stdout
-    modeline = next(ln for ln in cvt.splitlines() if ln.startswith("Modeline"))
-    assert " ".join(modeline.split()) in text
-    for expected in ('BusID "PCI:59:0:0"', line, 'Driver "nvidia"', 'Option "AutoAddGPU" "false"',
-                     f'Option "ModeValidation" "{MODE_VALIDATION}"', 'Modes "2560x1440R"',
-                     "Virtual 2560 1440", "DefaultDepth 24", 'Load "glx"'):
-        assert expected in text, expected
-
-
-def test_odd_refresh_and_width_modelines(script: Path) -> None:
-    require("cvt", package="xcvt")
-    out = bash(script, "modeline 1366 768 60; modeline 1920 1080 30").stdout.splitlines()
-    assert out[0].split()[1:4] == ['"1366x768"', out[0].split()[2], "1366"]  # exact width
-    assert out[1].startswith('Modeline "1920x1080_30.00"')  # cvt -r refuses 30 Hz
-
-
 def test_missing_x_driver_names_the_fix(script: Path, tmp_path: Path) -> None:
     modules = tmp_path / "modules"
     r = bash(script, f'XORG_MODULES="{modules}"; check_glx_driver', check=False,
@@ -453,39 +441,29 @@ def fake_nvidia_smi(tmp_path: Path) -> dict[str, str]:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     smi = bindir / "nvidia-smi"
-    smi.write_text("#!/bin/sh\nprintf '%s\\n' '0, 00000000:18:00.0, GPU-aaaa' "
-                   "'1, 00000000:3B:00.0, GPU-bbbb'\n")
+    smi.write_text("#!/bin/sh\nprintf '%s\\n' '0, GPU-aaaa' '1, GPU-bbbb'\n")
     smi.chmod(0o755)
     return {"PATH": f"{bindir}:{os.environ['PATH']}"}
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
-    ({}, "0 PCI:24:0:0 2"),
-    ({"HPCDESK_GPU_BUS_ID": "PCI:59:0:0"}, "1 PCI:59:0:0 2"),
-    ({"HPCDESK_GPU_BUS_ID": "00000000:3b:00.0"}, "1 PCI:59:0:0 2"),
-    ({"NVIDIA_VISIBLE_DEVICES": "GPU-bbbb,GPU-aaaa"}, "1 PCI:59:0:0 2"),
-    ({"NVIDIA_VISIBLE_DEVICES": "all"}, "0 PCI:24:0:0 2"),
+    ({}, "0 2"),
+    ({"HPCDESK_GPU_UUID": "GPU-bbbb"}, "1 2"),
+    ({"NVIDIA_VISIBLE_DEVICES": "GPU-bbbb,GPU-aaaa"}, "1 2"),
+    ({"NVIDIA_VISIBLE_DEVICES": "1"}, "1 2"),
+    ({"NVIDIA_VISIBLE_DEVICES": "all"}, "0 2"),
 ])
 def test_gpu_selection(script: Path, fake_nvidia_smi: dict[str, str], extra: dict[str, str],
                        expected: str) -> None:
-    env = {**fake_nvidia_smi, "HPCDESK_GPU_BUS_ID": "", "NVIDIA_VISIBLE_DEVICES": "", **extra}
-    r = bash(script, 'select_gpu; echo "$gpu_index $gpu_busid $gpu_count"', env=env)
+    env = {**fake_nvidia_smi, "HPCDESK_GPU_UUID": "", "NVIDIA_VISIBLE_DEVICES": "", **extra}
+    r = bash(script, 'select_gpu; echo "$gpu_index $gpu_count"', env=env)
     assert r.stdout.strip() == expected
 
 
 def test_gpu_not_visible_is_an_error(script: Path, fake_nvidia_smi: dict[str, str]) -> None:
-    env = {**fake_nvidia_smi, "HPCDESK_GPU_BUS_ID": "PCI:1:0:0"}
+    env = {**fake_nvidia_smi, "HPCDESK_GPU_UUID": "GPU-cccc"}
     r = bash(script, "select_gpu", env=env, check=False)
     assert r.returncode != 0 and "not visible" in r.stderr
-
-
-def test_xauthority_is_one_wildcard_cookie(script: Path, tmp_path: Path) -> None:
-    path = tmp_path / "Xauthority"
-    bash(script, f'write_xauthority "{path}"')
-    data = path.read_bytes()
-    assert data[:8] == b"\xff\xff\x00\x00\x00\x00\x00\x12"
-    assert data[8:26] == b"MIT-MAGIC-COOKIE-1" and data[26:28] == b"\x00\x10"
-    assert len(data) == 44 and (path.stat().st_mode & 0o077) == 0
 
 
 def _free_port() -> int:
@@ -601,9 +579,13 @@ def egl_desktop(script: Path, tmp_path: Path) -> Iterator[Desktop]:
                                ("startplasma-x11", DESKTOP_STUB, "/bin/sh")):
         (stubs / name).write_text(f"#!{interp}\n{body}")
         (stubs / name).chmod(0o755)
+    from hpcdesk.node.xserver import write_x_files
+
     display = next(n for n in range(600, 999) if not in_use(n))
     port = _free_port()
+    x = write_x_files(tmp_path, None)  # the EGL flavour's Xvfb needs only the cookie
     env = {
+        "XAUTHORITY": str(x.xauthority),
         "PATH": f"{stubs}:{nginx_dirs}", "HOME": str(home), "TMPDIR": str(tmp),
         "STUB_OUT": str(out), "HPCDESK_FLAVOR": "egl", "DISPLAY": f":{display}",
         "DISPLAY_SIZEW": "1280", "DISPLAY_SIZEH": "720", "DISPLAY_REFRESH": "60",

@@ -39,7 +39,7 @@ def test_ready_output_names_the_laptop_command(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from hpcdesk.commands.attach import print_connection
+    from hpcdesk.commands.outcome import print_connection
     from hpcdesk.scheduler import JobRef
     from hpcdesk.session import create
 

@@ -12,8 +12,9 @@ from fakes_gpu import FakeGpuBackend, fake_device
 from tooling import skip_with_gpu
 
 from hpcdesk.checks import Check, checks_to_json, worst
+from hpcdesk.node.driver import driver_file_paths, driver_version_from_proc
 from hpcdesk.node.gpu import NO_DRIVER, Device
-from hpcdesk.node.node_checks import driver_file_paths, driver_version_from_proc, node_checks
+from hpcdesk.node.node_checks import node_checks
 from hpcdesk.node.nvenc import NvencResult, nvenc_status_text
 
 H100_NVENC = NvencResult(False, 2, nvenc_status_text(2), step="nvEncOpenEncodeSessionEx")

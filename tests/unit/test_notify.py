@@ -1,4 +1,5 @@
-"""Push channel: authenticated, encrypted, replay-safe, and best effort on the node side."""
+"""Push channel: authenticated (HMAC under the one-time key), replay-safe, no secret in it,
+and best effort on the node side."""
 
 from __future__ import annotations
 
@@ -7,40 +8,53 @@ import socket
 import threading
 from pathlib import Path
 
-from hpcdesk.notify import Listener, Notifier, seal, unseal
+from hpcdesk.notify import Listener, Notifier, sign, verify
 
 
-def test_seal_roundtrip_and_tamper() -> None:
+def test_sign_verify_and_tamper() -> None:
     secret = b"k" * 32
-    frame = seal(secret, {"phase": "ready", "password": "hunter2"})
-    assert b"hunter2" not in frame
-    assert unseal(secret, frame.strip()) == {"phase": "ready", "password": "hunter2"}
-    assert unseal(b"x" * 32, frame.strip()) is None
+    frame = sign(secret, {"phase": "ready", "seq": 3})
+    assert verify(secret, frame.strip()) == {"phase": "ready", "seq": 3}
+    assert verify(b"x" * 32, frame.strip()) is None  # another key
     data = json.loads(frame)
-    data["c"] = data["c"][:-4] + "AAA="
-    assert unseal(secret, json.dumps(data).encode()) is None
-    assert unseal(secret, b"not json") is None
+    tampered = dict(data, e=data["e"].replace('"seq": 3', '"seq": 4'))
+    assert tampered["e"] != data["e"]
+    assert verify(secret, json.dumps(tampered).encode()) is None  # changed event
+    bad_tag = dict(data, m="0" * 64)
+    assert verify(secret, json.dumps(bad_tag).encode()) is None
+    assert verify(secret, b"not json") is None
+    assert verify(secret, b'{"e": 1}') is None
 
 
-def test_listener_receives_events_and_rejects_forgeries(tmp_path: Path) -> None:
+def _send_raw(port: int, frame: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(frame)
+
+
+def test_listener_rejects_forged_tampered_and_replayed_events(tmp_path: Path) -> None:
     listener = Listener(tmp_path, "sess1", "127.0.0.1")
     try:
         notifier = Notifier(tmp_path)
         port = json.loads((tmp_path / "notify.json").read_text())["port"]
         assert (tmp_path / "notify.json").stat().st_mode & 0o777 == 0o600
-        # A forged frame (wrong key) and a replay are ignored.
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(seal(b"z" * 32, {"phase": "ready", "session": "sess1", "seq": 99}))
+        # A forged frame (wrong key) is ignored; a real one arrives.
+        _send_raw(port, sign(b"z" * 32, {"phase": "ready", "session": "sess1", "seq": 99}))
         assert notifier.send({"phase": "launching"})
+        assert [e["phase"] for e in listener.poll(2.0)] == ["launching"]
+        # A genuine frame is accepted once; the same bytes again are a replay.
+        genuine = sign(listener.secret, {"phase": "waiting", "session": "sess1", "seq": 2})
+        _send_raw(port, genuine)
+        assert [e["phase"] for e in listener.poll(2.0)] == ["waiting"]
+        _send_raw(port, genuine)
+        # A tampered copy (another phase, the old tag) and another session's event: ignored.
+        frame = json.loads(genuine)
+        _send_raw(port, json.dumps(dict(frame, e=frame["e"].replace("waiting", "ready")))
+                  .encode() + b"\n")
+        _send_raw(port, sign(listener.secret, {"phase": "ready", "session": "other", "seq": 9}))
+        notifier.seq = 2
+        assert notifier.send({"phase": "ready"})
         events = listener.poll(2.0)
-        assert [e["phase"] for e in events] == ["launching"]
-        replay = seal(listener.secret, {"phase": "ready", "session": "sess1", "seq": 1})
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(replay)
-        assert notifier.send({"phase": "ready", "connection": {"url": "u"}})
-        events = listener.poll(2.0)
-        assert [e["phase"] for e in events] == ["ready"]
-        assert events[0]["connection"] == {"url": "u"}
+        assert [(e["phase"], e["seq"]) for e in events] == [("ready", 3)]
     finally:
         listener.close()
     assert not (tmp_path / "notify.json").exists()

@@ -13,11 +13,12 @@ import pytest
 from hpcdesk.connect import rtc
 from hpcdesk.connect.turn import IceServer
 from hpcdesk.node import jobturn
+from hpcdesk.node.errors import StartError
 from hpcdesk.node.ports import PortLease
-from hpcdesk.node.procs import StartError
 from hpcdesk.node.runtime import DesktopPlan
 from hpcdesk.node.runtime.apptainer import build_invocation
 from hpcdesk.node.runtime.host import selkies_env
+from hpcdesk.node.xserver import XFiles
 from hpcdesk.request import DesktopRequest
 from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig, TurnConfig
 
@@ -105,10 +106,11 @@ def test_selkies_env_webrtc_listens_on_loopback_too(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("image", ["/img/debian-abc.sif", "/img/glx-22.04-abc.sif"])
 def test_apptainer_gets_the_rtc_file(tmp_path: Path, image: str) -> None:
-    inv = build_invocation(_plan(tmp_path, "webrtc"), image, ":5", {}, None)
-    rtc_dir = str(tmp_path / "w/rtc")
-    assert f"{rtc_dir}:{rtc_dir}:ro" in inv.argv
-    assert inv.env["APPTAINERENV_SELKIES_RTC_CONFIG_JSON"] == f"{rtc_dir}/rtc.json"
+    x = XFiles(tmp_path / "w/Xauthority", None)
+    inv = build_invocation(_plan(tmp_path, "webrtc"), image, ":5", x, {}, None)
+    workdir = str(tmp_path / "w")
+    assert f"{workdir}:{workdir}:ro" in inv.argv  # the rtc file's directory is inside it
+    assert inv.env["APPTAINERENV_SELKIES_RTC_CONFIG_JSON"] == f"{workdir}/rtc/rtc.json"
 
 
 def test_port_lease_checks_loopback_too(tmp_path: Path) -> None:

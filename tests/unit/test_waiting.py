@@ -3,6 +3,7 @@ dev cluster): backoff, 'unknown' is not failure, push readiness needs no schedul
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,10 +58,12 @@ def test_ready_by_push_without_any_scheduler_query(tmp_path: Path) -> None:
     w.listener = listener
     n = Notifier(tmp_path)
     n.send({"phase": "launching", "detail": "x", "node": "n1"})
-    n.send({"phase": "ready", "connection": {"url": "http://n1:1/"}})
+    # As the node agent does: connection.json (the credentials) first, then "ready".
+    write_json(tmp_path / "connection.json", {"url": "http://n1:1/", "password": "pw"})
+    n.send({"phase": "ready", "detail": "desktop ready", "node": "n1"})
     conn = w.wait()
     listener.close()
-    assert conn == {"url": "http://n1:1/"}
+    assert conn == {"url": "http://n1:1/", "password": "pw"}
     assert sched.queries == 0 and "launching" in seen
 
 
@@ -117,3 +120,16 @@ def test_a_node_that_vanishes_mid_start_is_noticed(tmp_path: Path) -> None:
     with pytest.raises(DesktopFailed, match=r"ended \(node_fail\)"):
         w.wait()
     assert sched.queries == 1 and time.monotonic() - t0 < 55
+
+
+def test_ready_before_connection_json_is_visible(tmp_path: Path) -> None:
+    """A shared filesystem may show connection.json a moment after the push says "ready"."""
+    listener = Listener(tmp_path, tmp_path.name, "127.0.0.1")
+    w, _ = make(tmp_path, FakeScheduler([JobState.RUNNING]), poll_min=10.0, poll_max=10.0)
+    w.listener = listener
+    Notifier(tmp_path).send({"phase": "ready", "detail": "desktop ready", "node": "n1"})
+    threading.Timer(0.3, write_json, (tmp_path / "connection.json", {"url": "u"})).start()
+    try:
+        assert w.wait() == {"url": "u"}
+    finally:
+        listener.close()

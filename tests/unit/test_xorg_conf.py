@@ -6,12 +6,12 @@ import re
 
 import pytest
 
+from hpcdesk.node.gpu import bus_id_from_nvml
 from hpcdesk.node.modeline import cvt_mode
 from hpcdesk.node.xorg_conf import (
     MODE_VALIDATION,
     ResolutionError,
     XorgSpec,
-    bus_id_from_nvml,
     check_resolution,
     render_xorg_conf,
     xorg_mode,

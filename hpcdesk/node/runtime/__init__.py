@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from hpcdesk.node.errors import StartError
 from hpcdesk.node.procs import Child
+from hpcdesk.node.xorg_conf import XorgSpec
 from hpcdesk.request import DesktopRequest
 
 
@@ -29,6 +31,17 @@ class DesktopPlan:
     tls_cert: Path | None  # HTTPS certificate and key for the web UI (None: plain HTTP)
     tls_key: Path | None
     rtc_config: Path | None = None  # Selkies' ICE configuration file (connect/rtc.py)
+    gpu_uuid: str | None = None  # the bound GPU's UUID (containers find it by it)
+
+    def xorg_spec(self, driver: Literal["dummy", "nvidia"]) -> XorgSpec:
+        """The X server the request asks for, on `driver` (nvidia: the bound GPU)."""
+        d = self.request.desktop
+        try:
+            return XorgSpec(width=d.width, height=d.height, refresh=d.refresh, depth=d.depth,
+                            dpi=d.dpi, driver=driver, bus_id=self.bus_id if driver == "nvidia"
+                            else None, video_port=d.video_port)
+        except ValueError as exc:
+            raise StartError(str(exc)) from None
 
 
 @dataclass

@@ -19,10 +19,15 @@ Invocation choices (pinned by tests/unit/test_apptainer_cmd.py):
   image: all of hpcdesk's entrypoints read it, so no environment holds it.
 - `--ipc`: a private IPC namespace, so the X server's shared-memory segments are not visible
   to other desktops on the node.
-- The agent's rtc file (Selkies' ICE servers, connect/rtc.py) is bound in read-only by its
-  directory and named in SELKIES_RTC_CONFIG_JSON for every image.
+- The agent's rtc file (Selkies' ICE servers, connect/rtc.py) lies in the work directory,
+  which is bound in read-only (so a renewed file, replaced by rename, is seen at once), and
+  is named in SELKIES_RTC_CONFIG_JSON for every image.
 - `--nv` with a bound GPU; for the GLX flavour the host's NVIDIA X driver and GLX server
   module are bound where the image's Xorg looks for them, so nothing is downloaded at start.
+- The agent's node-local work directory is bound read-only at its own path: it holds the X
+  cookie file and the xorg.conf (xserver.write_x_files: the dummy driver for the Debian
+  image, the bound GPU for GLX; the EGL image's Xvfb needs none) and the TLS files. The
+  images' entrypoints start their X server with these and generate nothing themselves.
 """
 
 from __future__ import annotations
@@ -34,11 +39,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from hpcdesk.node.displays import DisplayLease
-from hpcdesk.node.procs import Child, StartError, spawn
+from hpcdesk.node.errors import StartError
+from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
 from hpcdesk.node.runtime.host import ice_env, selkies_env
+from hpcdesk.node.xserver import XFiles, write_x_files
 
 # Where the upstream images' Xorg looks for the NVIDIA modules.
 XORG_MODULE_TARGETS = {
@@ -60,6 +68,13 @@ class ImageKind:
     flavor: str       # debian | glx | egl
     upstream: bool    # the selkies-project images (supervisord, nginx, PASSWD)
 
+    @property
+    def xorg_driver(self) -> Literal["dummy", "nvidia"] | None:
+        """The driver of the image's Xorg (None: its X server, Xvfb, needs no xorg.conf)."""
+        if self.flavor == "glx":
+            return "nvidia"
+        return "dummy" if self.flavor == "debian" else None
+
     @classmethod
     def detect(cls, image: str) -> ImageKind:
         name = Path(image).name.lower()
@@ -76,12 +91,13 @@ class Invocation:
     password_file: Path   # written 0600 before start; the container reads it from its /tmp
 
 
-def contract_env(plan: DesktopPlan, display: str, kind: ImageKind,
+def contract_env(plan: DesktopPlan, display: str, kind: ImageKind, x: XFiles,
                  driver_version: str | None) -> dict[str, str]:
     """The variables the images read (upstream names, plus hpcdesk's for its own image)."""
     d = plan.request.desktop
     env = {
         "DISPLAY": display,
+        "XAUTHORITY": str(x.xauthority),
         "DISPLAY_SIZEW": str(d.width), "DISPLAY_SIZEH": str(d.height),
         "DISPLAY_REFRESH": str(d.refresh), "DISPLAY_DPI": str(d.dpi),
         "DISPLAY_CDEPTH": str(d.depth), "VIDEO_PORT": d.video_port, "TZ": d.timezone,
@@ -116,15 +132,18 @@ def contract_env(plan: DesktopPlan, display: str, kind: ImageKind,
                     if k.startswith("SELKIES_") and k not in (
                         "SELKIES_BASIC_AUTH_PASSWORD", "SELKIES_ADDR", "SELKIES_PORT")})
     env["HPCDESK_PASSWORD_FILE"] = PASSWORD_IN_CONTAINER
+    if x.conf:
+        env["HPCDESK_XORG_CONF"] = str(x.conf)
     if plan.bus_id:
-        env["HPCDESK_GPU_BUS_ID"] = plan.bus_id  # the allocated GPU, not nvidia-smi's first
+        if plan.gpu_uuid:
+            env["HPCDESK_GPU_UUID"] = plan.gpu_uuid  # the allocated GPU, not nvidia-smi's first
         env["NVIDIA_DRIVER_CAPABILITIES"] = "all"
         if driver_version:
             env["NVIDIA_DRIVER_VERSION"] = driver_version
     return env
 
 
-def build_invocation(plan: DesktopPlan, image: str, display: str,
+def build_invocation(plan: DesktopPlan, image: str, display: str, x: XFiles,
                      driver_files: dict[str, Path | None], driver_version: str | None,
                      apptainer: str = "apptainer") -> Invocation:
     kind = ImageKind.detect(image)
@@ -135,9 +154,8 @@ def build_invocation(plan: DesktopPlan, image: str, display: str,
     if kind.upstream:
         argv.append("--writable-tmpfs")
     argv += ["--workdir", str(workdir), "--home", os.environ.get("HOME", str(workdir / "home"))]
-    if plan.tls_cert and plan.tls_key:
-        tls_dir = plan.tls_cert.parent
-        argv += ["--bind", f"{tls_dir}:{tls_dir}:ro"]
+    # The X cookie, the xorg.conf and the TLS files, at the paths the contract names.
+    argv += ["--bind", f"{plan.workdir}:{plan.workdir}:ro"]
     if plan.bus_id:
         argv.append("--nv")
         targets = dict(ICD_TARGETS)
@@ -147,16 +165,12 @@ def build_invocation(plan: DesktopPlan, image: str, display: str,
             host = driver_files.get(name)
             if host is not None:
                 argv += ["--bind", f"{host}:{target}:ro"]
-    if plan.rtc_config:
-        # The directory, not the file: a renewed file replaces the old one by rename.
-        rtc_dir = plan.rtc_config.parent
-        argv += ["--bind", f"{rtc_dir}:{rtc_dir}:ro"]
     for bind in r.binds:
         argv += ["--bind", bind]
     argv.append(image)
     if not kind.upstream:
         argv.append("/opt/hpcdesk/entrypoint.sh")
-    contract = contract_env(plan, display, kind, driver_version)
+    contract = contract_env(plan, display, kind, x, driver_version)
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "LOGNAME", "LANG")}
     env.update({f"APPTAINERENV_{k}": v for k, v in contract.items()})
     password_file = workdir / "tmp" / Path(PASSWORD_IN_CONTAINER).name
@@ -195,8 +209,8 @@ class ApptainerRuntime:
 
     def start(self, plan: DesktopPlan, timeout: float) -> Started:
         from hpcdesk.images import ImageError, resolve_image
+        from hpcdesk.node.driver import driver_file_paths
         from hpcdesk.node.gpu import inventory
-        from hpcdesk.node.node_checks import driver_file_paths
 
         req = plan.request
         command = shlex.split(req.runtime.apptainer)[0]
@@ -215,8 +229,14 @@ class ApptainerRuntime:
             display = f":{self.display_lease.acquire()}"
         except RuntimeError as exc:
             raise StartError(str(exc)) from None
+        kind = ImageKind.detect(image)
+        if kind.xorg_driver == "nvidia" and not plan.bus_id:
+            raise StartError(f"the {kind.flavor} image runs Xorg on an NVIDIA GPU, and this job "
+                             "has none: ask for a GPU, or use the egl or debian image")
+        x = write_x_files(plan.workdir, plan.xorg_spec(kind.xorg_driver)
+                          if kind.xorg_driver else None)
         driver_version = inventory().driver_version if plan.bus_id else None
-        inv = build_invocation(plan, image, display, driver_file_paths(), driver_version,
+        inv = build_invocation(plan, image, display, x, driver_file_paths(), driver_version,
                                req.runtime.apptainer)
         for sub in ("tmp", "var_tmp"):
             (plan.workdir / "apptainer" / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -224,4 +244,4 @@ class ApptainerRuntime:
         with os.fdopen(fd, "w") as fh:
             fh.write(plan.password + "\n")
         child: Child = spawn("apptainer", inv.argv, inv.env, plan.session_dir / "container.log")
-        return Started([child], display, None, on_stop=self.display_lease.release)
+        return Started([child], display, x.xauthority, on_stop=self.display_lease.release)

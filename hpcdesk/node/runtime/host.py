@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shlex
 import shutil
 from pathlib import Path
 
-from hpcdesk.node.procs import Child, StartError, spawn
+from hpcdesk.node.errors import StartError
+from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
-from hpcdesk.node.xorg_conf import XorgSpec
-from hpcdesk.node.xserver import start_xorg, write_xauthority
+from hpcdesk.node.xserver import start_xorg, write_x_files
 
 # hpcdesk's encoder names (those of the upstream GLX image) -> PyPI selkies' settings.
 _SELKIES_ENCODER = {
@@ -31,7 +30,6 @@ def base_env(plan: DesktopPlan) -> dict[str, str]:
         "XDG_RUNTIME_DIR": str(plan.workdir / "run"),
         "TMPDIR": str(plan.workdir / "tmp"),
         "TZ": plan.request.desktop.timezone,
-        "XAUTHORITY": str(plan.workdir / "Xauthority"),
     })
     return env
 
@@ -116,14 +114,10 @@ class HostRuntime:
         _require(r.selkies, "Selkies command")
         for sub in ("run", "tmp"):
             (plan.workdir / sub).mkdir(mode=0o700, exist_ok=True)
-        env = base_env(plan)
-        write_xauthority(Path(env["XAUTHORITY"]), secrets.token_bytes(16))
-        spec = XorgSpec(width=d.width, height=d.height, refresh=d.refresh, depth=d.depth,
-                        dpi=d.dpi, driver=plan.xorg_driver,
-                        bus_id=plan.bus_id, video_port=d.video_port)
+        files = write_x_files(plan.workdir, plan.xorg_spec(plan.xorg_driver))
+        env = {**base_env(plan), "XAUTHORITY": str(files.xauthority)}
         logs = plan.session_dir
-        x = start_xorg(xorg, spec, plan.workdir, Path(env["XAUTHORITY"]), env,
-                       logs / "xorg.out", timeout)
+        x = start_xorg(xorg, files, d.dpi, env, logs / "xorg.out", timeout)
         children: list[Child] = [x.child]
         try:
             denv = {**env, "DISPLAY": x.display}
@@ -139,4 +133,4 @@ class HostRuntime:
 
             stop_all(children)
             raise
-        return Started(children, x.display, Path(env["XAUTHORITY"]))
+        return Started(children, x.display, files.xauthority)

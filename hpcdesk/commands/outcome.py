@@ -1,4 +1,5 @@
-"""Waiting for a submitted desktop and reporting the outcome (used by submit and status)."""
+"""The outcome of a submitted desktop: wait for it, then print its URL and credentials, or say
+what failed and keep everything (used by `submit` and `status --wait`)."""
 
 from __future__ import annotations
 
