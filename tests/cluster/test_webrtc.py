@@ -134,6 +134,17 @@ def tcp_bridge(ports: list[int], node_ip: str) -> Iterator[None]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def view_from_laptop(laptop: str, conn: dict[str, Any], url: str, ports: list[int],
+                     node_ip: str, shot: Path) -> tuple[bool, list[dict[str, Any]] | None]:
+    """Chromium in the laptop namespace, through a TCP bridge of `ports`, logs in and watches
+    for the placed green window; (seen, the page's RTCPeerConnection configurations)."""
+    with tcp_bridge(ports, node_ip), browser.Chromium(laptop) as tools:
+        tools.open(url, init_script=browser.RTC_SPY,
+                   login=(str(conn["user"]), str(conn["password"])))
+        seen = tools.wait_for(shot, lambda p: colour_fraction(p, GREEN) > 0.10)
+        return seen, tools.peer_configs()
+
+
 def _wait(cond: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -568,12 +579,8 @@ def test_webrtc_relayed_through_the_site_turn(user: User, laptop: str, site_dir:
         assert not laptop_connects(node_ip, port), "the laptop must not reach the node"
         place_window(user, conn)
         url = f"https://127.0.0.1:{port}/"
-        with tcp_bridge([port], node_ip), browser.Chromium(laptop) as tools:
-            tools.open(url, init_script=browser.RTC_SPY,
-                       login=(str(conn["user"]), str(conn["password"])))
-            seen = tools.wait_for(tmp_path / "relay.png",
-                                  lambda p: colour_fraction(p, GREEN) > 0.10)
-            configs = tools.peer_configs()
+        seen, configs = view_from_laptop(laptop, conn, url, [port], node_ip,
+                                         tmp_path / "relay.png")
         assert seen, f"the desktop is not visible through TURN ({tmp_path}): {configs}"
         assert configs and all(c["iceTransportPolicy"] == "relay" for c in configs), configs
         assert all(u.startswith(f"turn:{TURN_IP}:") for c in configs for u in ice_urls(c))
@@ -622,12 +629,8 @@ def test_webrtc_through_the_in_job_turn_over_tcp_only(user: User, laptop: str, s
     assert not laptop_connects(node_ip, port)
     place_window(user, conn)
     url = f"https://127.0.0.1:{port}/"
-    with tcp_bridge([port, turn_port], node_ip), browser.Chromium(laptop) as tools:
-        tools.open(url, init_script=browser.RTC_SPY,
-                   login=(str(conn["user"]), str(conn["password"])))
-        seen = tools.wait_for(tmp_path / "jobturn.png",
-                              lambda p: colour_fraction(p, GREEN) > 0.10)
-        configs = tools.peer_configs()
+    seen, configs = view_from_laptop(laptop, conn, url, [port, turn_port], node_ip,
+                                     tmp_path / "jobturn.png")
     assert seen, f"the desktop is not visible through the in-job TURN ({tmp_path})"
     assert configs and all(c["iceTransportPolicy"] == "relay" for c in configs), configs
 
