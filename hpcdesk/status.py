@@ -32,6 +32,8 @@ class SessionStatus:
         if conn:
             out["url"] = conn.get("url")
             out["tls_fingerprint"] = conn.get("tls_fingerprint")
+            # What `hpcdesk tunnel` forwards besides the web port (see connect/rtc.py).
+            out.update(transport=conn.get("transport"), turn_port=conn.get("turn_port"))
             if with_secrets:
                 out.update(user=conn.get("user"), password=conn.get("password"),
                            url=browser_link(conn), token=conn.get("token"))

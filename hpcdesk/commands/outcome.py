@@ -51,7 +51,8 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
         emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
                    "state": "ready", **{k: conn.get(k) for k in (
                        "host", "port", "user", "password", "token", "node", "display",
-                       "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint")},
+                       "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint",
+                       "transport", "turn_port")},
                    "url": browser_link(conn),
                    **({"laptop_command": laptop} if laptop else {})})
         return

@@ -22,7 +22,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hpcdesk.node import address, health, tls
+from hpcdesk.connect import rtc
+from hpcdesk.connect.turn import TurnError
+from hpcdesk.errors import ConfigError
+from hpcdesk.node import address, health, jobturn, tls
 from hpcdesk.node.binding import bind_gpu
 from hpcdesk.node.errors import StartError, Stop
 from hpcdesk.node.ports import PortLease
@@ -58,6 +61,9 @@ class Agent:
         self.ports: PortLease | None = None
         self.workdir: Path | None = None
         self.started: Started | None = None
+        self.job_turn: jobturn.JobTurn | None = None
+        self.rtc_path: Path | None = None
+        self.rtc_refresh_at: float | None = None
 
     # -- state and events -------------------------------------------------------------
     def phase(self, phase: str, detail: str = "", **fields: Any) -> None:
@@ -112,8 +118,11 @@ class Agent:
         gpu = bind_gpu(req)
         self.state["gpu"] = gpu.describe()
         log.info("GPU: %s; encoder %s (%s)", gpu.summary, gpu.encoder, gpu.encoder_reason)
+        # In webrtc mode Selkies dials itself on localhost: the port must be free there too.
+        loopback = (("127.0.0.1",) if req.desktop.transport == "webrtc"
+                    and bind_addr not in jobturn.WILDCARDS else ())
         self.ports = PortLease(Path(req.network.lock_dir), bind_addr,
-                               req.network.port_min, req.network.port_max)
+                               req.network.port_min, req.network.port_max, also=loopback)
         try:
             port = self.ports.acquire()
         except RuntimeError as exc:
@@ -127,6 +136,9 @@ class Agent:
         token_mode = req.desktop.auth == "token"
         master_token = secrets.token_urlsafe(32) if token_mode else None
         url_path = req.desktop.url_path.replace("{host}", host).replace("{port}", str(port))
+        turn_children = self.start_job_turn(host, bind_addr)
+        self.children = list(turn_children)  # stopped by finish() whatever fails next
+        self.rtc_path = self.write_rtc(host)
         tls_files = (tls.prepare(self.workdir, [host, bind_addr], req.desktop.https_cert,
                                  req.desktop.https_key) if req.desktop.https else None)
         plan = DesktopPlan(request=req, session_dir=self.dir, workdir=self.workdir,
@@ -136,13 +148,14 @@ class Agent:
                            gpu_uuid=gpu.device.uuid if gpu.device else None,
                            tls_cert=tls_files.cert if tls_files else None,
                            tls_key=tls_files.key if tls_files else None,
-                           master_token=master_token, url_path=url_path)
+                           master_token=master_token, url_path=url_path,
+                           rtc_config=self.rtc_path)
         self.phase(LAUNCHING, f"starting the desktop ({req.runtime.kind} runtime)",
                    port=port, host=host)
         deadline = time.monotonic() + req.start_timeout
         started = get_runtime(req.runtime.kind).start(plan, timeout=req.start_timeout)
         self.started = started
-        self.children = list(started.children)
+        self.children = [*turn_children, *started.children]
         self.mark("desktop_launched")
         self.phase(WAITING, f"desktop on display {started.display}; waiting for the web UI",
                    display=started.display,
@@ -159,6 +172,8 @@ class Agent:
             "encoder": gpu.encoder, "encoder_reason": gpu.encoder_reason,
             "tls": tls_files.kind if tls_files else None,
             "tls_fingerprint": tls_files.fingerprint if tls_files else None,
+            "transport": req.desktop.transport,
+            "turn_port": self.job_turn.port if self.job_turn else None,
             "started_at": self.state["times"]["agent_start"], "ready_at": now(),
         }
         write_json(self.dir / "connection.json", connection, mode=0o600)
@@ -166,6 +181,46 @@ class Agent:
         # The waiting client reads the credentials from connection.json when "ready" arrives.
         self.phase(READY, f"desktop ready at {connection['url']}")
         return connection
+
+    def start_job_turn(self, host: str, bind_addr: str) -> list[Child]:
+        """The in-job TURN server, when this desktop needs one (see connect/rtc.py)."""
+        req = self.request
+        if not rtc.wants_job_turn(req.desktop, req.network) or not self.ports or not self.workdir:
+            return []
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "LANG")}
+        self.job_turn = jobturn.start(
+            self.workdir / "turn", self.ports, Path(req.network.lock_dir), bind_addr, host,
+            (req.network.turn_relay_min, req.network.turn_relay_max), env, req.runtime)
+        log.info("in-job TURN on port %d, relay ports %d-%d", self.job_turn.port,
+                 *self.job_turn.relay)
+        return [self.job_turn.child]
+
+    def write_rtc(self, host: str) -> Path:
+        """Selkies' ICE configuration file: exactly the site's servers, or none."""
+        assert self.workdir is not None
+        directory = self.workdir / "rtc"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        path = directory / "rtc.json"
+        self.refresh_rtc(host, path)
+        return path
+
+    def refresh_rtc(self, host: str, path: Path) -> None:
+        req = self.request
+        user = req.user or getpass.getuser()
+        job = None
+        if self.job_turn:
+            job = self.job_turn.ice_server(rtc.job_turn_url(host, self.job_turn.port,
+                                                            req.network.connect))
+        try:
+            config = rtc.plan(req.desktop, req.network, req.turn, user, req.time_limit,
+                              time.time(), job)
+        except (ConfigError, TurnError) as exc:
+            raise StartError(f"the site's TURN server cannot be used: {exc}") from None
+        config.write(path)
+        self.rtc_refresh_at = (time.monotonic() + config.refresh_in
+                               if config.refresh_in else None)
+        log.info("ICE configuration: %d server(s), policy %s",
+                 len(config.servers), config.policy)
 
     def wait_healthy(self, plan: DesktopPlan, started: Started, deadline: float) -> str | None:
         """Wait until the web UI is ready and protected; in token mode provision and return
@@ -232,6 +287,12 @@ class Agent:
 
     def supervise(self) -> None:
         while True:
+            if self.rtc_refresh_at and time.monotonic() > self.rtc_refresh_at and self.rtc_path:
+                try:
+                    self.refresh_rtc(str(self.state.get("host", "")), self.rtc_path)
+                except StartError as exc:  # keep the old credentials; try again in a minute
+                    log.warning("renewing the TURN credentials failed: %s", exc)
+                    self.rtc_refresh_at = time.monotonic() + 60
             for child in self.children:
                 if not child.alive():
                     # scancel signals every process of the job: give our own SIGTERM a moment
@@ -249,6 +310,8 @@ class Agent:
             self.started.on_stop()
         if self.ports:
             self.ports.release()
+        if self.job_turn:
+            self.job_turn.release()
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         with contextlib.suppress(OSError):

@@ -82,8 +82,10 @@ def overrides(cfg: SiteConfig, values: Mapping[str, Any]) -> dict[str, Any]:
     off = offer(cfg)
     out: dict[str, Any] = {
         # What OOD's proxy needs: the token in the fragment, plain HTTP behind the proxy
-        # (OOD serves HTTPS to the browser), and no push channel (nothing waits for it).
+        # (OOD serves HTTPS to the browser), one WebSocket port (the proxy carries TCP only),
+        # and no push channel (nothing waits for it).
         "desktop.auth": "token", "desktop.https": False, "network.push": False,
+        "desktop.transport": "websockets",
         "desktop.url_path": "/node/{host}/{port}/" if cfg.ood.proxy == "node" else "/",
     }
     partition = _text(values, "hpcdesk_partition")

@@ -197,19 +197,9 @@ class Sshd:
 
     def connection_pids(self) -> list[int]:
         """Every process serving a connection: the listener's descendants."""
-        parents: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                    parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-        found, todo = [], [self.listener_pid()]
-        while todo:
-            pid = todo.pop()
-            kids = [p for p, pp in parents.items() if pp == pid]
-            found.extend(kids)
-            todo.extend(kids)
-        return found
+        from hpcdesk.node.procs import descendants
+
+        return descendants(self.listener_pid())
 
     def kill_connections(self) -> list[int]:
         pids = self.connection_pids()

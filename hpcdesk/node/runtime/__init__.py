@@ -31,6 +31,7 @@ class DesktopPlan:
     bus_id: str | None
     tls_cert: Path | None  # HTTPS certificate and key for the web UI (None: plain HTTP)
     tls_key: Path | None
+    rtc_config: Path | None = None  # Selkies' ICE configuration file (connect/rtc.py)
     gpu_uuid: str | None = None  # the bound GPU's UUID (containers find it by it)
     # desktop.auth token: Selkies' master token (kept by the agent, never published) and the
     # path the web UI is served under (desktop.url_path with {host} and {port} filled in).
