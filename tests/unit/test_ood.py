@@ -179,3 +179,14 @@ def test_check_command_reads_stdin_and_exits_2(site: str, monkeypatch: pytest.Mo
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({**FORM, "hpcdesk_hours": "x"})))
     assert cli.main(["ood", "check", "--site", site]) == 2
     assert "is not a Slurm time" in capsys.readouterr().err
+
+
+def test_token_auth_needs_the_websockets_transport(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="token mode needs desktop.transport: websockets"):
+        config.load(None, {"desktop.auth": "token", "desktop.transport": "webrtc"})
+
+
+def test_ood_sessions_use_websockets_whatever_the_site_default(tmp_path: Path) -> None:
+    path = tmp_path / "rtc.yaml"
+    path.write_text("scheduler: {partition: gpu}\ndesktop: {transport: webrtc}\n")
+    assert form.check(str(path), FORM).loaded.config.desktop.transport == "websockets"
