@@ -113,6 +113,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _listening(proc: subprocess.Popen[str], port: int, timeout: float = 30) -> bool:
+    """Wait until nginx listens on port (True) or has exited (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    raise AssertionError(f"nginx did not listen on {port} within {timeout} s")
+
+
 @pytest.fixture
 def proxy(user: User, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """nginx as OOD's proxy, unprivileged, on a loopback port: (base URL, access log)."""
@@ -121,21 +134,19 @@ def proxy(user: User, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     prefix = user.home / f"ood-proxy-{tmp_path.name}"
     shutil.rmtree(prefix, ignore_errors=True)
     prefix.mkdir()
-    port = free_port()
-    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=port))
     _run(["chown", "-R", f"{user.name}:", str(prefix)])
-    proc = subprocess.Popen(["runuser", "-u", user.name, "--", nginx, "-p", str(prefix),
-                             "-e", str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _attempt in range(5):  # another process may take the free port before nginx binds it
+        port = free_port()
+        (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=port))
+        proc = subprocess.Popen(
+            ["runuser", "-u", user.name, "--", nginx, "-p", str(prefix), "-e",
+             str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if _listening(proc, port):
+            break
+    else:
+        pytest.fail(f"nginx did not start: {(prefix / 'error.log').read_text()}")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None, f"nginx did not start: {proc.stderr.read() if proc.stderr else ''}"
-            assert time.monotonic() < deadline, "nginx did not listen within 30 s"
-            time.sleep(0.1)
         yield f"http://127.0.0.1:{port}", prefix / "access.log"
     finally:
         pid = (prefix / "nginx.pid").read_text().strip() if (prefix / "nginx.pid").exists() else ""
