@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig
+from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig, TurnConfig
 
 
 @dataclass
@@ -24,7 +24,8 @@ class DesktopRequest:
     desktop: DesktopConfig
     runtime: RuntimeConfig
     network: NetworkConfig
-    time_limit: int = 0   # the job's time limit in seconds (0: unknown)
+    turn: TurnConfig = field(default_factory=TurnConfig)  # the site's TURN (file paths only)
+    time_limit: int = 0   # the job's time limit in seconds (TURN credentials cover it)
     warn_before: int = 0  # warn the user this many seconds before it (0: never)
     idle_timeout: int = 0  # end the desktop after this many seconds without a viewer
 
@@ -42,6 +43,7 @@ class DesktopRequest:
             desktop=DesktopConfig(**data["desktop"]),
             runtime=RuntimeConfig(**data["runtime"]),
             network=NetworkConfig(**data["network"]),
+            turn=TurnConfig(**data.get("turn", {})),
             time_limit=int(data.get("time_limit", 0)),
             warn_before=int(data.get("warn_before", 0)),
             idle_timeout=int(data.get("idle_timeout", 0)),

@@ -18,6 +18,7 @@ from hpcdesk.commands.common import (
 )
 from hpcdesk.commands.outcome import wait_and_report
 from hpcdesk.config import LoadedConfig, parse_resolution
+from hpcdesk.connect.turn import check_files, configured
 from hpcdesk.errors import EXIT_OK, SchedulerRejected, SubmitUncertain, UsageError
 from hpcdesk.notify import Listener
 from hpcdesk.request import DesktopRequest
@@ -39,7 +40,7 @@ def build_request(loaded: LoadedConfig, session_id: str) -> DesktopRequest:
     c = loaded.config
     return DesktopRequest(session_id=session_id, user=getpass.getuser(), cpus=c.scheduler.cpus,
                           gpus=c.scheduler.gpus, start_timeout=c.timeouts.start,
-                          desktop=c.desktop, runtime=c.runtime, network=c.network,
+                          desktop=c.desktop, runtime=c.runtime, network=c.network, turn=c.turn,
                           time_limit=slurm_time_seconds(c.scheduler.time),
                           warn_before=c.timeouts.warn_before, idle_timeout=c.timeouts.idle)
 
@@ -62,6 +63,9 @@ def check_partition_limits(loaded: LoadedConfig) -> None:
 
 def prepare(loaded: LoadedConfig) -> Session:
     """A session directory holding request.json, job.sh and session.json (nothing submitted)."""
+    if configured(loaded.config.turn):
+        # A bad secret or credential file is a configuration error: nothing is submitted.
+        check_files(loaded.config.turn, loaded.sources)
     root = root_of(loaded)
     try:
         session = create(root)

@@ -11,28 +11,25 @@ from __future__ import annotations
 import errno
 import random
 import socket
+from collections.abc import Sequence
 
 from hpcdesk.node.locks import SCOPE, try_claim
 
 
 class PortLease:
     def __init__(self, bind_addr: str, port_min: int = 0, port_max: int = 0,
-                 scope: str = SCOPE) -> None:
+                 also: Sequence[str] = (), scope: str = SCOPE) -> None:
         self.scope = scope
         self.bind_addr = bind_addr
+        self.also = tuple(also)  # further addresses the port must be free on (e.g. loopback)
         self.range = (port_min, port_max) if port_min and port_max else None
         self.held: dict[int, socket.socket] = {}  # port -> its claim
 
     def _probe(self, port: int) -> int | None:
-        family = socket.AF_INET6 if ":" in self.bind_addr else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((self.bind_addr, port))
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    return None
-                raise
-            return int(s.getsockname()[1])
+        got = _bind(self.bind_addr, port)
+        if got is not None and all(_bind(addr, got) == got for addr in self.also):
+            return got
+        return None
 
     def _claim(self, port: int) -> bool:
         claim = try_claim(f"port-{port}", self.scope)
@@ -59,3 +56,16 @@ class PortLease:
             claim = self.held.pop(p, None)
             if claim is not None:
                 claim.close()
+
+
+def _bind(addr: str, port: int) -> int | None:
+    """The port a test bind on addr got (the kernel's choice for 0), or None if taken."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((addr, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return None
+            raise
+        return int(s.getsockname()[1])
