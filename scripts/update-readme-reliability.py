@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from reliability import marked_scenarios  # noqa: E402
+
 BEGIN, END = "<!-- reliability:begin -->", "<!-- reliability:end -->"
 
 
@@ -17,7 +20,8 @@ def table(rows: dict[str, dict[str, object]]) -> str:
     lines = ["| scenario | expected | result | tests | last run |", "|---|---|---|---|---|"]
     for scenario in sorted(rows):
         row = rows[scenario]
-        tests = ", ".join(f"`{t.split('::')[-1]}`" for t in row["tests"])  # type: ignore[attr-defined]
+        names = dict.fromkeys(t.split("::")[-1].split("[")[0] for t in row["tests"])  # type: ignore[attr-defined]
+        tests = ", ".join(f"`{n}`" for n in names)
         lines.append(f"| {scenario} | {row['expected']} | {row['result']} | {tests} | "
                      f"{row['at']} |")
     return "\n".join(lines)
@@ -29,6 +33,10 @@ def main() -> int:
         print(f"{src} does not exist: run the tests first (make test)", file=sys.stderr)
         return 1
     rows = json.loads(src.read_text())["rows"]
+    for scenario, expected in marked_scenarios(REPO).items():
+        rows.setdefault(scenario, {"scenario": scenario, "expected": expected, "tests": {},
+                                   "result": "NOT RUN", "at": "-"})
+    rows = {k: v for k, v in rows.items() if k in marked_scenarios(REPO)}  # renamed ones go
     readme = REPO / "README.md"
     text = readme.read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)

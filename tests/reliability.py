@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -19,6 +20,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("HPCDESK_RELIABILITY_OUT", REPO / "build" / "reliability.json"))
+
+
+MARK = re.compile(r'@pytest\.mark\.reliability\(\s*"([^"]+)",\s*"([^"]+)"(?:\s*"([^"]+)")?')
+
+
+def marked_scenarios(root: Path = REPO) -> dict[str, str]:
+    """{scenario: expected} for every test marked `reliability` in the source."""
+    found: dict[str, str] = {}
+    for path in sorted((root / "tests").rglob("test_*.py")):
+        for m in MARK.finditer(path.read_text()):
+            found[m[1]] = m[2] + (m[3] or "")
+    return found
 
 
 class ReliabilityTable:
