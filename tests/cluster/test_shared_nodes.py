@@ -23,8 +23,9 @@ CLAIM = textwrap.dedent("""
     from hpcdesk.node.ports import PortLease
     me, other = sys.argv[1], sys.argv[2]
     ports = PortLease("127.0.0.1", 21000, 21015)
+    displays = [DisplayLease(), DisplayLease()]  # held (referenced) until the end
     got = {"ports": [ports.acquire() for _ in range(4)],
-           "displays": [DisplayLease().acquire() for _ in range(2)]}
+           "displays": [d.acquire() for d in displays]}
     with open(f"/var/tmp/h12-{me}.json.tmp", "w") as f:
         json.dump(got, f)
     os.rename(f"/var/tmp/h12-{me}.json.tmp", f"/var/tmp/h12-{me}.json")
@@ -63,7 +64,7 @@ def test_claims_ignore_hostile_lock_files_of_another_user(user: User, second_use
     proc = node_exec("gpu01", *env, "unshare", "--mount", "--propagation", "private",
                      "bash", "-c", HOSTILE, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    a, b = (json.loads(line) for line in proc.stdout.split())
+    a, b = (json.loads(line) for line in proc.stdout.splitlines() if line.strip())
     assert len(set(a["ports"] + b["ports"])) == 8, (a, b)      # nobody blocked, no collision
     assert len(set(a["displays"] + b["displays"])) == 4, (a, b)
 
@@ -133,7 +134,9 @@ def test_two_users_race_for_the_last_gpus_of_a_node(user: User, second_user: Use
         loser = 1 - winner
         assert "Resources" in str(states[loser]["detail"]) or "Priority" in str(
             states[loser]["detail"]), states[loser]
-        running = [states[winner], *cpu_ready]
+        assert all(r["state"] == "ready" for r in cpu_ready), cpu_ready
+        running = [json.loads((runs[i][0].sessions_root() / str(subs[i]["session"])
+                               / "node.json").read_text()) for i in (winner, 2, 3)]
         assert {str(r["node"]) for r in running} == {"gpu01"}
         assert len({r["port"] for r in running}) == 3, running
         assert len({r["display"] for r in running}) == 3, running
