@@ -130,7 +130,8 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "exclude": ("excluded_nodes", _split), "comment": ("comment", str),
     "exclusive": ("resource_sharing", lambda _v: "no"),
 }
-_FLAGS: dict[str, tuple[str, Any]] = {"hold": ("priority", 0)}
+_FLAGS: dict[str, tuple[str, Any]] = {"hold": ("priority", 0),
+                                       "no-requeue": ("is_requeueable", False)}
 
 
 def description_fields(script: Path) -> dict[str, Any]:

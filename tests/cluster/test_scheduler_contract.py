@@ -62,7 +62,7 @@ def backend(request: pytest.FixtureRequest, user: User) -> str:
 EXPECTED = {"JobName": "hpcdesk", "Partition": "gpu", "TimeLimit": "01:00:00", "NumCPUs": "2",
             "NumTasks": "1", "CPUs/Task": "2", "MinMemoryNode": "2G",
             "TresPerNode": "gres:gpu:1", "Priority": "0", "Reason": "JobHeldUser",
-            "Requeue": "1", "Nice": "0"}
+            "Requeue": "0", "Nice": "0"}
 
 
 def with_backend(name: str) -> tuple[str, ...]:
