@@ -43,3 +43,24 @@ def test_status_reads_phases_the_same_way(tmp_path: Path, phase: str, job: str,
     write_json(tmp_path / "node.json", {"phase": phase, "node": "n1", "detail": "d"})
     info = JobInfo(JobRef("7"), JobState(job))
     assert describe(Session(tmp_path), info).state == expected
+
+
+@pytest.mark.parametrize(("node", "job", "state", "needle"), [
+    ({"phase": "ready"}, "ended", "failed", "node agent on n1 was killed or died"),
+    ({"phase": "waiting"}, "completed", "failed", "while the desktop was starting"),
+    ({"phase": "ready"}, "node_fail", "node_fail", "node n1 failed while the desktop was ready"),
+    ({"phase": "stopped", "reason": "time limit reached", "outcome": "timeout"}, "completed",
+     "timeout", "time limit reached"),
+    ({"phase": "stopped", "reason": "no viewer was connected for 60s", "outcome": "idle"},
+     "completed", "idle", "no viewer"),
+])
+def test_status_says_how_a_desktop_ended(tmp_path: Path, node: dict[str, str], job: str,
+                                         state: str, needle: str) -> None:
+    from hpcdesk.scheduler import JobInfo, JobRef, JobState
+    from hpcdesk.session import Session, write_json
+    from hpcdesk.status import describe
+
+    write_json(tmp_path / "session.json", {"id": tmp_path.name, "job_id": "7"})
+    write_json(tmp_path / "node.json", {"node": "n1", "detail": "d", **node})
+    st = describe(Session(tmp_path), JobInfo(JobRef("7"), JobState(job)))
+    assert st.state == state and needle in st.detail, (st.state, st.detail)
