@@ -18,12 +18,13 @@ pytestmark = pytest.mark.cluster
 SITE = ("--site", "devcluster")
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 120,
+             every: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(0.2)
+        time.sleep(every)
 
 
 def tree(root: int) -> set[int]:
@@ -116,8 +117,8 @@ def test_web_ui_crash_restarts_with_same_url_then_x_crash_ends(user: User,
         wait_for("the same URL and password to work again", lambda: _status(url, creds) == 200)
         assert user.json("status", sid, *SITE)["state"] == "ready"
     os.kill(child_named(agent, "selkies"), signal.SIGKILL)  # once too often
-    wait_for("the desktop to end", lambda: user.json("status", sid, *SITE)["state"] != "ready")
-    wait_for("the final state", lambda: user.json("status", sid, *SITE)["state"] == "failed")
+    wait_for("the final state", lambda: user.json("status", sid, *SITE)["state"] == "failed",
+             every=1)
     st = user.json("status", sid, *SITE)
     assert "selkies exited (signal 9)" in st["detail"] and "after 3 restarts" in st["detail"]
     # The X server: not restartable (the session's programs die with it).
@@ -127,7 +128,8 @@ def test_web_ui_crash_restarts_with_same_url_then_x_crash_ends(user: User,
     sdir = user.sessions_root() / sid
     agent = int(json.loads((sdir / "node.json").read_text())["agent_pid"])
     os.kill(child_named(agent, "Xorg"), signal.SIGKILL)
-    wait_for("the final state", lambda: user.json("status", sid, *SITE)["state"] == "failed")
+    wait_for("the final state", lambda: user.json("status", sid, *SITE)["state"] == "failed",
+             every=1)
     st = user.json("status", sid, *SITE)
     assert "the desktop stopped unexpectedly: Xorg exited (signal 9)" in st["detail"], st
     assert "phase failed" in (sdir / "agent.log").read_text()
@@ -273,7 +275,8 @@ def test_slurmd_killed_while_the_desktop_runs(user: User, cleanup_jobs: list[str
     try:
         os.kill(pid, signal.SIGKILL)
         wait_for("Slurm to end the job on the dead node",
-                 lambda: user.json("status", sid, *SITE)["state"] != "ready", timeout=400)
+                 lambda: user.json("status", sid, *SITE)["state"] != "ready", timeout=400,
+                 every=5)
         st = user.json("status", sid, *SITE)
     finally:
         up = _run(["bash", "tests/cluster/devcluster.sh", "up"], timeout=300,
