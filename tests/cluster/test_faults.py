@@ -262,16 +262,16 @@ def test_controller_outage_while_waiting(user: User, cleanup_jobs: list[str]) ->
 @pytest.mark.reliability("S2 slurmd killed while the desktop runs",
                          "status reports the node failure; logs and state are kept")
 def test_slurmd_killed_while_the_desktop_runs(user: User, cleanup_jobs: list[str]) -> None:
-    """gpu02's slurmd is SIGKILLed under a running desktop; Slurm declares the node dead
+    """gpu01's slurmd is SIGKILLed under a running desktop; Slurm declares the node dead
     after SlurmdTimeout (60 s on the dev cluster) and ends the job (desktops are never
     requeued). slurmd is started again afterwards, whatever happens."""
-    data = user.json("submit", *SITE, "--set", "scheduler.extra_args=['--nodelist=gpu02']")
+    data = user.json("submit", *SITE, "--set", "scheduler.extra_args=['--nodelist=gpu01']")
     sid, job = str(data["session"]), str(data["job_id"])
     cleanup_jobs.append(sid)
     sdir = user.sessions_root() / sid
     agent = int(json.loads((sdir / "node.json").read_text())["agent_pid"])
     desktop = tree(agent)
-    pid = int(Path("/run/slurmd-gpu02.pid").read_text())
+    pid = int(Path("/run/slurmd-gpu01.pid").read_text())
     try:
         os.kill(pid, signal.SIGKILL)
         wait_for("Slurm to end the job on the dead node",
@@ -283,7 +283,7 @@ def test_slurmd_killed_while_the_desktop_runs(user: User, cleanup_jobs: list[str
                   cwd=Path(__file__).resolve().parents[2])
         assert up.returncode == 0, up.stderr
     assert st["state"] == "node_fail", st
-    assert "node gpu02 failed while the desktop was ready" in st["detail"], st
+    assert "node gpu01 failed while the desktop was ready" in st["detail"], st
     assert "hpcdesk logs" in st["detail"]
     for name in ("agent.log", "job.sh", "node.json", "request.json"):
         assert (sdir / name).exists(), name
