@@ -112,16 +112,24 @@ def test_two_users_race_for_the_last_gpus_of_a_node(user: User, second_user: Use
     cpu = (*SITE, "-G", "0", "--cpus", "1", "--mem", "400M",
            "--set", "scheduler.extra_args=['--nodelist=gpu01']")
     runs = [(user, gpu), (second_user, gpu), (user, cpu), (second_user, cpu)]
-    with ThreadPoolExecutor(len(runs)) as pool:
-        subs = list(pool.map(lambda r: r[0].json("submit", *r[1], "--no-wait"), runs))
-    mine = [str(s["session"]) for (who, _), s in zip(runs, subs, strict=True) if who is user]
-    cleanup_jobs.extend(mine)
-    second_sessions = [str(s["session"]) for (who, _), s in zip(runs, subs, strict=True)
-                       if who is second_user]
+    subs: list[dict[str, object]] = [{}, {}, {}, {}]
+    second_sessions: list[str] = []
+
+    def submit(i: int) -> dict[str, object]:
+        who, args = runs[i]
+        sub = who.json("submit", *args, "--no-wait")
+        (cleanup_jobs if who is user else second_sessions).append(str(sub["session"]))
+        return dict(sub)
+
     try:
-        with ThreadPoolExecutor(2) as pool:  # the CPU-only desktops come up
+        # First the CPU-only desktops of both users (so no scheduling order depends on the
+        # race's loser), then both users ask for the GPUs at the same moment.
+        with ThreadPoolExecutor(2) as pool:
+            subs[2], subs[3] = pool.map(submit, (2, 3))
             cpu_ready = list(pool.map(lambda i: runs[i][0].json(
                 "status", str(subs[i]["session"]), *SITE, "--wait", timeout=300), (2, 3)))
+        with ThreadPoolExecutor(2) as pool:
+            subs[0], subs[1] = pool.map(submit, (0, 1))
         states: list[dict[str, object]] = []
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
