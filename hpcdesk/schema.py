@@ -120,7 +120,8 @@ class DesktopConfig:
     refresh: int = opt(60, "Refresh rate in Hz.", min=10, max=240)
     dpi: int = opt(96, "Screen DPI.", min=48, max=480)
     depth: Literal[16, 24, 30] = opt(24, "Colour depth in bits.")
-    encoder: Literal["auto", "nvh264enc", "x264enc", "vp8enc", "vp9enc"] = opt(
+    encoder: Literal["auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg", "vp8enc",
+                     "vp9enc"] = opt(
         "auto", "Video encoder; auto picks NVENC only when an encode session really opens."
     )
     video_bitrate: int = opt(8000, "Video bitrate in kbit/s.", min=100, max=1000000)

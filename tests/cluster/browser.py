@@ -33,7 +33,7 @@ import aiohttp
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--ignore-certificate-errors", "--window-size=1280,720", "--remote-debugging-port=0"]
+         "--ignore-certificate-errors", "--remote-debugging-port=0"]
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
@@ -104,8 +104,9 @@ async def _until(page: _Page, out: Path, ok: Callable[[Path], bool], timeout: fl
 class Chromium:
     """Headless Chromium with one page, optionally in a network namespace."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, window: tuple[int, int] = (1280, 720)) -> None:
         self.netns = netns
+        self.window = window
         self.proc: subprocess.Popen[str] | None = None
         self.page_ws = ""
         self._profile: tempfile.TemporaryDirectory[str] | None = None
@@ -118,7 +119,8 @@ class Chromium:
                                                     ignore_cleanup_errors=True)
         prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
         self.proc = subprocess.Popen(
-            [*prefix, chromium, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
+            [*prefix, chromium, *FLAGS, f"--window-size={self.window[0]},{self.window[1]}",
+             f"--user-data-dir={self._profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
         try:
@@ -166,6 +168,31 @@ class Chromium:
             await page.call("Page.enable")
             await page.call("Page.navigate", url=url)
         self._run(steps)
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page (awaited if it is a promise)."""
+        async def steps(page: _Page) -> Any:
+            res = await page.call("Runtime.evaluate", expression=expression,
+                                  returnByValue=True, awaitPromise=True)
+            if "exceptionDetails" in res:
+                raise RuntimeError(f"page script failed: {res['exceptionDetails']}")
+            return dict(res["result"]).get("value")  # type: ignore[call-overload]
+        return self._run(steps)
+
+    @property
+    def pids(self) -> list[int]:
+        """The browser's processes (its own session: renderer, GPU, network helpers)."""
+        if self.proc is None:
+            return []
+        sid = self.proc.pid
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
+                        found.append(int(entry))
+        return found
 
     def wait_for(self, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0) -> bool:
         """Screenshot into `out` every second until ok(out) (True) or the timeout (False)."""

@@ -18,6 +18,8 @@ _SELKIES_ENCODER = {
     "x264enc": ("h264enc", "true"),
     "vp8enc": ("vp8enc", "true"),
     "vp9enc": ("vp9enc", "true"),
+    "x264enc-striped": ("h264enc-striped", "true"),
+    "jpeg": ("jpeg", "true"),
 }
 _SELKIES_DPIS = (96, 120, 144, 168, 192, 216, 240, 264, 288)
 
