@@ -120,8 +120,9 @@ READER = r"""
 """
 RESET = ("(() => { const s = window.__hpcdeskStream; s.lat = []; s.ticks = 0; s.codes = 0; "
          "s.bad = 0; s.t0 = Date.now(); return true; })()")
-COLLECT = ("(() => { const s = window.__hpcdeskStream; return {lat: s.lat, ticks: s.ticks, "
-           "codes: s.codes, bad: s.bad, el: s.el, err: s.err || '', "
+COLLECT = ("(() => { const s = window.__hpcdeskStream; if (!s) return null; "
+           "return {lat: s.lat, ticks: s.ticks, codes: s.codes, bad: s.bad, el: s.el, "
+           "err: s.err || '', "
            "seconds: (Date.now() - s.t0) / 1000}; })()")
 
 
@@ -272,10 +273,12 @@ def measure(cfg: Config, node: str, seconds: float, warmup: float) -> dict[str, 
                                  check=True).stdout)
         with browser.Chromium(window=(cfg.width, cfg.height)) as chrome:
             chrome.open(url)
-            chrome.evaluate(READER % {"block": BLOCK, "width": cfg.width})
             deadline = time.monotonic() + 90
             while True:  # until the client paints decodable codes
                 got = chrome.evaluate(COLLECT)
+                if got is None:  # (again) after the page loaded or navigated on
+                    chrome.evaluate(READER % {"block": BLOCK, "width": cfg.width})
+                    got = {"codes": 0, "el": "", "err": "", "bad": 0}
                 if got["codes"] >= 10:
                     break
                 if time.monotonic() > deadline:
@@ -314,6 +317,40 @@ def measure(cfg: Config, node: str, seconds: float, warmup: float) -> dict[str, 
     }
 
 
+# -- startup: agent start -> healthy, host runtime ------------------------------------------
+STARTUP_VARIANTS = {
+    "before (Selkies copies its web client on every start)": ["--set",
+                                                              "runtime.selkies_web_root=copy"],
+    "after (served in place)": [],
+}
+
+
+def startup(runs: int, node: str) -> None:
+    """Agent start -> healthy, the variants interleaved run by run (same load for both)."""
+    series: dict[str, dict[str, list[float]]] = {k: {} for k in STARTUP_VARIANTS}
+    for i in range(runs):
+        for label, opts in STARTUP_VARIANTS.items():
+            proc = hpcdesk("submit", "--site", "devcluster", "--json", "--set",
+                           f"scheduler.extra_args=['--nodelist={node}']", *opts, timeout=300)
+            if proc.returncode != 0:
+                print(f"  startup run {i + 1} {label}: submit failed: {proc.stderr[-300:]}")
+                continue
+            sid = json.loads(proc.stdout)["session"]
+            t = json.loads((HOME / ".hpcdesk/sessions" / sid / "node.json").read_text())["times"]
+            hpcdesk("cancel", sid, "--site", "devcluster")
+            for name, a, b in (("agent start -> processes launched", "agent_start",
+                                "desktop_launched"),
+                               ("launched -> healthy", "desktop_launched", "healthy"),
+                               ("agent start -> healthy", "agent_start", "healthy")):
+                series[label].setdefault(name, []).append(t[b] - t[a])
+    print(f"startup, host runtime ({runs} runs each, interleaved; {host_load()}):")
+    for label, figures in series.items():
+        for name, values in figures.items():
+            v = sorted(values)
+            print(f"  {label}: {name}: p50 {statistics.median(v):.3f} s "
+                  f"(min..max {v[0]:.3f}..{v[-1]:.3f}, n={len(v)})", flush=True)
+
+
 def row(r: dict[str, Any]) -> str:
     roles = " ".join(f"{k} {v:.2f}" for k, v in sorted(r["node_cpu_by_role"].items()) if v > 0.005)
     return (f"| {r['config']} | {r['p50']:.0f} / {r['p95']:.0f} / {r['p99']:.0f} | "
@@ -340,6 +377,8 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra `hpcdesk submit --set` for every configuration (tuning runs)")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--startup-runs", type=int, default=0,
+                    help="also time agent start -> healthy (host runtime), before/after")
     args = ap.parse_args()
     configs = [c for c in configurations(args.image_dir)
                if all(w in c.name for w in args.only)]
@@ -362,6 +401,8 @@ def main() -> int:
           flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.startup_runs:
+        startup(args.startup_runs, args.node)
     return 0
 
 

@@ -12,8 +12,9 @@ Every frame it takes ``time.time()`` and draws, at the top-left of the screen:
 Blocks are ``--block`` pixels square (32 by default): large and black/white, so they survive
 H.264, JPEG and VNC's lossy encodings; the inverted row lets the reader reject a frame that
 is torn or smeared between two codes. With ``--motion`` the rest of the screen is a
-chequerboard that scrolls and changes colour every frame (every pixel changes), otherwise
-only the code rows change (a static desktop with a clock).
+photo-like texture (colour waves and noise) that pans every frame, so every pixel changes and
+no encoder gets it for free; otherwise only the code rows change (a static desktop with a
+clock).
 
 The code is the time at which the frame was drawn; the reader in the browser subtracts it
 from its own ``Date.now()``: both are this machine's CLOCK_REALTIME (stream.py checks that the
@@ -25,6 +26,8 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import math
+import random
 import signal
 import sys
 import time
@@ -35,7 +38,7 @@ CW_OVERRIDE_REDIRECT = 1 << 9
 
 
 class XSetWindowAttributes(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012 (ctypes' own declaration form)
+    _fields_ = [
         ("background_pixmap", ctypes.c_ulong), ("background_pixel", ctypes.c_ulong),
         ("border_pixmap", ctypes.c_ulong), ("border_pixel", ctypes.c_ulong),
         ("bit_gravity", ctypes.c_int), ("win_gravity", ctypes.c_int),
@@ -45,11 +48,6 @@ class XSetWindowAttributes(ctypes.Structure):
         ("override_redirect", ctypes.c_int), ("colormap", ctypes.c_ulong),
         ("cursor", ctypes.c_ulong),
     ]
-
-
-class XRectangle(ctypes.Structure):
-    _fields_ = [("x", ctypes.c_short), ("y", ctypes.c_short),  # noqa: RUF012
-                ("width", ctypes.c_ushort), ("height", ctypes.c_ushort)]
 
 
 def load_x11() -> ctypes.CDLL:
@@ -72,10 +70,40 @@ def load_x11() -> ctypes.CDLL:
     x.XSetForeground.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulong]
     x.XFillRectangle.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_int,
                                  ctypes.c_int, ctypes.c_uint, ctypes.c_uint]
-    x.XFillRectangles.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p,
-                                  ctypes.POINTER(XRectangle), ctypes.c_int]
     x.XSync.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    x.XDefaultVisual.restype = ctypes.c_void_p
+    x.XDefaultVisual.argtypes = x.XDefaultDepth.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    x.XCreatePixmap.restype = ctypes.c_ulong
+    x.XCreatePixmap.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_uint, ctypes.c_uint,
+                                ctypes.c_uint]
+    x.XCreateImage.restype = ctypes.c_void_p
+    x.XCreateImage.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                               ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
+                               ctypes.c_int, ctypes.c_int]
+    x.XPutImage.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                            ctypes.c_uint, ctypes.c_uint]
+    x.XCopyArea.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_void_p,
+                            ctypes.c_int, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
+                            ctypes.c_int, ctypes.c_int]
     return x
+
+
+def texture_tile(size: int) -> bytes:
+    """A photo-like tile (smooth colour waves plus noise), 32-bit BGRX: costly to code for
+    every encoder, unlike flat rectangles, which VNC's encodings send almost for free."""
+    rnd = random.Random(14)
+    out = bytearray(size * size * 4)
+    for y in range(size):
+        cy = math.cos(y * math.tau / size * 2)
+        for xx in range(size):
+            sx = math.sin(xx * math.tau / size * 3)
+            o = (y * size + xx) * 4
+            n = rnd.randint(-24, 24)
+            out[o] = max(0, min(255, int(128 + 90 * sx * cy) + n))
+            out[o + 1] = max(0, min(255, int(128 + 90 * math.sin((xx + y) * 0.05)) + n))
+            out[o + 2] = max(0, min(255, int(128 + 90 * cy) + n))
+    return bytes(out)
 
 
 def main() -> int:
@@ -104,26 +132,26 @@ def main() -> int:
     gc = x.XCreateGC(dpy, win, 0, None)
     print(f"stream_clock: {width}x{height}, block {b}, motion {args.motion}", flush=True)
 
-    cell = 64
-    cells = [(cx, cy) for cy in range(code_h // cell * cell, height + cell, cell)
-             for cx in range(-cell, width + cell, cell)]
-    rects = (XRectangle * len(cells))()
+    # --motion: a textured picture that pans across the whole screen below the code rows,
+    # 8 pixels a frame to the left and 4 down (a scrolled page, a panned image or video).
+    tile = 256
+    pix = 0
+    if args.motion:
+        depth = x.XDefaultDepth(dpy, scr)
+        pix = x.XCreatePixmap(dpy, win, width + tile, height + tile, depth)
+        data = texture_tile(tile)
+        img = x.XCreateImage(dpy, x.XDefaultVisual(dpy, scr), depth, 2, 0, data, tile, tile,
+                             32, tile * 4)
+        for ty in range(0, height + tile, tile):
+            for tx in range(0, width + tile, tile):
+                x.XPutImage(dpy, pix, gc, img, 0, 0, tx, ty, tile, tile)
     period = 1.0 / args.fps
     frame = 0
     next_at = time.monotonic()
     while True:
         if args.motion:
-            shift = (frame * 8) % (2 * cell)
-            x.XSetForeground(dpy, gc, 0x202020 + (frame % 64) * 0x020302)
-            x.XFillRectangle(dpy, win, gc, 0, code_h, width, height - code_h)
-            n = 0
-            for cx, cy in cells:
-                if ((cx + cy) // cell) % 2 == 0:
-                    rects[n].x, rects[n].y = cx + shift - cell, max(cy, code_h)
-                    rects[n].width, rects[n].height = cell, cell
-                    n += 1
-            x.XSetForeground(dpy, gc, 0xE0C040 - (frame % 64) * 0x030201)
-            x.XFillRectangles(dpy, win, gc, rects, n)
+            sx, sy = (frame * 8) % tile, (frame * 4) % tile
+            x.XCopyArea(dpy, pix, win, gc, sx, sy, width, height - code_h, 0, code_h)
         now_ms = int(time.time() * 1000) & ((1 << BITS) - 1)
         bits = [1] + [(now_ms >> (BITS - 1 - i)) & 1 for i in range(BITS)] + [0]
         for row in (0, 1):

@@ -99,6 +99,10 @@ class RuntimeConfig:
                          "where flavour names are looked up (a shared directory at most sites).")
     xorg: str = opt("/usr/lib/xorg/Xorg", "The Xorg server binary (not the setuid wrapper).")
     selkies: str = opt("selkies", "The Selkies command (PyPI selkies) for the host runtime.")
+    selkies_web_root: str = opt(
+        "auto", "Where Selkies serves its web client from: auto (the installed package's own "
+        "files, in place), copy (Selkies' default: a fresh copy on every start, slower) or a "
+        "directory.", pattern=r"auto|copy|/\S+")
     session: str = opt("openbox", "Desktop session / window manager command.")
     autostart: list[str] = opt(["xterm"], "Programs started in the desktop after the session.")
     agent_command: str | None = opt(

@@ -10,6 +10,7 @@ from pathlib import Path
 from hpcdesk.node.errors import StartError
 from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
+from hpcdesk.node.selkies_web import web_root_setting
 from hpcdesk.node.xserver import start_xorg, write_x_files
 
 # hpcdesk's encoder names (those of the upstream GLX image) -> PyPI selkies' settings.
@@ -103,6 +104,9 @@ class HostRuntime:
                 children.append(spawn(f"autostart[{i}] {app}", shlex.split(app), denv,
                                       logs / "desktop.log", cwd=Path(env.get("HOME", "/"))))
             senv = {**env, **selkies_env(plan, x.display)}
+            web_root = web_root_setting(r.selkies_web_root, selkies_cmd[0])
+            if web_root:
+                senv["SELKIES_WEB_ROOT"] = web_root
             children.append(spawn("selkies", selkies_cmd, senv, logs / "selkies.log"))
         except BaseException:
             from hpcdesk.node.procs import stop_all
