@@ -130,6 +130,11 @@ class DesktopConfig:
     )
     video_bitrate: int = opt(8000, "Video bitrate in kbit/s.", min=100, max=1000000)
     framerate: int = opt(60, "Frames per second.", min=8, max=240)
+    rate_control: Literal["cbr", "crf"] = opt(
+        "cbr", "Video rate control: cbr (video_bitrate) or crf (constant quality, video_crf).")
+    video_crf: int = opt(25, "Quality under rate_control crf (lower is better).", min=5, max=50)
+    jpeg_quality: int = opt(40, "JPEG quality of the jpeg encoder.", min=1, max=100)
+    encode_threading: bool = opt(True, "Spread each frame of a software encoder over threads.")
     audio: bool = opt(True, "Stream audio.")
     audio_bitrate: int = opt(128000, "Audio bitrate in bit/s.", min=6000, max=510000)
     enable_resize: bool = opt(False, "Resize the remote screen to the browser window.")

@@ -59,6 +59,11 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
         "SELKIES_SCALING_DPI": str(dpi),
         "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
+        # The tuning knobs measured by benchmarks/stream.py (README "Performance").
+        "SELKIES_RATE_CONTROL_MODE": d.rate_control,
+        "SELKIES_VIDEO_CRF": str(d.video_crf),
+        "SELKIES_JPEG_QUALITY": str(d.jpeg_quality),
+        "SELKIES_CPU_ENCODE_THREADING": "true" if d.encode_threading else "false",
     }
     if plan.tls_cert and plan.tls_key:
         env["SELKIES_HTTPS_CERT"], env["SELKIES_HTTPS_KEY"] = str(plan.tls_cert), str(plan.tls_key)
