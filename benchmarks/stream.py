@@ -136,6 +136,28 @@ class Config:
     note: str = ""
 
 
+# Each knob, one at a time, against the defaults (x264, 1920x1080 with motion).
+TUNING = [
+    ["desktop.framerate=30"], ["desktop.framerate=120"],
+    ["desktop.video_bitrate=4000"], ["desktop.video_bitrate=16000"],
+    ["desktop.rate_control=crf"], ["desktop.rate_control=crf", "desktop.video_crf=35"],
+    ["desktop.encode_threading=false"],
+    ["desktop.encoder=jpeg", "desktop.jpeg_quality=20"],
+    ["desktop.encoder=jpeg", "desktop.jpeg_quality=60"],
+]
+
+
+def tuning() -> list[Config]:
+    out = []
+    for motion in (True, False):
+        scene = "motion" if motion else "static"
+        out.append(Config(f"tune defaults 1920x1080 {scene}", 1920, 1080, motion))
+        for knobs in TUNING:
+            out.append(Config(f"tune {' '.join(knobs)} 1920x1080 {scene}", 1920, 1080, motion,
+                              [a for kv in knobs for a in ("--set", kv)]))
+    return out
+
+
 def configurations(image_dir: str | None) -> list[Config]:
     out: list[Config] = []
     selkies = [
@@ -220,12 +242,20 @@ def browser_ticks(pids: list[int]) -> int:
     return sum(st[0] for st in (proc_stat(p) for p in pids) if st)
 
 
-def socket_bytes(node: str, port: int) -> int:
-    """Bytes the node sent on the session's port (all its TCP connections), from `ss`."""
+def socket_bytes(node: str, port: int) -> dict[str, int]:
+    """Bytes the node sent on each TCP connection of the session's port, from `ss`."""
     out = subprocess.run(["nsenter", f"--net=/run/netns/{node}", "ss", "-tinH", "state",
                           "established", f"( sport = :{port} )"], capture_output=True,
                          text=True, check=False).stdout
-    return sum(int(m) for m in re.findall(r"bytes_sent:(\d+)", out))
+    sent: dict[str, int] = {}
+    peer = ""
+    for line in out.splitlines():
+        if not line.startswith((" ", "\t")):
+            peer = " ".join(line.split()[2:4])
+        m = re.search(r"bytes_sent:(\d+)", line)
+        if m and peer:
+            sent[peer] = int(m.group(1))
+    return sent
 
 
 def netns_tx(node: str) -> int:
@@ -310,7 +340,8 @@ def measure(cfg: Config, node: str, seconds: float, warmup: float) -> dict[str, 
         "config": cfg.name, "n": len(lat), "p50": pct(lat, 50), "p95": pct(lat, 95),
         "p99": pct(lat, 99), "fps": got["codes"] / got["seconds"], "unique": got["codes"],
         "raf_fps": got["ticks"] / got["seconds"], "unreadable": got["bad"],
-        "socket_Bps": (s1 - s0) / dt, "netns_Bps": (n1 - n0) / dt,
+        "socket_Bps": sum(v - s0.get(k, 0) for k, v in s1.items()) / dt,
+        "netns_Bps": (n1 - n0) / dt,
         "node_cpu": sum(node_cpu.values()), "node_cpu_by_role": node_cpu,
         "browser_cpu": (b1 - b0) / TICK / dt, "painted_into": got["el"], "time_ns": clock_ns,
         "encoder": data.get("encoder"),
@@ -376,11 +407,13 @@ def main() -> int:
                     help="run the configurations whose name contains every one of these words")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra `hpcdesk submit --set` for every configuration (tuning runs)")
+    ap.add_argument("--tune", action="store_true",
+                    help="also run each tuning knob against the defaults (1920x1080)")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--startup-runs", type=int, default=0,
                     help="also time agent start -> healthy (host runtime), before/after")
     args = ap.parse_args()
-    configs = [c for c in configurations(args.image_dir)
+    configs = [c for c in configurations(args.image_dir) + (tuning() if args.tune else [])
                if all(w in c.name for w in args.only)]
     extra = [a for kv in args.set for a in ("--set", kv)]
     print(f"stream benchmark: {host_load()}; other test runs: {len(other_test_runs())}",
