@@ -384,7 +384,8 @@ def startup(runs: int, node: str) -> None:
 
 def row(r: dict[str, Any]) -> str:
     roles = " ".join(f"{k} {v:.2f}" for k, v in sorted(r["node_cpu_by_role"].items()) if v > 0.005)
-    return (f"| {r['config']} | {r['p50']:.0f} / {r['p95']:.0f} / {r['p99']:.0f} | "
+    return (f"| {r['config']} [{r['encoder']}] | "
+            f"{r['p50']:.0f} / {r['p95']:.0f} / {r['p99']:.0f} | "
             f"{r['fps']:.1f} ({r['unique']}) | {r['socket_Bps'] / 1e6:.2f} "
             f"({r['netns_Bps'] / 1e6:.2f}) | {r['node_cpu']:.2f} ({roles}) | "
             f"{r['browser_cpu']:.2f} |")
@@ -400,7 +401,7 @@ def main() -> int:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0, help="measured time per configuration")
     ap.add_argument("--warmup", type=float, default=3.0)
-    ap.add_argument("--node", default="gpu01")
+    ap.add_argument("--node", default="gpu01", help="the dev cluster node to run on")
     ap.add_argument("--image-dir", help="runtime.image_dir holding the Debian image: adds the "
                     "VNC fallback (apptainer runtime)")
     ap.add_argument("--only", nargs="*", default=[],
