@@ -73,28 +73,73 @@ READER = r"""
     }
     return best;
   }
+  function readCode(img, w) {  // the clock code in a picture of width w, or null
+    const s = w / SW;
+    pctx.drawImage(img, 0, 0, probe.width * s, probe.height * s,
+                   0, 0, probe.width, probe.height);
+    const px = pctx.getImageData(0, 0, probe.width, probe.height).data;
+    const bit = (i, row) => {
+      const o = (((row * B + (B >> 1)) * probe.width) + i * B + (B >> 1)) * 4;
+      return (px[o] + px[o + 1] + px[o + 2]) > 384 ? 1 : 0;
+    };
+    let ok = bit(0, 0) === 1 && bit(BITS + 1, 0) === 0, v = 0;
+    for (let i = 0; i < BITS + 2 && ok; i++) ok = bit(i, 0) !== bit(i, 1);
+    for (let i = 1; i <= BITS && ok; i++) v = v * 2 + bit(i, 0);
+    return ok ? v : null;
+  }
+  const since = (when, v) => ((Math.floor(when) & MASK) - v + (1 << BITS)) %% (1 << BITS)
+                             + (when %% 1);
   function decode(el, when) {  // when: the wall-clock time this picture is shown
     const w = el.videoWidth || el.width;
-    const s = w / SW;
     st.el = el.tagName + ' ' + w + 'x' + (el.videoHeight || el.height);
     try {
-      pctx.drawImage(el, 0, 0, probe.width * s, probe.height * s,
-                     0, 0, probe.width, probe.height);
-      const px = pctx.getImageData(0, 0, probe.width, probe.height).data;
-      const bit = (i, row) => {
-        const o = (((row * B + (B >> 1)) * probe.width) + i * B + (B >> 1)) * 4;
-        return (px[o] + px[o + 1] + px[o + 2]) > 384 ? 1 : 0;
-      };
-      let ok = bit(0, 0) === 1 && bit(BITS + 1, 0) === 0, v = 0;
-      for (let i = 0; i < BITS + 2 && ok; i++) ok = bit(i, 0) !== bit(i, 1);
-      for (let i = 1; i <= BITS && ok; i++) v = v * 2 + bit(i, 0);
-      if (!ok) st.bad++;
+      const v = readCode(el, w);
+      if (v === null) st.bad++;
       else if (v !== st.last) {
         st.last = v; st.codes++;
-        st.lat.push(((Math.floor(when) & MASK) - v + (1 << BITS)) %% (1 << BITS) + (when %% 1));
+        st.lat.push(since(when, v));
+        const d = st.decoded.get(v);  // [decode called, decoded] wall-clock times
+        if (d && d[0]) st.stage.push([since(d[0], v), d[1] - d[0], when - d[1]]);
       }
     } catch (e) { st.err = String(e); }
   }
+  // Stages in the page: when a chunk is handed to a WebCodecs decoder, and when its decoded
+  // frame is handed on for display (a MediaStreamTrackGenerator's writer); the frame's own
+  // pixels name its code. Selkies' stream_stats (asked for with `_stats,1`, as its stats
+  // panel does) give the server's capture -> encoded and capture -> wire times.
+  st.decodeCall = new Map(); st.decoded = new Map(); st.stage = []; st.server = [];
+  const dec = VideoDecoder.prototype.decode;
+  VideoDecoder.prototype.decode = function (chunk) {
+    st.decodeCall.set(chunk.timestamp, performance.timeOrigin + performance.now());
+    if (st.decodeCall.size > 600) st.decodeCall.delete(st.decodeCall.keys().next().value);
+    return dec.call(this, chunk);
+  };
+  const wr = WritableStreamDefaultWriter.prototype.write;
+  WritableStreamDefaultWriter.prototype.write = function (frame) {
+    if (typeof VideoFrame !== 'undefined' && frame instanceof VideoFrame) {
+      const t = performance.timeOrigin + performance.now();
+      const code = readCode(frame, frame.displayWidth);
+      if (code !== null) st.decoded.set(code, [st.decodeCall.get(frame.timestamp), t]);
+      if (st.decoded.size > 600) st.decoded.delete(st.decoded.keys().next().value);
+    }
+    return wr.call(this, frame);
+  };
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    if (!st.ws) {
+      st.ws = this;
+      this.addEventListener('message', (ev) => {
+        if (typeof ev.data !== 'string' || !ev.data.includes('stream_stats')) return;
+        try {
+          const m = JSON.parse(ev.data);
+          if (m.type === 'stream_stats') st.server.push(m.stats);
+        }
+        catch (e) {}
+      });
+      send.call(this, '_stats,1');
+    }
+    return send.call(this, data);
+  };
   const watched = new WeakSet();
   function onVideoFrame(v) {  // requestVideoFrameCallback: once per frame composited
     const cb = (_now, meta) => {
@@ -119,10 +164,10 @@ READER = r"""
 })()
 """
 RESET = ("(() => { const s = window.__hpcdeskStream; s.lat = []; s.ticks = 0; s.codes = 0; "
-         "s.bad = 0; s.t0 = Date.now(); return true; })()")
+         "s.bad = 0; s.stage = []; s.server = []; s.t0 = Date.now(); return true; })()")
 COLLECT = ("(() => { const s = window.__hpcdeskStream; if (!s) return null; "
            "return {lat: s.lat, ticks: s.ticks, codes: s.codes, bad: s.bad, el: s.el, "
-           "err: s.err || '', "
+           "err: s.err || '', stage: s.stage, server: s.server, "
            "seconds: (Date.now() - s.t0) / 1000}; })()")
 
 
@@ -344,7 +389,7 @@ def measure(cfg: Config, node: str, seconds: float, warmup: float) -> dict[str, 
         "netns_Bps": (n1 - n0) / dt,
         "node_cpu": sum(node_cpu.values()), "node_cpu_by_role": node_cpu,
         "browser_cpu": (b1 - b0) / TICK / dt, "painted_into": got["el"], "time_ns": clock_ns,
-        "encoder": data.get("encoder"),
+        "encoder": data.get("encoder"), "stages": stages(got),
     }
 
 
@@ -380,6 +425,22 @@ def startup(runs: int, node: str) -> None:
             v = sorted(values)
             print(f"  {label}: {name}: p50 {statistics.median(v):.3f} s "
                   f"(min..max {v[0]:.3f}..{v[-1]:.3f}, n={len(v)})", flush=True)
+
+
+def stages(got: dict[str, Any]) -> dict[str, float]:
+    """Medians, in ms, of where a frame's time went (README "Performance"): from the page's
+    per-frame marks and Selkies' own stream_stats; empty where the client exposes neither."""
+    out: dict[str, float] = {}
+    marks = got.get("stage") or []
+    if marks:
+        for i, name in enumerate(("drawn -> in the browser's decoder", "decode",
+                                  "decoded -> shown")):
+            out[name] = statistics.median(m[i] for m in marks)
+    for key in ("encode_ms", "pipeline_ms", "send_ms", "rtt_ms", "encoded_fps"):
+        vals = [s[key] for s in got.get("server") or [] if isinstance(s.get(key), (int, float))]
+        if vals:
+            out[f"server {key}"] = statistics.median(vals)
+    return out
 
 
 def row(r: dict[str, Any]) -> str:
@@ -430,6 +491,10 @@ def main() -> int:
             continue
         results.append(r)
         print(row(r), flush=True)
+        if r["stages"]:
+            print("|  stages (median ms): " + ", ".join(f"{k} {v:.1f}"
+                                                    for k, v in r["stages"].items()) + " |||||",
+                  flush=True)
     print(f"after: {host_load()}; other test runs: {len(other_test_runs())}; browser and node "
           f"share one clock (time namespace {results[0]['time_ns'] if results else '?'})",
           flush=True)
