@@ -128,15 +128,17 @@ READER = r"""
   WebSocket.prototype.send = function (data) {
     if (!st.ws) {
       st.ws = this;
-      this.addEventListener('message', (ev) => {
-        if (typeof ev.data !== 'string' || !ev.data.includes('stream_stats')) return;
+      const ws = this;
+      ws.addEventListener('message', (ev) => {
+        // Only a Selkies socket carries JSON text: subscribe there (never on a VNC socket,
+        // whose protocol is binary and would break on a stray text frame).
+        if (typeof ev.data !== 'string' || !ev.data.startsWith('{')) return;
+        if (!st.subscribed) { st.subscribed = true; send.call(ws, '_stats,1'); }
         try {
           const m = JSON.parse(ev.data);
           if (m.type === 'stream_stats') st.server.push(m.stats);
-        }
-        catch (e) {}
+        } catch (e) {}
       });
-      send.call(this, '_stats,1');
     }
     return send.call(this, data);
   };
@@ -186,7 +188,7 @@ TUNING = [
     ["desktop.framerate=30"], ["desktop.framerate=120"],
     ["desktop.video_bitrate=4000"], ["desktop.video_bitrate=16000"],
     ["desktop.rate_control=crf"], ["desktop.rate_control=crf", "desktop.video_crf=35"],
-    ["desktop.encode_threading=false"],
+    ["desktop.encode_threading=on"], ["desktop.encode_threading=off"],
     ["desktop.encoder=jpeg", "desktop.jpeg_quality=20"],
     ["desktop.encoder=jpeg", "desktop.jpeg_quality=60"],
 ]

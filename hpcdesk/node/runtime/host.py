@@ -63,11 +63,19 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_RATE_CONTROL_MODE": d.rate_control,
         "SELKIES_VIDEO_CRF": str(d.video_crf),
         "SELKIES_JPEG_QUALITY": str(d.jpeg_quality),
-        "SELKIES_CPU_ENCODE_THREADING": "true" if d.encode_threading else "false",
+        "SELKIES_CPU_ENCODE_THREADING": "true" if threaded(d.encode_threading,
+                                                          plan.encoder_threads) else "false",
     }
     if plan.tls_cert and plan.tls_key:
         env["SELKIES_HTTPS_CERT"], env["SELKIES_HTTPS_KEY"] = str(plan.tls_cert), str(plan.tls_key)
     return env
+
+
+def threaded(setting: str, encoder_threads: int) -> bool:
+    """desktop.encode_threading: on, off, or auto (threads only when the allocation gives
+    the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, README
+    "Performance")."""
+    return setting == "on" or (setting == "auto" and encoder_threads >= 2)
 
 
 def _require(cmd: str, what: str) -> str:
