@@ -148,6 +148,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new desktop: everything after --submit goes to `hpcdesk "
                    "submit` on the login node; its progress is shown, then the tunnel opens")
 
+    p = sub.add_parser("ood", help="Open OnDemand: generate the batch connect app (admins)")
+    osub = p.add_subparsers(dest="ood_command", metavar="ACTION", required=True)
+    o = osub.add_parser("generate", parents=both,
+                        help="write a batch connect app for this site into --out",
+                        description="Write a complete Open OnDemand batch connect app "
+                        "(manifest, form, submit, templates, view, icon) for the site; "
+                        "install it with: cp -r DIR /var/www/ood/apps/sys/hpcdesk")
+    o.add_argument("--out", required=True, metavar="DIR", help="where to write the app")
+    o.add_argument("--cluster", help="OOD cluster id for form.yml (default: "
+                   "scheduler.cluster, else the site name)")
+    o.add_argument("--hpcdesk", metavar="CMD", help="how the dashboard and the job run "
+                   "hpcdesk (default: runtime.agent_command, else this Python -m hpcdesk)")
+    o.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    o = osub.add_parser("check", help="internal: validate form values (JSON on stdin) for "
+                        "submit.yml; print the sbatch arguments")
+    o.add_argument("--site", help="site name or path to a site YAML")
+    o = osub.add_parser("start",
+                        help="internal: make the session for an OOD job (form JSON on stdin)")
+    o.add_argument("--site", help="site name or path to a site YAML")
+    o.add_argument("--job-script", help="the batch script to keep in the session")
+    o = osub.add_parser("wait", help="internal: wait until the OOD job's desktop is ready")
+    o.add_argument("--session", required=True, help="session directory")
+    o.add_argument("--pid", type=int, help="the agent's process (stop waiting if it ends)")
+
     p = sub.add_parser("node", help="internal: run by the job script on the compute node")
     nsub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     n = nsub.add_parser("run", help="start, publish and supervise the desktop")
@@ -165,6 +189,7 @@ COMMANDS = {
     "doctor": ("hpcdesk.commands.doctor", "run"),
     "image": ("hpcdesk.commands.image", "run"),
     "node": ("hpcdesk.commands.node", "run"),
+    "ood": ("hpcdesk.commands.ood", "run"),
     "tunnel": ("hpcdesk.laptop.command", "run"),
 }
 

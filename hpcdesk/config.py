@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from hpcdesk import __version__, resources
 from hpcdesk.errors import ConfigError
-from hpcdesk.schema import CHECKS, SiteConfig, slurm_time_seconds
+from hpcdesk.schema import CHECKS, SiteConfig, TurnConfig, slurm_time_seconds
 from hpcdesk.session import atomic_write
 
 DEFAULT_SOURCE = "built-in default"
@@ -316,8 +316,26 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
     if cfg.runtime.kind == "apptainer" and not cfg.runtime.image:
         fail("runtime.image", "must name an image (a .sif path or a flavour) for apptainer",
              "runtime.kind")
+    if cfg.desktop.auth == "token" and cfg.runtime.kind != "host":
+        fail("desktop.auth", "token mode needs the host runtime (PyPI Selkies 2.x)",
+             "runtime.kind")
+    if cfg.desktop.auth == "token" and cfg.desktop.transport != "websockets":
+        # webrtc's signaling socket refuses a token-less client only after accepting it, so
+        # the agent could not prove before publishing that anonymous clients get nothing.
+        fail("desktop.auth", "token mode needs desktop.transport: websockets",
+             "desktop.transport")
     if cfg.timeouts.poll_max < cfg.timeouts.poll_min:
         fail("timeouts.poll_max", "must not be below timeouts.poll_min", "timeouts.poll_min")
+    if (cfg.turn != TurnConfig() or cfg.desktop.transport != "websockets"
+            or cfg.network.connect != "direct"):
+        from hpcdesk.connect import rtc, turn  # only for sites that use WebRTC or TURN
+
+        for key, msg in turn.config_problems(cfg.turn) + rtc.config_problems(cfg):
+            fail(key, msg, *turn.AUTH_KEYS, "turn.host", "desktop.transport", "network.connect",
+                 "network.turn")
+    if cfg.network.turn_relay_max - cfg.network.turn_relay_min < 15:
+        fail("network.turn_relay_max", "the in-job TURN's relay range needs at least 16 ports",
+             "network.turn_relay_min")
 
 
 def parse_cli_value(text: str) -> Any:

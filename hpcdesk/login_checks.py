@@ -6,6 +6,7 @@ import getpass
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -131,4 +132,38 @@ def login_checks(site: str | None, overrides: dict[str, Any] | None = None) -> l
         return [Check("configuration", "fail", str(exc), "fix the file and key named above")]
     where = loaded.site_path or "built-in defaults only"
     checks = [Check("configuration", "ok", f"site {loaded.config.name!r} from {where}")]
-    return checks + _slurm_checks(loaded) + _session_dir_checks(loaded) + _runtime_checks(loaded)
+    return (checks + _slurm_checks(loaded) + _session_dir_checks(loaded)
+            + _runtime_checks(loaded) + _turn_checks(loaded))
+
+
+def _turn_checks(loaded: config.LoadedConfig) -> list[Check]:
+    """A real allocation on the site's TURN server with the credentials a desktop would get."""
+    from hpcdesk.connect import turn
+
+    t = loaded.config.turn
+    if not turn.configured(t):
+        return [Check("TURN server", "skip", "no site TURN server (turn.host); WebRTC needs a "
+                      "direct route to the nodes, the in-job TURN or a tunnel")]
+    from hpcdesk.connect.probe import ProbeError, allocate
+
+    try:
+        turn.check_files(t, loaded.sources)
+        servers, _ = turn.site_servers(t, getpass.getuser(), 600, time.time())
+    except (ConfigError, turn.TurnError) as exc:
+        return [Check("TURN server", "fail", str(exc), "fix the turn.* setting named above")]
+    out = []
+    for server in servers:
+        for url in server.urls:
+            if not url.startswith(("turn:", "turns:")):
+                continue
+            try:
+                got = allocate(url, server.username or "", server.credential or "")
+            except ProbeError as exc:
+                out.append(Check("TURN server", "fail", f"{url}: {exc}",
+                                 "check that the server runs and is reachable, and that its "
+                                 "secret or users match turn.secret_file/credentials_file"))
+                continue
+            out.append(Check("TURN server", "ok", f"{url}: allocation granted (relay "
+                             f"{got.relayed}), round trip {got.rtt_ms:.1f} ms"))
+    return out or [Check("TURN server", "fail", "the site's TURN answer lists no turn: URL",
+                         "check turn.rest_uri's service")]

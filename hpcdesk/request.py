@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig
+from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig, TurnConfig
 
 
 @dataclass
@@ -24,6 +24,8 @@ class DesktopRequest:
     desktop: DesktopConfig
     runtime: RuntimeConfig
     network: NetworkConfig
+    turn: TurnConfig = field(default_factory=TurnConfig)  # the site's TURN (file paths only)
+    time_limit: int = 0  # the job's time limit in seconds (TURN credentials cover it)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -39,6 +41,8 @@ class DesktopRequest:
             desktop=DesktopConfig(**data["desktop"]),
             runtime=RuntimeConfig(**data["runtime"]),
             network=NetworkConfig(**data["network"]),
+            turn=TurnConfig(**data.get("turn", {})),
+            time_limit=int(data.get("time_limit", 0)),
         )
 
     @classmethod

@@ -150,6 +150,20 @@ class DesktopConfig:
     https_cert: str | None = opt(None, "PEM certificate for HTTPS (default: a self-signed one "
                                  "made on the node per session).")
     https_key: str | None = opt(None, "PEM key for https_cert.")
+    transport: Literal["websockets", "webrtc"] = opt(
+        "websockets", "Selkies transport: websockets (one HTTP/WS port, works through any TCP "
+        "forward) or webrtc (UDP media, lower latency; needs a path for ICE: the node's "
+        "address, the site's TURN server or the in-job TURN). Switching in the UI is offered "
+        "only with webrtc.",
+    )
+    auth: Literal["basic", "token"] = opt(
+        "basic", "How the browser proves itself to Selkies: basic (user and password) or token "
+        "(a per-session token in the URL fragment, `#token=...`; works through proxies that "
+        "drop the Authorization header, such as Open OnDemand's). Token needs the host runtime.")
+    url_path: str = opt(
+        "/", "Path the web UI is served under; {host} and {port} stand for the published "
+        "address and port (Open OnDemand's /node/{host}/{port}/ proxy keeps its prefix).",
+        pattern=r"/([A-Za-z0-9_.-]+/|\{host\}/|\{port\}/)*")
 
 
 @dataclass
@@ -173,6 +187,43 @@ class NetworkConfig:
         "direct", "How the browser reaches the desktop: direct (the node's address), turn (the "
         "site's TURN server relays WebRTC media) or tunnel (`hpcdesk tunnel` from a laptop).",
     )
+    turn: Literal["none", "job"] = opt(
+        "none", "TURN inside the job: job starts an unprivileged coturn next to a webrtc desktop "
+        "(on a claimed TCP port, per-session credentials), so WebRTC crosses any TCP path to "
+        "the node. With network.connect: tunnel it is started anyway.",
+    )
+    turn_relay_min: int = opt(49152, "Lowest UDP relay port of the in-job TURN.",
+                              min=1024, max=65535)
+    turn_relay_max: int = opt(65535, "Highest UDP relay port of the in-job TURN (each desktop "
+                              "claims a block of 16 ports in this range).", min=1024, max=65535)
+
+
+@dataclass
+class TurnConfig:
+    """The site's TURN server (site file only: only servers the site chose reach a browser)."""
+
+    host: str | None = opt(
+        None, "The site's TURN server: host name or IP address (a host name for tls). Unset: "
+        "no site TURN.", pattern=r"[A-Za-z0-9_.:-]+", admin=True)
+    port: int = opt(3478, "TURN server port.", min=1, max=65535, admin=True)
+    protocol: Literal["udp", "tcp"] = opt(
+        "udp", "How the browser reaches the TURN server (the relay itself is UDP).", admin=True)
+    tls: bool = opt(False, "turns: (TURN over TLS/DTLS); the server needs a certificate for "
+                    "its host name.", admin=True)
+    secret_file: str | None = opt(
+        None, "File holding coturn's static-auth-secret (use-auth-secret): the node mints "
+        "time-limited credentials covering the job's time limit; the secret never leaves the "
+        "agent. One auth method only.", admin=True)
+    credentials_file: str | None = opt(
+        None, "File holding long-term TURN credentials as one line USER:PASSWORD (handed to "
+        "the browser as they are). One auth method only.", admin=True)
+    rest_uri: str | None = opt(
+        None, "TURN REST service (GET URI?service=turn&username=USER answers username, password, "
+        "ttl, uris): the node asks it for credentials. One auth method only.",
+        pattern=r"https?://\S+", admin=True)
+    ice_transport_policy: Literal["all", "relay"] = opt(
+        "all", "The browser's iceTransportPolicy: relay sends all WebRTC media through TURN.",
+        admin=True)
 
 
 @dataclass
@@ -189,6 +240,34 @@ class TimeoutsConfig:
 
 
 @dataclass
+class OodConfig:
+    """What the Open OnDemand form offers (`hpcdesk ood generate`); site file only."""
+
+    title: str = opt("GPU Desktop", "Name of the app in Open OnDemand's menus.", admin=True,
+                     pattern=r"[A-Za-z0-9 _.()-]{1,64}")
+    proxy: Literal["rnode", "node"] = opt(
+        "rnode", "OOD proxy route: rnode (/rnode/HOST/PORT/, prefix stripped) or node "
+        "(/node/HOST/PORT/, prefix kept; Selkies is told its subfolder).", admin=True)
+    partitions: list[str] = opt(
+        [], "Partitions offered in the form (default: scheduler.partition alone).",
+        item_pattern=r"[A-Za-z0-9_.+-]+", admin=True)
+    accounts: list[str] = opt(
+        [], "Accounts offered in the form (empty: a free field, blank for the default).",
+        item_pattern=r"[A-Za-z0-9_.+-]+", admin=True)
+    gpu_types: list[str] = opt(
+        [], "GPU types offered (--gres=gpu:TYPE:N); empty: no type choice.",
+        item_pattern=r"[A-Za-z0-9_.+-]+", admin=True)
+    max_gpus: int = opt(1, "Most GPUs a user may ask for in the form.", min=0, max=16,
+                        admin=True)
+    max_hours: int = opt(8, "Longest time limit offered in the form, in hours.", min=1,
+                         max=720, admin=True)
+    resolutions: list[str] = opt(
+        ["1280x720", "1920x1080", "2560x1440", "3840x2160"],
+        "Screen sizes offered in the form (WIDTHxHEIGHT).", item_pattern=r"\d{3,4}x\d{3,4}",
+        admin=True)
+
+
+@dataclass
 class SiteConfig:
     name: str = opt("default", "Site name shown to users.", pattern=r"[A-Za-z0-9_.-]+")
     session_root: str = opt(
@@ -199,7 +278,9 @@ class SiteConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     desktop: DesktopConfig = field(default_factory=DesktopConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    ood: OodConfig = field(default_factory=OodConfig)
 
 
 CHECKS = {"slurm_time": slurm_time_seconds}

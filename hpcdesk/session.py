@@ -117,6 +117,13 @@ class Session:
         return read_json(self.path("connection.json"))
 
 
+def browser_link(conn: dict[str, Any]) -> str:
+    """The URL a browser opens: in token mode the session token rides in the fragment, which
+    browsers never send to a server (nor does any proxy or log see it)."""
+    url = str(conn.get("url") or "")
+    return f"{url}#token={conn['token']}" if conn.get("token") else url
+
+
 def session_root(configured: str) -> Path:
     return Path(os.path.expandvars(configured)).expanduser()
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from hpcdesk.phases import FAILED, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
-from hpcdesk.session import Session, now
+from hpcdesk.session import Session, browser_link, now
 
 
 @dataclass
@@ -32,8 +32,11 @@ class SessionStatus:
         if conn:
             out["url"] = conn.get("url")
             out["tls_fingerprint"] = conn.get("tls_fingerprint")
+            # What `hpcdesk tunnel` forwards besides the web port (see connect/rtc.py).
+            out.update(transport=conn.get("transport"), turn_port=conn.get("turn_port"))
             if with_secrets:
-                out.update(user=conn.get("user"), password=conn.get("password"))
+                out.update(user=conn.get("user"), password=conn.get("password"),
+                           url=browser_link(conn), token=conn.get("token"))
         return out
 
 

@@ -509,10 +509,15 @@ EOF
         log "TURN: own server on $listen:$SELKIES_TURN_PORT, relay ports ${TURN_MIN_PORT:-49152}-${TURN_MAX_PORT:-65535}"
         return 0
     fi
-    # No TURN: STUN only (never selkies' default public relay). WebRTC then needs a direct
-    # route from the browser to this node; KasmVNC (KASMVNC_ENABLE=true) needs only the web port.
-    printf '{"lifetimeDuration": "86400s", "iceServers": [{"urls": ["stun:%s:%s"]}]}\n' \
-        "${SELKIES_STUN_HOST:-stun.l.google.com}" "${SELKIES_STUN_PORT:-19302}" >"$SELKIES_RTC_CONFIG_JSON"
+    # No TURN: no ICE server at all, unless the caller names its own STUN server (never
+    # selkies' or anybody's public default). WebRTC then needs a direct route from the
+    # browser to this node; KasmVNC (KASMVNC_ENABLE=true) needs only the web port.
+    if [ -n "${SELKIES_STUN_HOST:-}" ]; then
+        printf '{"lifetimeDuration": "86400s", "iceServers": [{"urls": ["stun:%s:%s"]}]}\n' \
+            "$SELKIES_STUN_HOST" "${SELKIES_STUN_PORT:-3478}" >"$SELKIES_RTC_CONFIG_JSON"
+    else
+        printf '{"lifetimeDuration": "86400s", "iceServers": []}\n' >"$SELKIES_RTC_CONFIG_JSON"
+    fi
     log "TURN: none configured; WebRTC needs a direct route from the browser to this node"
 }
 

@@ -24,6 +24,8 @@ APT_PACKAGES=(
   # `hpcdesk tunnel` tests: their own OpenSSH servers (keys; PAM TOTP through libpam-oath,
   # codes from oathtool); no system sshd is started (service starts are denied below).
   openssh-server openssh-client libpam-oath oathtool
+  coturn socat   # TURN: the site's server and the in-job one (tests start their own); tunnels
+  ruby        # `hpcdesk ood generate` tests: the real ood_core renders the batch connect app
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -48,6 +50,10 @@ if ((${#missing[@]})); then
   lock=(-o DPkg::Lock::Timeout=600)  # another apt run (or unattended-upgrades) may hold it
   apt-get "${lock[@]}" update -qq
   apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" coturn "* ]] && [[ -d /run/systemd/system ]]; then
+    # The package enables a system-wide TURN server; hpcdesk and its tests start their own.
+    systemctl disable --now coturn >/dev/null 2>&1 || true
+  fi
 fi
 
 # The venv is rebuilt only when the pinned requirements or the Python version change.

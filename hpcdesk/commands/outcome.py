@@ -11,7 +11,7 @@ from hpcdesk.commands.common import emit_json, say
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, WaitTimeout
 from hpcdesk.scheduler import JobRef, Scheduler
-from hpcdesk.session import Session, now, tail_lines
+from hpcdesk.session import Session, browser_link, now, tail_lines
 from hpcdesk.waiting import DesktopFailed, Progress, Waiter
 
 if TYPE_CHECKING:  # the push channel is needed only while submitting
@@ -50,15 +50,18 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
     if quiet:
         emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
                    "state": "ready", **{k: conn.get(k) for k in (
-                       "url", "host", "port", "user", "password", "node", "display",
-                       "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint")},
+                       "host", "port", "user", "password", "token", "node", "display",
+                       "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint",
+                       "transport", "turn_port")},
+                   "url": browser_link(conn),
                    **({"laptop_command": laptop} if laptop else {})})
         return
     took = f" after {elapsed:.1f}s" if elapsed is not None else ""
     print(f"\nYour desktop is ready{took}:\n"
-          f"  URL:      {conn['url']}\n"
-          f"  user:     {conn['user']}\n"
-          f"  password: {conn['password']}\n"
+          f"  URL:      {browser_link(conn)}\n" +
+          ("  (the token after # is your key: share the link with no one)\n"
+           if conn.get("token") else
+           f"  user:     {conn['user']}\n  password: {conn['password']}\n") +
           f"  node:     {conn.get('node')} (display {conn.get('display')}, "
           f"encoder {conn.get('encoder')})\n"
           f"  session:  {session.id} (job {job})\n"

@@ -18,9 +18,11 @@ from hpcdesk.commands.common import (
 )
 from hpcdesk.commands.outcome import wait_and_report
 from hpcdesk.config import LoadedConfig, parse_resolution
+from hpcdesk.connect.turn import check_files, configured
 from hpcdesk.errors import EXIT_OK, UsageError
 from hpcdesk.notify import Listener
 from hpcdesk.request import DesktopRequest
+from hpcdesk.schema import slurm_time_seconds
 from hpcdesk.session import Session, atomic_write, create, discard, now, write_json
 
 
@@ -38,11 +40,15 @@ def build_request(loaded: LoadedConfig, session_id: str) -> DesktopRequest:
     c = loaded.config
     return DesktopRequest(session_id=session_id, user=getpass.getuser(), cpus=c.scheduler.cpus,
                           gpus=c.scheduler.gpus, start_timeout=c.timeouts.start,
-                          desktop=c.desktop, runtime=c.runtime, network=c.network)
+                          desktop=c.desktop, runtime=c.runtime, network=c.network, turn=c.turn,
+                          time_limit=slurm_time_seconds(c.scheduler.time))
 
 
 def prepare(loaded: LoadedConfig) -> Session:
     """A session directory holding request.json, job.sh and session.json (nothing submitted)."""
+    if configured(loaded.config.turn):
+        # A bad secret or credential file is a configuration error: nothing is submitted.
+        check_files(loaded.config.turn, loaded.sources)
     root = root_of(loaded)
     try:
         session = create(root)

@@ -22,7 +22,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hpcdesk.node import address, health, tls
+from hpcdesk.connect import rtc
+from hpcdesk.connect.turn import TurnError
+from hpcdesk.errors import ConfigError
+from hpcdesk.node import address, health, jobturn, tls
 from hpcdesk.node.binding import bind_gpu
 from hpcdesk.node.errors import StartError, Stop
 from hpcdesk.node.ports import PortLease
@@ -58,6 +61,9 @@ class Agent:
         self.ports: PortLease | None = None
         self.workdir: Path | None = None
         self.started: Started | None = None
+        self.job_turn: jobturn.JobTurn | None = None
+        self.rtc_path: Path | None = None
+        self.rtc_refresh_at: float | None = None
 
     # -- state and events -------------------------------------------------------------
     def phase(self, phase: str, detail: str = "", **fields: Any) -> None:
@@ -112,8 +118,11 @@ class Agent:
         gpu = bind_gpu(req)
         self.state["gpu"] = gpu.describe()
         log.info("GPU: %s; encoder %s (%s)", gpu.summary, gpu.encoder, gpu.encoder_reason)
+        # In webrtc mode Selkies dials itself on localhost: the port must be free there too.
+        loopback = (("127.0.0.1",) if req.desktop.transport == "webrtc"
+                    and bind_addr not in jobturn.WILDCARDS else ())
         self.ports = PortLease(Path(req.network.lock_dir), bind_addr,
-                               req.network.port_min, req.network.port_max)
+                               req.network.port_min, req.network.port_max, also=loopback)
         try:
             port = self.ports.acquire()
         except RuntimeError as exc:
@@ -122,6 +131,14 @@ class Agent:
         self.state["workdir"] = str(self.workdir)  # node-local: X socket dirs, container /tmp
         user = req.desktop.user or req.user or getpass.getuser()
         password = secrets.token_urlsafe(18)
+        # Token mode: Selkies gets a master token that never leaves this process and its
+        # child; the browser gets a per-session token provisioned with it (fragment only).
+        token_mode = req.desktop.auth == "token"
+        master_token = secrets.token_urlsafe(32) if token_mode else None
+        url_path = req.desktop.url_path.replace("{host}", host).replace("{port}", str(port))
+        turn_children = self.start_job_turn(host, bind_addr)
+        self.children = list(turn_children)  # stopped by finish() whatever fails next
+        self.rtc_path = self.write_rtc(host)
         tls_files = (tls.prepare(self.workdir, [host, bind_addr], req.desktop.https_cert,
                                  req.desktop.https_key) if req.desktop.https else None)
         plan = DesktopPlan(request=req, session_dir=self.dir, workdir=self.workdir,
@@ -130,27 +147,33 @@ class Agent:
                            xorg_driver=gpu.xorg_driver, bus_id=gpu.bus_id,
                            gpu_uuid=gpu.device.uuid if gpu.device else None,
                            tls_cert=tls_files.cert if tls_files else None,
-                           tls_key=tls_files.key if tls_files else None)
+                           tls_key=tls_files.key if tls_files else None,
+                           master_token=master_token, url_path=url_path,
+                           rtc_config=self.rtc_path)
         self.phase(LAUNCHING, f"starting the desktop ({req.runtime.kind} runtime)",
                    port=port, host=host)
         deadline = time.monotonic() + req.start_timeout
         started = get_runtime(req.runtime.kind).start(plan, timeout=req.start_timeout)
         self.started = started
-        self.children = list(started.children)
+        self.children = [*turn_children, *started.children]
         self.mark("desktop_launched")
         self.phase(WAITING, f"desktop on display {started.display}; waiting for the web UI",
                    display=started.display,
                    xauthority=str(started.xauthority) if started.xauthority else None)
-        self.wait_healthy(plan, started, deadline)
+        session_token = self.wait_healthy(plan, started, deadline)
         self.mark("healthy")
         scheme = "https" if req.desktop.https else "http"
         connection = {
-            "session": req.session_id, "url": f"{scheme}://{host}:{port}/", "host": host,
-            "port": port, "user": user, "password": password, "display": started.display,
+            "session": req.session_id, "url": f"{scheme}://{host}:{port}{url_path}",
+            "host": host, "port": port, "path": url_path, "auth": req.desktop.auth,
+            "user": None if token_mode else user, "password": None if token_mode else password,
+            "token": session_token, "display": started.display,
             "node": self.state["node"], "interface": req.desktop.interface,
             "encoder": gpu.encoder, "encoder_reason": gpu.encoder_reason,
             "tls": tls_files.kind if tls_files else None,
             "tls_fingerprint": tls_files.fingerprint if tls_files else None,
+            "transport": req.desktop.transport,
+            "turn_port": self.job_turn.port if self.job_turn else None,
             "started_at": self.state["times"]["agent_start"], "ready_at": now(),
         }
         write_json(self.dir / "connection.json", connection, mode=0o600)
@@ -159,8 +182,49 @@ class Agent:
         self.phase(READY, f"desktop ready at {connection['url']}")
         return connection
 
-    def wait_healthy(self, plan: DesktopPlan, started: Started, deadline: float) -> None:
-        https = plan.request.desktop.https
+    def start_job_turn(self, host: str, bind_addr: str) -> list[Child]:
+        """The in-job TURN server, when this desktop needs one (see connect/rtc.py)."""
+        req = self.request
+        if not rtc.wants_job_turn(req.desktop, req.network) or not self.ports or not self.workdir:
+            return []
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "LANG")}
+        self.job_turn = jobturn.start(
+            self.workdir / "turn", self.ports, Path(req.network.lock_dir), bind_addr, host,
+            (req.network.turn_relay_min, req.network.turn_relay_max), env, req.runtime)
+        log.info("in-job TURN on port %d, relay ports %d-%d", self.job_turn.port,
+                 *self.job_turn.relay)
+        return [self.job_turn.child]
+
+    def write_rtc(self, host: str) -> Path:
+        """Selkies' ICE configuration file: exactly the site's servers, or none."""
+        assert self.workdir is not None
+        directory = self.workdir / "rtc"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        path = directory / "rtc.json"
+        self.refresh_rtc(host, path)
+        return path
+
+    def refresh_rtc(self, host: str, path: Path) -> None:
+        req = self.request
+        user = req.user or getpass.getuser()
+        job = None
+        if self.job_turn:
+            job = self.job_turn.ice_server(rtc.job_turn_url(host, self.job_turn.port,
+                                                            req.network.connect))
+        try:
+            config = rtc.plan(req.desktop, req.network, req.turn, user, req.time_limit,
+                              time.time(), job)
+        except (ConfigError, TurnError) as exc:
+            raise StartError(f"the site's TURN server cannot be used: {exc}") from None
+        config.write(path)
+        self.rtc_refresh_at = (time.monotonic() + config.refresh_in
+                               if config.refresh_in else None)
+        log.info("ICE configuration: %d server(s), policy %s",
+                 len(config.servers), config.policy)
+
+    def wait_healthy(self, plan: DesktopPlan, started: Started, deadline: float) -> str | None:
+        """Wait until the web UI is ready and protected; in token mode provision and return
+        the session token. Ready never means a desktop an anonymous client can stream."""
         probe_host = plan.bind_addr if plan.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
         delay = 0.05
         heartbeat = time.monotonic() + HEARTBEAT
@@ -168,14 +232,9 @@ class Agent:
             for child in self.children:
                 if not child.alive():
                     raise StartError("the desktop failed to start: " + child.describe_exit())
-            status = health.http_status(probe_host, plan.web_port, plan.user, plan.password,
-                                        https=https, timeout=1.0)
-            if status == 200:
-                anon = health.http_status(probe_host, plan.web_port, None, None, https=https)
-                if anon != 401:
-                    raise StartError(f"the web UI answered {anon} without credentials (expected "
-                                     "401): refusing to publish an unprotected desktop")
-                return
+            ready, token, status = self._probe(plan, probe_host)
+            if ready:
+                return token
             if time.monotonic() > heartbeat:
                 heartbeat = time.monotonic() + HEARTBEAT
                 self.phase(self.state["phase"], self.state.get("detail", ""))
@@ -188,8 +247,54 @@ class Agent:
             # published within 0.1 s of answering (a 0.5 s cap lost up to 0.5 s of the start).
             delay = min(delay * 1.5, 0.1)
 
+    def _probe(self, plan: DesktopPlan, probe_host: str
+               ) -> tuple[bool, str | None, int | None]:
+        """One look at the web UI: (ready, the session token in token mode, HTTP status)."""
+        https = plan.request.desktop.https
+        if plan.master_token:  # token mode: the page itself loads without credentials
+            status = health.http_status(probe_host, plan.web_port, None, None, https=https,
+                                        timeout=1.0, path=plan.url_path)
+            token = self._token_ready(plan, probe_host) if status == 200 else None
+            return token is not None, token, status
+        status = health.http_status(probe_host, plan.web_port, plan.user, plan.password,
+                                    https=https, timeout=1.0, path=plan.url_path)
+        if status != 200:
+            return False, None, status
+        anon = health.http_status(probe_host, plan.web_port, None, None, https=https,
+                                  path=plan.url_path)
+        if anon != 401:
+            raise StartError(f"the web UI answered {anon} without credentials (expected "
+                             "401): refusing to publish an unprotected desktop")
+        return True, None, status
+
+    def _token_ready(self, plan: DesktopPlan, probe_host: str) -> str | None:
+        """Token mode, once the page answers: an anonymous WebSocket must be refused (401),
+        then a session token is provisioned. None: not ready yet (Selkies still starting)."""
+        assert plan.master_token is not None
+        https = plan.request.desktop.https
+        ws = health.anonymous_websocket_status(probe_host, plan.web_port,
+                                               plan.url_path + "api/websockets", https=https)
+        if ws == 101:
+            raise StartError("the web UI accepted a WebSocket without a token: refusing to "
+                             "publish a desktop that streams to anyone")
+        if ws != 401:
+            return None
+        token = secrets.token_urlsafe(24)
+        status = health.provision_token(probe_host, plan.web_port, plan.url_path + "api/tokens",
+                                        plan.master_token, token, https=https)
+        if status != 200:
+            raise StartError(f"Selkies refused the session token (HTTP {status}); is it "
+                             "Selkies 2.x with token support?")
+        return token
+
     def supervise(self) -> None:
         while True:
+            if self.rtc_refresh_at and time.monotonic() > self.rtc_refresh_at and self.rtc_path:
+                try:
+                    self.refresh_rtc(str(self.state.get("host", "")), self.rtc_path)
+                except StartError as exc:  # keep the old credentials; try again in a minute
+                    log.warning("renewing the TURN credentials failed: %s", exc)
+                    self.rtc_refresh_at = time.monotonic() + 60
             for child in self.children:
                 if not child.alive():
                     # scancel signals every process of the job: give our own SIGTERM a moment
@@ -207,6 +312,8 @@ class Agent:
             self.started.on_stop()
         if self.ports:
             self.ports.release()
+        if self.job_turn:
+            self.job_turn.release()
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         with contextlib.suppress(OSError):

@@ -1,9 +1,15 @@
-"""Readiness: an authenticated HTTP 200 from the web UI (and a 401 without credentials)."""
+"""Readiness: an authenticated HTTP 200 from the web UI (and a 401 without credentials).
+
+In token mode (desktop.auth: token) the page itself loads without credentials; there, ready
+means the page answers 200 and a WebSocket upgrade without a token is refused (401).
+"""
 
 from __future__ import annotations
 
 import base64
 import http.client
+import json
+import secrets
 import ssl
 
 
@@ -14,16 +20,50 @@ def http_status(host: str, port: int, user: str | None, password: str | None,
     if user is not None and password is not None:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
-    conn: http.client.HTTPConnection
+    conn = _connection(host, port, https, timeout)
+    try:
+        conn.request("GET", path, headers=headers)
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def _connection(host: str, port: int, https: bool, timeout: float) -> http.client.HTTPConnection:
     if https:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # the node checks its own server, not the chain
-        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
-    else:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+    return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
+def anonymous_websocket_status(host: str, port: int, path: str, https: bool = False,
+                               timeout: float = 2.0) -> int | None:
+    """The HTTP status a WebSocket upgrade without any token gets (101 means it streams)."""
+    conn = _connection(host, port, https, timeout)
+    key = base64.b64encode(secrets.token_bytes(16)).decode()
     try:
-        conn.request("GET", path, headers=headers)
+        conn.request("GET", path, headers={
+            "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": key})
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def provision_token(host: str, port: int, path: str, master_token: str, session_token: str,
+                    https: bool = False, timeout: float = 5.0) -> int | None:
+    """POST Selkies' token table (one controller token) with the master token as bearer."""
+    conn = _connection(host, port, https, timeout)
+    body = json.dumps({session_token: {"role": "controller", "mk_control": True}})
+    try:
+        conn.request("POST", path, body=body, headers={
+            "Authorization": f"Bearer {master_token}", "Content-Type": "application/json",
+            "Connection": "close"})
         return conn.getresponse().status
     except (OSError, http.client.HTTPException):
         return None

@@ -11,28 +11,26 @@ import errno
 import os
 import random
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from hpcdesk.node.locks import try_claim
 
 
 class PortLease:
-    def __init__(self, lock_dir: Path, bind_addr: str, port_min: int = 0, port_max: int = 0):
+    def __init__(self, lock_dir: Path, bind_addr: str, port_min: int = 0, port_max: int = 0,
+                 also: Sequence[str] = ()):
         self.lock_dir = lock_dir
         self.bind_addr = bind_addr
+        self.also = tuple(also)  # further addresses the port must be free on (e.g. loopback)
         self.range = (port_min, port_max) if port_min and port_max else None
         self.held: dict[int, int] = {}  # port -> lock fd
 
     def _probe(self, port: int) -> int | None:
-        family = socket.AF_INET6 if ":" in self.bind_addr else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((self.bind_addr, port))
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    return None
-                raise
-            return int(s.getsockname()[1])
+        got = _bind(self.bind_addr, port)
+        if got is not None and all(_bind(addr, got) == got for addr in self.also):
+            return got
+        return None
 
     def _claim(self, port: int) -> bool:
         fd = try_claim(self.lock_dir, f"port-{port}")
@@ -59,3 +57,16 @@ class PortLease:
             fd = self.held.pop(p, None)
             if fd is not None:
                 os.close(fd)
+
+
+def _bind(addr: str, port: int) -> int | None:
+    """The port a test bind on addr got (the kernel's choice for 0), or None if taken."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((addr, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return None
+            raise
+        return int(s.getsockname()[1])

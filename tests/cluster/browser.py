@@ -7,7 +7,9 @@ the page and takes real-time screenshots until a condition holds (or a deadline 
 steps (open, wait until the desktop shows, do something elsewhere, wait again), and
 can run inside a network namespace (`netns="NAME"`, /run/netns/NAME): the browser is started
 there with nsenter, and its DevTools connection is made from a thread that joined the same
-namespace, so it sees exactly the network a laptop there would.
+namespace, so it sees exactly the network a laptop there would. `open()` can install a
+script before the page's own (RTC_SPY records the page's RTCPeerConnections, so a test reads
+the ICE configuration the browser really uses) and answer the site's login once.
 """
 
 from __future__ import annotations
@@ -33,7 +35,26 @@ import aiohttp
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--ignore-certificate-errors", "--remote-debugging-port=0"]
+         "--ignore-certificate-errors", "--remote-debugging-port=0",
+         "--autoplay-policy=no-user-gesture-required"]  # WebRTC video starts without a click
+
+# Installed before any page script: remembers every RTCPeerConnection the page makes.
+RTC_SPY = """(() => {
+  const Orig = window.RTCPeerConnection;
+  if (!Orig || Orig.__hpcdeskSpy) return;
+  const made = [];
+  function Spy(...args) { const pc = new Orig(...args); made.push(pc); return pc; }
+  Spy.prototype = Orig.prototype;
+  Object.setPrototypeOf(Spy, Orig);
+  Spy.__hpcdeskSpy = true;
+  window.RTCPeerConnection = Spy;
+  window.__hpcdeskPeerConfigs = () => made.map(pc => {
+    const c = pc.getConfiguration();
+    return {iceServers: c.iceServers, iceTransportPolicy: c.iceTransportPolicy,
+            state: pc.connectionState};
+  });
+})();"""
+PEER_CONFIGS = "JSON.stringify(window.__hpcdeskPeerConfigs ? window.__hpcdeskPeerConfigs() : null)"
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
@@ -163,20 +184,43 @@ class Chromium:
     def _run(self, steps: Callable[[_Page], Any]) -> Any:
         return in_netns(self.netns, lambda: asyncio.run(_with_page(self.page_ws, steps)))
 
-    def open(self, url: str) -> None:
+    def open(self, url: str, init_script: str | None = None,
+             login: tuple[str, str] | None = None) -> None:
+        """Navigate to `url`. `init_script` runs in every new document before the page's
+        scripts. `login` (user, password) is answered the way a person answers the browser's
+        prompt: once, after which the browser sends it with every request to the site
+        (credentials inside the page URL would make the page's own fetch() calls fail: the
+        Selkies client then silently connects without its ICE servers)."""
+        async def loaded(page: _Page) -> None:
+            deadline = time.monotonic() + 30
+            while True:
+                got = await page.call("Runtime.evaluate", expression="document.readyState",
+                                      returnByValue=True)
+                if _value(got) == "complete":
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} did not load")
+                await asyncio.sleep(0.2)
+
         async def steps(page: _Page) -> None:
             await page.call("Page.enable")
+            await page.call("Runtime.enable")
+            if init_script:
+                await page.call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
+            if login:
+                scheme, rest = url.split("://", 1)
+                await page.call("Page.navigate", url=f"{scheme}://{login[0]}:{login[1]}@{rest}")
+                await loaded(page)
             await page.call("Page.navigate", url=url)
+            if init_script:  # the script lives while this DevTools session does
+                await loaded(page)
         self._run(steps)
 
     def evaluate(self, expression: str) -> Any:
-        """The value of a JavaScript expression in the page (awaited if it is a promise)."""
         async def steps(page: _Page) -> Any:
-            res = await page.call("Runtime.evaluate", expression=expression,
+            got = await page.call("Runtime.evaluate", expression=expression,
                                   returnByValue=True, awaitPromise=True)
-            if "exceptionDetails" in res:
-                raise RuntimeError(f"page script failed: {res['exceptionDetails']}")
-            return dict(res["result"]).get("value")  # type: ignore[call-overload]
+            return _value(got)
         return self._run(steps)
 
     @property
@@ -194,9 +238,28 @@ class Chromium:
                         found.append(int(entry))
         return found
 
+    def peer_configs(self) -> list[dict[str, Any]] | None:
+        """The page's RTCPeerConnection configurations (None: RTC_SPY was not installed)."""
+        got = json.loads(str(self.evaluate(PEER_CONFIGS)))
+        return None if got is None else list(got)
+
+    def wait_until(self, expression: str, timeout: float = 60.0) -> bool:
+        """Poll a JavaScript expression until it is truthy (True) or the timeout (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.evaluate(expression):
+                return True
+            time.sleep(0.25)
+        return False
+
     def wait_for(self, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0) -> bool:
         """Screenshot into `out` every second until ok(out) (True) or the timeout (False)."""
         return bool(self._run(lambda page: _until(page, out, ok, timeout)))
+
+
+def _value(evaluated: dict[str, object]) -> Any:
+    result = evaluated.get("result")
+    return result.get("value") if isinstance(result, dict) else None
 
 
 def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0,

@@ -30,11 +30,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TAG = "h10"
+# Another tag and /16 let two runs on one machine keep apart (HPCDESK_TEST_NET_TAG=h13
+# HPCDESK_TEST_NET=10.83); the defaults are the ones drawn above.
+TAG = os.environ.get("HPCDESK_TEST_NET_TAG", "h10")
+_NET = os.environ.get("HPCDESK_TEST_NET", "10.80")
 NS_LAPTOP, NS_BASTION = f"{TAG}-laptop", f"{TAG}-bastion"
-LOGIN_IP, LAPTOP_IP = "10.80.1.1", "10.80.1.2"
-LAPTOP_B_IP, BASTION_IP = "10.80.2.1", "10.80.2.2"
-LOGIN_INNER_IP, BASTION_INNER_IP = "10.80.3.1", "10.80.3.2"
+LOGIN_IP, LAPTOP_IP = f"{_NET}.1.1", f"{_NET}.1.2"
+LAPTOP_B_IP, BASTION_IP = f"{_NET}.2.1", f"{_NET}.2.2"
+LOGIN_INNER_IP, BASTION_INNER_IP = f"{_NET}.3.1", f"{_NET}.3.2"
 PORT_KEY, PORT_OTP = 2210, 2211
 SSHD = "/usr/sbin/sshd"
 
@@ -50,7 +53,8 @@ def in_ns(netns: str | None) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
 
 
-WORKDIR_PREFIX = "hpcdesk-tunnel-"  # /run/hpcdesk-tunnel-XXXX: one run's files
+# /run/hpcdesk-tunnel-XXXX: one run's files (with another tag: /run/hpcdesk-tunnel-TAG-XXXX)
+WORKDIR_PREFIX = "hpcdesk-tunnel-" if TAG == "h10" else f"hpcdesk-tunnel-{TAG}-"
 
 
 def pam_module(name: str) -> str:
@@ -193,19 +197,9 @@ class Sshd:
 
     def connection_pids(self) -> list[int]:
         """Every process serving a connection: the listener's descendants."""
-        parents: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                    parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-        found, todo = [], [self.listener_pid()]
-        while todo:
-            pid = todo.pop()
-            kids = [p for p, pp in parents.items() if pp == pid]
-            found.extend(kids)
-            todo.extend(kids)
-        return found
+        from hpcdesk.node.procs import descendants
+
+        return descendants(self.listener_pid())
 
     def kill_connections(self) -> list[int]:
         pids = self.connection_pids()

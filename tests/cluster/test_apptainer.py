@@ -110,6 +110,76 @@ def test_cancel_leaves_no_container_behind(user: User, debian_image: str) -> Non
     assert leftovers == []
 
 
+@pytest.mark.parametrize("transport", ["websockets", "webrtc"])
+def test_apptainer_desktop_gets_only_the_agents_ice_servers(
+        user: User, debian_image: str, transport: str, tmp_path: Path,
+        cleanup_jobs: list[str]) -> None:
+    """Issue 9: the image's Selkies takes the agent's rtc file (no public STUN/TURN) and
+    offers the webrtc switch only when webrtc is configured."""
+    from test_webrtc import PUBLIC_NAMES, api_turn, http, ice_urls
+
+    data = user.json("submit", *SITE, *APPTAINER, "--set", f"desktop.transport={transport}",
+                     timeout=400)
+    cleanup_jobs.append(str(data["session"]))
+    auth = (str(data["user"]), str(data["password"]))
+    status, body = http(f"{data['url']}api/status", auth)
+    assert status == 200 and json.loads(body)["enable_dual_mode"] is (transport == "webrtc")
+    if transport == "webrtc":
+        doc = api_turn(data)
+        assert ice_urls(doc) == [], doc
+        _place_window(str(data["node"]), user, user.sessions_root() / str(data["session"]),
+                      "#13a86b")
+        with browser.Chromium() as tools:
+            tools.open(str(data["url"]), init_script=browser.RTC_SPY, login=auth)
+            seen = tools.wait_for(tmp_path / "rtc.png", lambda p: colour_fraction(p, GREEN) > 0.05)
+            configs = tools.peer_configs()
+        assert seen, f"the container's desktop is not visible over WebRTC ({tmp_path})"
+        assert configs and all(ice_urls(c) == [] for c in configs), configs
+    else:
+        status, body = http(f"{data['url']}api/turn", auth)
+        assert status == 409 and not any(n in body for n in PUBLIC_NAMES), (status, body)
+        status, _ = http(f"{data['url']}api/switch", auth, b'{"mode": "webrtc"}')
+        assert status == 403
+
+
+def test_in_job_turn_from_the_image_on_a_node_without_coturn(
+        user: User, debian_image: str, tmp_path: Path, cleanup_jobs: list[str]) -> None:
+    """Issue 9: network.turn: job runs the image's coturn where the node has none (the job's
+    PATH holds every command of /usr/bin except turnserver)."""
+    from test_webrtc import api_turn
+
+    from hpcdesk.connect.probe import allocate
+
+    bin_dir = Path(tempfile.mkdtemp(prefix="h9-nocoturn-", dir="/var/tmp"))
+    try:
+        bin_dir.chmod(0o755)
+        for tool in Path("/usr/bin").iterdir():
+            if tool.name != "turnserver":
+                (bin_dir / tool.name).symlink_to(tool)
+        path = f"{os.environ.get('HPCDESK_VENV', '/opt/hpcdesk/venv')}/bin:/usr/local/bin:{bin_dir}"
+        proc = user.run("submit", *SITE, *APPTAINER, "--set", "desktop.transport=webrtc",
+                        "--set", "network.turn=job", "--json", timeout=400,
+                        env={"PATH": path}, check=True)
+        data = json.loads(proc.stdout)
+        cleanup_jobs.append(str(data["session"]))
+        # The TURN server runs inside the image: another mount namespace than the agent's.
+        sdir = user.sessions_root() / str(data["session"])
+        agent = json.loads((sdir / "node.json").read_text())["agent_pid"]
+        turns = [int(p.split()[0]) for p in node_user_pids(str(data["node"]))
+                 if "turnserver -c" in p]
+        assert len(turns) == 1
+        mnt = os.stat(f"/proc/{turns[0]}/ns/mnt").st_ino
+        assert mnt != os.stat(f"/proc/{agent}/ns/mnt").st_ino
+        assert "starting turn server: apptainer exec" in (sdir / "agent.log").read_text()
+        (server,) = api_turn(data)["iceServers"]
+        url = str(server["urls"][0])
+        assert url == f"turn:{data['host']}:{data['turn_port']}?transport=tcp"
+        got = allocate(url, str(server["username"]), str(server["credential"]))
+        assert got.relayed.startswith(f"{data['host']}:")
+    finally:
+        shutil.rmtree(bin_dir, ignore_errors=True)
+
+
 # The sizes of the real-Xorg tests (tests/unit/test_xorg_dummy_real.py, test_node_agent.py).
 XORG_SIZES = [(1280, 720, 24), (1920, 1080, 24), (2560, 1440, 24), (1366, 768, 24),
               (3840, 2160, 24), (1920, 1080, 30)]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import browser
+import oodharness
 import pytest
 import sshnet
 from conftest import User, colour_fraction, node_exec
@@ -565,3 +566,25 @@ def test_tunnel_ends_when_the_desktop_ends(user: User, net: Net) -> None:
                              tun.stderr), tun.stderr
     finally:
         user.run("cancel", session, *SITE, timeout=90)
+
+
+def test_tunnel_to_an_ood_started_desktop(user: User, net: Net, tmp_path: Path) -> None:
+    """A desktop started from the Open OnDemand app (the real ood_core's batch script) is an
+    ordinary session: the tunnel finds it by id and opens it with its fragment token."""
+    require("ruby", package="ruby")
+    app = oodharness.generate_app(user, user.home / "ood-apps" / "tunnel")
+    job, _work, conn = oodharness.start_session(user, app, oodharness.copy_ood_core(user))
+    try:
+        sid, token = str(conn["hpcdesk_session"]), str(conn["token"])
+        place_window(user, {"session": sid}, "#13a86b", "+0+0")
+        with tunnel(net, sid, "--login", "login", "--json") as tun:
+            info = tun.ready()
+            assert info["session"] == sid and not info["password"]
+            assert re.fullmatch(rf"http://127\.0\.0\.1:\d+/#token={re.escape(token)}",
+                                str(info["url"]))
+            with browser.Chromium(NS_LAPTOP) as chrome:
+                chrome.open(str(info["url"]))
+                shot = tmp_path / "ood-tunnel.png"
+                assert chrome.wait_for(shot, shows(GREEN)), f"no desktop: {shot}"
+    finally:
+        sshnet.sh("scancel", job, check=False)

@@ -9,13 +9,7 @@ import pytest
 from hpcdesk import config
 from hpcdesk.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("HPCDESK_SITE", raising=False)
-    monkeypatch.setattr(config, "SYSTEM_DIRS", (str(tmp_path / "etc"),))
+pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
 def write(path: Path, text: str) -> Path:

@@ -9,6 +9,7 @@ on Windows, `hpcdesk tunnel --help` runs and the laptop package imports.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import venv
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 import tomllib
 from packaging.requirements import Requirement
 
@@ -72,7 +74,9 @@ def copy_distribution(name: str, site: Path) -> None:
             shutil.copy2(src, dest)
 
 
-def test_fresh_venv_with_base_dependencies_runs_the_tunnel_path(tmp_path: Path) -> None:
+@pytest.fixture
+def base_venv(tmp_path: Path) -> Path:
+    """A fresh venv with this checkout's hpcdesk and its base dependencies only: its python."""
     env = tmp_path / "laptop"
     venv.create(env, with_pip=False)
     py = env / "bin/python"
@@ -87,7 +91,13 @@ def test_fresh_venv_with_base_dependencies_runs_the_tunnel_path(tmp_path: Path) 
         copy_distribution(dep, site)
     shutil.copytree(REPO / "hpcdesk", site / "hpcdesk",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    proc = subprocess.run([str(py), "-I", "-c", CHECK], capture_output=True, text=True,
+    return py
+
+
+def test_fresh_venv_with_base_dependencies_runs_the_tunnel_path(base_venv: Path,
+                                                                 tmp_path: Path) -> None:
+    env = base_venv.parents[1]
+    proc = subprocess.run([str(base_venv), "-I", "-c", CHECK], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "usage: hpcdesk tunnel" in proc.stdout
@@ -95,3 +105,22 @@ def test_fresh_venv_with_base_dependencies_runs_the_tunnel_path(tmp_path: Path) 
     assert "hpcdesk.laptop.tunnel" in loaded
     assert [m for m in loaded if not ALLOWED.match(m)] == []
     assert sys.prefix != str(env)
+
+
+def test_without_the_pyslurm_extra_auto_takes_the_commands_and_doctor_says_why(
+        base_venv: Path, tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([str(base_venv), "-I", "-m", "hpcdesk", "doctor", "--json", "--set",
+                           "scheduler.backend=auto"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env=env)
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    backend = checks["scheduler backend"]
+    assert backend["status"] == "ok"
+    assert backend["detail"].startswith("slurm-cli (auto: pyslurm is not installed"), backend
+    explicit = subprocess.run([str(base_venv), "-I", "-m", "hpcdesk", "submit", "--set",
+                               "scheduler.backend=pyslurm"], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path, env=env)
+    assert explicit.returncode == 2
+    assert "scheduler.backend: pyslurm cannot be used here" in explicit.stderr
+    assert not (tmp_path / ".hpcdesk/sessions").exists() or not any(
+        p for p in (tmp_path / ".hpcdesk/sessions").iterdir() if not p.name.startswith("."))

@@ -1,6 +1,7 @@
 """Runtimes start the desktop for a DesktopPlan: `host` (processes on the node) and
 `apptainer` (the desktop image). Both honour the same contract: one web port on bind_addr,
-basic auth with the plan's user and password, the plan's display settings."""
+basic auth with the plan's user and password (or, with desktop.auth token, Selkies' master
+token), the plan's display settings."""
 
 from __future__ import annotations
 
@@ -30,7 +31,12 @@ class DesktopPlan:
     bus_id: str | None
     tls_cert: Path | None  # HTTPS certificate and key for the web UI (None: plain HTTP)
     tls_key: Path | None
+    rtc_config: Path | None = None  # Selkies' ICE configuration file (connect/rtc.py)
     gpu_uuid: str | None = None  # the bound GPU's UUID (containers find it by it)
+    # desktop.auth token: Selkies' master token (kept by the agent, never published) and the
+    # path the web UI is served under (desktop.url_path with {host} and {port} filled in).
+    master_token: str | None = None
+    url_path: str = "/"
 
     def xorg_spec(self, driver: Literal["dummy", "nvidia"]) -> XorgSpec:
         """The X server the request asks for, on `driver` (nvidia: the bound GPU)."""

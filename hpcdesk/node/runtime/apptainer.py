@@ -19,6 +19,9 @@ Invocation choices (pinned by tests/unit/test_apptainer_cmd.py):
   image: all of hpcdesk's entrypoints read it, so no environment holds it.
 - `--ipc`: a private IPC namespace, so the X server's shared-memory segments are not visible
   to other desktops on the node.
+- The agent's rtc file (Selkies' ICE servers, connect/rtc.py) lies in the work directory,
+  which is bound in read-only (so a renewed file, replaced by rename, is seen at once), and
+  is named in SELKIES_RTC_CONFIG_JSON for every image.
 - `--nv` with a bound GPU; for the GLX flavour the host's NVIDIA X driver and GLX server
   module are bound where the image's Xorg looks for them, so nothing is downloaded at start.
 - The agent's node-local work directory is bound read-only at its own path: it holds the X
@@ -42,7 +45,7 @@ from hpcdesk.node.displays import DisplayLease
 from hpcdesk.node.errors import StartError
 from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
-from hpcdesk.node.runtime.host import selkies_env
+from hpcdesk.node.runtime.host import ice_env, selkies_env
 from hpcdesk.node.xserver import XFiles, write_x_files
 
 # Where the upstream images' Xorg looks for the NVIDIA modules.
@@ -122,6 +125,8 @@ def contract_env(plan: DesktopPlan, display: str, kind: ImageKind, x: XFiles,
         # Upstream images: selkies-gstreamer listens on 127.0.0.1 behind nginx; the entrypoint
         # picks a free internal port itself. Metrics stay off (they have no authentication).
         env["SELKIES_METRICS_HTTP_PORT"] = "0"
+        if plan.rtc_config:  # the agent's ICE servers, never the image's STUN default
+            env["SELKIES_RTC_CONFIG_JSON"] = ice_env(plan)["SELKIES_RTC_CONFIG_JSON"]
     else:
         env.update({k: v for k, v in selkies_env(plan, display).items()
                     if k.startswith("SELKIES_") and k not in (

@@ -41,15 +41,15 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
     d = plan.request.desktop
     encoder, use_cpu = _SELKIES_ENCODER[plan.encoder]
     dpi = min(_SELKIES_DPIS, key=lambda x: abs(x - d.dpi))
+    webrtc = d.transport == "webrtc"
+    addr = plan.bind_addr
+    if webrtc and addr not in ("0.0.0.0", "::"):  # noqa: S104
+        addr += ",127.0.0.1"  # Selkies' webrtc mode dials itself on localhost:PORT
     env = {
         "DISPLAY": display,
-        "SELKIES_ADDR": plan.bind_addr,
+        "SELKIES_ADDR": addr,
         "SELKIES_PORT": str(plan.web_port),
-        "SELKIES_ENABLE_BASIC_AUTH": "true",
-        "SELKIES_BASIC_AUTH_USER": plan.user,
-        # The password reaches Selkies only through this process's environment (readable by
-        # the user and root alone), never through argv, the job script or the job's env.
-        "SELKIES_BASIC_AUTH_PASSWORD": plan.password,
+        **_auth_env(plan),
         "SELKIES_ENCODER": encoder,
         "SELKIES_USE_CPU": use_cpu,
         "SELKIES_FRAMERATE": str(d.framerate),
@@ -65,6 +65,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_JPEG_QUALITY": str(d.jpeg_quality),
         "SELKIES_CPU_ENCODE_THREADING": "true" if threaded(d.encode_threading,
                                                           plan.encoder_threads) else "false",
+        **ice_env(plan),
     }
     if plan.tls_cert and plan.tls_key:
         env["SELKIES_HTTPS_CERT"], env["SELKIES_HTTPS_KEY"] = str(plan.tls_cert), str(plan.tls_key)
@@ -76,6 +77,45 @@ def threaded(setting: str, encoder_threads: int) -> bool:
     the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, README
     "Performance")."""
     return setting == "on" or (setting == "auto" and encoder_threads >= 2)
+
+
+def _auth_env(plan: DesktopPlan) -> dict[str, str]:
+    """Selkies' auth settings. Secrets reach Selkies only through this process's environment
+    (readable by the user and root alone), never through argv, the job script or the job's env.
+    """
+    env: dict[str, str] = {}
+    if plan.url_path != "/":
+        env["SELKIES_SUBFOLDER"] = plan.url_path
+    if plan.master_token:
+        # Token mode: no basic auth; the master token guards /api/tokens, and every
+        # WebSocket must present a session token that the agent provisioned there.
+        env.update({"SELKIES_ENABLE_BASIC_AUTH": "false",
+                    "SELKIES_MASTER_TOKEN": plan.master_token})
+        return env
+    env.update({"SELKIES_ENABLE_BASIC_AUTH": "true", "SELKIES_BASIC_AUTH_USER": plan.user,
+                "SELKIES_BASIC_AUTH_PASSWORD": plan.password})
+    return env
+
+
+def ice_env(plan: DesktopPlan) -> dict[str, str]:
+    """Transport and ICE settings: only the agent's rtc file decides what a browser gets.
+
+    Selkies takes an empty value for "use the default", and its defaults hand the browser a
+    public TURN relay and public STUN servers. The rtc file (connect/rtc.py) overrides them
+    all; the host names below are under the reserved .invalid domain, so that even a Selkies
+    that ignored the file could name no server outside the site.
+    """
+    webrtc = plan.request.desktop.transport == "webrtc"
+    env = {
+        "SELKIES_MODE": plan.request.desktop.transport,
+        "SELKIES_ENABLE_DUAL_MODE": "true" if webrtc else "false",
+        "SELKIES_ENABLE_CLOUDFLARE_TURN": "false",
+        "SELKIES_TURN_HOST": "turn.invalid",
+        "SELKIES_STUN_HOST": "stun.invalid",
+    }
+    if plan.rtc_config:
+        env["SELKIES_RTC_CONFIG_JSON"] = str(plan.rtc_config)
+    return env
 
 
 def _require(cmd: str, what: str) -> str:
