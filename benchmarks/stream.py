@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -217,6 +218,8 @@ def configurations(image_dir: str | None) -> list[Config]:
             scene = "motion" if motion else "static"
             for enc, opts in selkies:
                 out.append(Config(f"selkies-ws {enc} {w}x{h} {scene}", w, h, motion, opts))
+            out.append(Config(f"selkies-webrtc x264 {w}x{h} {scene}", w, h, motion,
+                              ["--set", "desktop.transport=webrtc"]))
             if image_dir:
                 out.append(Config(f"vnc (apptainer) {w}x{h} {scene}", w, h, motion,
                                   ["--runtime", "apptainer", "--image", "debian",
@@ -345,11 +348,12 @@ def measure(cfg: Config, node: str, seconds: float, warmup: float) -> dict[str, 
                 "python3", str(CLOCK), "--block", str(BLOCK), *(["--motion"] if cfg.motion else [])]
         clock = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  start_new_session=True)
-        url = str(data["url"]).replace("://", f"://{data['user']}:{data['password']}@", 1)
         uid = int(subprocess.run(["id", "-u", USER], capture_output=True, text=True,
                                  check=True).stdout)
         with browser.Chromium(window=(cfg.width, cfg.height)) as chrome:
-            chrome.open(url)
+            # Credentials answer the browser's prompt (in the URL they would break the page's
+            # own fetch() calls, and with them WebRTC's ICE servers).
+            chrome.open(str(data["url"]), login=(str(data["user"]), str(data["password"])))
             deadline = time.monotonic() + 90
             while True:  # until the client paints decodable codes
                 got = chrome.evaluate(COLLECT)
@@ -460,6 +464,9 @@ HEADER = ("| configuration | latency p50 / p95 / p99 ms | fps delivered (unique 
 
 
 def main() -> int:
+    # SIGTERM (a timeout, Ctrl-C's cousin) unwinds like KeyboardInterrupt, so that the
+    # browser, the clock and the desktop of the running configuration are cleaned up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0, help="measured time per configuration")
