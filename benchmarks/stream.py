@@ -189,7 +189,7 @@ TUNING = [
     ["desktop.framerate=30"], ["desktop.framerate=120"],
     ["desktop.video_bitrate=4000"], ["desktop.video_bitrate=16000"],
     ["desktop.rate_control=crf"], ["desktop.rate_control=crf", "desktop.video_crf=35"],
-    ["desktop.encode_threading=on"], ["desktop.encode_threading=off"],
+    ["desktop.encode_threading=always"], ["desktop.encode_threading=never"],
     ["desktop.encoder=jpeg", "desktop.jpeg_quality=20"],
     ["desktop.encoder=jpeg", "desktop.jpeg_quality=60"],
 ]

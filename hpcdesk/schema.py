@@ -134,7 +134,7 @@ class DesktopConfig:
         "cbr", "Video rate control: cbr (video_bitrate) or crf (constant quality, video_crf).")
     video_crf: int = opt(25, "Quality under rate_control crf (lower is better).", min=5, max=50)
     jpeg_quality: int = opt(40, "JPEG quality of the jpeg encoder.", min=1, max=100)
-    encode_threading: Literal["auto", "on", "off"] = opt(
+    encode_threading: Literal["auto", "always", "never"] = opt(
         "auto", "Spread each frame of a software encoder over threads; auto: only when the "
         "encoder gets 2 or more threads (4+ CPUs), as one thread was faster on 2 CPUs.")
     audio: bool = opt(True, "Stream audio.")

@@ -24,7 +24,7 @@ def plan(tmp_path: Path, encoder: str, threads: int, **desktop: object) -> Deskt
 
 @pytest.mark.parametrize(("setting", "threads", "want"), [
     ("auto", 1, False), ("auto", 2, True), ("auto", 8, True),
-    ("on", 1, True), ("off", 4, False),
+    ("always", 1, True), ("never", 4, False),
 ])
 def test_threading_follows_the_allocation(setting: str, threads: int, want: bool) -> None:
     assert threaded(setting, threads) is want

@@ -73,10 +73,10 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
 
 
 def threaded(setting: str, encoder_threads: int) -> bool:
-    """desktop.encode_threading: on, off, or auto (threads only when the allocation gives
+    """desktop.encode_threading: always, never, or auto (threads only when the allocation gives
     the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, README
     "Performance")."""
-    return setting == "on" or (setting == "auto" and encoder_threads >= 2)
+    return setting == "always" or (setting == "auto" and encoder_threads >= 2)
 
 
 def _auth_env(plan: DesktopPlan) -> dict[str, str]:
@@ -150,17 +150,19 @@ class HostRuntime:
         x = start_xorg(xorg, files, d.dpi, env, logs / "xorg.out", timeout)
         children: list[Child] = [x.child]
         try:
+            # Selkies first: its own start (Python imports, its web server) is the longest
+            # step, so it begins while the session and the autostart programs start.
+            senv = {**env, **selkies_env(plan, x.display)}
+            web_root = web_root_setting(r.selkies_web_root, selkies_cmd[0])
+            if web_root:
+                senv["SELKIES_WEB_ROOT"] = web_root
+            children.append(spawn("selkies", selkies_cmd, senv, logs / "selkies.log"))
             denv = {**env, "DISPLAY": x.display}
             children.append(spawn("desktop session", session_cmd, denv, logs / "desktop.log",
                                   cwd=Path(env.get("HOME", "/"))))
             for i, app in enumerate(r.autostart):
                 children.append(spawn(f"autostart[{i}] {app}", shlex.split(app), denv,
                                       logs / "desktop.log", cwd=Path(env.get("HOME", "/"))))
-            senv = {**env, **selkies_env(plan, x.display)}
-            web_root = web_root_setting(r.selkies_web_root, selkies_cmd[0])
-            if web_root:
-                senv["SELKIES_WEB_ROOT"] = web_root
-            children.append(spawn("selkies", selkies_cmd, senv, logs / "selkies.log"))
         except BaseException:
             from hpcdesk.node.procs import stop_all
 
