@@ -106,9 +106,9 @@ READER = r"""
   }
   // Stages in the page: when a chunk is handed to a WebCodecs decoder, and when its decoded
   // frame is handed on for display (a MediaStreamTrackGenerator's writer); the frame's own
-  // pixels name its code. Selkies' stream_stats (asked for with `_stats,1`, as its stats
-  // panel does) give the server's capture -> encoded and capture -> wire times.
-  st.decodeCall = new Map(); st.decoded = new Map(); st.stage = []; st.server = [];
+  // pixels name its code. (A client that decodes in a worker or in a <video> leaves these
+  // unseen: then only the total is printed.)
+  st.decodeCall = new Map(); st.decoded = new Map(); st.stage = [];
   const dec = VideoDecoder.prototype.decode;
   VideoDecoder.prototype.decode = function (chunk) {
     st.decodeCall.set(chunk.timestamp, performance.timeOrigin + performance.now());
@@ -124,24 +124,6 @@ READER = r"""
       if (st.decoded.size > 600) st.decoded.delete(st.decoded.keys().next().value);
     }
     return wr.call(this, frame);
-  };
-  const send = WebSocket.prototype.send;
-  WebSocket.prototype.send = function (data) {
-    if (!st.ws) {
-      st.ws = this;
-      const ws = this;
-      ws.addEventListener('message', (ev) => {
-        // Only a Selkies socket carries JSON text: subscribe there (never on a VNC socket,
-        // whose protocol is binary and would break on a stray text frame).
-        if (typeof ev.data !== 'string' || !ev.data.startsWith('{')) return;
-        if (!st.subscribed) { st.subscribed = true; send.call(ws, '_stats,1'); }
-        try {
-          const m = JSON.parse(ev.data);
-          if (m.type === 'stream_stats') st.server.push(m.stats);
-        } catch (e) {}
-      });
-    }
-    return send.call(this, data);
   };
   const watched = new WeakSet();
   function onVideoFrame(v) {  // requestVideoFrameCallback: once per frame composited
@@ -167,10 +149,10 @@ READER = r"""
 })()
 """
 RESET = ("(() => { const s = window.__hpcdeskStream; s.lat = []; s.ticks = 0; s.codes = 0; "
-         "s.bad = 0; s.stage = []; s.server = []; s.t0 = Date.now(); return true; })()")
+         "s.bad = 0; s.stage = []; s.t0 = Date.now(); return true; })()")
 COLLECT = ("(() => { const s = window.__hpcdeskStream; if (!s) return null; "
            "return {lat: s.lat, ticks: s.ticks, codes: s.codes, bad: s.bad, el: s.el, "
-           "err: s.err || '', stage: s.stage, server: s.server, "
+           "err: s.err || '', stage: s.stage, "
            "seconds: (Date.now() - s.t0) / 1000}; })()")
 
 
@@ -434,18 +416,14 @@ def startup(runs: int, node: str) -> None:
 
 
 def stages(got: dict[str, Any]) -> dict[str, float]:
-    """Medians, in ms, of where a frame's time went (README "Performance"): from the page's
-    per-frame marks and Selkies' own stream_stats; empty where the client exposes neither."""
+    """Medians, in ms, of where a frame's time went (README "Performance"), from the page's
+    per-frame marks; empty where the client decodes out of the page's sight."""
     out: dict[str, float] = {}
     marks = got.get("stage") or []
     if marks:
         for i, name in enumerate(("drawn -> in the browser's decoder", "decode",
                                   "decoded -> shown")):
             out[name] = statistics.median(m[i] for m in marks)
-    for key in ("encode_ms", "pipeline_ms", "send_ms", "rtt_ms", "encoded_fps"):
-        vals = [s[key] for s in got.get("server") or [] if isinstance(s.get(key), (int, float))]
-        if vals:
-            out[f"server {key}"] = statistics.median(vals)
     return out
 
 
@@ -475,7 +453,7 @@ def main() -> int:
     ap.add_argument("--image-dir", help="runtime.image_dir holding the Debian image: adds the "
                     "VNC fallback (apptainer runtime)")
     ap.add_argument("--only", nargs="*", default=[],
-                    help="run the configurations whose name contains every one of these words")
+                    help="run the configurations whose name has every one of these words")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra `hpcdesk submit --set` for every configuration (tuning runs)")
     ap.add_argument("--tune", action="store_true",
@@ -485,7 +463,7 @@ def main() -> int:
                     help="also time agent start -> healthy (host runtime), before/after")
     args = ap.parse_args()
     configs = [c for c in configurations(args.image_dir) + (tuning() if args.tune else [])
-               if all(w in c.name for w in args.only)]
+               if all(w in c.name.split() for w in args.only)]
     extra = [a for kv in args.set for a in ("--set", kv)]
     print(f"stream benchmark: {host_load()}; other test runs: {len(other_test_runs())}",
           flush=True)
