@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--image", key="runtime.image", help="apptainer image path or flavour")
     _setting(p, "--interface", key="desktop.interface", choices=["selkies", "vnc"])
     _setting(p, "--encoder", key="desktop.encoder",
-             choices=["auto", "nvh264enc", "x264enc", "vp8enc", "vp9enc"])
+             choices=["auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg",
+                      "vp8enc", "vp9enc"])
     _setting(p, "--connect", key="network.connect", choices=["direct", "turn", "tunnel"],
              help="how your browser reaches the desktop (see README)")
 

@@ -106,6 +106,10 @@ class RuntimeConfig:
                          "where flavour names are looked up (a shared directory at most sites).")
     xorg: str = opt("/usr/lib/xorg/Xorg", "The Xorg server binary (not the setuid wrapper).")
     selkies: str = opt("selkies", "The Selkies command (PyPI selkies) for the host runtime.")
+    selkies_web_root: str = opt(
+        "auto", "Where Selkies serves its web client from: auto (the installed package's own "
+        "files, in place), copy (Selkies' default: a fresh copy on every start, slower) or a "
+        "directory.", pattern=r"auto|copy|/\S+")
     session: str = opt("openbox", "Desktop session / window manager command.")
     autostart: list[str] = opt(["xterm"], "Programs started in the desktop after the session.")
     agent_command: str | None = opt(
@@ -127,11 +131,19 @@ class DesktopConfig:
     refresh: int = opt(60, "Refresh rate in Hz.", min=10, max=240)
     dpi: int = opt(96, "Screen DPI.", min=48, max=480)
     depth: Literal[16, 24, 30] = opt(24, "Colour depth in bits.")
-    encoder: Literal["auto", "nvh264enc", "x264enc", "vp8enc", "vp9enc"] = opt(
+    encoder: Literal["auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg", "vp8enc",
+                     "vp9enc"] = opt(
         "auto", "Video encoder; auto picks NVENC only when an encode session really opens."
     )
     video_bitrate: int = opt(8000, "Video bitrate in kbit/s.", min=100, max=1000000)
     framerate: int = opt(60, "Frames per second.", min=8, max=240)
+    rate_control: Literal["cbr", "crf"] = opt(
+        "cbr", "Video rate control: cbr (video_bitrate) or crf (constant quality, video_crf).")
+    video_crf: int = opt(25, "Quality under rate_control crf (lower is better).", min=5, max=50)
+    jpeg_quality: int = opt(40, "JPEG quality of the jpeg encoder.", min=1, max=100)
+    encode_threading: Literal["auto", "always", "never"] = opt(
+        "auto", "Spread each frame of a software encoder over threads; auto: only when the "
+        "encoder gets 2 or more threads (4+ CPUs), as one thread was faster on 2 CPUs.")
     audio: bool = opt(True, "Stream audio.")
     audio_bitrate: int = opt(128000, "Audio bitrate in bit/s.", min=6000, max=510000)
     enable_resize: bool = opt(False, "Resize the remote screen to the browser window.")

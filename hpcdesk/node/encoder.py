@@ -2,7 +2,9 @@
 
 * ``auto``: ``nvh264enc`` only when a real NVENC H.264 session opened on the bound GPU
   (:mod:`hpcdesk.node.nvenc`); otherwise ``x264enc``.
-* ``x264enc``, ``vp8enc``, ``vp9enc``: as requested (software).
+* ``x264enc``, ``vp8enc``, ``vp9enc``: as requested (software). ``x264enc-striped`` (H.264
+  in horizontal stripes coded in parallel, only the changed ones sent) and ``jpeg`` (striped
+  JPEG) are the Selkies 2.x WebSocket-only encoders (host runtime and the Debian image).
 * ``nvh264enc`` requested where no NVENC session opens: **falls back** to ``x264enc`` and says
   so, rather than failing the desktop: a slower stream beats no desktop, and the reason
   (shown to the user and recorded in connection.json) names the cause.
@@ -19,8 +21,9 @@ from hpcdesk.node.nvenc import NvencResult
 
 __all__ = ["ENCODERS", "EncoderChoice", "decide_encoder", "software_threads"]
 
-ENCODERS = ("auto", "nvh264enc", "x264enc", "vp8enc", "vp9enc")
-_SOFTWARE_LABEL = {"x264enc": "H.264", "vp8enc": "VP8", "vp9enc": "VP9"}
+ENCODERS = ("auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg", "vp8enc", "vp9enc")
+_SOFTWARE_LABEL = {"x264enc": "H.264", "x264enc-striped": "striped H.264", "jpeg": "JPEG",
+                   "vp8enc": "VP8", "vp9enc": "VP9"}
 MAX_THREADS = 8
 
 

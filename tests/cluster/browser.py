@@ -35,7 +35,7 @@ import aiohttp
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--ignore-certificate-errors", "--window-size=1280,720", "--remote-debugging-port=0",
+         "--ignore-certificate-errors", "--remote-debugging-port=0",
          "--autoplay-policy=no-user-gesture-required"]  # WebRTC video starts without a click
 
 # Installed before any page script: remembers every RTCPeerConnection the page makes.
@@ -125,8 +125,9 @@ async def _until(page: _Page, out: Path, ok: Callable[[Path], bool], timeout: fl
 class Chromium:
     """Headless Chromium with one page, optionally in a network namespace."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, window: tuple[int, int] = (1280, 720)) -> None:
         self.netns = netns
+        self.window = window
         self.proc: subprocess.Popen[str] | None = None
         self.page_ws = ""
         self._profile: tempfile.TemporaryDirectory[str] | None = None
@@ -139,7 +140,8 @@ class Chromium:
                                                     ignore_cleanup_errors=True)
         prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
         self.proc = subprocess.Popen(
-            [*prefix, chromium, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
+            [*prefix, chromium, *FLAGS, f"--window-size={self.window[0]},{self.window[1]}",
+             f"--user-data-dir={self._profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
         try:
@@ -220,6 +222,21 @@ class Chromium:
                                   returnByValue=True, awaitPromise=True)
             return _value(got)
         return self._run(steps)
+
+    @property
+    def pids(self) -> list[int]:
+        """The browser's processes (its own session: renderer, GPU, network helpers)."""
+        if self.proc is None:
+            return []
+        sid = self.proc.pid
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
+                        found.append(int(entry))
+        return found
 
     def peer_configs(self) -> list[dict[str, Any]] | None:
         """The page's RTCPeerConnection configurations (None: RTC_SPY was not installed)."""

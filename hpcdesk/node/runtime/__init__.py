@@ -25,7 +25,7 @@ class DesktopPlan:
     web_port: int
     user: str
     password: str
-    encoder: str           # nvh264enc | x264enc | vp8enc | vp9enc
+    encoder: str           # encoder.ENCODERS less auto
     encoder_threads: int
     xorg_driver: Literal["dummy", "nvidia"]
     bus_id: str | None

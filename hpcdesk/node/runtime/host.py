@@ -10,6 +10,7 @@ from pathlib import Path
 from hpcdesk.node.errors import StartError
 from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
+from hpcdesk.node.selkies_web import web_root_setting
 from hpcdesk.node.xserver import start_xorg, write_x_files
 
 # hpcdesk's encoder names (those of the upstream GLX image) -> PyPI selkies' settings.
@@ -18,6 +19,8 @@ _SELKIES_ENCODER = {
     "x264enc": ("h264enc", "true"),
     "vp8enc": ("vp8enc", "true"),
     "vp9enc": ("vp9enc", "true"),
+    "x264enc-striped": ("h264enc-striped", "true"),
+    "jpeg": ("jpeg", "true"),
 }
 _SELKIES_DPIS = (96, 120, 144, 168, 192, 216, 240, 264, 288)
 
@@ -56,11 +59,24 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
         "SELKIES_SCALING_DPI": str(dpi),
         "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
+        # The tuning knobs measured by benchmarks/stream.py (README "Performance").
+        "SELKIES_RATE_CONTROL_MODE": d.rate_control,
+        "SELKIES_VIDEO_CRF": str(d.video_crf),
+        "SELKIES_JPEG_QUALITY": str(d.jpeg_quality),
+        "SELKIES_CPU_ENCODE_THREADING": "true" if threaded(d.encode_threading,
+                                                          plan.encoder_threads) else "false",
         **ice_env(plan),
     }
     if plan.tls_cert and plan.tls_key:
         env["SELKIES_HTTPS_CERT"], env["SELKIES_HTTPS_KEY"] = str(plan.tls_cert), str(plan.tls_key)
     return env
+
+
+def threaded(setting: str, encoder_threads: int) -> bool:
+    """desktop.encode_threading: always, never, or auto (threads only when the allocation gives
+    the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, README
+    "Performance")."""
+    return setting == "always" or (setting == "auto" and encoder_threads >= 2)
 
 
 def _auth_env(plan: DesktopPlan) -> dict[str, str]:
@@ -134,6 +150,14 @@ class HostRuntime:
         x = start_xorg(xorg, files, d.dpi, env, logs / "xorg.out", timeout)
         children: list[Child] = [x.child]
         try:
+            # Selkies first: its own start (Python imports, its web server) is the longest
+            # step, so it begins while the session and the autostart programs start.
+            senv = {**env, **selkies_env(plan, x.display)}
+            web_root = web_root_setting(r.selkies_web_root, selkies_cmd[0])
+            if web_root:
+                senv["SELKIES_WEB_ROOT"] = web_root
+            children.append(spawn("selkies", selkies_cmd, senv, logs / "selkies.log",
+                                  restartable=True))
             denv = {**env, "DISPLAY": x.display}
             children.append(spawn("desktop session", session_cmd, denv, logs / "desktop.log",
                                   cwd=Path(env.get("HOME", "/"))))
@@ -141,9 +165,6 @@ class HostRuntime:
                 children.append(spawn(f"autostart[{i}] {app}", shlex.split(app), denv,
                                       logs / "desktop.log", cwd=Path(env.get("HOME", "/")),
                                       essential=False))
-            senv = {**env, **selkies_env(plan, x.display)}
-            children.append(spawn("selkies", selkies_cmd, senv, logs / "selkies.log",
-                                  restartable=True))
         except BaseException:
             from hpcdesk.node.procs import stop_all
 
