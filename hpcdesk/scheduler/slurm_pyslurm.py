@@ -190,20 +190,8 @@ class Pyslurm(QueueTable):
             raise SchedulerError(f"submitting through pyslurm failed: {msg}") from None
         return JobRef(str(job_id), None)
 
-    def fetch_tags(self, cluster: str | None) -> dict[str, str] | None:
-        if cluster:
-            self.last_error = NO_MULTI_CLUSTER
-            return None
-        self.calls["Jobs.load"] += 1
-        try:
-            jobs = self.pyslurm.Jobs.load()
-        except self.pyslurm.RPCError as exc:
-            self.last_error = _message(exc)
-            return None
-        return {str(job.comment): str(job.id) for job in jobs.values()
-                if job.user_id == self.uid and job.comment}
-
-    def fetch_table(self, cluster: str | None) -> str | None:
+    def _own_jobs(self, cluster: str | None) -> list[Any] | None:
+        """This user's jobs on the controller, with one Jobs.load (None: see last_error)."""
         if cluster:
             self.last_error = NO_MULTI_CLUSTER
             return None
@@ -214,10 +202,20 @@ class Pyslurm(QueueTable):
             self.last_error = _message(exc)
             return None
         self.last_error = ""
+        return [job for job in jobs.values() if job.user_id == self.uid]
+
+    def fetch_tags(self, cluster: str | None) -> dict[str, str] | None:
+        jobs = self._own_jobs(cluster)
+        if jobs is None:
+            return None
+        return {str(job.comment): str(job.id) for job in jobs if job.comment}
+
+    def fetch_table(self, cluster: str | None) -> str | None:
+        jobs = self._own_jobs(cluster)
+        if jobs is None:
+            return None
         lines = []
-        for job in jobs.values():
-            if job.user_id != self.uid:
-                continue
+        for job in jobs:
             lines.append(row(str(job.id), str(job.state), str(job.state_reason or ""),
                              _iso(job.start_time), str(job.allocated_nodes or "")))
         return "".join(line + "\n" for line in lines)
