@@ -20,9 +20,15 @@ CYTHON="cython==3.0.12"  # pyslurm 22.5/24.11 build with Cython 3.0.x (not 3.1)
 
 log() { printf '[pyslurm] %s\n' "$*" >&2; }
 
-slurm=$(sinfo -V | awk '{print $2}')              # e.g. 22.05.8
-[[ $slurm =~ ^([0-9]+)\.([0-9]+)\. ]] || { log "cannot read Slurm's version from sinfo -V"; exit 1; }
-series="${BASH_REMATCH[1]}.$((10#${BASH_REMATCH[2]}))"  # 22.05 -> 22.5, 24.11 -> 24.11
+# The Slurm release of the headers pyslurm is built against (no slurm.conf needed, unlike
+# `sinfo -V`, which must find a configuration first).
+header=/usr/include/slurm/slurm_version.h
+num=$(awk '/#define SLURM_VERSION_NUMBER/ {print $3}' "$header" 2>/dev/null)
+[[ $num =~ ^0x[0-9a-fA-F]+$ ]] || { log "cannot read SLURM_VERSION_NUMBER from $header" \
+    "(apt-get install libslurm-dev)"; exit 1; }
+major=$(((num >> 16) & 0xff)) minor=$(((num >> 8) & 0xff)) micro=$((num & 0xff))
+slurm=$(printf '%d.%02d.%d' "$major" "$minor" "$micro")  # e.g. 22.05.8
+series="$major.$minor"                                   # 22.05 -> 22.5, 24.11 -> 24.11
 shopt -s nullglob
 archives=("$SRC_DIR"/pyslurm-"$series".*.tar.gz)
 if ((${#archives[@]} == 0)); then
