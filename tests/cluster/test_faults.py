@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import User, _run, controller_stopped, read_until
+from conftest import User, _run, controller_stopped, http_status, read_until
 
 pytestmark = pytest.mark.cluster
 SITE = ("--site", "devcluster")
@@ -136,8 +136,6 @@ def test_web_ui_crash_restarts_with_same_url_then_x_crash_ends(user: User,
 
 
 def _status(url: str, creds: tuple[str, str]) -> int:
-    from conftest import http_status
-
     try:
         return http_status(url, creds)
     except OSError:
