@@ -12,7 +12,7 @@ CACHE=${HPCDESK_CACHE:-/var/cache/hpcdesk}
 # Every tool a test uses is listed here, never left to arrive as someone's dependency: under
 # `make test` a missing tool fails its test (tests/tooling.py), so this list is the contract.
 APT_PACKAGES=(
-  slurm-wlm munge iproute2 util-linux procps psmisc curl ca-certificates openssl
+  slurm-wlm slurm-client munge iproute2 util-linux procps psmisc curl ca-certificates openssl
   xserver-xorg-core xserver-xorg-video-dummy x11-utils x11-xserver-utils xauth xvfb
   xcvt        # `cvt`: the modeline tests compare hpcdesk's CVT with it byte for byte
   openbox xterm chromium fonts-dejavu-core
