@@ -157,6 +157,18 @@ def node_exec(node: str, *argv: str, timeout: float = 60) -> subprocess.Complete
     return _run(["bash", str(DEVCLUSTER), "exec", node, *argv], timeout=timeout)
 
 
+def place_window(user: User, session: str, colour: str = "#13a86b", where: str = "+0+0",
+                 root: Path | None = None) -> None:
+    """An xterm of a known colour on a session's display, started on its node as the user
+    (the pixel checks look for it in the browser)."""
+    state = json.loads(((root or user.sessions_root()) / session / "node.json").read_text())
+    xterm = node_exec(str(state["node"]), "runuser", "-u", user.name, "--", "env",
+                      f"DISPLAY={state['display']}", f"XAUTHORITY={state['xauthority']}",
+                      "sh", "-c", 'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
+                      "xterm", "-bg", colour, "-geometry", f"200x80{where}")
+    assert xterm.returncode == 0, xterm.stderr
+
+
 def node_user_pids(node: str, user: str = USER) -> list[str]:
     """The dev user's processes inside a node's network namespace (compared by ns inode)."""
     ns = os.stat(f"/run/netns/{node}").st_ino

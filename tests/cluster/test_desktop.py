@@ -17,8 +17,8 @@ from conftest import (
     _run,
     colour_fraction,
     http_status,
-    node_exec,
     node_user_pids,
+    place_window,
     read_until,
 )
 
@@ -46,14 +46,7 @@ def test_submit_browser_cancel(user: User, tmp_path: Path, cleanup_jobs: list[st
     assert http_status(url, (data["user"], "wrong")) == 401
 
     # A window of a known colour, placed on the desktop's display from the node itself.
-    node_state = json.loads((user.sessions_root() / str(data["session"]) / "node.json")
-                            .read_text())
-    xterm = node_exec(node, "runuser", "-u", user.name, "--", "env",
-                      f"DISPLAY={node_state['display']}",
-                      f"XAUTHORITY={node_state['xauthority']}", "sh", "-c",
-                      'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
-                      "xterm", "-bg", "#13a86b", "-geometry", "200x80+0+0")
-    assert xterm.returncode == 0, xterm.stderr
+    place_window(user, str(data["session"]))
     authed = url.replace("https://", f"https://{data['user']}:{data['password']}@")
     shot = tmp_path / "desktop.png"
     seen = browser.watch(authed, shot, lambda png: colour_fraction(png, GREEN) > 0.10)

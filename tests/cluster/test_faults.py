@@ -29,21 +29,9 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 120,
 
 def tree(root: int) -> set[int]:
     """`root` and its descendants now (all nodes share this machine's process table)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat[stat.rfind(")") + 2:].split()[1])
-    found, frontier = {root}, [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        found.update(kids)
-        frontier.extend(kids)
-    return found
+    from hpcdesk.node.procs import descendants
+
+    return {root, *descendants(root)}
 
 
 def alive(pids: set[int]) -> set[int]:

@@ -32,8 +32,8 @@ from conftest import (
     _run,
     colour_fraction,
     http_status,
-    node_exec,
     node_user_pids,
+    place_window,
 )
 from oodharness import (
     FORM,
@@ -250,12 +250,7 @@ def test_ood_session_through_the_proxy(user: User, app: Path, ood_core: Path, ro
         # A window of a known colour on the desktop, placed from the node itself.
         node_state = json.loads((user.sessions_root() / sid / "node.json").read_text())
         node = str(node_state["node"])
-        xterm = node_exec(node, "runuser", "-u", user.name, "--", "env",
-                          f"DISPLAY={node_state['display']}",
-                          f"XAUTHORITY={node_state['xauthority']}", "sh", "-c",
-                          'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
-                          "xterm", "-bg", "#13a86b", "-geometry", "200x80+0+0")
-        assert xterm.returncode == 0, xterm.stderr
+        place_window(user, sid)
         with browser.Chromium() as chromium:
             t1 = time.monotonic()
             chromium.open(base + link)
@@ -394,14 +389,7 @@ def test_cli_token_mode(user: User, cleanup_jobs: list[str], tmp_path: Path) -> 
             return int(s.recv(4096).decode(errors="replace").split()[1])
 
     assert upgrade(False) == 401 and upgrade(True) == 101
-    node_state = json.loads((user.sessions_root() / str(data["session"]) / "node.json")
-                            .read_text())
-    xterm = node_exec(str(data["node"]), "runuser", "-u", user.name, "--", "env",
-                      f"DISPLAY={node_state['display']}",
-                      f"XAUTHORITY={node_state['xauthority']}", "sh", "-c",
-                      'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
-                      "xterm", "-bg", "#13a86b", "-geometry", "200x80+0+0")
-    assert xterm.returncode == 0, xterm.stderr
+    place_window(user, str(data["session"]))
     shot = tmp_path / "token-desktop.png"
     assert browser.watch(url, shot, lambda png: colour_fraction(png, GREEN) > 0.10), shot
     for path in (user.sessions_root() / str(data["session"])).iterdir():

@@ -23,7 +23,7 @@ import browser
 import oodharness
 import pytest
 import sshnet
-from conftest import User, colour_fraction, node_exec
+from conftest import User, colour_fraction, place_window
 from sshnet import (
     BASTION_IP,
     LOGIN_INNER_IP,
@@ -154,22 +154,10 @@ def desktop(user: User, net: Net) -> Iterator[dict[str, str]]:
     """One desktop for the tests that connect to an existing session, with a green window."""
     data = user.json("submit", *SITE, "--connect", "tunnel", timeout=240)
     try:
-        place_window(user, data, "#13a86b", "+0+0")
+        place_window(user, str(data["session"]), "#13a86b", "+0+0")
         yield data
     finally:
         user.run("cancel", str(data["session"]), *SITE, timeout=90)
-
-
-def place_window(user: User, data: dict[str, str], colour: str, where: str) -> None:
-    """A window of a known colour on the desktop's display, placed from the node itself."""
-    node_state = json.loads((user.sessions_root() / str(data["session"]) / "node.json")
-                            .read_text())
-    xterm = node_exec(str(node_state["node"]), "runuser", "-u", user.name, "--", "env",
-                      f"DISPLAY={node_state['display']}",
-                      f"XAUTHORITY={node_state['xauthority']}", "sh", "-c",
-                      'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
-                      "xterm", "-bg", colour, "-geometry", f"200x80{where}")
-    assert xterm.returncode == 0, xterm.stderr
 
 
 @dataclass
@@ -360,7 +348,7 @@ def test_desktop_through_the_tunnel_and_recovery(user: User, net: Net, desktop: 
         assert net.login.connection_pids(), "the tunnel did not connect again"
         # The same page, untouched, shows the live desktop again: a window placed after the
         # reconnect appears (the old connection's stream died with the old SSH link).
-        place_window(user, desktop, "#c81e1e", "+400+300")
+        place_window(user, str(desktop["session"]), "#c81e1e", "+400+300")
         shot2 = tmp_path / "after-reconnect.png"
         assert chrome.wait_for(shot2, shows(RED), timeout=120), \
             f"the page does not show the live desktop after the reconnect: {shot2}"
@@ -382,7 +370,7 @@ def test_submit_through_the_tunnel_then_cancel_on_exit(user: User, net: Net,
             # The login node's progress, streamed: submitted, then the waiter's steps.
             assert f"session {session}, job " in tun.stderr and "submitted" in tun.stderr
             assert re.search(r"\[\s*[\d.]+s\] .*(queued|running|desktop)", tun.stderr)
-            place_window(user, {"session": session}, "#1e3cc8", "+0+0")
+            place_window(user, session, "#1e3cc8", "+0+0")
             shot = tmp_path / "submitted.png"
             assert browser.watch(authed(info), shot, shows(BLUE), netns=NS_LAPTOP), shot
             assert tun.interrupt() == 130
@@ -576,7 +564,7 @@ def test_tunnel_to_an_ood_started_desktop(user: User, net: Net, tmp_path: Path) 
     job, _work, conn = oodharness.start_session(user, app, oodharness.copy_ood_core(user))
     try:
         sid, token = str(conn["hpcdesk_session"]), str(conn["token"])
-        place_window(user, {"session": sid}, "#13a86b", "+0+0")
+        place_window(user, sid, "#13a86b", "+0+0")
         with tunnel(net, sid, "--login", "login", "--json") as tun:
             info = tun.ready()
             assert info["session"] == sid and not info["password"]

@@ -44,6 +44,7 @@ from conftest import (
     colour_fraction,
     node_exec,
     node_user_pids,
+    place_window,
 )
 from tooling import require
 
@@ -307,16 +308,6 @@ def rtc_file(user: User, conn: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return st.stdout.strip(), dict(json.loads(body.stdout))
 
 
-def place_window(user: User, conn: dict[str, Any]) -> None:
-    """A window of a known colour on the desktop, started on the node itself."""
-    state = node_state(user, conn)
-    xterm = node_exec(str(conn["node"]), "runuser", "-u", user.name, "--", "env",
-                      f"DISPLAY={state['display']}", f"XAUTHORITY={state['xauthority']}",
-                      "sh", "-c", 'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
-                      "xterm", "-bg", "#13a86b", "-geometry", "200x80+0+0")
-    assert xterm.returncode == 0, xterm.stderr
-
-
 def cancel(user: User, site: Path, conn: dict[str, Any]) -> None:
     user.run("cancel", str(conn["session"]), "--site", str(site), timeout=90)
     deadline = time.monotonic() + 30
@@ -368,7 +359,7 @@ def test_no_public_relay_websockets(user: User, site_dir: Path, tmp_path: Path,
     assert status == 200 and json.loads(body)["enable_dual_mode"] is False
     status, body = http(f"{conn['url']}api/switch", auth, json.dumps({"mode": "webrtc"}).encode())
     assert status == 403, (status, body)
-    place_window(user, conn)
+    place_window(user, str(conn["session"]))
     with browser.Chromium() as tools:
         tools.open(str(conn["url"]), init_script=browser.RTC_SPY, login=auth)
         seen = tools.wait_for(tmp_path / "ws.png", lambda p: colour_fraction(p, GREEN) > 0.10)
@@ -395,7 +386,7 @@ def test_no_public_relay_webrtc_without_turn(user: User, site_dir: Path, tmp_pat
     status, body = http(f"{conn['url']}api/status", auth)
     # webrtc is configured: switching transports is allowed
     assert status == 200 and json.loads(body)["enable_dual_mode"] is True
-    place_window(user, conn)
+    place_window(user, str(conn["session"]))
     with browser.Chromium() as tools:
         tools.open(str(conn["url"]), init_script=browser.RTC_SPY, login=auth)
         seen = tools.wait_for(tmp_path / "rtc.png", lambda p: colour_fraction(p, GREEN) > 0.10)
@@ -577,7 +568,7 @@ def test_webrtc_relayed_through_the_site_turn(user: User, laptop: str, site_dir:
         assert api_turn(conn)["iceTransportPolicy"] == "relay"
         port, node_ip = int(conn["port"]), str(conn["host"])
         assert not laptop_connects(node_ip, port), "the laptop must not reach the node"
-        place_window(user, conn)
+        place_window(user, str(conn["session"]))
         url = f"https://127.0.0.1:{port}/"
         seen, configs = view_from_laptop(laptop, conn, url, [port], node_ip,
                                          tmp_path / "relay.png")
@@ -627,7 +618,7 @@ def test_webrtc_through_the_in_job_turn_over_tcp_only(user: User, laptop: str, s
     assert conf.stdout.strip() == f"{user.name} 600"
     assert node_exec(str(conn["node"]), "test", "-s", f"{turn_dir}/turnserver.pid").returncode == 0
     assert not laptop_connects(node_ip, port)
-    place_window(user, conn)
+    place_window(user, str(conn["session"]))
     url = f"https://127.0.0.1:{port}/"
     seen, configs = view_from_laptop(laptop, conn, url, [port, turn_port], node_ip,
                                      tmp_path / "jobturn.png")
