@@ -97,6 +97,16 @@ def is_path(spec: str) -> bool:
     return "/" in spec or spec.endswith(".sif")
 
 
+def is_upstream(spec: str) -> bool:
+    """Whether runtime.image names a selkies-project image (glx, egl) rather than one of
+    hpcdesk's own (debian, kde: hpcdesk's entrypoint, token mode, every Selkies setting)."""
+    if is_path(spec):
+        name = Path(spec).name.lower()
+        return "glx" in name or "egl" in name
+    flavor = FLAVORS.get(spec.partition(":")[0])
+    return bool(flavor and flavor.upstream)
+
+
 def resolve_image(spec: str, image_dir: str) -> str:
     """A runnable image path for runtime.image (a path, or a flavour built into image_dir)."""
     if is_path(spec):

@@ -118,11 +118,16 @@ def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("flavor", ["glx", "egl", "debian"])
+@pytest.mark.parametrize("flavor", ["glx", "egl", "debian", "kde"])
 def test_every_image_installs_the_shared_entrypoint_functions(flavor: str) -> None:
     d = parse_def(def_text(flavor))
     assert f"entrypoint-lib.sh {ENTRYPOINT_LIB}" in d.sections["files"]
-    assert f"bash -n {ENTRYPOINT_LIB}" in d.sections["post"]
+    post = d.sections["post"]
+    if flavor in ("debian", "kde"):  # hpcdesk's images: one shared %post script
+        assert "debian/build.sh /opt/.hpcdesk-build-files/build.sh" in d.sections["files"]
+        assert f"build.sh {'xfce' if flavor == 'debian' else 'kde'}" in post
+        post = (IMAGES / "debian/build.sh").read_text()
+    assert f"bash -n {ENTRYPOINT_LIB}" in post
 
 
 def contract_keys() -> set[str]:
@@ -251,10 +256,11 @@ def test_no_sudo_download_or_etc_writes(flavor: str) -> None:
 
 
 def _image_code() -> dict[str, str]:
-    """Every image file without its comment lines, heredocs included (the Debian image's
-    entrypoint is one)."""
+    """Every image file without its comment lines: the definitions, the upstream entrypoint
+    and hpcdesk's images' files (images/debian/)."""
     files = {"upstream-entrypoint.sh": entrypoint_of("glx")}
     files |= {path.name: path.read_text() for path in sorted(IMAGES.glob("*.def"))}
+    files |= {f"debian/{p.name}": p.read_text() for p in sorted((IMAGES / "debian").iterdir())}
     return {name: "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
             for name, text in files.items()}
 
@@ -269,7 +275,7 @@ def test_images_generate_no_x_configuration() -> None:
         assert found is None, f"{name} generates X configuration: {found}"
     ep = _image_code()["upstream-entrypoint.sh"]
     assert '-config "$HPCDESK_XORG_CONF"' in ep and '-auth "$XAUTHORITY"' in ep
-    debian = _image_code()["debian-desktop.def"]
+    debian = _image_code()["debian/entrypoint.sh"]
     assert '-config "$HPCDESK_XORG_CONF"' in debian and '-auth "$XAUTHORITY"' in debian
 
 
