@@ -9,8 +9,8 @@ For each desktop it prints submit -> URL (what a person waits for) and where the
   queue+launch   sbatch accepted -> the node agent starts (Slurm, job script)
   agent          agent start -> desktop launched (GPU binding, ports, secrets, X files)
   desktop        launched -> healthy: the container (SIF mount, container start), X, Selkies;
-                 the image's entrypoint logs when its X server took clients and when it
-                 started Selkies and the session (container.log), split out below
+                 the image's entrypoint stamps its own start (after the SIF mount and the
+                 container start), X taking clients, and Selkies listening (container.log)
   publish        healthy -> URL printed
 and, for the images, `apptainer exec --contain IMAGE true` alone (SIF mount + container start).
 """
@@ -37,8 +37,9 @@ DESKTOPS = {
             f"runtime.image_dir={IMAGE_DIR}"],
 }
 # The Debian images' entrypoint stamps these lines with $EPOCHREALTIME (images/debian/).
-STAMPS = {"x_ready": r"X server took clients at (\d+\.\d+)",
-          "web_started": r"web server started at (\d+\.\d+)"}
+STAMPS = {"entrypoint": r"entrypoint started at (\d+\.\d+)",
+          "x_ready": r"X server took clients at (\d+\.\d+)",
+          "web_listens": r"web server listens at (\d+\.\d+)"}
 
 
 def one(extra: list[str]) -> dict[str, float]:
