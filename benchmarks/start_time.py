@@ -93,9 +93,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", nargs="*", default=list(DESKTOPS), choices=list(DESKTOPS))
+    ap.add_argument("--image", action="append", default=[], metavar="LABEL=SIF",
+                    help="also an image by path, e.g. an older build: kde-before=/path/x.sif")
     args = ap.parse_args()
+    for spec in args.image:
+        label, _, path = spec.partition("=")
+        DESKTOPS[label] = ["--runtime", "apptainer", "--image", path]
     report: list[str] = []
-    for name in args.only:
+    for name in [*args.only, *(s.partition("=")[0] for s in args.image)]:
         series: dict[str, list[float]] = {}
         for i in range(args.runs):  # interleaving would mix caches; one desktop kind at a time
             r = one(DESKTOPS[name])
@@ -108,7 +113,7 @@ def main() -> int:
         for k, v in series.items():
             if k != "submit_to_url":
                 report.append(f"          {k:22} {fmt(v)}")
-        if name != "host":
+        if name in ("debian", "kde"):
             report.append(f"          {'apptainer exec true':22} "
                           f"{fmt(container_start(name, args.runs))}")
     print("\nsubmit -> URL (s), same run:\n" + "\n".join(report))
