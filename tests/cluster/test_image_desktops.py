@@ -198,7 +198,9 @@ def test_image_selkies_receives_the_hosts_settings(user: User, debian_image: str
     """Every desktop setting with a non-default value: the Selkies inside the image gets the
     same SELKIES_* environment as the host runtime's Selkies (the one mapping,
     node/selkies_settings.py), bar what names per-session paths and secrets."""
+    # Both on one node (no GPU needed), so that the bind address is the same too.
     sets = [a for s in SETTINGS for a in ("--set", s)]
+    sets += ["--set", "scheduler.extra_args=['--nodelist=gpu02']", "-G", "0"]
     host = user.json("submit", *SITE, *sets, timeout=400)
     cleanup_jobs.append(str(host["session"]))
     image = user.json("submit", *SITE, "--runtime", "apptainer", "--image", "debian", *sets,
