@@ -753,3 +753,19 @@ def test_glx_without_gpu_names_the_alternatives(script: Path, tmp_path: Path) ->
     r = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert "needs an NVIDIA GPU" in r.stderr and "egl" in r.stderr
+
+
+def test_debian_images_start_selkies_first_and_the_session_last() -> None:
+    """Start time (issue 21): Selkies' imports run while Xorg starts (held off the display by
+    its app-ready file until X takes clients), the desktop session starts once Selkies
+    listens; the password and master token only ever reach Selkies' own environment."""
+    ep = "\n".join(code_lines((IMAGES / "debian/entrypoint.sh").read_text()))
+    selkies = ep.index("/opt/hpcdesk/venv/bin/selkies &")
+    xorg = ep.index("/usr/lib/xorg/Xorg")
+    ready = ep.index(': > "$SELKIES_APP_READY_FILE"')
+    probe = ep.index('/dev/tcp/$probe/$port')
+    session = ep.index('dbus-run-session -- "${session_cmd[@]}" &')
+    assert "SELKIES_APP_WAIT_READY=true" in ep[:selkies]
+    assert selkies < xorg < ep.index("wait_x", xorg) < ready < probe < session
+    assert "SELKIES_MASTER_TOKEN=$token /opt/hpcdesk/venv/bin/selkies &" in ep
+    assert "unset PASSWD PASSWORD SELKIES_BASIC_AUTH_PASSWORD SELKIES_MASTER_TOKEN" in ep
