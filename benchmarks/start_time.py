@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -93,14 +94,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", nargs="*", default=list(DESKTOPS), choices=list(DESKTOPS))
-    ap.add_argument("--image", action="append", default=[], metavar="LABEL=SIF",
-                    help="also an image by path, e.g. an older build: kde-before=/path/x.sif")
+    ap.add_argument("--desktop", action="append", default=[], metavar="LABEL=SUBMIT_ARGS",
+                    help="also a desktop of your own, e.g. an older build: "
+                    "'kde-before=--runtime apptainer --image /path/kde-old.sif'")
     args = ap.parse_args()
-    for spec in args.image:
-        label, _, path = spec.partition("=")
-        DESKTOPS[label] = ["--runtime", "apptainer", "--image", path]
+    for spec in args.desktop:
+        label, _, extra = spec.partition("=")
+        DESKTOPS[label] = shlex.split(extra)
     report: list[str] = []
-    for name in [*args.only, *(s.partition("=")[0] for s in args.image)]:
+    for name in [*args.only, *(s.partition("=")[0] for s in args.desktop)]:
         series: dict[str, list[float]] = {}
         for i in range(args.runs):  # interleaving would mix caches; one desktop kind at a time
             r = one(DESKTOPS[name])
