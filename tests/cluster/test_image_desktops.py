@@ -16,7 +16,7 @@ from pathlib import Path
 
 import browser
 import pytest
-from conftest import REPO, User, _run, colour_fraction, http_status, node_exec, node_user_pids
+from conftest import REPO, VENV, User, _run, colour_fraction, http_status, node_exec, node_user_pids
 from test_apptainer import SITE, debian_image, image_xorg_screen
 from tooling import require
 
@@ -201,7 +201,9 @@ def test_image_selkies_receives_the_hosts_settings(user: User, debian_image: str
     # Both on one node (no GPU needed), so that the bind address is the same too.
     sets = [a for s in SETTINGS for a in ("--set", s)]
     sets += ["--set", "scheduler.extra_args=['--nodelist=gpu02']", "-G", "0"]
-    host = user.json("submit", *SITE, *sets, timeout=400)
+    # The host runtime runs this test run's Selkies (the venv the cluster tests install into).
+    host = user.json("submit", *SITE, *sets, "--set", f"runtime.selkies={VENV}/bin/selkies",
+                     timeout=400)
     cleanup_jobs.append(str(host["session"]))
     image = user.json("submit", *SITE, "--runtime", "apptainer", "--image", "debian", *sets,
                       timeout=400)
