@@ -167,9 +167,30 @@ def _yaml() -> Any:
     return yaml
 
 
-def _yaml_load(text: str) -> Any:
+# YAML 1.1 reads 2:00:00 as the base-60 integer 7200 (and 0123 as octal): Slurm times and ids
+# must stay what was typed. Numbers are plain decimal (or 0x hex), as YAML 1.2 has them.
+_INT = r"[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+"
+_FLOAT = (r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+          r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+
+
+@functools.cache
+def _loader() -> Any:
     yaml = _yaml()
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    numbers = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    loader = type("HpcdeskLoader", (base,), {})
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in numbers]
+        for first, resolvers in base.yaml_implicit_resolvers.items()}
+    loader.add_implicit_resolver(numbers[0], re.compile(f"^(?:{_INT})$"), list("-+0123456789"))
+    loader.add_implicit_resolver(numbers[1], re.compile(f"^(?:{_FLOAT})$"),
+                                 list("-+0123456789."))
+    return loader
+
+
+def _yaml_load(text: str) -> Any:
+    return _yaml().load(text, Loader=_loader())
 
 
 def _read_yaml(path: Path) -> Any:
@@ -338,8 +359,17 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
              "network.turn_relay_min")
 
 
-def parse_cli_value(text: str) -> Any:
-    """A --set value as YAML scalar/list ('8', 'true', '[a, b]'), else the literal string."""
+def parse_cli_value(text: str, key: str | None = None) -> Any:
+    """A --set value: for a text key exactly what was typed (2:00:00 is a Slurm time, 0123 an
+    account); otherwise a YAML scalar/list ('8', 'true', '[a, b]'), else the literal string."""
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        tp = field_meta(key)[0] if key else None
+        if get_origin(tp) in (Union, types.UnionType):
+            if text.strip() in ("null", "~"):
+                return None
+            (tp,) = [a for a in get_args(tp) if a is not type(None)]
+        if tp is str:
+            return text
     try:
         return _yaml_load(text) if text.strip() else text
     except _yaml().YAMLError:

@@ -21,7 +21,7 @@ def overrides_from_sets(sets: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"command line: --set {item!r}: expected KEY=VALUE "
                               "(e.g. desktop.dpi=120)")
-        out[key.strip()] = config.parse_cli_value(value)
+        out[key.strip()] = config.parse_cli_value(value, key.strip())
     return out
 
 
