@@ -302,12 +302,12 @@ class Agent:
             raise Stop(self.stop_reason)
 
     def warn_time_limit(self) -> None:
-        """Once, `warn_before` seconds before the time limit: in node.json (so `hpcdesk
+        """Once, `warn_before` seconds before the desktop stops: in node.json (so `hpcdesk
         status` shows it) and as a message on the desktop itself."""
         req = self.request
         if self.warned or not req.time_limit or not req.warn_before:
             return
-        left = self.state["times"]["agent_start"] + req.time_limit - time.time()
+        left = seconds_left(req, self.state["times"]["agent_start"], time.time())
         if left > req.warn_before:
             return
         self.warned = True
@@ -358,6 +358,12 @@ class Agent:
                 conn.unlink()  # the credentials are dead; don't leave them lying around
         self.mark("ended")
         self.phase(phase, reason, reason=reason, outcome=self.outcome or phase)
+
+
+def seconds_left(req: DesktopRequest, started: float, at: float) -> float:
+    """Seconds until the desktop really stops: Slurm's early stop signal (`--signal
+    B:USR1@signal_lead`) ends it signal_lead seconds before the job's time limit."""
+    return started + req.time_limit - req.signal_lead - at
 
 
 def _address(req: DesktopRequest) -> tuple[str, str]:
