@@ -51,6 +51,11 @@ class Session:
             self._meta = read_json(self.path("session.json")) or {}
         return dict(self._meta)
 
+    def reload(self) -> dict[str, Any]:
+        """session.json as it is now on disk (another process may have changed it)."""
+        self._meta = None
+        return self.meta
+
     def update_meta(self, **changes: Any) -> dict[str, Any]:
         meta = read_json(self.path("session.json")) or {}
         meta.update(changes)

@@ -34,6 +34,9 @@ def wait_and_report(session: Session, scheduler: Scheduler, job: JobRef, loaded:
               f"  stop it:  hpcdesk cancel {session.id}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (DesktopFailed, WaitTimeout) as exc:
+        if session.reload().get("cancel_requested"):
+            report_cancelled(session, job, quiet)  # `hpcdesk cancel`, from another shell
+            return EXIT_FAILED
         keep = (isinstance(exc, JobCannotStart)
                 and loaded.config.scheduler.unstartable == "keep")
         report_failure(session, scheduler, job, exc, keep=keep)
@@ -74,6 +77,19 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
           (f"  on your laptop (this URL is for the cluster's network only):\n"
            f"            {laptop}\n" if laptop else "") +
           f"  stop it:  hpcdesk cancel {session.id}", flush=True)
+
+
+def report_cancelled(session: Session, job: JobRef, quiet: bool) -> None:
+    """The user cancelled the job while this command waited: not a failure of the desktop."""
+    node = session.node_state()
+    detail = str(node.get("reason") or "cancelled before the desktop started")
+    say(f"hpcdesk: session {session.id} was cancelled (job {job}) before the desktop was "
+        "ready", quiet)
+    if quiet:
+        emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
+                   "state": "cancelled", "detail": detail})
+    if not session.meta.get("final"):
+        session.update_meta(final={"state": "cancelled", "detail": detail, "at": now()})
 
 
 def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exception,
