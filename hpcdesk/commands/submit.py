@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         from hpcdesk.commands.laptop_hint import laptop_command
 
         laptop = laptop_command(session.id, args.site or os.environ.get("HPCDESK_SITE"))
-        say(f"  on your laptop: {laptop}", quiet)
+        if not quiet:  # --json carries it as laptop_command (`tunnel --submit` has its own)
+            say(f"  on your laptop: {laptop}")
     if args.no_wait:
         if quiet:
             emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,

@@ -308,6 +308,49 @@ def test_webrtc_session_forwards_turn_port_at_the_same_number(
     assert srv.policy.commands[0] == "hpcdesk status w1 --json"
 
 
+def test_submit_names_the_way_this_laptop_came(
+        tmp_path: Path, client_key: tuple[paramiko.PKey, Path], servers: list[FakeLoginNode],
+        no_agent: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tunnel --submit` says how to come back to the new session from this laptop: the
+    --login it used and its jump host, never the login node's own host name."""
+    web = node_service(b"web:")
+    status = {"session": "s9", "job_id": "78", "state": "ready", "node": "gpu01",
+              "url": f"http://127.0.0.2:{web.getsockname()[1]}/", "user": "al",
+              "password": "pw"}
+
+    def execute(cmd: str) -> tuple[int, str, str]:
+        if " submit " in f" {cmd} ":  # what hpcdesk submit --json prints there
+            return (0, json.dumps({"session": "s9", "job_id": "78", "state": "submitted",
+                                   "laptop_command": "hpcdesk tunnel s9 --login "
+                                   "al@login1.cluster.internal --open"}),
+                    "hpcdesk: session s9, job 78 submitted\n")
+        return 0, json.dumps(status), ""
+
+    srv = start(Policy(keys=[client_key[0]], execute=execute))
+    servers.append(srv)
+    tunnel = Tunnel([hop_for(srv, tmp_path, client_key[1])], Authenticator(Answers()),
+                    "hpcdesk", None)
+    opts = Options(login="al@login", submit=["-t", "1:00:00"], json=True,
+                   route_args=["--jump", "al@bastion.example"])
+    thread = threading.Thread(target=run, args=(opts, tunnel), daemon=True)
+    thread.start()
+    try:
+        out = err = ""
+        deadline = time.monotonic() + 90
+        while not out.strip() and time.monotonic() < deadline and thread.is_alive():
+            got = capsys.readouterr()
+            out, err = out + got.out, err + got.err
+            time.sleep(0.05)
+        assert json.loads(out)["session"] == "s9"
+    finally:
+        tunnel.stop()
+        thread.join(60)
+        web.close()
+    err += capsys.readouterr().err
+    assert "hpcdesk tunnel s9 --login al@login --jump al@bastion.example" in err, err
+    assert "login1.cluster.internal" not in err
+
+
 def test_websockets_session_forwards_the_web_port_only() -> None:
     ep = Endpoint.from_status({"session": "s", "url": "https://gpu01:41321/sub/?a=1#t=2",
                                "user": "al ice", "password": "p@ss", "turn_port": None})
