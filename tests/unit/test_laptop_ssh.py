@@ -35,7 +35,7 @@ class Answers:
         self.asked: list[tuple[str, bool]] = []
         self.told: list[str] = []
 
-    def ask(self, prompt: str, echo: bool) -> str:
+    def ask(self, prompt: str, echo: bool, asker: str = "the server") -> str:
         self.asked.append((prompt, echo))
         return self.answers.pop(0)
 
@@ -179,6 +179,22 @@ def test_encrypted_key_asks_passphrase_once(tmp_path: Path, servers: list[FakeLo
     link.connect([hop], auth).close()  # a reconnect: the key is in memory now
     assert [p for p, _ in prompter.asked] == [f"Enter passphrase for key '{path}': "] * 2
     assert prompter.told == ["Bad passphrase, try again."]
+
+
+def test_passphrase_without_a_terminal_is_not_the_servers_question(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The passphrase of a local key is hpcdesk's own question, asked before any server."""
+    from hpcdesk.laptop.auth import TerminalPrompter
+
+    path = tmp_path / "id_enc"
+    paramiko.ECDSAKey.generate().write_private_key_file(str(path), password="s3cret")
+    monkeypatch.setattr("sys.stdin", None)  # no terminal (a script, a service)
+    with pytest.raises(AuthFailed) as failed:
+        Authenticator(TerminalPrompter()).key_file(str(path))
+    said = str(failed.value)
+    assert "server" not in said, said
+    assert "unlock your key" in said and f"Enter passphrase for key '{path}'" in said
+    assert "ssh-add" in failed.value.hint
 
 
 def test_unreachable_host(tmp_path: Path) -> None:
