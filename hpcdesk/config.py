@@ -353,7 +353,7 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
 
         for key, msg in turn.config_problems(cfg.turn) + rtc.config_problems(cfg):
             fail(key, msg, *turn.AUTH_KEYS, "turn.host", "desktop.transport", "network.connect",
-                 "network.turn")
+                 "network.turn", "turn.ice_transport_policy")
     if cfg.network.turn_relay_max - cfg.network.turn_relay_min < 15:
         fail("network.turn_relay_max", "the in-job TURN's relay range needs at least 16 ports",
              "network.turn_relay_min")
