@@ -179,7 +179,7 @@ def _loader() -> Any:
     yaml = _yaml()
     base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     numbers = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-    loader = type("HpcdeskLoader", (base,), {})
+    loader: Any = type("HpcdeskLoader", (base,), {})
     loader.yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag not in numbers]
         for first, resolvers in base.yaml_implicit_resolvers.items()}

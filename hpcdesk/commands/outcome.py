@@ -57,7 +57,8 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
         emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
                    "state": "ready", **{k: conn.get(k) for k in (
                        "host", "port", "user", "password", "token", "node", "display",
-                       "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint",
+                       "encoder", "encoder_reason", "encoder_fallback", "interface", "tls",
+                       "tls_fingerprint",
                        "transport", "turn_port")},
                    "url": browser_link(conn),
                    **({"laptop_command": laptop} if laptop else {})})
@@ -70,6 +71,8 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
            f"  user:     {conn['user']}\n  password: {conn['password']}\n") +
           f"  node:     {conn.get('node')} (display {conn.get('display')}, "
           f"encoder {conn.get('encoder')})\n"
+          + (f"  note:     {conn.get('encoder_reason')}\n" if conn.get("encoder_fallback")
+             else "") +
           f"  session:  {session.id} (job {job})\n"
           + (f"  certificate: self-signed for this session; your browser warns once.\n"
              f"           SHA-256 {conn.get('tls_fingerprint')}\n"

@@ -33,7 +33,9 @@ class SessionStatus:
             out["url"] = conn.get("url")
             out["tls_fingerprint"] = conn.get("tls_fingerprint")
             # What `hpcdesk tunnel` forwards besides the web port (see connect/rtc.py).
-            out.update(transport=conn.get("transport"), turn_port=conn.get("turn_port"))
+            out.update(transport=conn.get("transport"), turn_port=conn.get("turn_port"),
+                       encoder=conn.get("encoder"), encoder_reason=conn.get("encoder_reason"),
+                       encoder_fallback=bool(conn.get("encoder_fallback")))
             if with_secrets:
                 out.update(user=conn.get("user"), password=conn.get("password"),
                            url=browser_link(conn), token=conn.get("token"))

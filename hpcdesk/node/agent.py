@@ -28,6 +28,7 @@ from hpcdesk.errors import ConfigError
 from hpcdesk.files import write_json
 from hpcdesk.node import address, health, jobturn, tls, viewers
 from hpcdesk.node.binding import bind_gpu
+from hpcdesk.node.encoder import EncoderChoice, stream_encoder
 from hpcdesk.node.errors import StartError, Stop
 from hpcdesk.node.ports import PortLease
 from hpcdesk.node.procs import (
@@ -178,13 +179,16 @@ class Agent:
         session_token = self.wait_healthy(plan, started, deadline)
         self.mark("healthy")
         scheme = "https" if req.desktop.https else "http"
+        stream = stream_encoder(req.desktop.interface, EncoderChoice(
+            gpu.encoder, gpu.encoder_threads, gpu.encoder_reason, gpu.encoder_fallback))
         connection = {
             "session": req.session_id, "url": f"{scheme}://{host}:{port}{url_path}",
             "host": host, "port": port, "path": url_path, "auth": req.desktop.auth,
             "user": None if token_mode else user, "password": None if token_mode else password,
             "token": session_token, "display": started.display,
             "node": self.state["node"], "interface": req.desktop.interface,
-            "encoder": gpu.encoder, "encoder_reason": gpu.encoder_reason,
+            "encoder": stream.name, "encoder_reason": stream.reason,
+            "encoder_fallback": stream.fallback,
             "tls": tls_files.kind if tls_files else None,
             "tls_fingerprint": tls_files.fingerprint if tls_files else None,
             "transport": req.desktop.transport,
