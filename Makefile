@@ -41,7 +41,7 @@ docs: setup-base
 ## run (tests/tooling.py).
 test: setup lint cluster-up
 	HPCDESK_TEST_STRICT=1 $(VENV)/bin/python -m pytest -rs tests; status=$$?; \
-	$(VENV)/bin/python scripts/update-readme-reliability.py; exit $$status
+	$(VENV)/bin/python scripts/update-docs-reliability.py; exit $$status
 
 bench: cluster-up
 	$(VENV)/bin/python benchmarks/run.py
