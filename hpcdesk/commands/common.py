@@ -10,7 +10,8 @@ from typing import Any
 
 from hpcdesk import config
 from hpcdesk.errors import ConfigError
-from hpcdesk.scheduler import Scheduler, get_scheduler
+from hpcdesk.scheduler import Scheduler
+from hpcdesk.scheduler.backends import get_scheduler
 from hpcdesk.session import session_root
 
 

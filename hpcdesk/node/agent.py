@@ -39,7 +39,8 @@ from hpcdesk.node.procs import (
     spawn,
     stop_all,
 )
-from hpcdesk.node.runtime import DesktopPlan, Started, get_runtime
+from hpcdesk.node.runtime import DesktopPlan, Started
+from hpcdesk.node.runtime.kinds import get_runtime
 from hpcdesk.notify import Notifier
 from hpcdesk.phases import FAILED, LAUNCHING, READY, STARTING, STOPPED, STOPPING, WAITING
 from hpcdesk.request import DesktopRequest

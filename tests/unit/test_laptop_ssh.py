@@ -14,7 +14,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from fake_login_node import FakeLoginNode, Policy
+from fake_login_node import FakeLoginNode, Policy, stop_accepting
 
 from hpcdesk.errors import EXIT_USAGE, Unreachable
 from hpcdesk.laptop import link
@@ -256,21 +256,34 @@ def test_port_in_use_is_a_clear_error() -> None:
             Forward(port, ("127.0.0.1", 1), lambda t: None, "web")
 
 
-def node_service(tag: bytes, port: int = 0) -> socket.socket:
-    """A service on the "node" (127.0.0.2): answers tag + what it got, once per connection."""
-    srv = socket.create_server(("127.0.0.2", port))
+class NodeService:
+    """A service on the "node" (127.0.0.2): answers tag + what it got, once per connection.
+    close() stops its accept thread before the socket goes (fake_login_node.stop_accepting)."""
 
-    def serve() -> None:
+    def __init__(self, tag: bytes, port: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.2", port))
+        self.tag = tag
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
         while True:
             try:
-                conn, _ = srv.accept()
+                conn, _ = self.sock.accept()
             except OSError:
                 return
             with conn:
-                conn.sendall(tag + conn.recv(1024))
+                conn.sendall(self.tag + conn.recv(1024))
 
-    threading.Thread(target=serve, daemon=True).start()
-    return srv
+    def getsockname(self) -> tuple[str, int]:
+        return self.sock.getsockname()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        stop_accepting(self.sock, self.thread)
+
+
+def node_service(tag: bytes, port: int = 0) -> NodeService:
+    return NodeService(tag, port)
 
 
 def roundtrip(port: int, data: bytes) -> bytes:
@@ -441,6 +454,23 @@ def test_reconnect_after_the_server_drops_the_link(
         fw.close()
         tunnel.close()
         web.close()
+
+
+def test_closed_listeners_leave_no_thread_that_could_accept(
+        servers: list[FakeLoginNode]) -> None:
+    """A thread left in accept() on a closed listener goes on to accept on whatever socket
+    reuses its descriptor number: once a later test's node service was served by this fake
+    SSH server (the browser got "SSH-2.0-paramiko..." instead of the desktop). Closing stops
+    the accept threads first, the fake login node's, the node service's and the tunnel's."""
+    srv = start(Policy())
+    web = node_service(b"web:")
+    fw = Forward(0, web.getsockname(), lambda t: None, "web")
+    fw.start()
+    threads = [srv._thread, web.thread, fw.thread]
+    srv.close()
+    web.close()
+    fw.close()
+    assert [t for t in threads if t is not None and t.is_alive()] == []
 
 
 def test_open_hands_the_browser_a_private_file(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
-from hpcdesk import scheduler
 from hpcdesk.config import load
 from hpcdesk.errors import ConfigError, SchedulerError, SchedulerRejected
 from hpcdesk.login import jobscript
-from hpcdesk.scheduler import JobRef, JobState
+from hpcdesk.scheduler import JobRef, JobState, backends
 from hpcdesk.scheduler import slurm_pyslurm as sp
 
 
@@ -188,16 +187,16 @@ def test_cancel_of_a_finished_job_is_fine() -> None:
 
 
 def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert scheduler.select_backend("slurm-cli", None)[0] == "slurm-cli"
+    assert backends.select_backend("slurm-cli", None)[0] == "slurm-cli"
     monkeypatch.setattr(sp, "probe", lambda: sp.Probe(False, "pyslurm is not installed"))
-    name, why = scheduler.select_backend("auto", None)
+    name, why = backends.select_backend("auto", None)
     assert name == "slurm-cli" and "pyslurm is not installed" in why
     with pytest.raises(ConfigError, match="pyslurm cannot be used here"):
-        scheduler.select_backend("pyslurm", None)
-    name, why = scheduler.select_backend("auto", "othercluster")
+        backends.select_backend("pyslurm", None)
+    name, why = backends.select_backend("auto", "othercluster")
     assert name == "slurm-cli" and "scheduler.cluster" in why
     monkeypatch.setattr(sp, "probe", lambda: sp.Probe(True, "pyslurm 22.5.3 matches", None))
-    assert scheduler.select_backend("auto", None) == ("pyslurm", "auto: pyslurm 22.5.3 matches")
+    assert backends.select_backend("auto", None) == ("pyslurm", "auto: pyslurm 22.5.3 matches")
 
 
 def test_probe_refuses_a_mismatched_release(monkeypatch: pytest.MonkeyPatch) -> None:
