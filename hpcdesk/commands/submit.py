@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import time
 from typing import Any
@@ -12,19 +11,15 @@ from hpcdesk.commands.common import (
     emit_json,
     load_config,
     overrides_from_sets,
-    root_of,
     say,
     scheduler_for,
 )
 from hpcdesk.commands.outcome import wait_and_report
 from hpcdesk.config import LoadedConfig, parse_resolution
-from hpcdesk.connect.turn import check_files, configured
-from hpcdesk.errors import EXIT_OK, SchedulerRejected, SubmitUncertain, UsageError
-from hpcdesk.files import atomic_write, write_json
+from hpcdesk.errors import EXIT_OK, SchedulerRejected, SubmitUncertain
+from hpcdesk.login.prepare import prepare
 from hpcdesk.notify import Listener
-from hpcdesk.request import DesktopRequest
-from hpcdesk.schema import slurm_time_seconds
-from hpcdesk.session import Session, create, discard, now
+from hpcdesk.session import discard, now
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -35,16 +30,6 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.resolution:
         out["desktop.width"], out["desktop.height"] = parse_resolution(args.resolution)
     return out
-
-
-def build_request(loaded: LoadedConfig, session_id: str) -> DesktopRequest:
-    c = loaded.config
-    return DesktopRequest(session_id=session_id, user=getpass.getuser(), cpus=c.scheduler.cpus,
-                          gpus=c.scheduler.gpus, start_timeout=c.timeouts.start,
-                          desktop=c.desktop, runtime=c.runtime, network=c.network, turn=c.turn,
-                          time_limit=slurm_time_seconds(c.scheduler.time),
-                          warn_before=c.timeouts.warn_before, idle_timeout=c.timeouts.idle,
-                          signal_lead=c.scheduler.signal_lead)
 
 
 def check_partition_limits(loaded: LoadedConfig) -> None:
@@ -61,36 +46,6 @@ def check_partition_limits(loaded: LoadedConfig) -> None:
     if problem:
         raise SchedulerRejected(f"Slurm could never start this job: {problem[0]}; nothing "
                                 "was submitted", hint=problem[1])
-
-
-def prepare(loaded: LoadedConfig) -> Session:
-    """A session directory holding request.json, job.sh and session.json (nothing submitted)."""
-    if configured(loaded.config.turn):
-        # A bad secret or credential file is a configuration error: nothing is submitted.
-        check_files(loaded.config.turn, loaded.sources)
-    root = root_of(loaded)
-    try:
-        session = create(root)
-    except OSError as exc:
-        raise UsageError(f"cannot create a session directory under {root}: {exc.strerror}",
-                         hint="set session_root to a writable directory the nodes share") from None
-
-    from hpcdesk.login import jobscript  # jinja2 is needed to submit only, not to list or watch
-
-    try:
-        request = build_request(loaded, session.id)
-        script = jobscript.render(loaded.config, session.id, session.dir)
-    except BaseException:
-        discard(session)
-        raise
-    atomic_write(session.path("request.json"), request.to_json() + "\n", mode=0o644)
-    atomic_write(session.path("job.sh"), script, mode=0o700)
-    write_json(session.path("session.json"), {
-        "id": session.id, "created": now(), "site": loaded.config.name,
-        "site_file": str(loaded.site_path) if loaded.site_path else None,
-        "cluster": loaded.config.scheduler.cluster, "job_id": None,
-    })
-    return session
 
 
 def run(args: argparse.Namespace) -> int:
