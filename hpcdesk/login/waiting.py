@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hpcdesk.connection import Connection
 from hpcdesk.errors import HpcdeskError, WaitTimeout
 from hpcdesk.phases import READY, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
@@ -83,7 +84,7 @@ class Waiter:
     def __post_init__(self) -> None:
         self._interval = self.timeouts.poll_min
 
-    def wait(self) -> dict[str, Any]:
+    def wait(self) -> Connection:
         started = time.monotonic()
         # No query at once: a job that starts quickly reports itself through the push
         # channel before the first poll, and then Slurm is never asked at all.
@@ -164,7 +165,7 @@ class Waiter:
             msg += f": {desktop_state(node).detail}"
         return DesktopFailed(msg, info, node)
 
-    def _on_record(self, record: dict[str, Any]) -> dict[str, Any] | None:
+    def _on_record(self, record: dict[str, Any]) -> Connection | None:
         """A verified push event or node.json: the agent's phase (never a secret)."""
         self._mark_agent()
         st = desktop_state(record)
@@ -183,7 +184,7 @@ class Waiter:
             if self._running_since is None:
                 self._running_since = time.monotonic()
 
-    def _check_files(self) -> dict[str, Any] | None:
+    def _check_files(self) -> Connection | None:
         if self._ready_seen:
             # Ready was announced: the credentials are in connection.json (0600), which a
             # shared filesystem may show a moment after the announcement.

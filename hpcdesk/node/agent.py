@@ -24,6 +24,7 @@ from typing import Any
 
 from hpcdesk.connect import rtc
 from hpcdesk.connect.turn import TurnError
+from hpcdesk.connection import Connection
 from hpcdesk.errors import ConfigError
 from hpcdesk.files import write_json
 from hpcdesk.node import address, health, jobturn, tls, viewers
@@ -129,7 +130,7 @@ class Agent:
             self.finish(FAILED, f"internal error in the node agent: {exc!r}")
             return EXIT_FAILED
 
-    def start(self) -> dict[str, Any]:
+    def start(self) -> Connection:
         req = self.request
         host, bind_addr = _address(req)
         gpu = bind_gpu(req)
@@ -182,25 +183,25 @@ class Agent:
         scheme = "https" if req.desktop.https else "http"
         stream = stream_encoder(req.desktop.interface, EncoderChoice(
             gpu.encoder, gpu.encoder_threads, gpu.encoder_reason, gpu.encoder_fallback))
-        connection = {
-            "session": req.session_id, "url": f"{scheme}://{host}:{port}{url_path}",
-            "host": host, "port": port, "path": url_path, "auth": req.desktop.auth,
-            "user": None if token_mode else user, "password": None if token_mode else password,
-            "token": session_token, "display": started.display,
-            "node": self.state["node"], "interface": req.desktop.interface,
-            "encoder": stream.name, "encoder_reason": stream.reason,
-            "encoder_fallback": stream.fallback,
-            "tls": tls_files.kind if tls_files else None,
-            "tls_fingerprint": tls_files.fingerprint if tls_files else None,
-            "transport": req.desktop.transport,
-            "turn_port": self.job_turn.port if self.job_turn else None,
-            "started_at": self.state["times"]["agent_start"], "ready_at": now(),
-        }
-        write_json(self.dir / "connection.json", connection, mode=0o600)
+        connection = Connection(
+            session=req.session_id, url=f"{scheme}://{host}:{port}{url_path}",
+            host=host, port=port, path=url_path, auth=req.desktop.auth,
+            user=None if token_mode else user, password=None if token_mode else password,
+            token=session_token, display=started.display,
+            node=self.state["node"], interface=req.desktop.interface,
+            encoder=stream.name, encoder_reason=stream.reason,
+            encoder_fallback=stream.fallback,
+            tls=tls_files.kind if tls_files else None,
+            tls_fingerprint=tls_files.fingerprint if tls_files else None,
+            transport=req.desktop.transport,
+            turn_port=self.job_turn.port if self.job_turn else None,
+            started_at=self.state["times"]["agent_start"], ready_at=now(),
+        )
+        connection.write(self.dir / "connection.json")
         self.mark("published")
         self.web_port = port
         # The waiting client reads the credentials from connection.json when "ready" arrives.
-        self.phase(READY, f"desktop ready at {connection['url']}")
+        self.phase(READY, f"desktop ready at {connection.url}")
         return connection
 
     def start_job_turn(self, host: str, bind_addr: str) -> list[Child]:

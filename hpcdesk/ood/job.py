@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hpcdesk.connection import Connection
 from hpcdesk.errors import UsageError
 from hpcdesk.files import read_json
 from hpcdesk.login.prepare import prepare
@@ -41,7 +42,7 @@ class NotReady(Exception):
     """The desktop will not become ready; the message is the agent's reason."""
 
 
-def wait(session_dir: Path, agent_pid: int | None) -> dict[str, Any]:
+def wait(session_dir: Path, agent_pid: int | None) -> Connection:
     """Block until the agent reports ready; return connection.json. NotReady says why not.
     The agent's record is read as everywhere else (phases.desktop_state), with the waiter's
     grace beyond timeouts.start (login.waiting.START_GRACE)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hpcdesk import notify
+from hpcdesk.connection import Connection
 from hpcdesk.login.waiting import Progress, Waiter
 from hpcdesk.node import agent as agent_module
 from hpcdesk.node.procs import spawn
@@ -114,8 +115,8 @@ def test_no_push_frame_contains_the_password(tmp_path: Path,
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         listener.close()
-    password = str(conn["password"])
-    assert len(password) >= 16 and conn["user"] == "alice"
+    password = str(conn.password)
+    assert len(password) >= 16 and conn.user == "alice"
     events = [real_verify(listener.secret, f) for f in frames]
     assert all(events), "every frame was the agent's own"
     assert [e["phase"] for e in events if e] == ["launching", "waiting", "ready"]
@@ -126,7 +127,7 @@ def test_no_push_frame_contains_the_password(tmp_path: Path,
 
 
 def started_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                       desktop: DesktopConfig) -> dict[str, object]:
+                       desktop: DesktopConfig) -> Connection:
     """connection.json as the agent publishes it for `desktop` (a FAKE runtime, no GPU)."""
     sdir = tmp_path / "sess02"
     sdir.mkdir(mode=0o700)
@@ -140,7 +141,9 @@ def started_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         agent.start()
-        return dict(json.loads((sdir / "connection.json").read_text()))
+        conn = Connection.load(sdir / "connection.json")
+        assert conn is not None and (sdir / "connection.json").stat().st_mode & 0o777 == 0o600
+        return conn
     finally:
         agent.finish("stopped", "test finished")
         for sig, handler in handlers.items():
@@ -150,8 +153,8 @@ def started_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def test_a_vnc_session_names_its_own_encoder(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     conn = started_connection(tmp_path, monkeypatch, DesktopConfig(interface="vnc", https=False))
-    assert conn["encoder"] == "kasmvnc" and "KasmVNC" in str(conn["encoder_reason"])
-    assert conn["encoder_fallback"] is False
+    assert conn.encoder == "kasmvnc" and "KasmVNC" in conn.encoder_reason
+    assert conn.encoder_fallback is False
 
 
 def test_an_encoder_fallback_is_said_by_submit_and_status(
@@ -162,11 +165,11 @@ def test_an_encoder_fallback_is_said_by_submit_and_status(
     from hpcdesk.login.status import SessionStatus
 
     conn = started_connection(tmp_path, monkeypatch, DesktopConfig(encoder="nvh264enc", https=False))
-    assert (conn["encoder"], conn["encoder_fallback"]) == ("x264enc", True)
+    assert (conn.encoder, conn.encoder_fallback) == ("x264enc", True)
     session = Session(tmp_path / "sess02")
     print_connection(session, JobRef("5"), conn, quiet=False)
     said = capsys.readouterr().out
     assert "nvh264enc was requested but no NVIDIA GPU in this job; fell back to x264enc" in said
-    (session.dir / "connection.json").write_text(json.dumps(conn))
+    conn.write(session.dir / "connection.json")
     status = SessionStatus(session, "ready", "", None, {}).as_json()
     assert status["encoder_fallback"] is True and "fell back" in status["encoder_reason"]

@@ -44,7 +44,9 @@ def test_ready_output_names_the_laptop_command(tmp_path: Path,
     from hpcdesk.session import create
 
     session = create(tmp_path)
-    conn = {"url": "https://gpu01:4000/", "user": "al", "password": "pw", "node": "gpu01"}
+    from hpcdesk.connection import Connection
+
+    conn = Connection(url="https://gpu01:4000/", user="al", password="pw", node="gpu01")
     cmd = f"hpcdesk tunnel {session.id} --login al@login1 --open"
     print_connection(session, JobRef("42", None), conn, False, 1.0, cmd)
     out = capsys.readouterr().out
