@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from hpcdesk import __version__, resources
+from hpcdesk import __version__, resources, schema
 from hpcdesk.errors import ConfigError
 from hpcdesk.files import atomic_write
 from hpcdesk.schema import CHECKS, SiteConfig, TurnConfig, slurm_time_seconds
@@ -377,11 +377,11 @@ def parse_cli_value(text: str, key: str | None = None) -> Any:
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m:
-        raise ConfigError(
-            f"command line: --resolution: {text!r} is not WIDTHxHEIGHT (e.g. 1920x1080)")
-    return int(m.group(1)), int(m.group(2))
+    """--resolution WIDTHxHEIGHT (schema.parse_resolution, the one parser of the form)."""
+    try:
+        return schema.parse_resolution(text)
+    except ValueError as exc:
+        raise ConfigError(f"command line: --resolution: {exc}") from None
 
 
 def render_show(loaded: LoadedConfig) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcdesk.connection import Connection
 from hpcdesk.errors import HpcdeskError, WaitTimeout
-from hpcdesk.phases import READY, desktop_state
+from hpcdesk.phases import READY, SILENCE, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
 from hpcdesk.schema import TimeoutsConfig
 from hpcdesk.session import Session
@@ -32,9 +32,6 @@ if TYPE_CHECKING:  # the push channel is needed only while submitting
 
 FILE_CHECK_INTERVAL = 0.5
 START_GRACE = 30.0  # on top of timeouts.start, for the agent's own start and reporting
-# The agent writes a heartbeat while it starts the desktop; this much silence means it may
-# have died with its node, and only then is Slurm asked again.
-SILENCE = 3 * 10.0
 
 
 class DesktopFailed(HpcdeskError):

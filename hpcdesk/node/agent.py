@@ -43,7 +43,16 @@ from hpcdesk.node.procs import (
 from hpcdesk.node.runtime import DesktopPlan, Started
 from hpcdesk.node.runtime.kinds import get_runtime
 from hpcdesk.notify import Notifier
-from hpcdesk.phases import FAILED, LAUNCHING, READY, STARTING, STOPPED, STOPPING, WAITING
+from hpcdesk.phases import (
+    FAILED,
+    HEARTBEAT,
+    LAUNCHING,
+    READY,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    WAITING,
+)
 from hpcdesk.request import DesktopRequest
 from hpcdesk.session import now
 
@@ -51,7 +60,6 @@ log = logging.getLogger("hpcdesk.agent")
 
 EXIT_STOPPED = 0
 EXIT_FAILED = 1
-HEARTBEAT = 10.0  # seconds between "still starting" updates while waiting for the web UI
 MAX_RESTARTS = 3  # a crashed web UI is started again this often (same port and password)
 
 
@@ -138,7 +146,7 @@ class Agent:
         log.info("GPU: %s; encoder %s (%s)", gpu.summary, gpu.encoder, gpu.encoder_reason)
         # In webrtc mode Selkies dials itself on localhost: the port must be free there too.
         loopback = (("127.0.0.1",) if req.desktop.transport == "webrtc"
-                    and bind_addr not in jobturn.WILDCARDS else ())
+                    and bind_addr not in address.WILDCARDS else ())
         self.ports = PortLease(bind_addr, req.network.port_min, req.network.port_max,
                                also=loopback)
         try:
@@ -247,7 +255,7 @@ class Agent:
     def wait_healthy(self, plan: DesktopPlan, started: Started, deadline: float) -> str | None:
         """Wait until the web UI is ready and protected; in token mode provision and return
         the session token. Ready never means a desktop an anonymous client can stream."""
-        probe_host = plan.bind_addr if plan.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        probe_host = "127.0.0.1" if plan.bind_addr in address.WILDCARDS else plan.bind_addr
         delay = 0.05
         heartbeat = time.monotonic() + HEARTBEAT
         while True:

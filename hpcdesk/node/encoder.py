@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from hpcdesk.node.nvenc import NvencResult
+from hpcdesk.schema import ENCODERS
 
 __all__ = ["ENCODERS", "EncoderChoice", "decide_encoder", "software_threads", "stream_encoder"]
 
-ENCODERS = ("auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg", "vp8enc", "vp9enc")
 _SOFTWARE_LABEL = {"x264enc": "H.264", "x264enc-striped": "striped H.264", "jpeg": "JPEG",
                    "vp8enc": "VP8", "vp9enc": "VP9"}
 MAX_THREADS = 8

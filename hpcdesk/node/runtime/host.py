@@ -7,6 +7,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+from hpcdesk.node.address import WILDCARDS
 from hpcdesk.node.errors import StartError
 from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
@@ -43,7 +44,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
     dpi = min(_SELKIES_DPIS, key=lambda x: abs(x - d.dpi))
     webrtc = d.transport == "webrtc"
     addr = plan.bind_addr
-    if webrtc and addr not in ("0.0.0.0", "::"):  # noqa: S104
+    if webrtc and addr not in WILDCARDS:
         addr += ",127.0.0.1"  # Selkies' webrtc mode dials itself on localhost:PORT
     env = {
         "DISPLAY": display,
