@@ -19,6 +19,7 @@ from hpcdesk.config import LoadedConfig, parse_resolution
 from hpcdesk.errors import EXIT_OK, SchedulerRejected, SubmitUncertain
 from hpcdesk.login.prepare import prepare
 from hpcdesk.notify import Listener
+from hpcdesk.scheduler import Scheduler
 from hpcdesk.session import discard, now
 
 
@@ -32,14 +33,13 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def check_partition_limits(loaded: LoadedConfig) -> None:
-    """One `scontrol show partition`: refuse a request no partition it names can ever run
-    (time limit above MaxTime, partition down). Unknown answers are left to sbatch."""
+def check_partition_limits(loaded: LoadedConfig, scheduler: Scheduler) -> None:
+    """The scheduler's partitions (one call): refuse a request no partition it names can ever
+    run (time limit above MaxTime, partition down). Unknown answers are left to sbatch."""
     from hpcdesk.scheduler import unstartable
-    from hpcdesk.scheduler.slurm_cli import slurm_env
 
     s = loaded.config.scheduler
-    partitions = unstartable.show_partitions(slurm_env(), s.cluster)
+    partitions = scheduler.partitions(s.cluster)
     if not partitions:
         return
     problem = unstartable.check_request(partitions, s.partition, s.time)
@@ -51,7 +51,7 @@ def check_partition_limits(loaded: LoadedConfig) -> None:
 def run(args: argparse.Namespace) -> int:
     loaded = load_config(args, cli_overrides(args))
     scheduler = scheduler_for(loaded)  # a backend that cannot serve fails before any file
-    check_partition_limits(loaded)      # a job that could never start is not submitted
+    check_partition_limits(loaded, scheduler)  # a job that could never start is not submitted
     session = prepare(loaded)
     quiet = args.json
     cfg = loaded.config

@@ -146,9 +146,7 @@ class Waiter:
 
         down: set[str] | None = None
         if info.reason.startswith("ReqNodeNotAvail"):
-            from hpcdesk.scheduler.slurm_cli import slurm_env
-
-            down = unstartable.down_nodes(slurm_env(), self.job.cluster)
+            down = self.scheduler.down_nodes(self.job.cluster)
         why = unstartable.why_unstartable(info.reason, down)
         if why:
             cause, step = why

@@ -94,6 +94,17 @@ class JobInfo:
     raw_state: str = ""
 
 
+@dataclass(frozen=True)
+class Partition:
+    """A partition's state and time limit, as the scheduler reports them."""
+
+    name: str
+    state: str            # UP, DOWN, DRAIN, INACTIVE
+    max_time: str         # Slurm's text ("8:00:00", "UNLIMITED")
+    max_seconds: int | None
+    default: bool
+
+
 class Scheduler(Protocol):
     name: str
 
@@ -114,4 +125,12 @@ class Scheduler(Protocol):
 
     def exit_code(self, job: JobRef) -> str:
         """The job's exit code ("0:15") while the scheduler remembers it, else ""."""
+        ...
+
+    def partitions(self, cluster: str | None) -> dict[str, Partition] | None:
+        """Every partition by name (one call); None when the scheduler cannot say now."""
+        ...
+
+    def down_nodes(self, cluster: str | None) -> set[str]:
+        """Nodes that are down, drained or failing; empty when the scheduler cannot say."""
         ...

@@ -139,7 +139,8 @@ def test_a_set_value_means_what_was_typed(tmp_path: Path) -> None:
     """`--set scheduler.time=2:00:00` is two hours, not YAML 1.1's base-60 integer 7200 (which
     Slurm reads as 7200 minutes, longer than an 8 hour partition); an account stays "0123"."""
     from hpcdesk.commands.common import overrides_from_sets
-    from hpcdesk.scheduler.unstartable import check_request, parse_partitions
+    from hpcdesk.scheduler.slurm_cli import parse_partitions
+    from hpcdesk.scheduler.unstartable import check_request
 
     sets = ["scheduler.time=2:00:00", "scheduler.account=0123", "desktop.dpi=120",
             "scheduler.reservation=null"]

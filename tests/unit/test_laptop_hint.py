@@ -75,8 +75,10 @@ def test_json_submit_carries_the_laptop_command_in_the_document_only(
         def submit(self, script: Path, cluster: str | None) -> JobRef:
             return JobRef("42", cluster)
 
+        def partitions(self, cluster: str | None) -> None:
+            return None  # the scheduler cannot say: left to sbatch
+
     monkeypatch.setattr(submit, "scheduler_for", lambda loaded: Scheduler())
-    monkeypatch.setattr(submit, "check_partition_limits", lambda loaded: None)
     code = cli.main(["submit", "--no-wait", "--json", "--connect", "tunnel",
                      "--set", f"session_root={tmp_path / 'sessions'}"])
     out, err = capsys.readouterr()
