@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hpcdesk import __version__
-from hpcdesk.schema import ENCODERS
+from hpcdesk.encoders import ENCODERS
 
 EPILOG = """\
 exit codes: 0 ok, 1 the desktop or job failed, 2 bad input (nothing submitted),

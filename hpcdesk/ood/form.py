@@ -9,15 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcdesk import config
+from hpcdesk.encoders import ENCODERS, HARDWARE_ENCODERS
 from hpcdesk.errors import UsageError
 from hpcdesk.login.jobscript import sbatch_lines
-from hpcdesk.schema import (
-    ENCODERS,
-    HARDWARE_ENCODERS,
-    SiteConfig,
-    parse_resolution,
-    slurm_time_seconds,
-)
+from hpcdesk.schema import SiteConfig, parse_resolution, slurm_time_seconds
 
 SOURCE = "form"
 FIELDS = ("hpcdesk_partition", "hpcdesk_account", "hpcdesk_hours", "hpcdesk_gpus",
