@@ -1,7 +1,7 @@
 """The site configuration schema: every key, its type, its limits and its help text.
 
 This module is data only (dataclasses with field metadata). `config.py` loads and validates
-YAML against it, and `hpcdesk config reference` renders the README's reference table from it.
+YAML against it, and `hpcdesk config reference` renders the docs' reference table from it.
 """
 
 from __future__ import annotations
