@@ -158,7 +158,7 @@ def test_wait_reports_the_agents_reason(tmp_path: Path) -> None:
 def test_token_auth_is_refused_for_apptainer(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("runtime: {kind: apptainer, image: glx}\n")
-    with pytest.raises(UsageError, match="desktop.auth: token mode needs the host runtime"):
+    with pytest.raises(UsageError, match="desktop.auth: token mode needs Selkies 2.x"):
         config.load(str(path), {"desktop.auth": "token"})
 
 
