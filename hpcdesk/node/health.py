@@ -2,25 +2,152 @@
 
 In token mode (desktop.auth: token) the page itself loads without credentials; there, ready
 means the page answers 200 and a WebSocket upgrade without a token is refused (401).
+
+Before any probe carries a secret, :func:`who_listens` proves whose socket listens on the
+port (the one readiness proof for every runtime): a neighbour on a shared node can bind a
+port before the web UI does. Every listening socket on the port (/proc/net/tcp and tcp6, any
+address) must belong to this user and be an open file of one of the agent's own descendants
+(the host runtime's Selkies, the container's web server). Once such a socket listens, no
+other user can bind that port on an address it covers, so a connection made after the proof
+reaches it. Over HTTPS the session's own certificate is pinned as well.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
+import os
+import pwd
 import secrets
 import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+TCP_LISTEN = "0A"
+
+
+@dataclass(frozen=True)
+class Listening:
+    """A listening TCP socket as /proc/net/tcp{,6} shows it."""
+
+    address: str  # hex, as the kernel prints it
+    port: int
+    uid: int
+    inode: int
+
+
+@dataclass(frozen=True)
+class Proof:
+    """Who listens on a port: nobody yet, us (proven), or someone else (named)."""
+
+    ours: bool
+    foreign_uids: tuple[int, ...] = ()
+
+    @property
+    def nobody(self) -> bool:
+        return not self.ours and not self.foreign_uids
+
+    def holders(self) -> str:
+        """The users holding the port, for logs and errors ("alice (uid 1001)")."""
+        return ", ".join(user_name(uid) for uid in self.foreign_uids) or "a process of yours " \
+            "that this desktop did not start"
+
+
+def user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def listening(port: int, proc_net: Path = Path("/proc/net")) -> list[Listening]:
+    """Every listening TCP socket on `port` in this network namespace (IPv4 and IPv6)."""
+    found: list[Listening] = []
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (proc_net / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 10 or f[3] != TCP_LISTEN:
+                continue
+            addr, _, hexport = f[1].rpartition(":")
+            if int(hexport, 16) == port:
+                found.append(Listening(addr, port, int(f[7]), int(f[9])))
+    return found
+
+
+def socket_inodes(pids: Iterable[int]) -> set[int]:
+    """The socket inodes among the open files of `pids` (readable for our own processes)."""
+    inodes: set[int] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def who_listens(port: int, root: int | None = None, proc_net: Path = Path("/proc/net"),
+                uid: int | None = None) -> Proof:
+    """Prove that every socket listening on `port` is this user's and an open file of a
+    descendant of `root` (default: this process, the agent)."""
+    from hpcdesk.node.procs import descendants
+
+    me = os.getuid() if uid is None else uid
+    sockets = listening(port, proc_net)
+    if not sockets:
+        return Proof(False)
+    ours = socket_inodes(descendants(os.getpid() if root is None else root))
+    foreign = tuple(sorted({s.uid for s in sockets if s.uid != me or s.inode not in ours}))
+    return Proof(not foreign, foreign)
+
+
+def cert_fingerprint(der: bytes) -> str:
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to the session's own server: the certificate must be the one the agent made or
+    the site gave this session (its SHA-256 fingerprint), or nothing is sent."""
+
+    def __init__(self, host: str, port: int, pin: str | None, timeout: float,
+                 context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.pin = pin
+
+    def connect(self) -> None:
+        super().connect()
+        if self.pin is None:
+            return
+        assert isinstance(self.sock, ssl.SSLSocket)
+        der = self.sock.getpeercert(binary_form=True) or b""
+        if cert_fingerprint(der) != self.pin:
+            self.sock.close()
+            raise ssl.SSLError("the web UI presented another certificate than the session's")
 
 
 def http_status(host: str, port: int, user: str | None, password: str | None,
-                https: bool = False, timeout: float = 2.0, path: str = "/") -> int | None:
+                https: bool = False, timeout: float = 2.0, path: str = "/",
+                pin: str | None = None) -> int | None:
     """The HTTP status of GET path, or None if nothing answered."""
     headers = {"Connection": "close"}
     if user is not None and password is not None:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
-    conn = _connection(host, port, https, timeout)
+    conn = connection(host, port, https, timeout, pin)
     try:
         conn.request("GET", path, headers=headers)
         return conn.getresponse().status
@@ -30,19 +157,20 @@ def http_status(host: str, port: int, user: str | None, password: str | None,
         conn.close()
 
 
-def _connection(host: str, port: int, https: bool, timeout: float) -> http.client.HTTPConnection:
+def connection(host: str, port: int, https: bool, timeout: float,
+                pin: str | None = None) -> http.client.HTTPConnection:
     if https:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # the node checks its own server, not the chain
-        return http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+        ctx.verify_mode = ssl.CERT_NONE  # the node pins its own certificate, not the chain
+        return PinnedHTTPSConnection(host, port, pin, timeout, ctx)
     return http.client.HTTPConnection(host, port, timeout=timeout)
 
 
 def anonymous_websocket_status(host: str, port: int, path: str, https: bool = False,
                                timeout: float = 2.0) -> int | None:
     """The HTTP status a WebSocket upgrade without any token gets (101 means it streams)."""
-    conn = _connection(host, port, https, timeout)
+    conn = connection(host, port, https, timeout)
     key = base64.b64encode(secrets.token_bytes(16)).decode()
     try:
         conn.request("GET", path, headers={
@@ -56,9 +184,10 @@ def anonymous_websocket_status(host: str, port: int, path: str, https: bool = Fa
 
 
 def provision_token(host: str, port: int, path: str, master_token: str, session_token: str,
-                    https: bool = False, timeout: float = 5.0) -> int | None:
+                    https: bool = False, timeout: float = 5.0, pin: str | None = None
+                    ) -> int | None:
     """POST Selkies' token table (one controller token) with the master token as bearer."""
-    conn = _connection(host, port, https, timeout)
+    conn = connection(host, port, https, timeout, pin)
     body = json.dumps({session_token: {"role": "controller", "mk_control": True}})
     try:
         conn.request("POST", path, body=body, headers={

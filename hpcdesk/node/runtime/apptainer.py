@@ -240,6 +240,7 @@ class ApptainerRuntime:
                                req.runtime.apptainer)
         for sub in ("tmp", "var_tmp"):
             (plan.workdir / "apptainer" / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        inv.password_file.unlink(missing_ok=True)  # a start again on another port
         fd = os.open(inv.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(plan.password + "\n")
