@@ -161,11 +161,12 @@ class Agent:
                                  req.desktop.https_key) if req.desktop.https else None)
         self.tls_pin = tls_files.fingerprint if tls_files else None
         deadline = time.monotonic() + req.start_timeout
+        lost: PortTaken | None = None
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
                 port = self.ports.acquire()
             except RuntimeError as exc:
-                raise StartError(str(exc)) from None
+                raise StartError(f"{lost}; then {exc}" if lost else str(exc)) from None
             url_path = req.desktop.url_path.replace("{host}", host).replace("{port}", str(port))
             plan = DesktopPlan(request=req, session_dir=self.dir, workdir=self.workdir,
                                bind_addr=bind_addr, web_port=port, user=user,
@@ -194,6 +195,7 @@ class Agent:
                 # A neighbour (or a desktop starting at the same moment) listens on the port:
                 # it got nothing from us. Drop this start and take another port.
                 log.warning("%s (attempt %d of %d)", taken, attempt, PORT_ATTEMPTS)
+                lost = taken
                 self.ports.refuse(port)
                 self.drop_desktop(turn_children)
                 if attempt == PORT_ATTEMPTS or time.monotonic() > deadline:

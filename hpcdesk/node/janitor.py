@@ -74,7 +74,10 @@ def cleanup(session_dir: Path, session_id: str) -> list[str]:
         removed.append(str(conn))
     node = read_json(session_dir / "node.json")
     if node is not None and node.get("phase") not in (STOPPED, FAILED):
-        reason = "the node agent was killed before it could clean up (SIGKILL or out of memory)"
+        reason = (f"the node agent on {node.get('node') or 'its node'} was killed or died "
+                  f"while the desktop was {node.get('phase') or 'starting'} (SIGKILL or out of "
+                  f"memory); its node files were removed; see `hpcdesk logs {session_id}`, "
+                  "then submit again")
         node.update(phase=FAILED, detail=reason, reason=reason, outcome=FAILED, updated=now())
         node.setdefault("times", {})["ended"] = now()
         if removed:
