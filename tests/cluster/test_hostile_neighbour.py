@@ -38,9 +38,11 @@ BASE = 42000 + (int("".join(c for c in TAG if c.isdigit()) or "0") % 90) * 100
 # `--on-victim`, every still free port of the range as soon as one of the victim's X servers
 # appears (so it is there before the web UI binds).
 THIEF = textwrap.dedent("""
-    import os, re, selectors, socket, sys, time
+    import os, re, selectors, socket, ssl, sys, time
     log, lo, hi, victim, pre, on_victim = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
                                           int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # any certificate: does the client check?
+    tls.load_cert_chain(sys.argv[7], sys.argv[8])
     sel = selectors.DefaultSelector()
     held = {}
     out = open(log, "ab", buffering=0)
@@ -87,6 +89,12 @@ THIEF = textwrap.dedent("""
                     continue
                 conn.settimeout(1.0)
                 data = b""
+                try:
+                    if conn.recv(1, socket.MSG_PEEK) == b"\\x16":  # a TLS ClientHello
+                        conn = tls.wrap_socket(conn, server_side=True)
+                        out.write(b"TLS\\n")
+                except (OSError, ssl.SSLError):
+                    conn.close(); continue
                 try:
                     while b"\\r\\n\\r\\n" not in data and len(data) < 65536:
                         chunk = conn.recv(65536)
@@ -161,8 +169,15 @@ def drop() -> Iterator[Path]:
 
 def thief(node: str, who: User, log: Path, lo: int, hi: int, victim: str, pre: int,
           on_victim: bool) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+    """The port thief, with its own self-signed certificate for clients that speak TLS."""
+    cert, key = log.with_suffix(".crt"), log.with_suffix(".key")
+    made = _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                 "-subj", "/CN=thief", "-keyout", str(key), "-out", str(cert)])
+    assert made.returncode == 0, made.stderr
+    for path in (cert, key):
+        path.chmod(0o644)
     return hostile(node, who, THIEF, str(log), str(lo), str(hi), str(uid(victim)), str(pre),
-                   "1" if on_victim else "0")
+                   "1" if on_victim else "0", str(cert), str(key))
 
 
 def captured(log: Path) -> bytes:
@@ -316,8 +331,8 @@ UCLIENT = textwrap.dedent("""
     pass=$(printf '%s\\n' "$conf" | sed -n 's/^user=[^:]*:\\(.*\\)$/\\1/p')
     port=$(printf '%s\\n' "$conf" | sed -n 's/^listening-port=//p')
     for peer in $PEERS; do
-        timeout 20 turnutils_uclient -t -y -n 3 -m 1 -u "$user" -w "$pass" -p "$port" \\
-            -e "$peer" -r "$PEER_PORT" -X "$NODE_IP" >/dev/null 2>&1
+        timeout 20 turnutils_uclient -t -n 3 -m 1 -u "$user" -w "$pass" -p "$port" \\
+            -e "$peer" -r "$PEER_PORT" "$NODE_IP" > "$OUT.$peer" 2>&1
         echo "$peer $?"
     done
 """)
@@ -348,6 +363,7 @@ def test_in_job_turn_relays_only_to_its_desktop(user: User, cleanup_jobs: list[s
                 n, "ss", "-Hlun", f"sport = :{peer_port}").stdout, 30)
         controller = "10.77.0.1"
         proc = node_exec("gpu01", "env", f"CONF={conf}", f"PEER_PORT={peer_port}",
+                         f"OUT={node['workdir']}/uclient",
                          f"NODE_IP={NODE_IPS['gpu01']}",
                          f"PEERS={NODE_IPS['gpu01']} {NODE_IPS['gpu02']} {controller}",
                          "bash", "-c", UCLIENT, timeout=120)
@@ -357,7 +373,8 @@ def test_in_job_turn_relays_only_to_its_desktop(user: User, cleanup_jobs: list[s
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait(10)
     results = dict(line.split() for line in proc.stdout.splitlines() if line.strip())
-    assert results[NODE_IPS["gpu01"]] == "0", (proc.stdout, proc.stderr)  # its own desktop
+    own = node_exec("gpu01", "cat", f"{node['workdir']}/uclient.{NODE_IPS['gpu01']}").stdout
+    assert results[NODE_IPS["gpu01"]] == "0", (proc.stdout, own[-2000:])  # its own desktop
     assert results[NODE_IPS["gpu02"]] != "0", proc.stdout  # the other node: refused
     assert results[controller] != "0", proc.stdout  # the controller: refused
 
@@ -430,11 +447,26 @@ def test_idle_nc_is_not_a_viewer(user: User, second_user: User,
     data = user.json("submit", "--site", str(path), "-G", "0", timeout=300)
     sid, job = str(data["session"]), str(data["job_id"])
     cleanup_jobs.append(sid)
+    # Connected, never authenticated: it asks for the page without credentials every few
+    # seconds on one keep-alive connection (401 each time), so the server keeps it open.
     hold = textwrap.dedent("""
-        import socket, sys, time
-        s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-        print("connected", flush=True)
-        time.sleep(300)
+        import socket, ssl, sys, time
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        first = True
+        while True:
+            try:
+                s = ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2]))))
+                if first:
+                    print("connected", flush=True)
+                    first = False
+                while True:
+                    s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+                    if not s.recv(65536):
+                        break
+                    time.sleep(3)
+            except OSError:
+                time.sleep(0.5)
     """)
     nc = subprocess.Popen(as_user_on_node(str(data["node"]), second_user.name,
                                           str(VENV / "bin/python"), "-c", hold,
