@@ -26,6 +26,7 @@ from typing import Any
 from hpcdesk.connect import rtc
 from hpcdesk.connect.turn import TurnError
 from hpcdesk.errors import ConfigError
+from hpcdesk.files import write_json
 from hpcdesk.node import address, health, janitor, jobturn, tls, viewers
 from hpcdesk.node.binding import bind_gpu
 from hpcdesk.node.errors import PortTaken, StartError, Stop
@@ -42,7 +43,7 @@ from hpcdesk.node.runtime import DesktopPlan, Started, get_runtime
 from hpcdesk.notify import Notifier
 from hpcdesk.phases import FAILED, LAUNCHING, READY, STARTING, STOPPED, STOPPING, WAITING
 from hpcdesk.request import DesktopRequest
-from hpcdesk.session import now, write_json
+from hpcdesk.session import now
 
 log = logging.getLogger("hpcdesk.agent")
 
@@ -290,7 +291,7 @@ class Agent:
                 if proof.foreign_uids:  # e.g. Selkies could not bind: someone else holds it
                     raise PortTaken(plan.web_port, proof.holders())
                 raise StartError("the desktop failed to start: " + dead.describe_exit())
-            ready, token, status = self._probe(plan, probe_host)
+            ready, token, status = health.probe(plan, probe_host)
             if ready:
                 return token
             if time.monotonic() > heartbeat:
@@ -304,55 +305,6 @@ class Agent:
             # A refused local connect costs microseconds: poll often, so that the desktop is
             # published within 0.1 s of answering (a 0.5 s cap lost up to 0.5 s of the start).
             delay = min(delay * 1.5, 0.1)
-
-    def _probe(self, plan: DesktopPlan, probe_host: str
-               ) -> tuple[bool, str | None, int | None]:
-        """One look at the web UI: (ready, the session token in token mode, HTTP status).
-
-        Nothing is sent before the proof that the socket listening on the port is this
-        desktop's own (health.who_listens); a foreign listener raises PortTaken."""
-        https = plan.request.desktop.https
-        proof = health.who_listens(plan.web_port)
-        if proof.foreign_uids:
-            raise PortTaken(plan.web_port, proof.holders())
-        if not proof.ours:
-            return False, None, None  # nobody listens yet
-        pin = self.tls_pin
-        if plan.master_token:  # token mode: the page itself loads without credentials
-            status = health.http_status(probe_host, plan.web_port, None, None, https=https,
-                                        timeout=1.0, path=plan.url_path, pin=pin)
-            token = self._token_ready(plan, probe_host) if status == 200 else None
-            return token is not None, token, status
-        status = health.http_status(probe_host, plan.web_port, plan.user, plan.password,
-                                    https=https, timeout=1.0, path=plan.url_path, pin=pin)
-        if status != 200:
-            return False, None, status
-        anon = health.http_status(probe_host, plan.web_port, None, None, https=https,
-                                  path=plan.url_path, pin=pin)
-        if anon != 401:
-            raise StartError(f"the web UI answered {anon} without credentials (expected "
-                             "401): refusing to publish an unprotected desktop")
-        return True, None, status
-
-    def _token_ready(self, plan: DesktopPlan, probe_host: str) -> str | None:
-        """Token mode, once the page answers: an anonymous WebSocket must be refused (401),
-        then a session token is provisioned. None: not ready yet (Selkies still starting)."""
-        assert plan.master_token is not None
-        https = plan.request.desktop.https
-        ws = health.anonymous_websocket_status(probe_host, plan.web_port,
-                                               plan.url_path + "api/websockets", https=https)
-        if ws == 101:
-            raise StartError("the web UI accepted a WebSocket without a token: refusing to "
-                             "publish a desktop that streams to anyone")
-        if ws != 401:
-            return None
-        token = secrets.token_urlsafe(24)
-        status = health.provision_token(probe_host, plan.web_port, plan.url_path + "api/tokens",
-                                        plan.master_token, token, https=https, pin=self.tls_pin)
-        if status != 200:
-            raise StartError(f"Selkies refused the session token (HTTP {status}); is it "
-                             "Selkies 2.x with token support?")
-        return token
 
     def supervise(self) -> None:
         while True:

@@ -15,6 +15,7 @@ reaches it. Over HTTPS the session's own certificate is pinned as well.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import http.client
 import json
@@ -25,6 +26,12 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpcdesk.node.errors import PortTaken, StartError
+
+if TYPE_CHECKING:
+    from hpcdesk.node.runtime import DesktopPlan
 
 TCP_LISTEN = "0A"
 
@@ -198,3 +205,64 @@ def provision_token(host: str, port: int, path: str, master_token: str, session_
         return None
     finally:
         conn.close()
+
+
+def session_pin(plan: DesktopPlan) -> str | None:
+    """The fingerprint of the session's own certificate (HTTPS), which every probe pins."""
+    return _fingerprint(str(plan.tls_cert)) if plan.tls_cert else None
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(cert: str) -> str:
+    from hpcdesk.node.tls import fingerprint
+
+    return fingerprint(Path(cert))
+
+
+def probe(plan: DesktopPlan, probe_host: str) -> tuple[bool, str | None, int | None]:
+    """One look at the web UI: (ready, the session token in token mode, HTTP status).
+
+    Nothing is sent before the proof that the socket listening on the port is this
+    desktop's own (who_listens); a foreign listener raises PortTaken."""
+    proof = who_listens(plan.web_port)
+    if proof.foreign_uids:
+        raise PortTaken(plan.web_port, proof.holders())
+    if not proof.ours:
+        return False, None, None  # nobody listens yet
+    https, pin = plan.request.desktop.https, session_pin(plan)
+    if plan.master_token:  # token mode: the page itself loads without credentials
+        status = http_status(probe_host, plan.web_port, None, None, https=https,
+                             timeout=1.0, path=plan.url_path, pin=pin)
+        token = token_ready(plan, probe_host) if status == 200 else None
+        return token is not None, token, status
+    status = http_status(probe_host, plan.web_port, plan.user, plan.password,
+                         https=https, timeout=1.0, path=plan.url_path, pin=pin)
+    if status != 200:
+        return False, None, status
+    anon = http_status(probe_host, plan.web_port, None, None, https=https,
+                       path=plan.url_path, pin=pin)
+    if anon != 401:
+        raise StartError(f"the web UI answered {anon} without credentials (expected "
+                         "401): refusing to publish an unprotected desktop")
+    return True, None, status
+
+
+def token_ready(plan: DesktopPlan, probe_host: str) -> str | None:
+    """Token mode, once the page answers: an anonymous WebSocket must be refused (401),
+    then a session token is provisioned. None: not ready yet (Selkies still starting)."""
+    assert plan.master_token is not None
+    https = plan.request.desktop.https
+    ws = anonymous_websocket_status(probe_host, plan.web_port,
+                                    plan.url_path + "api/websockets", https=https)
+    if ws == 101:
+        raise StartError("the web UI accepted a WebSocket without a token: refusing to "
+                         "publish a desktop that streams to anyone")
+    if ws != 401:
+        return None
+    token = secrets.token_urlsafe(24)
+    status = provision_token(probe_host, plan.web_port, plan.url_path + "api/tokens",
+                             plan.master_token, token, https=https, pin=session_pin(plan))
+    if status != 200:
+        raise StartError(f"Selkies refused the session token (HTTP {status}); is it "
+                         "Selkies 2.x with token support?")
+    return token

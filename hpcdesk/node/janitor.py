@@ -20,8 +20,9 @@ import stat
 import tempfile
 from pathlib import Path
 
+from hpcdesk.files import read_json, write_json
 from hpcdesk.phases import FAILED, STOPPED
-from hpcdesk.session import now, read_json, write_json
+from hpcdesk.session import now
 
 _agent_end: int | None = None  # the write end, held (never written) for the agent's life
 

@@ -179,8 +179,6 @@ def test_silent_connections_are_limited_and_timed_out(tmp_path: Path) -> None:
     assert [e["phase"] for e in events] == ["ready"]
 
 
-@pytest.mark.reliability("H5 junk on the push port",
-                         "dropped without a traceback; one summary line; linear parsing")
 def test_junk_with_a_non_ascii_tag_and_a_thousand_bad_lines(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Issue 19 row 5: a non-ASCII tag made hmac.compare_digest raise TypeError (the waiting
