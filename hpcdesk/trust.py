@@ -29,7 +29,8 @@ class UntrustedPath(UsageError):
     """A path another user could have written or could still replace."""
 
 
-def _owner(uid: int) -> str:
+def owner_name(uid: int) -> str:
+    """"alice (uid 1001)": how logs and errors name who owns or holds something."""
     import pwd
 
     try:
@@ -55,7 +56,7 @@ def require_own(path: Path, what: str, uid: int | None = None) -> None:
                             hint="submit the desktop again with hpcdesk submit")
     if st.st_uid != me:
         raise UntrustedPath(
-            f"{what} {path} belongs to {_owner(st.st_uid)}, not to you: refusing to run "
+            f"{what} {path} belongs to {owner_name(st.st_uid)}, not to you: refusing to run "
             "anything from it", hint=f"move it away and submit again; ask your admins who made "
             f"{path}")
     if mode & _OTHERS_WRITE:
@@ -72,7 +73,7 @@ def require_safe_parents(path: Path, uid: int | None = None) -> None:
         mode = stat.S_IMODE(st.st_mode)
         if st.st_uid not in (0, me):
             raise UntrustedPath(
-                f"{parent}, above the session directory, belongs to {_owner(st.st_uid)}: they "
+                f"{parent}, above the session directory, belongs to {owner_name(st.st_uid)}: they "
                 "could replace your session files", hint="point session_root at a directory "
                 "of your own (your home, or your project space)")
         if mode & _OTHERS_WRITE and not mode & stat.S_ISVTX:
@@ -100,7 +101,7 @@ def check_image(image: Path, uid: int | None = None) -> None:
         mode = stat.S_IMODE(st.st_mode)
         if st.st_uid not in (0, me) or mode & _OTHERS_WRITE:
             raise UntrustedPath(
-                f"{what} {path} can be written by others (owner {_owner(st.st_uid)}, mode "
+                f"{what} {path} can be written by others (owner {owner_name(st.st_uid)}, mode "
                 f"{mode:04o}): anyone could have put an image under the expected name",
                 hint="build images into a directory of your own (runtime.image_dir), or ask "
                 "your admins to own the shared one (root, mode 0755)")

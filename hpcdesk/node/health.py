@@ -20,7 +20,6 @@ import hashlib
 import http.client
 import json
 import os
-import pwd
 import secrets
 import ssl
 from collections.abc import Iterable
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcdesk.node.errors import PortTaken, StartError
+from hpcdesk.trust import owner_name
 
 if TYPE_CHECKING:
     from hpcdesk.node.runtime import DesktopPlan
@@ -37,8 +37,8 @@ TCP_LISTEN = "0A"
 
 
 @dataclass(frozen=True)
-class Listening:
-    """A listening TCP socket as /proc/net/tcp{,6} shows it."""
+class TcpSocket:
+    """A TCP socket as /proc/net/tcp{,6} shows it."""
 
     address: str  # hex, as the kernel prints it
     port: int
@@ -59,20 +59,14 @@ class Proof:
 
     def holders(self) -> str:
         """The users holding the port, for logs and errors ("alice (uid 1001)")."""
-        return ", ".join(user_name(uid) for uid in self.foreign_uids) or "a process of yours " \
+        return ", ".join(owner_name(uid) for uid in self.foreign_uids) or "a process of yours " \
             "that this desktop did not start"
 
 
-def user_name(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def listening(port: int, proc_net: Path = Path("/proc/net")) -> list[Listening]:
-    """Every listening TCP socket on `port` in this network namespace (IPv4 and IPv6)."""
-    found: list[Listening] = []
+def tcp_sockets(port: int, state: str, proc_net: Path = Path("/proc/net")) -> list[TcpSocket]:
+    """Every TCP socket in `state` ("0A" listening, "01" established) whose local port is
+    `port`, in this network namespace (IPv4 and IPv6): the one reader of /proc/net/tcp."""
+    found: list[TcpSocket] = []
     for name in ("tcp", "tcp6"):
         try:
             lines = (proc_net / name).read_text().splitlines()[1:]
@@ -80,12 +74,17 @@ def listening(port: int, proc_net: Path = Path("/proc/net")) -> list[Listening]:
             continue
         for line in lines:
             f = line.split()
-            if len(f) < 10 or f[3] != TCP_LISTEN:
+            if len(f) < 10 or f[3] != state:
                 continue
             addr, _, hexport = f[1].rpartition(":")
             if int(hexport, 16) == port:
-                found.append(Listening(addr, port, int(f[7]), int(f[9])))
+                found.append(TcpSocket(addr, port, int(f[7]), int(f[9])))
     return found
+
+
+def listening(port: int, proc_net: Path = Path("/proc/net")) -> list[TcpSocket]:
+    """Every listening TCP socket on `port` (IPv4 and IPv6)."""
+    return tcp_sockets(port, TCP_LISTEN, proc_net)
 
 
 def socket_inodes(pids: Iterable[int]) -> set[int]:

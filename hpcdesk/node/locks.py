@@ -14,9 +14,10 @@ about to be used; see ports.py.)
 from __future__ import annotations
 
 import errno
-import pwd
 import socket
 from pathlib import Path
+
+from hpcdesk.trust import owner_name
 
 SCOPE = "hpcdesk"  # shared by every hpcdesk installation on a node, so none of them collide
 
@@ -38,10 +39,6 @@ def describe_owner(path: Path) -> str | None:
     """"alice (uid 1001)" for a file that exists, None if it does not: for logs that name who
     holds a contested resource."""
     try:
-        uid = path.lstat().st_uid
+        return owner_name(path.lstat().st_uid)
     except OSError:
         return None
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"

@@ -25,18 +25,7 @@ ESTABLISHED = "01"
 
 def connected(port: int, proc_net: Path = Path("/proc/net")) -> int:
     """How many established connections have `port` as their local port."""
-    count = 0
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = (proc_net / name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] == ESTABLISHED and (
-                    int(fields[1].rsplit(":", 1)[1], 16) == port):
-                count += 1
-    return count
+    return len(health.tcp_sockets(port, ESTABLISHED, proc_net))
 
 
 def authenticated(host: str, port: int, path: str, authorization: str, https: bool = False,
