@@ -102,15 +102,36 @@ def socket_dir_problem(path: Path, uid: int | None = None) -> str | None:
     return None
 
 
+def socket_dir_unusable(path: Path) -> str | None:
+    """Why an X server of this user cannot keep its socket in `path`, or None (missing:
+    Xorg makes it; or a directory this user may create entries in, that nobody else can
+    empty: sticky, like /tmp). A sticky 1777 directory of another user still works (they
+    cannot remove our socket), so the filesystem socket, which some clients need, stays."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path} cannot be checked: {exc.strerror}"
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} belongs to {describe_owner(path)} (mode {mode:04o}), not writable here"
+    if st.st_uid != os.getuid() and mode & 0o022 and not mode & stat.S_ISVTX:
+        return f"{path} is writable by others without the sticky bit (mode {mode:04o})"
+    return None
+
+
 def start_xorg(xorg: str, files: XFiles, dpi: int, env: Mapping[str, str], log_path: Path,
                timeout: float) -> XServer:
     assert files.conf is not None, "Xorg needs the xorg.conf"
     conf, workdir = files.conf, files.conf.parent
-    # The filesystem socket lives in the node-wide /tmp/.X11-unix. When another user owns
-    # that directory (or made it unusable), Xorg would try every display and fail: it then
-    # listens on its abstract socket @/tmp/.X11-unix/XN only (per network namespace), which
-    # X clients (libxcb) try first, and creates nothing in the foreign directory.
-    problem = socket_dir_problem(X11_UNIX)
+    # The filesystem socket lives in the node-wide /tmp/.X11-unix. When another user made
+    # that directory unusable (theirs, mode 0755), Xorg would try every display and fail: it
+    # then listens on its abstract socket @/tmp/.X11-unix/XN only (per network namespace),
+    # which X clients (libxcb) try first, and creates nothing in the foreign directory.
+    problem = socket_dir_unusable(X11_UNIX)
     unix = ["-nolisten", "unix"] if problem else []
     if problem:
         log.warning("%s: the X server listens on its abstract socket only", problem)
