@@ -118,7 +118,7 @@ def socket_dir_unusable(path: Path) -> str | None:
         return f"{path} is not a directory"
     if not os.access(path, os.W_OK | os.X_OK):
         return f"{path} belongs to {describe_owner(path)} (mode {mode:04o}), not writable here"
-    if st.st_uid != os.getuid() and mode & 0o022 and not mode & stat.S_ISVTX:
+    if mode & 0o022 and not mode & stat.S_ISVTX:
         return f"{path} is writable by others without the sticky bit (mode {mode:04o})"
     return None
 
