@@ -485,6 +485,24 @@ def test_idle_nc_is_not_a_viewer(user: User, second_user: User,
     assert st["state"] == "idle", st
 
 
+@pytest.mark.reliability("H8 a world-readable TURN secret",
+                         "refused before submitting; the hint says root:GROUP, mode 0640")
+def test_world_readable_turn_secret_is_refused(user: User, drop: Path,
+                                               cleanup_jobs: list[str]) -> None:
+    """Every account could read it and mint credentials for the site's TURN server."""
+    secret = drop / "turn-secret"
+    secret.write_text("site-secret\n")
+    secret.chmod(0o644)
+    site = site_with(user, "turn", f"turn:\n  host: 10.77.0.1\n  secret_file: {secret}\n")
+    proc = user.run("submit", "--site", str(site), "-G", "0", "--json", "--set",
+                    "desktop.transport=webrtc", "--set", "network.connect=turn", timeout=300)
+    if proc.returncode == 0:
+        cleanup_jobs.append(str(json.loads(proc.stdout)["session"]))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "world-readable" in proc.stderr and "chmod 0640" in proc.stderr, proc.stderr
+    assert "0644" not in proc.stderr.split("hint", 1)[-1]
+
+
 @pytest.mark.reliability("H9 node agent SIGKILLed",
                          "the job's own cleanup removes the work directory and connection.json")
 def test_sigkilled_agent_leaves_no_secret(user: User, cleanup_jobs: list[str]) -> None:
