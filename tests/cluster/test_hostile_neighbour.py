@@ -35,12 +35,13 @@ BASE = 42000 + (int("".join(c for c in TAG if c.isdigit()) or "0") % 90) * 100
 # The thief: listens on ports the agent may take, answers 503, logs every byte it receives.
 # It takes (a) the ports named by claims it can read in /proc/net/unix (@hpcdesk/port-N:
 # what the agent announced before this issue), (b) `pre` ports at once, and (c) with
-# `--on-victim`, every still free port of the range as soon as one of the victim's X servers
-# appears (so it is there before the web UI binds).
+# `on_victim`, every still free port of the range as soon as one of the victim's X servers
+# appears (so it is there before the web UI binds); "swap" then gives back the ports it held
+# before, so that the agent's next try finds one.
 THIEF = textwrap.dedent("""
     import os, re, selectors, socket, ssl, sys, time
     log, lo, hi, victim, pre, on_victim = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
-                                          int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1")
+                                          int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # any certificate: does the client check?
     tls.load_cert_chain(sys.argv[7], sys.argv[8])
     sel = selectors.DefaultSelector()
@@ -77,10 +78,15 @@ THIEF = textwrap.dedent("""
     while True:
         for m in re.finditer(r"@hpcdesk/port-(\\d+)", open("/proc/net/unix").read()):
             take(int(m.group(1)))
-        if on_victim and not triggered and victim_has_x():
+        if on_victim != "0" and not triggered and victim_has_x():
             triggered = True
+            before = set(held)
             for port in range(lo, hi + 1):
                 take(port)
+            if on_victim == "swap":  # give back what was held before: the agent's next try
+                for port in before:
+                    sel.unregister(held[port]); held.pop(port).close()
+                    out.write(f"GAVE {port}\\n".encode())
         for key, _ in sel.select(0.01):
             if key.data == "listen":
                 try:
@@ -168,7 +174,7 @@ def drop() -> Iterator[Path]:
 
 
 def thief(node: str, who: User, log: Path, lo: int, hi: int, victim: str, pre: int,
-          on_victim: bool) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+          on_victim: bool | str) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
     """The port thief, with its own self-signed certificate for clients that speak TLS."""
     cert, key = log.with_suffix(".crt"), log.with_suffix(".key")
     made = _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -177,7 +183,8 @@ def thief(node: str, who: User, log: Path, lo: int, hi: int, victim: str, pre: i
     for path in (cert, key):
         path.chmod(0o644)
     return hostile(node, who, THIEF, str(log), str(lo), str(hi), str(uid(victim)), str(pre),
-                   "1" if on_victim else "0", str(cert), str(key))
+                   on_victim if isinstance(on_victim, str) else "1" if on_victim else "0",
+                   str(cert), str(key))
 
 
 def captured(log: Path) -> bytes:
@@ -216,6 +223,34 @@ def test_port_thief_gets_no_credential(user: User, second_user: User, drop: Path
     assert proc.returncode != 0, proc.stdout
     assert second_user.name in proc.stderr and "no credential was sent" in proc.stderr, \
         proc.stderr
+
+
+@pytest.mark.reliability("H1 a neighbour takes the desktop's port first",
+                         "no credential reaches it; another port, or a clear failure naming them")
+def test_port_thief_costs_a_retry_on_another_port(user: User, second_user: User, drop: Path,
+                                                  protected_regular: None,
+                                                  cleanup_jobs: list[str]) -> None:
+    """The thief holds the second port of a two-port range, so the agent picks the first;
+    when the victim's Xorg appears it takes the first and gives back the second. The agent
+    finds the first port held by someone else, sends nothing, and starts on the second."""
+    lo, hi = BASE + 2, BASE + 3
+    log = drop / "thief-swap.log"
+    with thief("gpu01", second_user, log, hi, hi, user.name, 1, on_victim="swap") as _, \
+            thief("gpu01", second_user, drop / "thief-lo.log", lo, lo, user.name, 0,
+                  on_victim=True):
+        wait_for("the thieves", lambda: Path(str(log) + ".ready").exists() and Path(
+            str(drop / "thief-lo.log") + ".ready").exists(), 60)
+        data = user.json("submit", *SITE, "-G", "0", "--set",
+                         "scheduler.extra_args=['--nodelist=gpu01']", "--set",
+                         f"network.port_min={lo}", "--set", f"network.port_max={hi}",
+                         timeout=300)
+        cleanup_jobs.append(str(data["session"]))
+        got = captured(log) + captured(drop / "thief-lo.log")
+    assert int(data["port"]) == hi, data
+    assert b"TOOK %d" % lo in got and b"GAVE %d" % hi in got, got[:500]
+    assert str(data["password"]).encode() not in got and b"Authorization" not in got
+    agent_log = (user.sessions_root() / str(data["session"]) / "agent.log").read_text()
+    assert f"port {lo} on this node is held by {second_user.name}" in agent_log
 
 
 # ----------------------------------------------------------------------- row 2
