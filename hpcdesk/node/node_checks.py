@@ -31,6 +31,7 @@ from hpcdesk.node.gpu import (
     resolve_allocation_explained,
     scan_dev_nodes,
 )
+from hpcdesk.node.neighbour_checks import neighbour_checks
 from hpcdesk.node.nvenc import NvencResult, probe_nvenc
 
 __all__ = ["main", "node_checks"]
@@ -270,6 +271,7 @@ def node_checks(
         _shm_check(shm),
         _xorg_check(xorg_candidates, dummy_dirs),
     ]
+    checks += neighbour_checks()  # what other users did to the node-wide names
     return checks
 
 

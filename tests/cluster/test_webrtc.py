@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import grp
 import hashlib
 import hmac
 import json
 import os
+import pwd
 import random
 import shutil
 import socket
@@ -39,6 +41,7 @@ from conftest import (
     DEVCLUSTER,
     NODE_IPS,
     REPO,
+    USER,
     User,
     _run,
     colour_fraction,
@@ -242,10 +245,13 @@ def write_site(site_dir: Path, name: str, **sections: dict[str, Any]) -> Path:
     return path
 
 
-def secret_file(site_dir: Path, name: str, content: str, mode: int = 0o644) -> Path:
+def secret_file(site_dir: Path, name: str, content: str, mode: int = 0o640) -> Path:
+    """A site secret as the README asks for it: root's, readable by the users' group only
+    (a world-readable one is refused)."""
     path = site_dir / name
     path.write_text(content + "\n")
     path.chmod(mode)
+    shutil.chown(path, "root", grp.getgrgid(pwd.getpwnam(USER).pw_gid).gr_name)
     return path
 
 

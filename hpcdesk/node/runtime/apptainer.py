@@ -257,6 +257,7 @@ class ApptainerRuntime:
         if plan.master_token and not kind.upstream:
             secrets.append((inv.token_file, plan.master_token))
         for path, secret in secrets:
+            path.unlink(missing_ok=True)  # a start again on another port
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secret + "\n")
