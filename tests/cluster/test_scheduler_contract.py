@@ -111,7 +111,7 @@ def test_one_query_answers_for_many_jobs(user: User, backend: str,
     assert jobs[held_a]["reason"] == "JobHeldUser"
     assert jobs[done]["state"] in ("completed", "ended")
     assert jobs["999999"]["state"] == "ended"
-    table_calls = {"slurm-cli": "squeue", "pyslurm": "Jobs.load"}[backend]
+    table_calls = {"slurm-cli": "squeue", "pyslurm": "job.find_user"}[backend]
     assert out["calls"][table_calls] == 1, out["calls"]
 
 
