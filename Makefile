@@ -3,7 +3,7 @@ VENV ?= /opt/hpcdesk/venv
 export HPCDESK_VENV := $(VENV)
 DEV_USER ?= hpcuser
 
-.PHONY: setup cluster-up cluster-down demo test test-unit lint bench
+.PHONY: setup cluster-up cluster-down demo test test-unit lint bench bench-scale
 
 setup:
 	bash scripts/setup.sh
@@ -35,3 +35,9 @@ test: lint cluster-up
 
 bench: cluster-up
 	$(VENV)/bin/python benchmarks/run.py
+	$(VENV)/bin/python benchmarks/scale.py $(if $(SHORT),--short)
+
+## Cost at scale (docs/performance.md "Scale"): a busy queue, many sessions, many waiting
+## submits, idle desktops per node. SHORT=1 keeps it short.
+bench-scale: cluster-up
+	$(VENV)/bin/python benchmarks/scale.py $(if $(SHORT),--short)
