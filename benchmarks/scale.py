@@ -337,7 +337,7 @@ def bench_waiting(counts: list[int], seconds: float, warmup: float) -> list[tupl
                 except subprocess.TimeoutExpired:
                     p.kill()
             run(["scancel", "-u", USER])
-        cpu = [(b - a) / TICK / dt * 100 for a, b in zip(c0, c1)]
+        cpu = [(b - a) / TICK / dt * 100 for a, b in zip(c0, c1, strict=True)]
         rows.append((str(n), f"{(r1 - r0) * 60 / dt:.1f}", f"{sum(cpu):.2f} %",
                      f"{med(cpu):.2f} % (max {max(cpu):.2f} %)",
                      f"{med([float(x) for x in rss]) / 1024:.1f} MiB", f"{waiting}/{n}"))

@@ -9,9 +9,11 @@ The queue is read with `slurm_load_job_user` (REQUEST_JOB_USER_INFO: the control
 user's jobs only, as for `squeue -u USER`), not `Jobs.load`, which fetches every job on the
 cluster: on a busy site that costs the controller, the network and this process in proportion
 to other people's work. pyslurm 22.5.3 reaches that call only through its older `job` class
-(`job().find_user(uid)`, records as dicts); its newer `Jobs` has no user filter. pyslurm must be built for the Slurm release it talks to:
-`probe()` tells whether it imports (libslurm's ABI) and was built for the Slurm release this
-host runs, for `backend: auto` and `hpcdesk doctor`.
+(`job().find_user(uid)`, records as dicts); its newer `Jobs` has no user filter.
+
+pyslurm must be built for the Slurm release it talks to: `probe()` tells whether it imports
+(libslurm's ABI) and was built for the Slurm release this host runs, for `backend: auto` and
+`hpcdesk doctor`.
 
 pyslurm 22.5.3 never applies a submit description's `signal` (its `_set_signal` is not
 called); `_description_class` adds the call, so the early time-limit warning is sent as with
