@@ -34,6 +34,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -48,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests/cluster")]
 
 import browser  # noqa: E402  (tests/cluster/browser.py: the one Chromium driver)
-from run import HOME, SITE, USER, VENV, as_user, hpcdesk, user_rpcs  # noqa: E402
+from run import HOME, SITE, USER, VENV, hpcdesk, user_rpcs  # noqa: E402
 from stream import TICK, session_pids, socket_bytes  # noqa: E402
 
 USER2 = os.environ.get("HPCDESK_DEV_USER2", f"{USER}b")
@@ -129,30 +130,38 @@ def spread(values: list[float], unit: str = "ms", digits: int = 0) -> str:
             if len(v) > 1 else f"{v[0]:.{digits}f} {unit}")
 
 
-def runuser_cost(runs: int) -> float:
-    """runuser's own time (ms), subtracted from every timed command run as the user."""
-    times = []
-    for _ in range(max(3, runs)):
-        t0 = time.perf_counter()
-        as_user("/bin/true")
-        times.append((time.perf_counter() - t0) * 1000)
-    return med(times)
+def user_env(name: str) -> dict[str, str]:
+    return {"HOME": f"/home/{name}", "USER": name, "LOGNAME": name,
+            "PATH": f"{VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin"}
 
 
-def timed_as_user(argv: list[str], runs: int, base: float,
-                  before_each: Callable[[], None] = lambda: None) -> tuple[list[float], list[int]]:
-    """Wall time (ms, runuser subtracted) and the user's RPCs of each of `runs` runs."""
-    walls, rpcs = [], []
+def as_uid(name: str, argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`argv` as user `name`, started straight under its uid: no runuser (its PAM session
+    costs ~100 ms, more than what is measured, and varies with the machine's load)."""
+    uid, gid = user_ids(name)
+    return subprocess.run(argv, user=uid, group=gid, extra_groups=[], env=user_env(name),
+                          cwd="/", capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def timed_as_user(argv: list[str], runs: int, before_each: Callable[[], None] = lambda: None
+                  ) -> tuple[list[float], list[float], list[float]]:
+    """Wall time (ms), CPU time (ms: the command and the Slurm commands it ran) and the
+    user's RPCs (sdiag's per-user count) of each of `runs` runs. CPU time is the figure to
+    read on a loaded machine: the wall time carries every other process's load."""
+    walls, cpus, rpcs = [], [], []
     for _ in range(runs):
         before_each()
         r0 = user_rpcs()
+        u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        proc = as_user(*argv)
-        walls.append((time.perf_counter() - t0) * 1000 - base)
-        rpcs.append(user_rpcs() - r0)
+        proc = as_uid(USER, argv)
+        walls.append((time.perf_counter() - t0) * 1000)
+        u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append((u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime) * 1000)
+        rpcs.append(float(user_rpcs() - r0))
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} -> {proc.returncode}: {proc.stderr[-500:]}")
-    return walls, rpcs
+    return walls, cpus, rpcs
 
 
 def drop_snapshot(root: Path = SESSIONS) -> Callable[[], None]:
@@ -181,7 +190,14 @@ def user_ids(name: str) -> tuple[int, int]:
 
 
 def jobs_of(user: str | None) -> int:
+    """Job records the controller holds (finished ones too, until MinJobAge)."""
     argv = ["squeue", "-h", "-t", "all", "-o", "%i"] + (["-u", user] if user else [])
+    return len(run(argv, timeout=300).stdout.split())
+
+
+def queued_of(user: str | None) -> int:
+    """Jobs pending or running."""
+    argv = ["squeue", "-h", "-o", "%i"] + (["-u", user] if user else [])
     return len(run(argv, timeout=300).stdout.split())
 
 
@@ -223,83 +239,81 @@ def cpu_of(pid: int, children: bool = False) -> int:
 
 
 # -- queue: other users' jobs ----------------------------------------------------------------
-def bench_queue(levels: list[int], runs: int, base: float) -> list[tuple[str, ...]]:
+def bench_queue(levels: list[int], runs: int) -> list[tuple[str, ...]]:
     ensure_user2()
     limit = max_job_count()
     rows: list[tuple[str, ...]] = []
     backends = [b for b in BACKENDS if b != "pyslurm" or pyslurm_usable()]
     sids = submit_held(LIVE)
     status_sid = sids[0]
+    hd = str(VENV / "bin/hpcdesk")
     for level in levels:
-        have = jobs_of(USER2)
-        room = limit - jobs_of(None) - max(500, limit // 10)  # others' work keeps its room
+        have = queued_of(USER2)
+        # Stay well inside MaxJobCount: the other engineers' jobs keep their room.
+        room = limit - jobs_of(None) - max(500, limit // 10)
         want = min(level, have + max(0, room))
         if want > have:
             t0 = time.perf_counter()
-            proc = as_user_named(USER2, str(VENV / "bin/python"), "-c", SUBMITTER,
-                                 str(want - have), timeout=3600)
+            proc = as_uid(USER2, [str(VENV / "bin/python"), "-c", SUBMITTER, str(want - have)],
+                          timeout=3600)
             if proc.returncode != 0:
                 print(f"  submitting {want - have} jobs as {USER2} failed: "
                       f"{proc.stderr[-300:]}", flush=True)
             print(f"  {want - have} held jobs of {USER2} queued in "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
-        foreign = jobs_of(USER2)
-        label = f"{foreign}" + (f" (capped from {level}: MaxJobCount {limit})"
+        foreign = queued_of(None) - queued_of(USER)
+        label = f"{foreign}" + (f" (asked {level}; capped by MaxJobCount {limit})"
                                 if want < level else "")
-        print(f"queue: {label} other users' jobs ({jobs_of(None)} in all)", flush=True)
-        w, r = timed_as_user(["squeue", "-u", USER], runs, base)
-        ref = med(w)
-        rows.append((label, "`squeue -u USER`", spread(w), "", spread([float(x) for x in r], "")))
+        print(f"queue: {label} other users' jobs", flush=True)
+        first = len(rows)
+        w, c, r = timed_as_user(["squeue", "-u", USER], runs)
+        ref_w, ref_c = med(w), med(c)
+        rows.append((label, "`squeue -u USER`", spread(w), spread(c), "", spread(r, "", 0)))
         for backend in backends:
             opt = ["--set", f"scheduler.backend={backend}"]
-            for what, argv in (("list", ["list", *SITE, *opt]),
-                               ("status ID", ["status", status_sid, *SITE, *opt])):
-                w, r = timed_as_user([str(VENV / "bin/hpcdesk"), *argv], runs, base,
-                                     drop_snapshot())
-                rows.append((label, f"`hpcdesk {what}` ({backend})", spread(w),
-                             f"{med(w) - ref:+.0f} ms", spread([float(x) for x in r], "")))
+            for what, argv in (("list", [hd, "list", *SITE, *opt]),
+                               ("status ID", [hd, "status", status_sid, *SITE, *opt])):
+                w, c, r = timed_as_user(argv, runs, drop_snapshot())
+                rows.append((label, f"`hpcdesk {what}` ({backend})", spread(w), spread(c),
+                             f"{med(w) - ref_w:+.0f} / {med(c) - ref_c:+.0f} ms",
+                             spread(r, "", 0)))
         if "pyslurm" in backends:
-            proc = as_user(str(VENV / "bin/python"), "-c", RAW_CALLS, str(runs))
+            proc = as_uid(USER, [str(VENV / "bin/python"), "-c", RAW_CALLS, str(runs)])
             if proc.returncode == 0:
                 for name, (ms, records) in json.loads(proc.stdout).items():
-                    rows.append((label, f"raw: {name}", f"{ms:.1f} ms", f"{records} records", ""))
-        w, _ = timed_as_user(["squeue", "-h", "-t", "all"], max(3, runs // 2), base)
-        rows.append((label, "raw: `squeue` (every job)", spread(w), "", ""))
-        for row in rows[-(2 + 2 * len(backends) + 3):]:
+                    rows.append((label, f"raw, in one process: {name}", f"{ms:.1f} ms", "",
+                                 f"{records} records", ""))
+        w, c, _ = timed_as_user(["squeue", "-h"], max(3, runs // 2))
+        rows.append((label, "raw: `squeue` (every job)", spread(w), spread(c), "", ""))
+        for row in rows[first:]:
             print("  " + " | ".join(row), flush=True)
     run(["scancel", "-u", USER2], timeout=600)
+    run(["scancel", "-u", USER])
     return rows
 
 
-def as_user_named(user: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    argv = ["runuser", "-u", user, "--", "env", f"HOME=/home/{user}", f"USER={user}",
-            f"PATH={VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/",
-                          check=False)
-
-
 def pyslurm_usable() -> bool:
-    proc = as_user(str(VENV / "bin/python"), "-c", "from hpcdesk.scheduler.slurm_pyslurm "
-                   "import probe; print(probe().usable)")
+    proc = as_uid(USER, [str(VENV / "bin/python"), "-c", "from hpcdesk.scheduler.slurm_pyslurm "
+                         "import probe; print(probe().usable)"])
     return proc.stdout.strip() == "True"
 
 
 # -- sessions: many of one user ----------------------------------------------------------------
-def bench_sessions(counts: list[int], runs: int, base: float) -> list[tuple[str, ...]]:
+def bench_sessions(counts: list[int], runs: int) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for n in counts:
         root = HOME / f".hpcdesk/scale-sessions-{n}"
         shutil.rmtree(root, ignore_errors=True)
         try:
             live = submit_held(min(LIVE, n), root)
-            as_user(str(VENV / "bin/python"), "-c", MAKE_ENDED, str(root), str(n - len(live)))
+            as_uid(USER, [str(VENV / "bin/python"), "-c", MAKE_ENDED, str(root),
+                          str(n - len(live))])
             opt = ["--set", f"session_root={root}"]
-            for what, argv in (("list --all", ["list", "--all", "--json"]),
-                               ("list", ["list", "--json"])):
-                w, r = timed_as_user([str(VENV / "bin/hpcdesk"), *argv, *SITE, *opt], runs,
-                                     base, drop_snapshot(root))
+            for what, argv in (("list --all", ["list", "--all"]), ("list", ["list"])):
+                w, c, r = timed_as_user([str(VENV / "bin/hpcdesk"), *argv, *SITE, *opt], runs,
+                                        drop_snapshot(root))
                 rows.append((f"{n} ({n - len(live)} ended)", f"`hpcdesk {what}`", spread(w),
-                             spread([float(x) for x in r], "")))
+                             spread(c), spread(r, "", 0)))
                 print("  " + " | ".join(rows[-1]), flush=True)
         finally:
             run(["scancel", "-u", USER])
@@ -479,20 +493,19 @@ def main() -> int:
           f"load {os.getloadavg()[0]:.2f}, Python {platform.python_version()}; "
           f"{run(['sinfo', '-V']).stdout.strip()}; MaxJobCount {max_job_count()}; "
           f"{jobs_of(None)} jobs in the queue at the start", flush=True)
-    base = runuser_cost(runs)
-    print(f"# runuser costs {base:.1f} ms: subtracted from every timed command", flush=True)
     results: list[tuple[str, tuple[str, ...], list[tuple[str, ...]]]] = []
     try:
         if "queue" in args.only:
             levels = [0, 100, 300] if short else [0, 1000, 10000]
             results.append(("Other users' jobs in the queue (median, min..max)",
-                            ("other users' jobs", "command", "wall", "vs `squeue -u`",
-                             "the user's RPCs"), bench_queue(levels, runs, base)))
+                            ("other users' jobs", "command", "wall", "CPU",
+                             "over `squeue -u` (wall / CPU)", "the user's RPCs"),
+                            bench_queue(levels, runs)))
         if "sessions" in args.only:
             counts = [10, 100] if short else [10, 100, 500]
             results.append(("Sessions of one user (median, min..max)",
-                            ("sessions", "command", "wall", "the user's RPCs"),
-                            bench_sessions(counts, runs, base)))
+                            ("sessions", "command", "wall", "CPU", "the user's RPCs"),
+                            bench_sessions(counts, runs)))
         if "waiting" in args.only:
             counts = [1, 5] if short else [1, 10, 30]
             seconds, warmup = (20.0, 10.0) if short else (60.0, 16.0)
