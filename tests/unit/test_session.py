@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from hpcdesk.errors import SessionNotFound
+from hpcdesk.files import atomic_write, read_json
 from hpcdesk.scheduler import JobInfo, JobRef, JobState
-from hpcdesk.session import Session, all_sessions, atomic_write, create, discard, find, read_json
+from hpcdesk.session import Session, all_sessions, create, discard, find
 
 
 def test_create_lookup_and_active_index(tmp_path: Path) -> None:
@@ -50,7 +51,7 @@ def test_atomic_write_mode_and_content(tmp_path: Path) -> None:
 
 
 def test_tail_lines_reads_whole_lines_from_the_end(tmp_path: Path) -> None:
-    from hpcdesk.session import tail_lines
+    from hpcdesk.files import tail_lines
 
     log = tmp_path / "agent.log"
     log.write_text("".join(f"line {i} " + "x" * 300 + "\n" for i in range(1000)))
