@@ -6,7 +6,6 @@ import argparse
 import time
 
 from hpcdesk.commands.common import emit_json, lazy_scheduler, load_config, root_of, say
-from hpcdesk.commands.outcome import print_connection, wait_and_report
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
 from hpcdesk.files import tail_lines
@@ -33,6 +32,10 @@ def _pick(args: argparse.Namespace) -> tuple[Session, LoadedConfig]:
 
 
 def status(args: argparse.Namespace) -> int:
+    # Here, not at the top: `list` never waits nor prints a connection (the waiter's imports
+    # are a good part of its cold start).
+    from hpcdesk.commands.outcome import print_connection, wait_and_report
+
     session, loaded = _pick(args)
     scheduler = lazy_scheduler(loaded)
     ref = job_ref(session)
