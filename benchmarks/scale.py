@@ -15,7 +15,9 @@ What it measures (the user is $HPCDESK_DEV_USER; "other users" is $HPCDESK_DEV_U
   sessions  `hpcdesk list --all` and `hpcdesk list` with 10, 100 and 500 sessions of one user,
             all but three of them ended (made with the product's own session functions).
   waiting   1, 10 and 30 `hpcdesk submit`s waiting at once on held jobs: the user's RPCs per
-            minute in all, and the login-side CPU and memory of the waiting processes.
+            minute in all (each `squeue -u` is 3: FED_INFO, PARTITION_INFO and the one
+            job-info RPC, JOB_USER_INFO), and the login-side CPU and memory (PSS) of the
+            waiting processes, with the Slurm commands they ran.
   desktops  one CPU-only desktop on a node: CPU s/s and memory (PSS) of X, Selkies, the
             desktop session and the node agent, idle with no viewer, with one viewer
             (headless Chromium), and after the viewer left; then more idle desktops on the
@@ -511,7 +513,8 @@ def main() -> int:
             seconds, warmup = (20.0, 10.0) if short else (60.0, 16.0)
             results.append((f"Submits waiting on held jobs ({seconds:.0f} s window after "
                             f"{warmup:.0f} s)",
-                            ("waiting submits", "the user's RPCs/min, all", "login CPU, all",
+                            ("waiting submits", "the user's RPCs/min, all (job-info: a third)",
+                             "login CPU, all",
                              "login CPU per submit", "PSS per submit", "still waiting"),
                             bench_waiting(counts, seconds, warmup)))
         if "desktops" in args.only:
