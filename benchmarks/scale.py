@@ -252,7 +252,7 @@ def bench_queue(levels: list[int], runs: int) -> list[tuple[str, ...]]:
     for level in levels:
         have = queued_of(USER2)
         # Stay well inside MaxJobCount: the other engineers' jobs keep their room.
-        room = limit - jobs_of(None) - max(500, limit // 10)
+        room = limit - jobs_of(None) - max(1000, limit * 15 // 100)
         want = min(level, have + max(0, room))
         if want > have:
             t0 = time.perf_counter()
