@@ -311,7 +311,10 @@ def bench_sessions(counts: list[int], runs: int) -> list[tuple[str, ...]]:
             as_uid(USER, [str(VENV / "bin/python"), "-c", MAKE_ENDED, str(root),
                           str(n - len(live))])
             opt = ["--set", f"session_root={root}"]
-            for what, argv in (("list --all", ["list", "--all"]), ("list", ["list"])):
+            ended = next(d.name for d in sorted(root.iterdir())
+                         if not d.name.startswith(".") and d.name not in live)
+            for what, argv in (("list --all", ["list", "--all"]), ("list", ["list"]),
+                               ("status ENDED-ID", ["status", ended])):
                 w, c, r = timed_as_user([str(VENV / "bin/hpcdesk"), *argv, *SITE, *opt], runs,
                                         drop_snapshot(root))
                 rows.append((f"{n} ({n - len(live)} ended)", f"`hpcdesk {what}`", spread(w),
