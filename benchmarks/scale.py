@@ -241,11 +241,10 @@ def cpu_of(pid: int, children: bool = False) -> int:
 
 
 # -- queue: other users' jobs ----------------------------------------------------------------
-def bench_queue(levels: list[int], runs: int) -> list[tuple[str, ...]]:
+def bench_queue(levels: list[int], runs: int, backends: list[str]) -> list[tuple[str, ...]]:
     ensure_user2()
     limit = max_job_count()
     rows: list[tuple[str, ...]] = []
-    backends = [b for b in BACKENDS if b != "pyslurm" or pyslurm_usable()]
     sids = submit_held(LIVE)
     status_sid = sids[0]
     hd = str(VENV / "bin/hpcdesk")
@@ -327,19 +326,20 @@ def bench_sessions(counts: list[int], runs: int) -> list[tuple[str, ...]]:
 
 
 # -- waiting submits ----------------------------------------------------------------------------
-def bench_waiting(counts: list[int], seconds: float, warmup: float) -> list[tuple[str, ...]]:
+def bench_waiting(counts: list[int], seconds: float, warmup: float,
+                  backends: list[str]) -> list[tuple[str, ...]]:
     uid, gid = user_ids(USER)
-    env = {"HOME": str(HOME), "USER": USER, "LOGNAME": USER,
-           "PATH": f"{VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin"}
     rows: list[tuple[str, ...]] = []
-    for n in counts:
-        argv = [str(VENV / "bin/hpcdesk"), "submit", *SITE, *HELD, "--set", "scheduler.gpus=0"]
-        procs = [subprocess.Popen(argv, user=uid, group=gid, extra_groups=[], env=env, cwd="/",
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for backend, n in ((b, n) for b in backends for n in counts):
+        argv = [str(VENV / "bin/hpcdesk"), "submit", *SITE, *HELD, "--set", "scheduler.gpus=0",
+                "--set", f"scheduler.backend={backend}"]
+        procs = [subprocess.Popen(argv, user=uid, group=gid, extra_groups=[],
+                                  env=user_env(USER), cwd="/", stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
                  for _ in range(n)]
         try:
             deadline = time.monotonic() + 120 + n
-            while jobs_of(USER) < n and time.monotonic() < deadline:
+            while queued_of(USER) < n and time.monotonic() < deadline:
                 time.sleep(0.5)
             time.sleep(warmup)  # past the poll ladder's fast start: the steady state
             r0, c0, t0 = user_rpcs(), [cpu_of(p.pid, True) for p in procs], time.monotonic()
@@ -357,7 +357,7 @@ def bench_waiting(counts: list[int], seconds: float, warmup: float) -> list[tupl
                     p.kill()
             run(["scancel", "-u", USER])
         cpu = [(b - a) / TICK / dt * 100 for a, b in zip(c0, c1, strict=True)]
-        rows.append((str(n), f"{(r1 - r0) * 60 / dt:.1f}", f"{sum(cpu):.2f} %",
+        rows.append((f"{n} ({backend})", f"{(r1 - r0) * 60 / dt:.1f}", f"{sum(cpu):.2f} %",
                      f"{med(cpu):.2f} % (max {max(cpu):.2f} %)",
                      f"{med([float(x) for x in rss]) / 1024:.1f} MiB", f"{waiting}/{n}"))
         print("  " + " | ".join(rows[-1]), flush=True)
@@ -500,6 +500,8 @@ def main() -> int:
                     "the most idle CPUs)")
     ap.add_argument("--max-desktops", type=int, help="idle desktops tried on the node "
                     "(default 6, short 3)")
+    ap.add_argument("--backends", nargs="*", default=list(BACKENDS),
+                    help="scheduler backends for the queue and waiting figures")
     args = ap.parse_args()
     short = args.short
     runs = args.runs or (3 if short else 7)
@@ -509,13 +511,16 @@ def main() -> int:
           f"{run(['sinfo', '-V']).stdout.strip()}; MaxJobCount {max_job_count()}; "
           f"{jobs_of(None)} jobs in the queue at the start", flush=True)
     results: list[tuple[str, tuple[str, ...], list[tuple[str, ...]]]] = []
+    backends = [b for b in args.backends if b != "pyslurm" or pyslurm_usable()]
+    if backends != args.backends:
+        print("# pyslurm is not usable here (`hpcdesk doctor` says why): slurm-cli only")
     try:
         if "queue" in args.only:
             levels = [0, 100, 300] if short else [0, 1000, 10000]
             results.append(("Other users' jobs in the queue (median, min..max)",
                             ("other users' jobs", "command", "wall", "CPU",
                              "over `squeue -u` (wall / CPU)", "the user's RPCs"),
-                            bench_queue(levels, runs)))
+                            bench_queue(levels, runs, backends)))
         if "sessions" in args.only:
             counts = [10, 100] if short else [10, 100, 500]
             results.append(("Sessions of one user (median, min..max)",
@@ -526,10 +531,10 @@ def main() -> int:
             seconds, warmup = (20.0, 10.0) if short else (60.0, 16.0)
             results.append((f"Submits waiting on held jobs ({seconds:.0f} s window after "
                             f"{warmup:.0f} s)",
-                            ("waiting submits", "the user's RPCs/min, all (job-info: a third)",
-                             "login CPU, all",
-                             "login CPU per submit", "PSS per submit", "still waiting"),
-                            bench_waiting(counts, seconds, warmup)))
+                            ("waiting submits (backend)", "the user's RPCs/min, all",
+                             "login CPU, all", "login CPU per submit", "PSS per submit",
+                             "still waiting"),
+                            bench_waiting(counts, seconds, warmup, backends)))
         if "desktops" in args.only:
             most = args.max_desktops or (3 if short else 6)
             node = args.node or idlest_node()
