@@ -200,7 +200,9 @@ class Pyslurm(QueueTable):
 
     def _own_jobs(self, cluster: str | None) -> list[dict[str, Any]] | None:
         """This user's jobs on the controller, asked for by user id: one REQUEST_JOB_USER_INFO
-        whose answer holds no other user's job (None: see last_error)."""
+        whose answer holds no other user's job, after libslurm's small REQUEST_FED_INFO (it
+        checks for a federation unless given SHOW_LOCAL, which this pyslurm class cannot
+        pass). None: see last_error."""
         if cluster:
             self.last_error = NO_MULTI_CLUSTER
             return None
