@@ -519,7 +519,8 @@ def main() -> int:
             levels = [0, 100, 300] if short else [0, 1000, 10000]
             results.append(("Other users' jobs in the queue (median, min..max)",
                             ("other users' jobs", "command", "wall", "CPU",
-                             "over `squeue -u` (wall / CPU)", "the user's RPCs"),
+                             "over `squeue -u` (wall / CPU); raw: records",
+                             "the user's RPCs"),
                             bench_queue(levels, runs, backends)))
         if "sessions" in args.only:
             counts = [10, 100] if short else [10, 100, 500]
