@@ -6,7 +6,7 @@ import argparse
 import time
 
 from hpcdesk import states
-from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for
+from hpcdesk.commands.common import emit_json, lazy_scheduler, load_config, root_of, say
 from hpcdesk.commands.outcome import print_connection, wait_and_report
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
@@ -34,13 +34,16 @@ def _pick(args: argparse.Namespace) -> tuple[Session, LoadedConfig]:
 
 
 def status(args: argparse.Namespace) -> int:
+    # Here, not at the top: `list` never waits nor prints a connection (the waiter's imports
+    # are a good part of its cold start).
+
     session, loaded = _pick(args)
-    scheduler = scheduler_for(loaded)
+    scheduler = lazy_scheduler(loaded)
     ref = job_ref(session)
     if args.wait and ref and not session.meta.get("final"):
         st = collect([session], scheduler)[0]
         if st.state in states.WAITING and st.state != states.SUBMITTING:
-            return wait_and_report(session, scheduler, ref, loaded, None, args.json,
+            return wait_and_report(session, scheduler(), ref, loaded, None, args.json,
                                    time.monotonic())
     st = collect([session], scheduler)[0]
     if args.json:
@@ -62,7 +65,7 @@ def list_sessions(args: argparse.Namespace) -> int:
     sessions = all_sessions(root_of(loaded), include_ended=args.all)[::-1]
     if not args.all:
         sessions = [s for s in sessions if not s.meta.get("final")]
-    rows = collect(sessions, scheduler_for(loaded))
+    rows = collect(sessions, lazy_scheduler(loaded))
     if not args.all:
         rows = [r for r in rows if not r.session.meta.get("final")]
     if args.json:
@@ -90,7 +93,7 @@ def _age(seconds: float) -> str:
 
 def cancel(args: argparse.Namespace) -> int:
     session, loaded = _pick(args)
-    scheduler = scheduler_for(loaded)
+    scheduler = lazy_scheduler(loaded)
     ref = job_ref(session)
     if ref is None:
         raise SessionNotFound(f"session {session.id} has no job to cancel")
@@ -101,10 +104,10 @@ def cancel(args: argparse.Namespace) -> int:
             emit_json(st.as_json())
         return EXIT_OK
     session.update_meta(cancel_requested=now())
-    scheduler.cancel(ref)
+    scheduler().cancel(ref)
     say(f"hpcdesk: cancelling job {ref} (session {session.id})", args.json)
     if not args.no_wait:
-        node = _wait_agent_stopped(session, scheduler, ref, timeout=60.0)
+        node = _wait_agent_stopped(session, scheduler(), ref, timeout=60.0)
         detail = node.get("reason") or "cancelled before the desktop started"
         session.update_meta(final={"state": states.CANCELLED, "detail": detail, "at": now()})
     st = collect([session], scheduler)[0]
