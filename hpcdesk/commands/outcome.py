@@ -54,7 +54,7 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
                    "state": "ready", **{k: conn.get(k) for k in (
                        "host", "port", "user", "password", "token", "node", "display",
                        "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint",
-                       "transport", "turn_port")},
+                       "transport", "turn_port", "sound")},
                    "url": browser_link(conn),
                    **({"laptop_command": laptop} if laptop else {})})
         return
@@ -66,6 +66,7 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
            f"  user:     {conn['user']}\n  password: {conn['password']}\n") +
           f"  node:     {conn.get('node')} (display {conn.get('display')}, "
           f"encoder {conn.get('encoder')})\n"
+          + sound_line(conn) +
           f"  session:  {session.id} (job {job})\n"
           + (f"  certificate: self-signed for this session; your browser warns once.\n"
              f"           SHA-256 {conn.get('tls_fingerprint')}\n"
@@ -73,6 +74,14 @@ def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet:
           (f"  on your laptop (this URL is for the cluster's network only):\n"
            f"            {laptop}\n" if laptop else "") +
           f"  stop it:  hpcdesk cancel {session.id}", flush=True)
+
+
+def sound_line(conn: dict[str, Any]) -> str:
+    """What the desktop's sound is, or why it is off (node/sound.py); never a silent "on"."""
+    sound = conn.get("sound")
+    if not isinstance(sound, dict):
+        return ""
+    return f"  sound:    {sound.get('reason')}\n"
 
 
 def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exception,

@@ -51,6 +51,8 @@ def status(args: argparse.Namespace) -> int:
     node = st.as_json()["node"]
     print(f"session {session.id}: {st.state}" + (f" ({st.detail})" if st.detail else ""))
     print(f"  job {ref or '-'}" + (f" on {node}" if node else "") + f"; files in {session.dir}")
+    if isinstance(st.node.get("sound"), dict):
+        print(f"  sound: {st.node['sound'].get('reason')}")
     return EXIT_OK if st.state not in ("failed",) else EXIT_FAILED
 
 

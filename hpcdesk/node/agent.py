@@ -25,7 +25,7 @@ from typing import Any
 from hpcdesk.connect import rtc
 from hpcdesk.connect.turn import TurnError
 from hpcdesk.errors import ConfigError
-from hpcdesk.node import address, health, jobturn, tls, viewers
+from hpcdesk.node import address, health, jobturn, sound, tls, viewers
 from hpcdesk.node.binding import bind_gpu
 from hpcdesk.node.errors import StartError, Stop
 from hpcdesk.node.ports import PortLease
@@ -152,6 +152,9 @@ class Agent:
         url_path = req.desktop.url_path.replace("{host}", host).replace("{port}", str(port))
         turn_children = self.start_job_turn(host, bind_addr)
         self.children = list(turn_children)  # stopped by finish() whatever fails next
+        sound_ = self.start_sound()
+        side = [*turn_children, *([sound_.child] if sound_.child else [])]
+        self.children = list(side)
         self.rtc_path = self.write_rtc(host)
         tls_files = (tls.prepare(self.workdir, [host, bind_addr], req.desktop.https_cert,
                                  req.desktop.https_key) if req.desktop.https else None)
@@ -163,13 +166,14 @@ class Agent:
                            tls_cert=tls_files.cert if tls_files else None,
                            tls_key=tls_files.key if tls_files else None,
                            master_token=master_token, url_path=url_path,
-                           rtc_config=self.rtc_path)
+                           rtc_config=self.rtc_path, sound_env=sound_.env(),
+                           audio=sound_.on, microphone=sound_.on and sound_.microphone)
         self.phase(LAUNCHING, f"starting the desktop ({req.runtime.kind} runtime)",
                    port=port, host=host)
         deadline = time.monotonic() + req.start_timeout
         started = get_runtime(req.runtime.kind).start(plan, timeout=req.start_timeout)
         self.started = started
-        self.children = [*turn_children, *started.children]
+        self.children = [*side, *started.children]
         self.mark("desktop_launched")
         self.phase(WAITING, f"desktop on display {started.display}; waiting for the web UI",
                    display=started.display,
@@ -186,7 +190,7 @@ class Agent:
             "encoder": gpu.encoder, "encoder_reason": gpu.encoder_reason,
             "tls": tls_files.kind if tls_files else None,
             "tls_fingerprint": tls_files.fingerprint if tls_files else None,
-            "transport": req.desktop.transport,
+            "transport": req.desktop.transport, "sound": sound_.describe(),
             "turn_port": self.job_turn.port if self.job_turn else None,
             "started_at": self.state["times"]["agent_start"], "ready_at": now(),
         }
@@ -209,6 +213,24 @@ class Agent:
         log.info("in-job TURN on port %d, relay ports %d-%d", self.job_turn.port,
                  *self.job_turn.relay)
         return [self.job_turn.child]
+
+    def start_sound(self) -> sound.Sound:
+        """The desktop's own sound server (desktop.audio), or the reason it has none; the
+        reason is published in node.json and connection.json, never a silent "on"."""
+        req = self.request
+        assert self.workdir is not None
+        if not req.desktop.audio:
+            result = sound.off("off (desktop.audio is false)")
+        elif req.desktop.interface != "selkies":
+            result = sound.off("off (the VNC interface carries no sound; use selkies)")
+        else:
+            result = sound.start(self.workdir, os.environ, self.dir / "sound.log",
+                                 req.desktop.microphone)
+            if not result.on:
+                result.reason = f"off: {result.reason}"
+        self.state["sound"] = result.describe()
+        log.info("sound: %s", result.reason)
+        return result
 
     def write_rtc(self, host: str) -> Path:
         """Selkies' ICE configuration file: exactly the site's servers, or none."""
