@@ -110,6 +110,9 @@ class RuntimeConfig:
         "auto", "Where Selkies serves its web client from: auto (the installed package's own "
         "files, in place), copy (Selkies' default: a fresh copy on every start, slower) or a "
         "directory.", pattern=r"auto|copy|/\S+")
+    sound_server: str = opt(
+        "pulseaudio", "The PulseAudio daemon each desktop gets as its own sound server "
+        "(desktop.audio; a full path where it is not on the job's PATH).")
     session: str = opt("openbox", "Desktop session / window manager command.")
     autostart: list[str] = opt(["xterm"], "Programs started in the desktop after the session.")
     agent_command: str | None = opt(

@@ -226,7 +226,7 @@ class Agent:
             result = sound.off("off (the VNC interface carries no sound; use selkies)")
         else:
             result = sound.start(self.workdir, os.environ, self.dir / "sound.log",
-                                 req.desktop.microphone)
+                                 req.desktop.microphone, command=req.runtime.sound_server)
             if not result.on:
                 result.reason = f"off: {result.reason}"
         self.state["sound"] = result.describe()

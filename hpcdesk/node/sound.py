@@ -46,6 +46,7 @@ MIC_SOURCE = "SelkiesVirtualMic"  # audio_control.VIRTUAL_MIC_SOURCE
 RATE = 48000  # Opus' rate: nothing is resampled on the way to the browser
 PACKAGES = "pulseaudio pulseaudio-utils"  # Debian's names, for the messages below
 START_TIMEOUT = 15.0
+DAEMON = "pulseaudio"  # runtime.sound_server's default
 
 
 @dataclass
@@ -67,19 +68,23 @@ class Sound:
         return {"PULSE_SERVER": f"unix:{self.socket}", "PULSE_COOKIE": str(self.cookie)}
 
     def describe(self) -> dict[str, object]:
-        return {"on": self.on, "microphone": self.microphone, "reason": self.reason}
+        """For node.json and connection.json: paths only (the cookie's content stays in
+        its 0600 file), so that the user's own tools can reach the server."""
+        return {"on": self.on, "microphone": self.microphone, "reason": self.reason,
+                **self.env()}
 
 
 def off(reason: str) -> Sound:
     return Sound(False, reason)
 
 
-def find_server() -> tuple[str | None, str]:
-    """(the pulseaudio command, "") or (None, why it cannot run here)."""
-    daemon = shutil.which("pulseaudio")
+def find_server(command: str = DAEMON) -> tuple[str | None, str]:
+    """(the daemon's path, "") or (None, why it cannot run here)."""
+    daemon = shutil.which(command)
     if daemon is None:
-        return None, (f"no sound server on this node: install {PACKAGES} (Debian) or "
-                      "pulseaudio (RHEL/EPEL)")
+        return None, (f"no sound server on this node ({command!r} not found): install "
+                      f"{PACKAGES} (Debian) or pulseaudio (RHEL/EPEL), or set "
+                      "runtime.sound_server to its path")
     return daemon, ""
 
 
@@ -164,10 +169,10 @@ def _answers(path: Path) -> bool:
 
 
 def start(workdir: Path, env: Mapping[str, str], log_path: Path | None, microphone: bool,
-          timeout: float = START_TIMEOUT) -> Sound:
+          timeout: float = START_TIMEOUT, command: str = DAEMON) -> Sound:
     """Start the session's server below `workdir`; a Sound that is off (with the reason)
     when it cannot run. The child is not essential: losing sound never ends a desktop."""
-    daemon, why = find_server()
+    daemon, why = find_server(command)
     if daemon is None:
         return off(why)
     directory = workdir / "pulse"
