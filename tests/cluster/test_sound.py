@@ -24,8 +24,14 @@ from typing import Any
 
 import browser
 import pytest
-import yaml
-from conftest import REPO, User, colour_fraction, node_exec, node_user_pids, place_window
+from conftest import (
+    User,
+    colour_fraction,
+    node_exec,
+    node_user_pids,
+    place_window,
+    write_site,
+)
 from tooling import require
 
 pytestmark = pytest.mark.cluster
@@ -63,16 +69,6 @@ def tone(site_dir: Path) -> Path:
 def tools() -> None:
     require("paplay", "parecord", "pactl", package="pulseaudio-utils")
     require("pulseaudio", package="pulseaudio")
-
-
-def write_site(site_dir: Path, name: str, **sections: dict[str, Any]) -> Path:
-    data = yaml.safe_load((REPO / "site-configs/devcluster.yaml").read_text())
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    path = site_dir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    path.chmod(0o644)
-    return path
 
 
 def submit(user: User, cleanup_jobs: list[str], *args: str) -> dict[str, Any]:

@@ -34,17 +34,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import browser
 import pytest
-import yaml
 from conftest import (
     DEVCLUSTER,
     NODE_IPS,
-    REPO,
     User,
     _run,
     colour_fraction,
     node_exec,
     node_user_pids,
     place_window,
+    write_site,
 )
 from tooling import require
 
@@ -230,16 +229,6 @@ def uclient(server: Coturn, user: str, password: str, peer_port: int,
     argv = ["turnutils_uclient", "-p", str(server.port), "-u", user, "-w", password,
             "-e", LAPTOP_IP, "-r", str(peer_port), "-n", "5", *(["-t"] if tcp else []), TURN_IP]
     return _run(argv, timeout=90)
-
-
-def write_site(site_dir: Path, name: str, **sections: dict[str, Any]) -> Path:
-    data = yaml.safe_load((REPO / "site-configs/devcluster.yaml").read_text())
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    path = site_dir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    path.chmod(0o644)
-    return path
 
 
 def secret_file(site_dir: Path, name: str, content: str, mode: int = 0o644) -> Path:
