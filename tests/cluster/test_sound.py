@@ -108,6 +108,13 @@ def hear(tools: browser.Chromium, timeout: float = 90) -> list[dict[str, Any]]:
     return seen
 
 
+def loudest_tone(seen: list[dict[str, Any]]) -> dict[str, Any]:
+    """The loudest sample at the tone's frequency (printed: the numbers in the issue note)."""
+    best = max((s for s in seen if is_tone(s)), key=lambda s: float(s["rms"]))
+    print(f"heard {best['kind']}: {float(best['peakHz']):.1f} Hz, RMS {float(best['rms']):.3f}")
+    return best
+
+
 def is_tone(sample: dict[str, Any]) -> bool:
     return float(sample["rms"]) > LOUD and abs(float(sample["peakHz"]) - TONE) < 15
 
@@ -156,9 +163,12 @@ def test_sound_over_websockets_private_and_no_microphone_by_default(
         seen = hear(tools)
         assert any(is_tone(s) for s in seen), f"no 440 Hz in the page's audio: {seen[-6:]}"
         assert {s["kind"] for s in seen if is_tone(s)} == {"webaudio"}
+        loudest_tone(seen)
         # The site's default: the microphone is not allowed. The browser has a (fake)
         # microphone, yet a recording in the desktop is silence.
-        assert record(user, conn, 10) < SILENT
+        quiet = record(user, conn, 10)
+        print(f"microphone not allowed: loudest recorded sample {quiet}")
+        assert quiet < SILENT
 
     node = str(conn["node"])
     user.run("cancel", str(conn["session"]), *SITE, check=True)
@@ -179,6 +189,7 @@ def test_sound_over_webrtc(user: User, tone: Path, tmp_path: Path,
         seen = hear(tools)
     assert any(is_tone(s) for s in seen), f"no 440 Hz in the page's WebRTC audio: {seen[-6:]}"
     assert {s["kind"] for s in seen if is_tone(s)} == {"webrtc"}
+    loudest_tone(seen)
 
 
 def test_audio_false_sends_no_sound(user: User, tmp_path: Path,
@@ -221,6 +232,7 @@ def test_microphone_allowed_by_the_site_reaches_the_desktop(
         # parecord reading the default source (Selkies' virtual microphone) makes Selkies ask
         # the page for its microphone; Chromium's fake device beeps into it.
         loudest = record(user, conn, 15)
+    print(f"microphone allowed: loudest recorded sample {loudest}")
     assert loudest > 1000, f"the recording in the desktop is silent (max {loudest})"
     log = (user.sessions_root() / str(conn["session"]) / "selkies.log").read_text()
     assert "The microphone is read by parecord" in log
