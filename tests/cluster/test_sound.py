@@ -32,6 +32,7 @@ from conftest import (
     place_window,
     write_site,
 )
+from test_apptainer import IMAGE_DIR, debian_image  # noqa: F401 (a fixture)
 from tooling import require
 
 pytestmark = pytest.mark.cluster
@@ -39,6 +40,7 @@ SITE = ("--site", "devcluster")
 GREEN = (0x13, 0xA8, 0x6B)
 TONE = 440.0
 LOUD = 0.05     # RMS of a tone at -6 dBFS is about 0.35; the decoded silence is 0
+APPTAINER_SITE = (*SITE, "--set", f"runtime.image_dir={IMAGE_DIR}")
 SILENT = 64     # of 32767: a null sink's monitor with nothing playing records zeros
 
 
@@ -238,3 +240,20 @@ def test_microphone_allowed_by_the_site_reaches_the_desktop(
     assert "The microphone is read by parecord" in log
     assert json.loads((user.sessions_root() / str(conn["session"]) / "node.json")
                       .read_text())["sound"]["microphone"] is True
+
+
+@pytest.mark.apptainer
+@pytest.mark.usefixtures("debian_image")
+def test_sound_from_the_debian_image(user: User, tone: Path, cleanup_jobs: list[str]) -> None:
+    """The apptainer runtime: the agent's server on the node, its directory bound into the
+    container at the same path; Selkies in the image streams it."""
+    conn = submit(user, cleanup_jobs, *APPTAINER_SITE, "--runtime", "apptainer", "--image",
+                  "debian")
+    assert conn["sound"]["on"] is True, conn["sound"]
+    with browser.Chromium() as tools:
+        tools.open(str(conn["url"]), init_script=browser.AUDIO_SPY,
+                   login=(str(conn["user"]), str(conn["password"])))
+        play_forever(user, conn, tone)
+        seen = hear(tools)
+    assert any(is_tone(s) for s in seen), f"no 440 Hz from the image's Selkies: {seen[-6:]}"
+    loudest_tone(seen)
