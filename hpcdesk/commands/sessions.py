@@ -47,6 +47,8 @@ def status(args: argparse.Namespace) -> int:
         return EXIT_OK
     conn = session.connection() if st.state == "ready" else None
     if conn and ref:
+        if st.node.get("sound"):  # the agent's latest word (a sound server can stop)
+            conn = {**conn, "sound": st.node["sound"]}
         print_connection(session, ref, conn, quiet=False)
         return EXIT_OK
     node = st.as_json()["node"]

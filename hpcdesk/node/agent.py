@@ -77,6 +77,7 @@ class Agent:
         self.job_turn: jobturn.JobTurn | None = None
         self.rtc_path: Path | None = None
         self.rtc_refresh_at: float | None = None
+        self.sound: sound.Sound | None = None
 
     # -- state and events -------------------------------------------------------------
     def phase(self, phase: str, detail: str = "", **fields: Any) -> None:
@@ -153,7 +154,7 @@ class Agent:
         url_path = req.desktop.url_path.replace("{host}", host).replace("{port}", str(port))
         turn_children = self.start_job_turn(host, bind_addr)
         self.children = list(turn_children)  # stopped by finish() whatever fails next
-        sound_ = self.start_sound()
+        sound_ = self.sound = self.start_sound()
         side = [*turn_children, *([sound_.child] if sound_.child else [])]
         self.children = list(side)
         self.rtc_path = self.write_rtc(host)
@@ -233,6 +234,17 @@ class Agent:
         log.info("sound: %s", result.reason)
         return result
 
+    def check_sound(self) -> None:
+        """A sound server that died takes the sound, not the desktop: say so (status)."""
+        snd = self.sound
+        if not snd or not snd.on or not snd.child or snd.child.alive():
+            return
+        snd.on = False
+        snd.reason = "off: the sound server stopped: " + snd.child.describe_exit()
+        self.state["sound"] = snd.describe()
+        log.warning("sound: %s", snd.reason)
+        self.phase(self.state["phase"], self.state.get("detail", ""))
+
     def write_rtc(self, host: str) -> Path:
         """Selkies' ICE configuration file: exactly the site's servers, or none."""
         assert self.workdir is not None
@@ -304,6 +316,7 @@ class Agent:
                                      + more)
                 self.restart(dead)
             reap_orphans(self.children)
+            self.check_sound()
             self.warn_time_limit()
             self.check_idle()
             time.sleep(1.0)

@@ -192,6 +192,17 @@ def test_sound_over_webrtc(user: User, tone: Path, tmp_path: Path,
     assert any(is_tone(s) for s in seen), f"no 440 Hz in the page's WebRTC audio: {seen[-6:]}"
     assert {s["kind"] for s in seen if is_tone(s)} == {"webrtc"}
     loudest_tone(seen)
+    # A sound server that dies takes the sound, not the desktop, and status says so.
+    node = str(conn["node"])
+    pids = [p.split()[0] for p in node_user_pids(node, user.name) if "pulseaudio" in p]
+    assert len(pids) == 1, pids
+    assert node_exec(node, "kill", "-KILL", pids[0]).returncode == 0
+    deadline = time.monotonic() + 30
+    while "sound:    off: the sound server stopped" not in (text := user.run(
+            "status", str(conn["session"]), *SITE, check=True).stdout):
+        assert time.monotonic() < deadline, text
+        time.sleep(1)
+    assert user.json("status", str(conn["session"]), *SITE)["state"] == "ready"
 
 
 def test_audio_false_sends_no_sound(user: User, tmp_path: Path,
