@@ -235,17 +235,20 @@ def test_no_sound_server_starts_the_desktop_and_says_why(user: User, tmp_path: P
     assert status_json["sound"]["on"] is False
 
 
+@pytest.mark.parametrize("transport", ["websockets", "webrtc"])
 def test_microphone_allowed_by_the_site_reaches_the_desktop(
-        user: User, site_dir: Path, tmp_path: Path, cleanup_jobs: list[str]) -> None:
-    site = write_site(site_dir, "microphone", desktop={"microphone": True})
+        user: User, site_dir: Path, tmp_path: Path, cleanup_jobs: list[str],
+        transport: str) -> None:
+    site = write_site(site_dir, f"microphone-{transport}",
+                      desktop={"microphone": True, "transport": transport})
     conn = submit(user, cleanup_jobs, "--site", str(site))
     assert conn["sound"]["on"] is True and conn["sound"]["microphone"] is True, conn["sound"]
     with browser.Chromium(flags=tuple(browser.FAKE_MICROPHONE)) as tools:
-        open_desktop(tools, user, conn, tmp_path / "mic.png")
+        open_desktop(tools, user, conn, tmp_path / f"mic-{transport}.png")
         # parecord reading the default source (Selkies' virtual microphone) makes Selkies ask
         # the page for its microphone; Chromium's fake device beeps into it.
         loudest = record(user, conn, 15)
-    print(f"microphone allowed: loudest recorded sample {loudest}")
+    print(f"microphone allowed ({transport}): loudest recorded sample {loudest}")
     assert loudest > 1000, f"the recording in the desktop is silent (max {loudest})"
     log = (user.sessions_root() / str(conn["session"]) / "selkies.log").read_text()
     assert "The microphone is read by parecord" in log
