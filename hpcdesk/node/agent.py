@@ -227,12 +227,28 @@ class Agent:
             result = sound.off("off (the VNC interface carries no sound; use selkies)")
         else:
             result = sound.start(self.workdir, os.environ, self.dir / "sound.log",
-                                 req.desktop.microphone, command=req.runtime.sound_server)
+                                 req.desktop.microphone, command=req.runtime.sound_server,
+                                 image=self.sound_in_image())
             if not result.on:
                 result.reason = f"off: {result.reason}"
         self.state["sound"] = result.describe()
         log.info("sound: %s", result.reason)
         return result
+
+    def sound_in_image(self) -> sound.InImage | None:
+        """hpcdesk's images carry PulseAudio: where the node has none, the image's runs
+        (the upstream images have PipeWire of their own and no hpcdesk contract for it)."""
+        from hpcdesk.images import ImageError, resolve_image
+        from hpcdesk.node.runtime.apptainer import ImageKind
+
+        r = self.request.runtime
+        if r.kind != "apptainer" or not r.image:
+            return None
+        try:
+            image = resolve_image(r.image, r.image_dir)
+        except ImageError:
+            return None  # the runtime reports it
+        return None if ImageKind.detect(image).upstream else sound.InImage(r.apptainer, image)
 
     def check_sound(self) -> None:
         """A sound server that died takes the sound, not the desktop: say so (status)."""

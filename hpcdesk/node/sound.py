@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -168,31 +169,56 @@ def _answers(path: Path) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class InImage:
+    """Run the daemon from the desktop's image (`apptainer exec`) where the node has none:
+    only its own directory is bound in (as the home, read-write, at the same path)."""
+
+    apptainer: str
+    image: str
+
+    def wrap(self, directory: Path, argv: list[str], env: Mapping[str, str]
+             ) -> tuple[list[str], dict[str, str]]:
+        outer = {k: v for k, v in os.environ.items() if k in ("PATH", "USER", "LOGNAME", "LANG")}
+        outer.update({f"APPTAINERENV_{k}": v for k, v in env.items() if k != "HOME"})
+        return ([*shlex.split(self.apptainer), "exec", "--cleanenv", "--contain",
+                 "--home", str(directory), self.image,
+                 DAEMON, *argv[1:]], outer)
+
+
 def start(workdir: Path, env: Mapping[str, str], log_path: Path | None, microphone: bool,
-          timeout: float = START_TIMEOUT, command: str = DAEMON) -> Sound:
+          timeout: float = START_TIMEOUT, command: str = DAEMON,
+          image: InImage | None = None) -> Sound:
     """Start the session's server below `workdir`; a Sound that is off (with the reason)
-    when it cannot run. The child is not essential: losing sound never ends a desktop."""
+    when it cannot run. Where the node has no daemon and `image` is given, the image's
+    daemon runs instead. The child is not essential: losing sound never ends a desktop."""
     daemon, why = find_server(command)
-    if daemon is None:
+    if daemon is None and image is None:
         return off(why)
     directory = workdir / "pulse"
     sock, cookie = prepare(directory)
+    argv, denv = daemon_argv(daemon or DAEMON, directory), daemon_env(env, directory)
+    where = "PulseAudio"
+    if daemon is None and image is not None:
+        argv, denv = image.wrap(directory, argv, denv)
+        where = f"PulseAudio from the image {Path(image.image).name}"
+        why = f"{why}; the image's own failed too"
     try:
-        child = spawn("sound server", daemon_argv(daemon, directory),
-                      daemon_env(env, directory), log_path, essential=False)
+        child = spawn("sound server", argv, denv, log_path, essential=False)
     except StartError as exc:
         return off(f"the sound server could not start: {exc}")
     deadline = time.monotonic() + timeout
     while not (sock.exists() and _answers(sock)):
         if not child.alive():
-            return off("the sound server stopped at start: " + child.describe_exit())
+            return off((why + ": " if daemon is None else "") +
+                       "the sound server stopped at start: " + child.describe_exit())
         if time.monotonic() > deadline:
             stop(child)
             return off(f"the sound server did not open its socket within {timeout:.0f}s")
         time.sleep(0.05)
     mic = "allowed" if microphone else "not allowed by the site"
     log.info("sound server %d on %s (microphone %s)", child.pid, sock, mic)
-    return Sound(True, f"on (PulseAudio, private to this desktop; microphone {mic})",
+    return Sound(True, f"on ({where}, private to this desktop; microphone {mic})",
                  microphone, sock, cookie, child)
 
 

@@ -258,12 +258,17 @@ def test_microphone_allowed_by_the_site_reaches_the_desktop(
 
 @pytest.mark.apptainer
 @pytest.mark.usefixtures("debian_image")
-def test_sound_from_the_debian_image(user: User, tone: Path, cleanup_jobs: list[str]) -> None:
-    """The apptainer runtime: the agent's server on the node, its directory bound into the
-    container at the same path; Selkies in the image streams it."""
+@pytest.mark.parametrize("server", ["node", "image"])
+def test_sound_from_the_debian_image(user: User, tone: Path, cleanup_jobs: list[str],
+                                     server: str) -> None:
+    """The apptainer runtime: the session's server runs on the node (or, where the node has
+    none, from the image), its directory bound into the container at the same path; Selkies
+    in the image streams it."""
+    none = ("--set", "runtime.sound_server=/nonexistent/pulseaudio") if server == "image" else ()
     conn = submit(user, cleanup_jobs, *APPTAINER_SITE, "--runtime", "apptainer", "--image",
-                  "debian")
+                  "debian", *none)
     assert conn["sound"]["on"] is True, conn["sound"]
+    assert ("from the image" in conn["sound"]["reason"]) is (server == "image")
     with browser.Chromium() as tools:
         tools.open(str(conn["url"]), init_script=browser.AUDIO_SPY,
                    login=(str(conn["user"]), str(conn["password"])))

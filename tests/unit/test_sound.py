@@ -108,6 +108,29 @@ def test_no_server_on_the_node_is_off_with_the_reason(tmp_path: Path,
     assert "pulseaudio" in checks["sound"].fix
 
 
+def test_no_server_on_the_node_runs_the_images(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a daemon on the node the image's runs: `apptainer exec` of the image, the
+    server's directory its only bind, its settings through APPTAINERENV_ (never argv)."""
+    directory = tmp_path / "pulse"
+    image = sound.InImage("apptainer", "/img/debian-bookworm-1.sif")
+    argv, env = image.wrap(directory, sound.daemon_argv("/usr/bin/pulseaudio", directory),
+                           sound.daemon_env({"PATH": "/usr/bin"}, directory))
+    assert argv[:5] == ["apptainer", "exec", "--cleanenv", "--contain", "--home"]
+    assert argv[5:8] == [str(directory), "/img/debian-bookworm-1.sif", "pulseaudio"]
+    assert f"--file={directory / 'server.pa'}" in argv and "--bind" not in argv
+    assert env["APPTAINERENV_PULSE_CONFIG"] == str(directory / "daemon.conf")
+    assert "APPTAINERENV_HOME" not in env
+    # An image that cannot run it: off, with both reasons.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    work = tmp_path / "w"
+    work.mkdir(mode=0o700)
+    got = sound.start(work, {}, None, False, timeout=5,
+                      image=sound.InImage("/bin/false", "/img/none.sif"))
+    assert not got.on and "no sound server on this node" in got.reason
+    assert "the image's own failed too" in got.reason
+
+
 def test_doctor_node_finds_a_working_server() -> None:
     require("pulseaudio", package="pulseaudio")
     require("pactl", package="pulseaudio-utils")
