@@ -153,6 +153,19 @@ def cleanup_jobs(user: User) -> Iterator[list[str]]:
         user.run("cancel", sid, "--site", "devcluster", timeout=90)
 
 
+@pytest.fixture(scope="module")
+def site_dir() -> Iterator[Path]:
+    """Site files (and other inputs) readable by the dev users (pytest's tmp_path is root's
+    alone)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="hpcdesk-site-", dir="/var/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def write_site(site_dir: Path, name: str, **sections: dict[str, Any]) -> Path:
     """The dev cluster's site file with some sections changed, as `site_dir/name.yaml`
     (readable by the dev users)."""

@@ -13,12 +13,9 @@ from __future__ import annotations
 import array
 import json
 import math
-import shutil
 import struct
-import tempfile
 import time
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +39,6 @@ TONE = 440.0
 LOUD = 0.05     # RMS of a tone at -6 dBFS is about 0.35; the decoded silence is 0
 APPTAINER_SITE = (*SITE, "--set", f"runtime.image_dir={IMAGE_DIR}")
 SILENT = 64     # of 32767: a null sink's monitor with nothing playing records zeros
-
-
-@pytest.fixture(scope="module")
-def site_dir() -> Iterator[Path]:
-    """Site files and the tone, readable by the dev user (pytest's tmp_path is root's)."""
-    d = Path(tempfile.mkdtemp(prefix="h24-sound-", dir="/var/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +98,18 @@ def hear(tools: browser.Chromium, timeout: float = 90) -> list[dict[str, Any]]:
     return seen
 
 
-def loudest_tone(seen: list[dict[str, Any]]) -> dict[str, Any]:
-    """The loudest sample at the tone's frequency (printed: the numbers in the issue note)."""
-    best = max((s for s in seen if is_tone(s)), key=lambda s: float(s["rms"]))
+def hear_the_tone(tools: browser.Chromium, user: User, conn: dict[str, Any], wav: Path,
+                  kind: str) -> None:
+    """Play the tone in the desktop; the page plays it, at 440 Hz, through `kind` (webaudio:
+    Selkies' websockets client; webrtc: the peer connection's audio track). The loudest
+    sample is printed (the numbers in the issue note)."""
+    play_forever(user, conn, wav)
+    seen = hear(tools)
+    tones = [s for s in seen if is_tone(s)]
+    assert tones, f"no 440 Hz in the page's audio: {seen[-6:]}"
+    assert {s["kind"] for s in tones} == {kind}, tones[-6:]
+    best = max(tones, key=lambda s: float(s["rms"]))
     print(f"heard {best['kind']}: {float(best['peakHz']):.1f} Hz, RMS {float(best['rms']):.3f}")
-    return best
 
 
 def is_tone(sample: dict[str, Any]) -> bool:
@@ -161,11 +156,7 @@ def test_sound_over_websockets_private_and_no_microphone_by_default(
 
     with browser.Chromium(flags=tuple(browser.FAKE_MICROPHONE)) as tools:
         open_desktop(tools, user, conn, tmp_path / "ws.png")
-        play_forever(user, conn, tone)
-        seen = hear(tools)
-        assert any(is_tone(s) for s in seen), f"no 440 Hz in the page's audio: {seen[-6:]}"
-        assert {s["kind"] for s in seen if is_tone(s)} == {"webaudio"}
-        loudest_tone(seen)
+        hear_the_tone(tools, user, conn, tone, "webaudio")
         # The site's default: the microphone is not allowed. The browser has a (fake)
         # microphone, yet a recording in the desktop is silence.
         quiet = record(user, conn, 10)
@@ -187,11 +178,7 @@ def test_sound_over_webrtc(user: User, tone: Path, tmp_path: Path,
     assert conn["transport"] == "webrtc" and conn["sound"]["on"] is True
     with browser.Chromium() as tools:
         open_desktop(tools, user, conn, tmp_path / "rtc.png")
-        play_forever(user, conn, tone)
-        seen = hear(tools)
-    assert any(is_tone(s) for s in seen), f"no 440 Hz in the page's WebRTC audio: {seen[-6:]}"
-    assert {s["kind"] for s in seen if is_tone(s)} == {"webrtc"}
-    loudest_tone(seen)
+        hear_the_tone(tools, user, conn, tone, "webrtc")
     # A sound server that dies takes the sound, not the desktop, and status says so.
     node = str(conn["node"])
     pids = [p.split()[0] for p in node_user_pids(node, user.name) if "pulseaudio" in p]
@@ -272,7 +259,4 @@ def test_sound_from_the_debian_image(user: User, tone: Path, cleanup_jobs: list[
     with browser.Chromium() as tools:
         tools.open(str(conn["url"]), init_script=browser.AUDIO_SPY,
                    login=(str(conn["user"]), str(conn["password"])))
-        play_forever(user, conn, tone)
-        seen = hear(tools)
-    assert any(is_tone(s) for s in seen), f"no 440 Hz from the image's Selkies: {seen[-6:]}"
-    loudest_tone(seen)
+        hear_the_tone(tools, user, conn, tone, "webaudio")

@@ -155,15 +155,6 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
 
 # ----------------------------------------------------------------- the site's TURN server
 
-@pytest.fixture(scope="module")
-def site_dir() -> Iterator[Path]:
-    """Site files readable by the dev user (pytest's tmp_path is root's alone)."""
-    d = Path(tempfile.mkdtemp(prefix="h9-site-", dir="/var/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 class Coturn:
     def __init__(self, directory: Path, auth: list[str]) -> None:
         require("turnserver", "turnutils_uclient", "turnutils_peer", package="coturn")
