@@ -231,7 +231,8 @@ def _sound_check(probe: SoundProber) -> Check:
     if ok:
         return Check("sound", "ok", detail)
     return Check("sound", "warn", f"desktops here start without sound: {detail}",
-                 f"install {sound.PACKAGES} on the node (Debian), or set desktop.audio: false")
+                 f"install {sound.PACKAGES} on the node (Debian); hpcdesk's own images (debian, "
+                 "kde) bring their own; or set desktop.audio: false")
 
 
 def _default_probe(device: Device) -> NvencResult:
