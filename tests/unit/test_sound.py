@@ -11,6 +11,7 @@ import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tooling import require
@@ -200,3 +201,25 @@ def test_dev_cluster_turns_audio_on() -> None:
     site = Path(__file__).resolve().parents[2] / "site-configs/devcluster.yaml"
     assert config.load(str(site)).config.desktop.audio is True
     assert os.path.exists(site)
+
+
+@pytest.mark.parametrize(("desktop", "reason"), [
+    ({"audio": False}, "off (desktop.audio is false)"),
+    ({"interface": "vnc"}, "off (the VNC interface carries no sound; use selkies)"),
+])
+def test_the_agent_says_why_there_is_no_sound(tmp_path: Path, desktop: dict[str, Any],
+                                              reason: str) -> None:
+    from hpcdesk.node.agent import Agent
+
+    sdir = tmp_path / "sess01"
+    sdir.mkdir(mode=0o700)
+    req = DesktopRequest(session_id=sdir.name, user="alice", cpus=1, gpus=0, start_timeout=60,
+                         desktop=DesktopConfig(**desktop), runtime=RuntimeConfig(),
+                         network=NetworkConfig())
+    (sdir / "request.json").write_text(req.to_json())
+    agent = Agent(sdir)
+    agent.workdir = tmp_path
+    got = agent.start_sound()
+    assert not got.on and got.child is None and got.reason == reason
+    assert agent.state["sound"] == {"on": False, "microphone": False, "reason": reason}
+    assert not (tmp_path / "pulse").exists()
