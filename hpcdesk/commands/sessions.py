@@ -16,7 +16,7 @@ from hpcdesk.scheduler import JobRef, Scheduler
 from hpcdesk.session import Session, all_sessions, find, now
 
 LOG_FILES = ("job.out", "agent.log", "xorg.out", "Xorg.log", "desktop.log", "selkies.log",
-             "container.log")
+             "container.log", "sound.log")
 
 
 def _pick(args: argparse.Namespace) -> tuple[Session, LoadedConfig]:
