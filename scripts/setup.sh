@@ -27,6 +27,9 @@ APT_PACKAGES=(
   openssh-server openssh-client libpam-oath oathtool
   coturn socat   # TURN: the site's server and the in-job one (tests start their own); tunnels
   ruby        # `hpcdesk ood generate` tests: the real ood_core renders the batch connect app
+  # Sound (docs/sound.md): each desktop's own PulseAudio server on the node (host runtime),
+  # paplay/parecord/pactl for the sound tests and `doctor --node`.
+  pulseaudio pulseaudio-utils
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

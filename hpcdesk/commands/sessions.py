@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 from hpcdesk import states
 from hpcdesk.commands.common import emit_json, lazy_scheduler, load_config, root_of, say
-from hpcdesk.commands.outcome import print_connection, wait_and_report
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
 from hpcdesk.files import tail_lines
@@ -17,7 +17,7 @@ from hpcdesk.scheduler import JobRef, Scheduler
 from hpcdesk.session import Session, all_sessions, find, now
 
 LOG_FILES = ("job.out", "agent.log", "xorg.out", "Xorg.log", "desktop.log", "selkies.log",
-             "container.log")
+             "container.log", "sound.log")
 
 
 def _pick(args: argparse.Namespace) -> tuple[Session, LoadedConfig]:
@@ -36,6 +36,10 @@ def _pick(args: argparse.Namespace) -> tuple[Session, LoadedConfig]:
 def status(args: argparse.Namespace) -> int:
     # Here, not at the top: `list` never waits nor prints a connection (the waiter's imports
     # are a good part of its cold start).
+    from hpcdesk.commands.outcome import print_connection, wait_and_report
+
+    # Here, not at the top: `list` never waits nor prints a connection (the waiter's imports
+    # are a good part of its cold start).
 
     session, loaded = _pick(args)
     scheduler = lazy_scheduler(loaded)
@@ -51,11 +55,15 @@ def status(args: argparse.Namespace) -> int:
         return EXIT_OK
     conn = session.connection() if st.state == states.READY else None
     if conn and ref:
+        if st.node.get("sound"):  # the agent's latest word (a sound server can stop)
+            conn = dataclasses.replace(conn, sound=st.node["sound"])
         print_connection(session, ref, conn, quiet=False)
         return EXIT_OK
     node = st.as_json()["node"]
     print(f"session {session.id}: {st.state}" + (f" ({st.detail})" if st.detail else ""))
     print(f"  job {ref or '-'}" + (f" on {node}" if node else "") + f"; files in {session.dir}")
+    if isinstance(st.node.get("sound"), dict):
+        print(f"  sound: {st.node['sound'].get('reason')}")
     return EXIT_OK if st.state != states.FAILED else EXIT_FAILED
 
 

@@ -29,6 +29,8 @@ class SessionStatus:
             "node": self.node.get("node") or (self.job.nodes if self.job else None),
             "created": meta.get("created"), "directory": str(self.session.dir),
         }
+        if self.node.get("sound"):  # the agent's finding: on, or off and why
+            out["sound"] = self.node["sound"]
         conn = self.session.connection() if self.state == states.READY else None
         if conn:
             out["url"] = conn.url

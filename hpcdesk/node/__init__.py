@@ -23,6 +23,7 @@ shares only the core (config schema, request, session files, push channel, conne
   selkies_web.py   where PyPI Selkies' web client lives on the node
   tls.py           HTTPS for the web UI: the site's certificate or a per-session one
   jobturn.py       TURN inside the job (coturn), relaying only to its own desktop
+  sound.py         the desktop's own PulseAudio server (private socket + cookie), or why none
   health.py        readiness: who listens (the proof before any secret), the HTTP probes
                    and the rules that make a desktop ready
   procs.py         the children the agent starts, and how they are stopped

@@ -28,7 +28,7 @@ from hpcdesk.connect.turn import TurnError
 from hpcdesk.connection import Connection
 from hpcdesk.errors import ConfigError
 from hpcdesk.files import write_json
-from hpcdesk.node import address, health, janitor, jobturn, tls, viewers
+from hpcdesk.node import address, health, janitor, jobturn, sound, tls, viewers
 from hpcdesk.node.binding import bind_gpu
 from hpcdesk.node.encoder import EncoderChoice, stream_encoder
 from hpcdesk.node.errors import PortTaken, StartError, Stop
@@ -97,6 +97,7 @@ class Agent:
         self.viewer_auth: str | None = None  # Authorization for Selkies' list of viewers
         self.viewer_path = "/"
         self.next_viewer_check = 0.0
+        self.sound: sound.Sound | None = None
 
     # -- state and events -------------------------------------------------------------
     def phase(self, phase: str, detail: str = "", **fields: Any) -> None:
@@ -168,6 +169,9 @@ class Agent:
         master_token = secrets.token_urlsafe(32) if token_mode else None
         turn_children = self.start_job_turn(host, bind_addr)
         self.children = list(turn_children)  # stopped by finish() whatever fails next
+        sound_ = self.sound = self.start_sound()
+        side = [*turn_children, *([sound_.child] if sound_.child else [])]
+        self.children = list(side)
         self.rtc_path = self.write_rtc(host)
         tls_files = (tls.prepare(self.workdir, [host, bind_addr], req.desktop.https_cert,
                                  req.desktop.https_key) if req.desktop.https else None)
@@ -189,13 +193,15 @@ class Agent:
                                tls_cert=tls_files.cert if tls_files else None,
                                tls_key=tls_files.key if tls_files else None,
                                master_token=master_token, url_path=url_path,
-                               rtc_config=self.rtc_path)
+                               rtc_config=self.rtc_path, sound_env=sound_.env(),
+                               audio=sound_.on,
+                               microphone=sound_.on and sound_.microphone)
             self.phase(LAUNCHING, f"starting the desktop ({req.runtime.kind} runtime)",
                        port=port, host=host)
             try:
                 started = get_runtime(req.runtime.kind).start(plan, timeout=req.start_timeout)
                 self.started = started
-                self.children = [*turn_children, *started.children]
+                self.children = [*side, *started.children]
                 self.mark("desktop_launched")
                 self.phase(WAITING,
                            f"desktop on display {started.display}; waiting for the web UI",
@@ -209,7 +215,7 @@ class Agent:
                 log.warning("%s (attempt %d of %d)", taken, attempt, PORT_ATTEMPTS)
                 lost = taken
                 self.ports.refuse(port)
-                self.drop_desktop(turn_children)
+                self.drop_desktop(side)
                 if attempt == PORT_ATTEMPTS or time.monotonic() > deadline:
                     raise StartError(f"{taken}. Tried {attempt} ports; if another user keeps "
                                      "taking them, tell your site's admins") from None
@@ -227,7 +233,7 @@ class Agent:
             encoder_fallback=stream.fallback,
             tls=tls_files.kind if tls_files else None,
             tls_fingerprint=tls_files.fingerprint if tls_files else None,
-            transport=req.desktop.transport,
+            transport=req.desktop.transport, sound=sound_.describe(),
             turn_port=self.job_turn.port if self.job_turn else None,
             started_at=self.state["times"]["agent_start"], ready_at=now(),
         )
@@ -263,6 +269,51 @@ class Agent:
         log.info("in-job TURN on port %d, relay ports %d-%d", self.job_turn.port,
                  *self.job_turn.relay)
         return [self.job_turn.child]
+
+    def start_sound(self) -> sound.Sound:
+        """The desktop's own sound server (desktop.audio), or the reason it has none; the
+        reason is published in node.json and connection.json, never a silent "on"."""
+        req = self.request
+        assert self.workdir is not None
+        if not req.desktop.audio:
+            result = sound.off("off (desktop.audio is false)")
+        elif req.desktop.interface != "selkies":
+            result = sound.off("off (the VNC interface carries no sound; use selkies)")
+        else:
+            result = sound.start(self.workdir, os.environ, self.dir / "sound.log",
+                                 req.desktop.microphone, command=req.runtime.sound_server,
+                                 image=self.sound_in_image())
+            if not result.on:
+                result.reason = f"off: {result.reason}"
+        self.state["sound"] = result.describe()
+        log.info("sound: %s", result.reason)
+        return result
+
+    def sound_in_image(self) -> sound.InImage | None:
+        """hpcdesk's images carry PulseAudio: where the node has none, the image's runs
+        (the upstream images have PipeWire of their own and no hpcdesk contract for it)."""
+        from hpcdesk.images import ImageError, resolve_image
+        from hpcdesk.node.runtime.apptainer import ImageKind
+
+        r = self.request.runtime
+        if r.kind != "apptainer" or not r.image:
+            return None
+        try:
+            image = resolve_image(r.image, r.image_dir)
+        except ImageError:
+            return None  # the runtime reports it
+        return None if ImageKind.detect(image).upstream else sound.InImage(r.apptainer, image)
+
+    def check_sound(self) -> None:
+        """A sound server that died takes the sound, not the desktop: say so (status)."""
+        snd = self.sound
+        if not snd or not snd.on or not snd.child or snd.child.alive():
+            return
+        snd.on = False
+        snd.reason = "off: the sound server stopped: " + snd.child.describe_exit()
+        self.state["sound"] = snd.describe()
+        log.warning("sound: %s", snd.reason)
+        self.phase(self.state["phase"], self.state.get("detail", ""))
 
     def write_rtc(self, host: str) -> Path:
         """Selkies' ICE configuration file: exactly the site's servers, or none."""
@@ -339,6 +390,7 @@ class Agent:
                                      + more)
                 self.restart(dead)
             reap_orphans(self.children)
+            self.check_sound()
             self.warn_time_limit()
             self.check_idle()
             time.sleep(1.0)

@@ -36,11 +36,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import browser
 import pytest
-import yaml
 from conftest import (
     DEVCLUSTER,
     NODE_IPS,
-    REPO,
     USER,
     User,
     _run,
@@ -48,6 +46,7 @@ from conftest import (
     node_exec,
     node_user_pids,
     place_window,
+    write_site,
 )
 from tooling import require
 
@@ -159,15 +158,6 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
 
 # ----------------------------------------------------------------- the site's TURN server
 
-@pytest.fixture(scope="module")
-def site_dir() -> Iterator[Path]:
-    """Site files readable by the dev user (pytest's tmp_path is root's alone)."""
-    d = Path(tempfile.mkdtemp(prefix="h9-site-", dir="/var/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 class Coturn:
     def __init__(self, directory: Path, auth: list[str]) -> None:
         require("turnserver", "turnutils_uclient", "turnutils_peer", package="coturn")
@@ -233,16 +223,6 @@ def uclient(server: Coturn, user: str, password: str, peer_port: int,
     argv = ["turnutils_uclient", "-p", str(server.port), "-u", user, "-w", password,
             "-e", LAPTOP_IP, "-r", str(peer_port), "-n", "5", *(["-t"] if tcp else []), TURN_IP]
     return _run(argv, timeout=90)
-
-
-def write_site(site_dir: Path, name: str, **sections: dict[str, Any]) -> Path:
-    data = yaml.safe_load((REPO / "site-configs/devcluster.yaml").read_text())
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    path = site_dir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    path.chmod(0o644)
-    return path
 
 
 def secret_file(site_dir: Path, name: str, content: str, mode: int = 0o640) -> Path:
