@@ -38,9 +38,6 @@ def status(args: argparse.Namespace) -> int:
     # are a good part of its cold start).
     from hpcdesk.commands.outcome import print_connection, wait_and_report
 
-    # Here, not at the top: `list` never waits nor prints a connection (the waiter's imports
-    # are a good part of its cold start).
-
     session, loaded = _pick(args)
     scheduler = lazy_scheduler(loaded)
     ref = job_ref(session)
