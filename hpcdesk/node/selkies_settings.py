@@ -46,8 +46,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_USE_CPU": use_cpu,
         "SELKIES_FRAMERATE": str(d.framerate),
         "SELKIES_VIDEO_BITRATE": str(d.video_bitrate),
-        "SELKIES_AUDIO_ENABLED": "true" if d.audio else "false",
-        "SELKIES_AUDIO_BITRATE": str(d.audio_bitrate),
+        **audio_env(plan),
         "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
         "SELKIES_SCALING_DPI": str(dpi),
         "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
@@ -62,6 +61,19 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
     if plan.tls_cert and plan.tls_key:
         env["SELKIES_HTTPS_CERT"], env["SELKIES_HTTPS_KEY"] = str(plan.tls_cert), str(plan.tls_key)
     return env
+
+
+def audio_env(plan: DesktopPlan) -> dict[str, str]:
+    """Sound and microphone (docs/sound.md): the session's own sound server (PULSE_SERVER,
+    PULSE_COOKIE: paths), audio on only when it runs. Off is locked, so that the page cannot
+    turn on what the site or the node does not give; the microphone is asked for only while
+    an application in the desktop records (Selkies' "demand")."""
+    mic = plan.audio and plan.microphone
+    return {"SELKIES_AUDIO_ENABLED": "true" if plan.audio else "false|locked",
+            "SELKIES_AUDIO_BITRATE": str(plan.request.desktop.audio_bitrate),
+            "SELKIES_MICROPHONE_ENABLED": "true" if mic else "false|locked",
+            "SELKIES_MICROPHONE_ON_START": "demand" if mic else "false",
+            **plan.sound_env}
 
 
 def threaded(setting: str, encoder_threads: int) -> bool:
