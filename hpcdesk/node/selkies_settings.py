@@ -10,6 +10,7 @@ reaches both (tests/unit/test_selkies_settings.py, tests/cluster/test_image_sett
 
 from __future__ import annotations
 
+from hpcdesk.node.address import WILDCARDS
 from hpcdesk.node.runtime import DesktopPlan
 
 # Settings that are secrets: they reach Selkies only through its own environment (host), or
@@ -35,7 +36,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
     dpi = min(_SELKIES_DPIS, key=lambda x: abs(x - d.dpi))
     webrtc = d.transport == "webrtc"
     addr = plan.bind_addr
-    if webrtc and addr not in ("0.0.0.0", "::"):  # noqa: S104
+    if webrtc and addr not in WILDCARDS:
         addr += ",127.0.0.1"  # Selkies' webrtc mode dials itself on localhost:PORT
     env = {
         "DISPLAY": display,
@@ -50,7 +51,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
         "SELKIES_SCALING_DPI": str(dpi),
         "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
-        # The tuning knobs measured by benchmarks/stream.py (README "Performance").
+        # The tuning knobs measured by benchmarks/stream.py (docs/performance.md).
         "SELKIES_RATE_CONTROL_MODE": d.rate_control,
         "SELKIES_VIDEO_CRF": str(d.video_crf),
         "SELKIES_JPEG_QUALITY": str(d.jpeg_quality),
@@ -78,8 +79,7 @@ def audio_env(plan: DesktopPlan) -> dict[str, str]:
 
 def threaded(setting: str, encoder_threads: int) -> bool:
     """desktop.encode_threading: always, never, or auto (threads only when the allocation gives
-    the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, README
-    "Performance")."""
+    the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, docs/performance.md)."""
     return setting == "always" or (setting == "auto" and encoder_threads >= 2)
 
 
