@@ -19,8 +19,9 @@ from hpcdesk import __version__
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import UsageError
 from hpcdesk.jobscript import agent_argv
-from hpcdesk.ood.form import FIELDS, offer
+from hpcdesk.ood.form import FIELDS, offer, route_uri
 from hpcdesk.quoting import shq
+from hpcdesk.schema import SiteConfig
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 # template -> file in the app
@@ -55,10 +56,32 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+# What connection.yml holds (OOD's create_yml writes these names; the view reads them).
+CONN_PARAMS = ("token", "hpcdesk_session", "hpcdesk_node", "hpcdesk_resolution",
+               "hpcdesk_encoder", "hpcdesk_encoder_note", "hpcdesk_ends")
+
+
 @dataclass
 class Generated:
     out: Path
     files: list[str]
+    warnings: list[str]
+
+
+def warnings(cfg: SiteConfig) -> list[str]:
+    """What the site file lacks for the app to work through the portal (generate and doctor
+    say it)."""
+    out = []
+    if not cfg.desktop.allowed_origins:
+        out.append("desktop.allowed_origins is not set in the site file: Selkies refuses the "
+                   "WebSocket that comes through the portal (403 'disallowed Origin'); set it "
+                   "to the portal's origin, e.g. desktop.allowed_origins: "
+                   "[\"https://ondemand.example.org\"]")
+    if not cfg.ood.proxy.startswith("secure-"):
+        out.append(f"ood.proxy: {cfg.ood.proxy} sends the session token and every keystroke "
+                   "from the portal to the node in clear; ood.proxy: secure-rnode (with "
+                   "secure_rnode_uri in ood_portal.yml) is the recommended setup")
+    return out
 
 
 def generate(loaded: LoadedConfig, site_arg: str, out: Path, cluster: str | None = None,
@@ -82,7 +105,8 @@ def generate(loaded: LoadedConfig, site_arg: str, out: Path, cluster: str | None
     context = {
         "version": __version__, "site": cfg.name, "site_arg": site_arg,
         "title": cfg.ood.title, "cluster": cluster or cfg.scheduler.cluster or cfg.name,
-        "fields": FIELDS, "offer": off, "proxy": cfg.ood.proxy, "hpcdesk_argv": argv,
+        "fields": FIELDS, "offer": off, "route": route_uri(cfg), "hpcdesk_argv": argv,
+        "conn_params": CONN_PARAMS,
         "setup": cfg.runtime.setup,
     }
     env = _environment()
@@ -96,7 +120,7 @@ def generate(loaded: LoadedConfig, site_arg: str, out: Path, cluster: str | None
     (out / "icon.png").write_bytes(icon_png())
     (out / "icon.png").chmod(0o644)
     written.append("icon.png")
-    return Generated(out, written)
+    return Generated(out, written, warnings(cfg))
 
 
 def icon_png(size: int = 64) -> bytes:

@@ -59,6 +59,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
         "SELKIES_SCALING_DPI": str(dpi),
         "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
+        **origin_env(plan),
         # The tuning knobs measured by benchmarks/stream.py (README "Performance").
         "SELKIES_RATE_CONTROL_MODE": d.rate_control,
         "SELKIES_VIDEO_CRF": str(d.video_crf),
@@ -95,6 +96,13 @@ def _auth_env(plan: DesktopPlan) -> dict[str, str]:
     env.update({"SELKIES_ENABLE_BASIC_AUTH": "true", "SELKIES_BASIC_AUTH_USER": plan.user,
                 "SELKIES_BASIC_AUTH_PASSWORD": plan.password})
     return env
+
+
+def origin_env(plan: DesktopPlan) -> dict[str, str]:
+    """desktop.allowed_origins (site file only): the portal origins whose pages may open the
+    WebSocket. Empty: Selkies' same-origin rule alone. Never '*' (the schema refuses it)."""
+    origins = plan.request.desktop.allowed_origins
+    return {"SELKIES_ALLOWED_ORIGINS": ",".join(origins)} if origins else {}
 
 
 def ice_env(plan: DesktopPlan) -> dict[str, str]:
