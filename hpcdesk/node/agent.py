@@ -25,6 +25,7 @@ from typing import Any
 from hpcdesk.connect import rtc
 from hpcdesk.connect.turn import TurnError
 from hpcdesk.errors import ConfigError
+from hpcdesk.files import write_json
 from hpcdesk.node import address, health, jobturn, tls, viewers
 from hpcdesk.node.binding import bind_gpu
 from hpcdesk.node.errors import StartError, Stop
@@ -41,7 +42,7 @@ from hpcdesk.node.runtime import DesktopPlan, Started, get_runtime
 from hpcdesk.notify import Notifier
 from hpcdesk.phases import FAILED, LAUNCHING, READY, STARTING, STOPPED, STOPPING, WAITING
 from hpcdesk.request import DesktopRequest
-from hpcdesk.session import now, write_json
+from hpcdesk.session import now
 
 log = logging.getLogger("hpcdesk.agent")
 
@@ -247,7 +248,7 @@ class Agent:
             dead = first_essential_exit(self.children)
             if dead:
                 raise StartError("the desktop failed to start: " + dead.describe_exit())
-            ready, token, status = self._probe(plan, probe_host)
+            ready, token, status = health.probe(plan, probe_host)
             if ready:
                 return token
             if time.monotonic() > heartbeat:
@@ -261,46 +262,6 @@ class Agent:
             # A refused local connect costs microseconds: poll often, so that the desktop is
             # published within 0.1 s of answering (a 0.5 s cap lost up to 0.5 s of the start).
             delay = min(delay * 1.5, 0.1)
-
-    def _probe(self, plan: DesktopPlan, probe_host: str
-               ) -> tuple[bool, str | None, int | None]:
-        """One look at the web UI: (ready, the session token in token mode, HTTP status)."""
-        https = plan.request.desktop.https
-        if plan.master_token:  # token mode: the page itself loads without credentials
-            status = health.http_status(probe_host, plan.web_port, None, None, https=https,
-                                        timeout=1.0, path=plan.url_path)
-            token = self._token_ready(plan, probe_host) if status == 200 else None
-            return token is not None, token, status
-        status = health.http_status(probe_host, plan.web_port, plan.user, plan.password,
-                                    https=https, timeout=1.0, path=plan.url_path)
-        if status != 200:
-            return False, None, status
-        anon = health.http_status(probe_host, plan.web_port, None, None, https=https,
-                                  path=plan.url_path)
-        if anon != 401:
-            raise StartError(f"the web UI answered {anon} without credentials (expected "
-                             "401): refusing to publish an unprotected desktop")
-        return True, None, status
-
-    def _token_ready(self, plan: DesktopPlan, probe_host: str) -> str | None:
-        """Token mode, once the page answers: an anonymous WebSocket must be refused (401),
-        then a session token is provisioned. None: not ready yet (Selkies still starting)."""
-        assert plan.master_token is not None
-        https = plan.request.desktop.https
-        ws = health.anonymous_websocket_status(probe_host, plan.web_port,
-                                               plan.url_path + "api/websockets", https=https)
-        if ws == 101:
-            raise StartError("the web UI accepted a WebSocket without a token: refusing to "
-                             "publish a desktop that streams to anyone")
-        if ws != 401:
-            return None
-        token = secrets.token_urlsafe(24)
-        status = health.provision_token(probe_host, plan.web_port, plan.url_path + "api/tokens",
-                                        plan.master_token, token, https=https)
-        if status != 200:
-            raise StartError(f"Selkies refused the session token (HTTP {status}); is it "
-                             "Selkies 2.x with token support?")
-        return token
 
     def supervise(self) -> None:
         while True:

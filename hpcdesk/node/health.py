@@ -11,6 +11,13 @@ import http.client
 import json
 import secrets
 import ssl
+from typing import TYPE_CHECKING
+
+from hpcdesk.node.errors import StartError
+
+if TYPE_CHECKING:
+    from hpcdesk.node.runtime import DesktopPlan
+
 
 
 def http_status(host: str, port: int, user: str | None, password: str | None,
@@ -69,3 +76,44 @@ def provision_token(host: str, port: int, path: str, master_token: str, session_
         return None
     finally:
         conn.close()
+
+
+def probe(plan: DesktopPlan, probe_host: str) -> tuple[bool, str | None, int | None]:
+    """One look at the web UI: (ready, the session token in token mode, HTTP status)."""
+    https = plan.request.desktop.https
+    if plan.master_token:  # token mode: the page itself loads without credentials
+        status = http_status(probe_host, plan.web_port, None, None, https=https,
+                             timeout=1.0, path=plan.url_path)
+        token = token_ready(plan, probe_host) if status == 200 else None
+        return token is not None, token, status
+    status = http_status(probe_host, plan.web_port, plan.user, plan.password,
+                         https=https, timeout=1.0, path=plan.url_path)
+    if status != 200:
+        return False, None, status
+    anon = http_status(probe_host, plan.web_port, None, None, https=https,
+                       path=plan.url_path)
+    if anon != 401:
+        raise StartError(f"the web UI answered {anon} without credentials (expected "
+                         "401): refusing to publish an unprotected desktop")
+    return True, None, status
+
+
+def token_ready(plan: DesktopPlan, probe_host: str) -> str | None:
+    """Token mode, once the page answers: an anonymous WebSocket must be refused (401),
+    then a session token is provisioned. None: not ready yet (Selkies still starting)."""
+    assert plan.master_token is not None
+    https = plan.request.desktop.https
+    ws = anonymous_websocket_status(probe_host, plan.web_port,
+                                    plan.url_path + "api/websockets", https=https)
+    if ws == 101:
+        raise StartError("the web UI accepted a WebSocket without a token: refusing to "
+                         "publish a desktop that streams to anyone")
+    if ws != 401:
+        return None
+    token = secrets.token_urlsafe(24)
+    status = provision_token(probe_host, plan.web_port, plan.url_path + "api/tokens",
+                             plan.master_token, token, https=https)
+    if status != 200:
+        raise StartError(f"Selkies refused the session token (HTTP {status}); is it "
+                         "Selkies 2.x with token support?")
+    return token

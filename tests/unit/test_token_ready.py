@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hpcdesk.node.agent import Agent
+from hpcdesk.node import health
 from hpcdesk.node.errors import StartError
 
 
@@ -60,9 +60,8 @@ def plan(port: int) -> Any:
 
 def test_token_is_provisioned_once_anonymous_websockets_are_refused(
         server: ThreadingHTTPServer, tmp_path: Path) -> None:
-    agent = Agent.__new__(Agent)
     FakeSelkies.ws_status = 401
-    token = agent._token_ready(plan(server.server_address[1]), "127.0.0.1")
+    token = health.token_ready(plan(server.server_address[1]), "127.0.0.1")
     assert token and len(token) >= 30
     assert FakeSelkies.posted == [("Bearer m4ster", {token: {"role": "controller",
                                                              "mk_control": True}})]
@@ -70,15 +69,13 @@ def test_token_is_provisioned_once_anonymous_websockets_are_refused(
 
 def test_a_desktop_open_to_anonymous_websockets_is_never_published(
         server: ThreadingHTTPServer) -> None:
-    agent = Agent.__new__(Agent)
     FakeSelkies.ws_status = 101
     with pytest.raises(StartError, match="WebSocket without a token"):
-        agent._token_ready(plan(server.server_address[1]), "127.0.0.1")
+        health.token_ready(plan(server.server_address[1]), "127.0.0.1")
     assert FakeSelkies.posted == []
 
 
 def test_not_ready_while_the_websocket_route_is_not_up(server: ThreadingHTTPServer) -> None:
-    agent = Agent.__new__(Agent)
     FakeSelkies.ws_status = 409  # Selkies' answer while its websockets mode is not active yet
-    assert agent._token_ready(plan(server.server_address[1]), "127.0.0.1") is None
+    assert health.token_ready(plan(server.server_address[1]), "127.0.0.1") is None
     assert FakeSelkies.posted == []
