@@ -30,6 +30,7 @@ APT_PACKAGES=(
   # running ood-portal-generator's config (Ruby: dotenv, bcrypt for htpasswd) and
   # mod_ood_proxy's Lua (posix.pwd from lua-posix); tests start their own instance.
   apache2 apache2-utils ruby-dotenv ruby-bcrypt lua-posix
+  ruby-redcarpet  # OodAppkit.markdown: the dashboard renders view.html.erb through it
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
