@@ -122,6 +122,63 @@ async def _until(page: _Page, out: Path, ok: Callable[[Path], bool], timeout: fl
             return False
 
 
+class Prompts:
+    """The browser's own HTTP-auth prompts (the dialog a site's 401 + WWW-Authenticate
+    raises), answered as a person answers them: the browser asks, the user name and password
+    go into the dialog, the URL never carries them. Works through DevTools' Fetch domain on
+    its own connection, held open while the browser lives; every challenge is recorded."""
+
+    def __init__(self, page_ws: str, netns: str | None, user: str, password: str) -> None:
+        self.challenges: list[dict[str, Any]] = []
+        self._page_ws, self._login = page_ws, (user, password)
+        self._stop, self._ready = threading.Event(), threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=lambda: in_netns(netns, lambda: asyncio.run(self._serve())), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError(f"DevTools did not take the prompt handler: {self._error}")
+
+    async def _serve(self) -> None:
+        try:
+            async with aiohttp.ClientSession() as http, \
+                    http.ws_connect(self._page_ws, max_msg_size=0) as ws:
+                counter = 0
+
+                async def send(method: str, **params: object) -> None:
+                    nonlocal counter
+                    counter += 1
+                    await ws.send_json({"id": counter, "method": method, "params": params})
+
+                await send("Fetch.enable", handleAuthRequests=True,
+                           patterns=[{"urlPattern": "*"}])
+                self._ready.set()
+                while not self._stop.is_set():
+                    try:
+                        msg = await ws.receive(timeout=0.2)
+                    except asyncio.TimeoutError:
+                        continue
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        return
+                    data = json.loads(msg.data)
+                    params = data.get("params", {})
+                    if data.get("method") == "Fetch.requestPaused":
+                        await send("Fetch.continueRequest", requestId=params["requestId"])
+                    elif data.get("method") == "Fetch.authRequired":
+                        self.challenges.append(dict(params.get("authChallenge", {})))
+                        await send("Fetch.continueWithAuth", requestId=params["requestId"],
+                                   authChallengeResponse={"response": "ProvideCredentials",
+                                                          "username": self._login[0],
+                                                          "password": self._login[1]})
+        except BaseException as exc:  # reported by the constructor or close()
+            self._error = exc
+            self._ready.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 class Chromium:
     """Headless Chromium with one page, optionally in a network namespace."""
 
@@ -131,6 +188,7 @@ class Chromium:
         self.proc: subprocess.Popen[str] | None = None
         self.page_ws = ""
         self._profile: tempfile.TemporaryDirectory[str] | None = None
+        self._prompts: list[Prompts] = []
 
     def __enter__(self) -> Chromium:
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -166,6 +224,9 @@ class Chromium:
         self.close()
 
     def close(self) -> None:
+        for prompts in self._prompts:
+            prompts.close()
+        self._prompts = []
         # The browser and its helper processes (one group): stop them all before the profile
         # directory is removed.
         if self.proc is not None:
@@ -183,6 +244,13 @@ class Chromium:
 
     def _run(self, steps: Callable[[_Page], Any]) -> Any:
         return in_netns(self.netns, lambda: asyncio.run(_with_page(self.page_ws, steps)))
+
+    def answer_prompts(self, user: str, password: str) -> Prompts:
+        """From now on, answer the browser's HTTP-auth dialogs with this login (see Prompts);
+        ends with the browser."""
+        prompts = Prompts(self.page_ws, self.netns, user, password)
+        self._prompts.append(prompts)
+        return prompts
 
     def open(self, url: str, init_script: str | None = None,
              login: tuple[str, str] | None = None) -> None:
