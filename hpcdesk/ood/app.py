@@ -19,9 +19,8 @@ from hpcdesk import __version__
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import UsageError
 from hpcdesk.login.jobscript import agent_argv
-from hpcdesk.ood.form import FIELDS, offer, route_uri
+from hpcdesk.ood.form import FIELDS, offer, portal_warnings, route_uri
 from hpcdesk.quoting import shq
-from hpcdesk.schema import SiteConfig
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 # template -> file in the app
@@ -47,15 +46,6 @@ def yaml_string(value: object) -> str:
     return json.dumps(str(value))
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 - YAML, Ruby and shell: each value has its own filter
-        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(q=shq, ruby=ruby_string, yaml=yaml_string)
-    return env
-
-
 # What connection.yml holds (OOD's create_yml writes these names; the view reads them).
 CONN_PARAMS = ("token", "hpcdesk_session", "hpcdesk_node", "hpcdesk_resolution",
                "hpcdesk_encoder", "hpcdesk_encoder_note", "hpcdesk_ends")
@@ -68,20 +58,13 @@ class Generated:
     warnings: list[str]
 
 
-def warnings(cfg: SiteConfig) -> list[str]:
-    """What the site file lacks for the app to work through the portal (generate and doctor
-    say it)."""
-    out = []
-    if not cfg.desktop.allowed_origins:
-        out.append("desktop.allowed_origins is not set in the site file: Selkies refuses the "
-                   "WebSocket that comes through the portal (403 'disallowed Origin'); set it "
-                   "to the portal's origin, e.g. desktop.allowed_origins: "
-                   "[\"https://ondemand.example.org\"]")
-    if not cfg.ood.proxy.startswith("secure-"):
-        out.append(f"ood.proxy: {cfg.ood.proxy} sends the session token and every keystroke "
-                   "from the portal to the node in clear; ood.proxy: secure-rnode (with "
-                   "secure_rnode_uri in ood_portal.yml) is the recommended setup")
-    return out
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 - YAML, Ruby and shell: each value has its own filter
+        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(q=shq, ruby=ruby_string, yaml=yaml_string)
+    return env
 
 
 def generate(loaded: LoadedConfig, site_arg: str, out: Path, cluster: str | None = None,
@@ -120,7 +103,7 @@ def generate(loaded: LoadedConfig, site_arg: str, out: Path, cluster: str | None
     (out / "icon.png").write_bytes(icon_png())
     (out / "icon.png").chmod(0o644)
     written.append("icon.png")
-    return Generated(out, written, warnings(cfg))
+    return Generated(out, written, portal_warnings(cfg))
 
 
 def icon_png(size: int = 64) -> bytes:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, _run
+from conftest import _run
+from oodharness import vendor_dir
 from tooling import require
 
 _NET = os.environ.get("HPCDESK_TEST_NET", "10.80")
@@ -33,18 +34,6 @@ TAG = os.environ.get("HPCDESK_TEST_NET_TAG", "h10")
 # One port per run, from the test network's second octet (10.118 -> 21180).
 PORT = 20000 + (int(_NET.split(".")[1]) % 500) * 10
 ORIGIN = f"https://127.0.0.1:{PORT}"
-
-
-def vendor_dir() -> Path:
-    """The vendored OOD sources: $OOD_VENDOR_DIR, else shared/vendor beside the checkout."""
-    env = os.environ.get("OOD_VENDOR_DIR")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO.parent / "shared/vendor", REPO.parent.parent / "shared/vendor"]
-    for c in candidates:
-        if (c / "ondemand/ood-portal-generator").is_dir():
-            return c
-    pytest.fail("OOD's vendored sources not found (set OOD_VENDOR_DIR): tried "
-                + ", ".join(map(str, candidates)))
 
 
 # mod_ood_proxy's Lua, ood-portal.conf's directives (Header, RequestHeader, SetEnv, Alias,
