@@ -182,7 +182,7 @@ def test_user_config_does_not_widen_the_form(user: User, app: Path, ood_core: Pa
         cfg.unlink()
 
 
-@pytest.mark.parametrize("route", ["secure-rnode", "rnode"])
+@pytest.mark.parametrize("route", ["secure-rnode", "rnode", "secure-node"])
 def test_ood_session_through_the_portal(user: User, ood_core: Path, portal: Portal,
                                         route: str, tmp_path: Path) -> None:
     require("chromium", package="chromium")
