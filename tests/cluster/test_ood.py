@@ -185,10 +185,17 @@ def test_user_config_does_not_widen_the_form(user: User, app: Path, ood_core: Pa
 @pytest.mark.parametrize("route", ["secure-rnode", "rnode", "secure-node"])
 def test_ood_session_through_the_portal(user: User, ood_core: Path, portal: Portal,
                                         route: str, tmp_path: Path) -> None:
+    through_the_portal(user, ood_core, portal, route, tmp_path)
+
+
+def through_the_portal(user: User, ood_core: Path, portal: Portal, route: str,
+                       tmp_path: Path, name: str = "", **site: dict[str, object]) -> None:
+    """A person's OOD session, from the form to the live desktop through the portal."""
     require("chromium", package="chromium")
-    site = site_file(user, route, ood={"proxy": route},
-                     desktop={"allowed_origins": [portal.origin]})
-    app = generate_app(user, user.home / "ood-apps" / f"hpcdesk-{route}", site=str(site))
+    name = name or route
+    site_path = site_file(user, name, ood={"proxy": route},
+                          desktop={"allowed_origins": [portal.origin]}, **site)
+    app = generate_app(user, user.home / "ood-apps" / f"hpcdesk-{name}", site=str(site_path))
     work = new_work_dir(user)
     t0 = time.monotonic()
     job, out = submit(user, ood_core, app, work)
@@ -275,7 +282,7 @@ def test_ood_session_through_the_portal(user: User, ood_core: Path, portal: Port
                 assert token not in path.read_text(errors="replace"), path
         assert token not in _run(["scontrol", "show", "job", "-dd", job]).stdout
         assert token not in _run(["ps", "-eww", "-o", "args"]).stdout
-        print(f"ood {route}: connection.yml after {ready_after:.1f}s, desktop through the "
+        print(f"ood {name}: connection.yml after {ready_after:.1f}s, desktop through the "
               f"portal after {shown_after:.1f}s; sbatch {' '.join(out['argv'][1:])}")
         assert user.json("cancel", sid, "--site", SITE)["state"] == "cancelled"
     finally:
