@@ -3,7 +3,7 @@ VENV ?= /opt/hpcdesk/venv
 export HPCDESK_VENV := $(VENV)
 DEV_USER ?= hpcuser
 
-.PHONY: setup cluster-up cluster-down demo test test-unit lint bench
+.PHONY: setup cluster-up cluster-down demo demo-container test test-unit lint bench
 
 setup:
 	bash scripts/setup.sh
@@ -18,6 +18,15 @@ cluster-down:
 demo: cluster-up
 	runuser -u $(DEV_USER) -- env HOME=/home/$(DEV_USER) PATH=$(VENV)/bin:/usr/bin:/bin \
 		$(VENV)/bin/hpcdesk submit --site devcluster
+
+## The same with a container: hpcdesk's KDE Plasma image (FLAVOR=debian: the lighter Xfce one)
+## built here offline (cached by content; docs/images.md), started under Apptainer as the user.
+FLAVOR ?= kde
+demo-container: cluster-up
+	bash tests/cluster/apptainer-setup.sh
+	$(VENV)/bin/hpcdesk image build --flavor $(FLAVOR) --site devcluster
+	runuser -u $(DEV_USER) -- env HOME=/home/$(DEV_USER) PATH=$(VENV)/bin:/usr/local/bin:/usr/bin:/bin \
+		$(VENV)/bin/hpcdesk submit --site devcluster --runtime apptainer --image $(FLAVOR)
 
 lint: setup
 	$(VENV)/bin/ruff check hpcdesk tests benchmarks

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     isub = p.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     i = isub.add_parser("build", parents=both,
                         help="build a desktop image into the site's image directory")
-    i.add_argument("--flavor", required=True, choices=["debian", "glx", "egl"])
+    i.add_argument("--flavor", required=True, choices=["debian", "kde", "glx", "egl"])
     i.add_argument("--tag", help="upstream tag: 24.04, 22.04, 20.04 or a dated one")
     i.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="passed to apptainer build (e.g. DEBIAN_MIRROR=http://mirror/debian)")

@@ -322,8 +322,12 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
         fail("runtime.image", "must name an image (a .sif path or a flavour) for apptainer",
              "runtime.kind")
     if cfg.desktop.auth == "token" and cfg.runtime.kind != "host":
-        fail("desktop.auth", "token mode needs the host runtime (PyPI Selkies 2.x)",
-             "runtime.kind")
+        from hpcdesk.images import is_upstream
+
+        if is_upstream(cfg.runtime.image or "") or cfg.desktop.interface != "selkies":
+            fail("desktop.auth", "token mode needs Selkies 2.x: the host runtime or one of "
+                 "hpcdesk's images (debian, kde) with desktop.interface: selkies",
+                 "runtime.kind", "runtime.image", "desktop.interface")
     if cfg.desktop.auth == "token" and cfg.desktop.transport != "websockets":
         # webrtc's signaling socket refuses a token-less client only after accepting it, so
         # the agent could not prove before publishing that anonymous clients get nothing.

@@ -166,7 +166,8 @@ class DesktopConfig:
     auth: Literal["basic", "token"] = opt(
         "basic", "How the browser proves itself to Selkies: basic (user and password) or token "
         "(a per-session token in the URL fragment, `#token=...`; works through proxies that "
-        "drop the Authorization header, such as Open OnDemand's). Token needs the host runtime.")
+        "drop the Authorization header, such as Open OnDemand's). Token needs Selkies 2.x: "
+        "the host runtime or hpcdesk's images (debian, kde).")
     url_path: str = opt(
         "/", "Path the web UI is served under; {host} and {port} stand for the published "
         "address and port (Open OnDemand's /node/{host}/{port}/ proxy keeps its prefix).",

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hpcdesk.images import is_upstream
 from hpcdesk.node import gpu
 from hpcdesk.node.driver import has_nvidia_xorg_driver
 from hpcdesk.node.encoder import decide_encoder
@@ -72,7 +73,10 @@ def bind_gpu(req: DesktopRequest, backend: gpu.GpuBackend | None = None) -> GpuB
     choice = decide_encoder(req.desktop.encoder, nvenc, req.cpus)
     driver: Literal["dummy", "nvidia"] = "nvidia"
     summary = f"bound {device.label()} ({how})"
-    if req.runtime.kind == "host" and not has_nvidia_xorg_driver():
+    # The host's Xorg, and hpcdesk's images (the host's X driver bound in), fall back to the
+    # dummy driver where the node's driver has no X module; the GLX image cannot.
+    own_xorg = req.runtime.kind == "host" or not is_upstream(req.runtime.image or "")
+    if own_xorg and not has_nvidia_xorg_driver():
         driver = "dummy"
         summary += ("; this node's driver has no Xorg module (nvidia_drv.so), so the X server "
                     "renders in software while encoding may still use the GPU")

@@ -19,7 +19,7 @@ from hpcdesk import __version__
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import UsageError
 from hpcdesk.login.jobscript import agent_argv
-from hpcdesk.ood.form import FIELDS, offer, portal_warnings, route_uri
+from hpcdesk.ood.form import FIELDS, check, offer, portal_warnings, route_uri
 from hpcdesk.quoting import shq
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -70,9 +70,9 @@ def _environment() -> jinja2.Environment:
 def generate(loaded: LoadedConfig, site_arg: str, out: Path, cluster: str | None = None,
              hpcdesk_command: str | None = None, force: bool = False) -> Generated:
     cfg = loaded.config
-    if cfg.runtime.kind != "host":
-        raise UsageError("the Open OnDemand app needs runtime.kind: host: Selkies 2.x token "
-                         "mode is what passes OOD's proxy (the images' Selkies has none)")
+    # An OOD session as the form would make it must be valid: token mode needs Selkies 2.x
+    # (the host runtime, or one of hpcdesk's images).
+    check(site_arg, {})
     off = offer(cfg)
     if not off.partitions:
         raise UsageError("the form needs at least one partition: set ood.partitions or "

@@ -162,13 +162,17 @@ def test_shell_scripts_are_valid_bash(site: str, tmp_path: Path) -> None:
         subprocess.run(["bash", "-n"], input=text, text=True, check=True)
 
 
-def test_the_app_needs_the_host_runtime(tmp_path: Path) -> None:
+def test_the_app_needs_selkies_token_mode(tmp_path: Path) -> None:
+    """The host runtime or hpcdesk's images (token mode); the upstream images have none."""
     path = tmp_path / "app.yaml"
     path.write_text("scheduler: {partition: gpu}\nruntime: {kind: apptainer, image: glx}\n")
-    with pytest.raises(UsageError, match="runtime.kind: host"):
+    with pytest.raises(UsageError, match="token mode needs Selkies 2.x"):
         app.generate(config.load(str(path)), str(path), tmp_path / "out")
-    with pytest.raises(UsageError, match="host runtime"):
+    with pytest.raises(UsageError, match="token mode needs Selkies 2.x"):
         form.check(str(path), FORM)
+    path.write_text("scheduler: {partition: gpu}\nruntime: {kind: apptainer, image: debian}\n")
+    assert form.check(str(path), FORM).loaded.config.desktop.auth == "token"
+    app.generate(config.load(str(path)), str(path), tmp_path / "out")
 
 
 def test_ruby_strings_do_not_interpolate() -> None:
@@ -198,7 +202,7 @@ def test_wait_reports_the_agents_reason(tmp_path: Path) -> None:
 def test_token_auth_is_refused_for_apptainer(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("runtime: {kind: apptainer, image: glx}\n")
-    with pytest.raises(UsageError, match="desktop.auth: token mode needs the host runtime"):
+    with pytest.raises(UsageError, match="desktop.auth: token mode needs Selkies 2.x"):
         config.load(str(path), {"desktop.auth": "token"})
 
 
@@ -249,7 +253,7 @@ def test_generate_says_when_the_portal_origin_is_missing(tmp_path: Path,
 
 
 def test_allowed_origins_reach_selkies_through_the_one_mapping(tmp_path: Path) -> None:
-    from hpcdesk.node.runtime import host
+    from hpcdesk.node import selkies_settings as host
     from hpcdesk.request import DesktopRequest
     from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig
 

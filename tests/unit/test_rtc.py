@@ -17,7 +17,7 @@ from hpcdesk.node.errors import StartError
 from hpcdesk.node.ports import PortLease
 from hpcdesk.node.runtime import DesktopPlan
 from hpcdesk.node.runtime.apptainer import build_invocation
-from hpcdesk.node.runtime.host import selkies_env
+from hpcdesk.node.selkies_settings import selkies_env
 from hpcdesk.node.xserver import XFiles
 from hpcdesk.request import DesktopRequest
 from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig, TurnConfig
