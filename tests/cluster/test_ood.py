@@ -51,10 +51,12 @@ from oodharness import (
     wait_for_file,
 )
 from oodportal import ORIGIN, Portal, running_portal
+from test_apptainer import IMAGE_DIR, debian_image
 from tooling import require
 
 pytestmark = pytest.mark.cluster
 SITE = "devcluster"
+__all__ = ["debian_image"]  # the module fixture of test_apptainer.py, shared
 GREEN = (0x13, 0xA8, 0x6B)
 MAGENTA = (0xC0, 0x20, 0xC0)
 
@@ -186,6 +188,16 @@ def test_user_config_does_not_widen_the_form(user: User, app: Path, ood_core: Pa
 def test_ood_session_through_the_portal(user: User, ood_core: Path, portal: Portal,
                                         route: str, tmp_path: Path) -> None:
     through_the_portal(user, ood_core, portal, route, tmp_path)
+
+
+@pytest.mark.apptainer
+def test_ood_container_session_through_the_portal(user: User, ood_core: Path, portal: Portal,
+                                                  debian_image: str, tmp_path: Path) -> None:
+    """The Debian image under Apptainer, in token mode like the host's Selkies, through the
+    secure route."""
+    through_the_portal(user, ood_core, portal, "secure-rnode", tmp_path, name="container",
+                       runtime={"kind": "apptainer", "image": "debian",
+                                "image_dir": str(IMAGE_DIR)})
 
 
 def through_the_portal(user: User, ood_core: Path, portal: Portal, route: str,
