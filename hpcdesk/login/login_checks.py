@@ -150,8 +150,7 @@ def _ood_checks(loaded: config.LoadedConfig) -> list[Check]:
         return [Check("Open OnDemand", "ok", f"portal origin(s) "
                       f"{', '.join(loaded.config.desktop.allowed_origins)}; route "
                       f"{loaded.config.ood.proxy}")]
-    return [Check("Open OnDemand", "warn", w.split(": ", 1)[0] if ":" in w else w, w)
-            for w in found]
+    return [Check("Open OnDemand", "warn", what, fix) for what, fix in found]
 
 
 def _turn_checks(loaded: config.LoadedConfig) -> list[Check]:

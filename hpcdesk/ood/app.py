@@ -103,7 +103,7 @@ def generate(loaded: LoadedConfig, site_arg: str, out: Path, cluster: str | None
     (out / "icon.png").write_bytes(icon_png())
     (out / "icon.png").chmod(0o644)
     written.append("icon.png")
-    return Generated(out, written, portal_warnings(cfg))
+    return Generated(out, written, [f"{what}; {fix}" for what, fix in portal_warnings(cfg)])
 
 
 def icon_png(size: int = 64) -> bytes:

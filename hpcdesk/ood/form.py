@@ -188,19 +188,20 @@ def secure_route(cfg: SiteConfig) -> bool:
     return cfg.ood.proxy.startswith("secure-")
 
 
-def portal_warnings(cfg: SiteConfig) -> list[str]:
-    """What the site file lacks for the app to work through the portal (generate and doctor
-    say it)."""
+def portal_warnings(cfg: SiteConfig) -> list[tuple[str, str]]:
+    """What the site file lacks for the app to work well through the portal, as (what, what
+    to do); `ood generate` and `doctor` say it."""
     out = []
     if not cfg.desktop.allowed_origins:
-        out.append("desktop.allowed_origins is not set in the site file: Selkies refuses the "
-                   "WebSocket that comes through the portal (403 'disallowed Origin'); set it "
-                   "to the portal's origin, e.g. desktop.allowed_origins: "
-                   "[\"https://ondemand.example.org\"]")
+        out.append(("desktop.allowed_origins is not set in the site file: Selkies refuses the "
+                    "WebSocket that comes through the portal (403 'disallowed Origin')",
+                    "set it to the portal's origin, e.g. desktop.allowed_origins: "
+                    "[\"https://ondemand.example.org\"]"))
     if not cfg.ood.proxy.startswith("secure-"):
-        out.append(f"ood.proxy: {cfg.ood.proxy} sends the session token and every keystroke "
-                   "from the portal to the node in clear; ood.proxy: secure-rnode (with "
-                   "secure_rnode_uri in ood_portal.yml) is the recommended setup")
+        out.append((f"ood.proxy: {cfg.ood.proxy} sends the session token and every keystroke "
+                    "from the portal to the node in clear",
+                    "use ood.proxy: secure-rnode (with secure_rnode_uri in ood_portal.yml), "
+                    "the recommended setup"))
     return out
 
 
