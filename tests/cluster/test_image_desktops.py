@@ -16,7 +16,7 @@ from pathlib import Path
 
 import browser
 import pytest
-from conftest import User, colour_fraction, http_status, node_exec, node_user_pids
+from conftest import REPO, User, _run, colour_fraction, http_status, node_exec, node_user_pids
 from test_apptainer import SITE, debian_image, image_xorg_screen
 from tooling import require
 
@@ -27,9 +27,11 @@ KDE = ("--runtime", "apptainer", "--image", "kde")
 
 
 @pytest.fixture(scope="module")
-def kde_image(user: User, debian_image: str) -> str:
+def kde_image(user: User) -> str:
     """The KDE Plasma image, built once as the test user with `hpcdesk image build` (offline
     from the Debian and PyPI registries) and reused while its recipe is unchanged."""
+    setup = _run(["bash", str(REPO / "tests/cluster/apptainer-setup.sh")], timeout=1800)
+    assert setup.returncode == 0, setup.stderr[-3000:]
     t0 = time.monotonic()
     built = user.run("image", "build", "--flavor", "kde", *SITE, "--json", timeout=5400)
     assert built.returncode == 0, built.stderr[-3000:]
@@ -128,12 +130,13 @@ def _ws_status(host: str, port: int, path: str, token: str | None) -> int:
 
 
 @pytest.mark.parametrize("flavor", ["debian", "kde"])
-def test_token_mode_inside_the_image(user: User, kde_image: str, flavor: str, tmp_path: Path,
-                                     cleanup_jobs: list[str]) -> None:
+def test_token_mode_inside_the_image(user: User, request: pytest.FixtureRequest, flavor: str,
+                                     tmp_path: Path, cleanup_jobs: list[str]) -> None:
     """desktop.auth: token with an hpcdesk image: its Selkies runs with the agent's master
     token (by file, never in an environment or argv), the agent proved before publishing that
     an anonymous WebSocket is refused, and the printed link streams the desktop."""
     require("chromium", package="chromium")
+    request.getfixturevalue(f"{flavor}_image")
     data = user.json("submit", *SITE, "--runtime", "apptainer", "--image", flavor,
                      "--set", "desktop.auth=token", timeout=400)
     sid, node = str(data["session"]), str(data["node"])

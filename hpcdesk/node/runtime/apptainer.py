@@ -41,6 +41,7 @@ import os
 import shlex
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -228,8 +229,10 @@ class ApptainerRuntime:
             raise StartError(f"the apptainer command {command!r} was not found on this node "
                              f"(PATH={os.environ.get('PATH', '')}); load the Apptainer module in "
                              "runtime.setup or set runtime.apptainer to its full path")
-        flavour, version = detect_version(req.runtime.apptainer)
-        log.info("container runtime: %s %s", flavour, version)
+        # `apptainer --version` (0.1-0.3 s) runs while the X files and secrets are prepared.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="apptainer-version")
+        version_check = pool.submit(detect_version, req.runtime.apptainer)
+        pool.shutdown(wait=False)
         try:
             image = resolve_image(req.runtime.image or "", req.runtime.image_dir)
         except ImageError as exc:
@@ -257,5 +260,7 @@ class ApptainerRuntime:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secret + "\n")
+        flavour, version = version_check.result()
+        log.info("container runtime: %s %s", flavour, version)
         child: Child = spawn("apptainer", inv.argv, inv.env, plan.session_dir / "container.log")
         return Started([child], display, x.xauthority, on_stop=self.display_lease.release)
