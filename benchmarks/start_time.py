@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import HOME, SITE, as_user, hpcdesk  # noqa: E402
+from run import HOME, SITE, as_user, hpcdesk
 
 IMAGE_DIR = "/var/cache/hpcdesk/images"
 DESKTOPS = {

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hpcdesk import __version__
+from hpcdesk.schema import ENCODERS
 
 EPILOG = """\
 exit codes: 0 ok, 1 the desktop or job failed, 2 bad input (nothing submitted),
@@ -72,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--image", key="runtime.image", help="apptainer image path or flavour")
     _setting(p, "--interface", key="desktop.interface", choices=["selkies", "vnc"])
     _setting(p, "--encoder", key="desktop.encoder",
-             choices=["auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg",
-                      "vp8enc", "vp9enc"])
+             choices=ENCODERS)
     _setting(p, "--connect", key="network.connect", choices=["direct", "turn", "tunnel"],
              help="how your browser reaches the desktop (see README)")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 SLURM_NAME = r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*"
 
@@ -24,6 +24,20 @@ _TIME_RE = re.compile(
     r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
     r"|(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)|(?P<mm>\d+):(?P<ss>\d+)|(?P<only>\d+))$"
 )
+
+
+# The encoders desktop.encoder names (node/encoder.py decides among them); the one list.
+Encoder = Literal["auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg", "vp8enc", "vp9enc"]
+ENCODERS: tuple[str, ...] = get_args(Encoder)
+HARDWARE_ENCODERS = ("nvh264enc",)  # need a GPU with NVENC (else x264enc, and users are told)
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT ("1920x1080") as two integers; ValueError naming the form if it is not."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m:
+        raise ValueError(f"{text!r} is not WIDTHxHEIGHT (e.g. 1920x1080)")
+    return int(m.group(1)), int(m.group(2))
 
 
 def slurm_time_seconds(text: str) -> int:
@@ -131,8 +145,7 @@ class DesktopConfig:
     refresh: int = opt(60, "Refresh rate in Hz.", min=10, max=240)
     dpi: int = opt(96, "Screen DPI.", min=48, max=480)
     depth: Literal[16, 24, 30] = opt(24, "Colour depth in bits.")
-    encoder: Literal["auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg", "vp8enc",
-                     "vp9enc"] = opt(
+    encoder: Encoder = opt(
         "auto", "Video encoder; auto picks NVENC only when an encode session really opens."
     )
     video_bitrate: int = opt(8000, "Video bitrate in kbit/s.", min=100, max=1000000)

@@ -10,7 +10,8 @@ from typing import Any
 
 from hpcdesk import config
 from hpcdesk.errors import ConfigError
-from hpcdesk.scheduler import Scheduler, get_scheduler
+from hpcdesk.scheduler import Scheduler
+from hpcdesk.scheduler.backends import get_scheduler
 from hpcdesk.session import session_root
 
 
@@ -21,7 +22,7 @@ def overrides_from_sets(sets: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"command line: --set {item!r}: expected KEY=VALUE "
                               "(e.g. desktop.dpi=120)")
-        out[key.strip()] = config.parse_cli_value(value)
+        out[key.strip()] = config.parse_cli_value(value, key.strip())
     return out
 
 

@@ -63,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
     except NotReady as exc:
         print(f"hpcdesk: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    sys.stdout.write(shell_assignments(conn, card(Path(args.session), conn)))
+    record = conn.to_dict()
+    sys.stdout.write(shell_assignments(record, card(Path(args.session), record)))
     return EXIT_OK

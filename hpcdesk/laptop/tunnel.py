@@ -264,6 +264,8 @@ def run(opts: Options, tunnel: Tunnel) -> int:
             sub = tunnel.ask(["submit", "--no-wait", *opts.submit, "--connect", "tunnel"],
                              show_progress=True)
             key = session = str(sub["session"])
+            say(f"hpcdesk: session {session} submitted; from this computer later: "
+                f"{reopen_command(session, opts)}")
         data = wait_ready(tunnel, str(key))
         session = str(data["session"])
         ep = Endpoint.from_status(data)
@@ -346,13 +348,18 @@ def ssh_command(tunnel: Tunnel, remote: str) -> str:
     return " ".join(shq(a) for a in [*argv, _ssh_name(hop, False), remote])
 
 
+def reopen_command(session: str, opts: Options) -> str:
+    """`hpcdesk tunnel` to this session as this laptop reaches it (login, jump hosts...)."""
+    return " ".join(["hpcdesk", "tunnel", shq(session), "--login", shq(opts.login),
+                     *(shq(a) for a in opts.route_args)])
+
+
 def _leave(tunnel: Tunnel, session: str, opts: Options) -> None:
     """The tunnel ends before the session: say how to come back, or cancel it."""
     cancel = ssh_command(tunnel, tunnel.remote.command_line(["cancel", session]))
     if not opts.cancel_on_exit:
         say(f"hpcdesk: tunnel closed; session {session} keeps running.\n"
-            f"  reopen:  hpcdesk tunnel {shq(session)} --login {shq(opts.login)}"
-            f"{''.join(' ' + shq(a) for a in opts.route_args)}\n"
+            f"  reopen:  {reopen_command(session, opts)}\n"
             f"  stop it: {cancel}")
         return
     say(f"hpcdesk: cancelling session {session} (--cancel-on-exit)")

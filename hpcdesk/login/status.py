@@ -9,7 +9,7 @@ from typing import Any
 
 from hpcdesk.phases import FAILED, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
-from hpcdesk.session import Session, browser_link, now
+from hpcdesk.session import Session, now
 
 
 @dataclass
@@ -30,13 +30,15 @@ class SessionStatus:
         }
         conn = self.session.connection() if self.state == "ready" else None
         if conn:
-            out["url"] = conn.get("url")
-            out["tls_fingerprint"] = conn.get("tls_fingerprint")
+            out["url"] = conn.url
+            out["tls_fingerprint"] = conn.tls_fingerprint
             # What `hpcdesk tunnel` forwards besides the web port (see connect/rtc.py).
-            out.update(transport=conn.get("transport"), turn_port=conn.get("turn_port"))
+            out.update(transport=conn.transport, turn_port=conn.turn_port,
+                       encoder=conn.encoder, encoder_reason=conn.encoder_reason,
+                       encoder_fallback=conn.encoder_fallback)
             if with_secrets:
-                out.update(user=conn.get("user"), password=conn.get("password"),
-                           url=browser_link(conn), token=conn.get("token"))
+                out.update(user=conn.user, password=conn.password, url=conn.browser_link(),
+                           token=conn.token)
         return out
 
 

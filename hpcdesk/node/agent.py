@@ -24,10 +24,12 @@ from typing import Any
 
 from hpcdesk.connect import rtc
 from hpcdesk.connect.turn import TurnError
+from hpcdesk.connection import Connection
 from hpcdesk.errors import ConfigError
 from hpcdesk.files import write_json
 from hpcdesk.node import address, health, jobturn, tls, viewers
 from hpcdesk.node.binding import bind_gpu
+from hpcdesk.node.encoder import EncoderChoice, stream_encoder
 from hpcdesk.node.errors import StartError, Stop
 from hpcdesk.node.ports import PortLease
 from hpcdesk.node.procs import (
@@ -38,9 +40,19 @@ from hpcdesk.node.procs import (
     spawn,
     stop_all,
 )
-from hpcdesk.node.runtime import DesktopPlan, Started, get_runtime
+from hpcdesk.node.runtime import DesktopPlan, Started
+from hpcdesk.node.runtime.kinds import get_runtime
 from hpcdesk.notify import Notifier
-from hpcdesk.phases import FAILED, LAUNCHING, READY, STARTING, STOPPED, STOPPING, WAITING
+from hpcdesk.phases import (
+    FAILED,
+    HEARTBEAT,
+    LAUNCHING,
+    READY,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    WAITING,
+)
 from hpcdesk.request import DesktopRequest
 from hpcdesk.session import now
 
@@ -48,7 +60,6 @@ log = logging.getLogger("hpcdesk.agent")
 
 EXIT_STOPPED = 0
 EXIT_FAILED = 1
-HEARTBEAT = 10.0  # seconds between "still starting" updates while waiting for the web UI
 MAX_RESTARTS = 3  # a crashed web UI is started again this often (same port and password)
 
 
@@ -127,7 +138,7 @@ class Agent:
             self.finish(FAILED, f"internal error in the node agent: {exc!r}")
             return EXIT_FAILED
 
-    def start(self) -> dict[str, Any]:
+    def start(self) -> Connection:
         req = self.request
         host, bind_addr = _address(req)
         gpu = bind_gpu(req)
@@ -135,7 +146,7 @@ class Agent:
         log.info("GPU: %s; encoder %s (%s)", gpu.summary, gpu.encoder, gpu.encoder_reason)
         # In webrtc mode Selkies dials itself on localhost: the port must be free there too.
         loopback = (("127.0.0.1",) if req.desktop.transport == "webrtc"
-                    and bind_addr not in jobturn.WILDCARDS else ())
+                    and bind_addr not in address.WILDCARDS else ())
         self.ports = PortLease(bind_addr, req.network.port_min, req.network.port_max,
                                also=loopback)
         try:
@@ -178,24 +189,27 @@ class Agent:
         session_token = self.wait_healthy(plan, started, deadline)
         self.mark("healthy")
         scheme = "https" if req.desktop.https else "http"
-        connection = {
-            "session": req.session_id, "url": f"{scheme}://{host}:{port}{url_path}",
-            "host": host, "port": port, "path": url_path, "auth": req.desktop.auth,
-            "user": None if token_mode else user, "password": None if token_mode else password,
-            "token": session_token, "display": started.display,
-            "node": self.state["node"], "interface": req.desktop.interface,
-            "encoder": gpu.encoder, "encoder_reason": gpu.encoder_reason,
-            "tls": tls_files.kind if tls_files else None,
-            "tls_fingerprint": tls_files.fingerprint if tls_files else None,
-            "transport": req.desktop.transport,
-            "turn_port": self.job_turn.port if self.job_turn else None,
-            "started_at": self.state["times"]["agent_start"], "ready_at": now(),
-        }
-        write_json(self.dir / "connection.json", connection, mode=0o600)
+        stream = stream_encoder(req.desktop.interface, EncoderChoice(
+            gpu.encoder, gpu.encoder_threads, gpu.encoder_reason, gpu.encoder_fallback))
+        connection = Connection(
+            session=req.session_id, url=f"{scheme}://{host}:{port}{url_path}",
+            host=host, port=port, path=url_path, auth=req.desktop.auth,
+            user=None if token_mode else user, password=None if token_mode else password,
+            token=session_token, display=started.display,
+            node=self.state["node"], interface=req.desktop.interface,
+            encoder=stream.name, encoder_reason=stream.reason,
+            encoder_fallback=stream.fallback,
+            tls=tls_files.kind if tls_files else None,
+            tls_fingerprint=tls_files.fingerprint if tls_files else None,
+            transport=req.desktop.transport,
+            turn_port=self.job_turn.port if self.job_turn else None,
+            started_at=self.state["times"]["agent_start"], ready_at=now(),
+        )
+        connection.write(self.dir / "connection.json")
         self.mark("published")
         self.web_port = port
         # The waiting client reads the credentials from connection.json when "ready" arrives.
-        self.phase(READY, f"desktop ready at {connection['url']}")
+        self.phase(READY, f"desktop ready at {connection.url}")
         return connection
 
     def start_job_turn(self, host: str, bind_addr: str) -> list[Child]:
@@ -241,7 +255,7 @@ class Agent:
     def wait_healthy(self, plan: DesktopPlan, started: Started, deadline: float) -> str | None:
         """Wait until the web UI is ready and protected; in token mode provision and return
         the session token. Ready never means a desktop an anonymous client can stream."""
-        probe_host = plan.bind_addr if plan.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        probe_host = "127.0.0.1" if plan.bind_addr in address.WILDCARDS else plan.bind_addr
         delay = 0.05
         heartbeat = time.monotonic() + HEARTBEAT
         while True:
@@ -302,12 +316,12 @@ class Agent:
             raise Stop(self.stop_reason)
 
     def warn_time_limit(self) -> None:
-        """Once, `warn_before` seconds before the time limit: in node.json (so `hpcdesk
+        """Once, `warn_before` seconds before the desktop stops: in node.json (so `hpcdesk
         status` shows it) and as a message on the desktop itself."""
         req = self.request
         if self.warned or not req.time_limit or not req.warn_before:
             return
-        left = self.state["times"]["agent_start"] + req.time_limit - time.time()
+        left = seconds_left(req, self.state["times"]["agent_start"], time.time())
         if left > req.warn_before:
             return
         self.warned = True
@@ -358,6 +372,12 @@ class Agent:
                 conn.unlink()  # the credentials are dead; don't leave them lying around
         self.mark("ended")
         self.phase(phase, reason, reason=reason, outcome=self.outcome or phase)
+
+
+def seconds_left(req: DesktopRequest, started: float, at: float) -> float:
+    """Seconds until the desktop really stops: Slurm's early stop signal (`--signal
+    B:USR1@signal_lead`) ends it signal_lead seconds before the job's time limit."""
+    return started + req.time_limit - req.signal_lead - at
 
 
 def _address(req: DesktopRequest) -> tuple[str, str]:

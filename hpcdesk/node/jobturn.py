@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcdesk.connect.turn import IceServer
+from hpcdesk.node import address
 from hpcdesk.node.errors import StartError
 from hpcdesk.node.locks import SCOPE, try_claim
 from hpcdesk.node.ports import PortLease
@@ -38,7 +39,6 @@ from hpcdesk.schema import RuntimeConfig
 RELAY_BLOCK = 16
 REALM = "hpcdesk"
 USER = "hpcdesk"
-WILDCARDS = ("0.0.0.0", "::")  # noqa: S104
 
 
 @dataclass
@@ -75,7 +75,7 @@ def claim_relay_block(lo: int, hi: int, scope: str = SCOPE) -> tuple[int, socket
 def config_text(directory: Path, port: int, bind_addr: str, relay_ip: str | None,
                 relay: tuple[int, int], username: str, password: str) -> str:
     lines = [f"listening-port={port}"]
-    if bind_addr not in WILDCARDS:
+    if bind_addr not in address.WILDCARDS:
         lines += [f"listening-ip={bind_addr}", "listening-ip=127.0.0.1"]
     if relay_ip:
         lines.append(f"relay-ip={relay_ip}")
@@ -91,7 +91,7 @@ def config_text(directory: Path, port: int, bind_addr: str, relay_ip: str | None
 
 
 def _relay_ip(bind_addr: str, published_host: str) -> str | None:
-    if bind_addr not in WILDCARDS:
+    if bind_addr not in address.WILDCARDS:
         return bind_addr
     try:
         ip = socket.gethostbyname(published_host)

@@ -10,6 +10,7 @@ reaches both (tests/unit/test_selkies_settings.py, tests/cluster/test_image_sett
 
 from __future__ import annotations
 
+from hpcdesk.node.address import WILDCARDS
 from hpcdesk.node.runtime import DesktopPlan
 
 # Settings that are secrets: they reach Selkies only through its own environment (host), or
@@ -35,7 +36,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
     dpi = min(_SELKIES_DPIS, key=lambda x: abs(x - d.dpi))
     webrtc = d.transport == "webrtc"
     addr = plan.bind_addr
-    if webrtc and addr not in ("0.0.0.0", "::"):  # noqa: S104
+    if webrtc and addr not in WILDCARDS:
         addr += ",127.0.0.1"  # Selkies' webrtc mode dials itself on localhost:PORT
     env = {
         "DISPLAY": display,

@@ -12,7 +12,13 @@ from typing import Any
 from hpcdesk import config
 from hpcdesk.errors import UsageError
 from hpcdesk.login.jobscript import sbatch_lines
-from hpcdesk.schema import SiteConfig, slurm_time_seconds
+from hpcdesk.schema import (
+    ENCODERS,
+    HARDWARE_ENCODERS,
+    SiteConfig,
+    parse_resolution,
+    slurm_time_seconds,
+)
 
 SOURCE = "form"
 # Open OnDemand's own smart attributes where they fit (the dashboard turns them into the
@@ -24,7 +30,6 @@ FIELDS = ("bc_queue", "bc_account", "bc_num_hours", "hpcdesk_cores", "hpcdesk_me
 # The options those smart attributes give sbatch themselves: submit.yml's native list must
 # not repeat them.
 CARRIED = {"bc_queue": "partition", "bc_account": "account"}
-ENCODERS = ("auto", "x264enc", "vp8enc", "vp9enc", "nvh264enc")
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ def offer(cfg: SiteConfig) -> Offer:
     partitions = list(o.partitions) or ([s.partition] if s.partition else [])
     current = f"{cfg.desktop.width}x{cfg.desktop.height}"
     hours = max(1, min(o.max_hours, slurm_time_seconds(s.time) // 3600))
-    encoders = ENCODERS if o.max_gpus > 0 else ENCODERS[:-1]
+    encoders = tuple(e for e in ENCODERS if o.max_gpus > 0 or e not in HARDWARE_ENCODERS)
     max_cores = o.max_cores or s.cpus
     mem = memory_gb(s.memory)
     max_mem = o.max_memory_gb or mem
@@ -161,11 +166,10 @@ def overrides(cfg: SiteConfig, values: Mapping[str, Any]) -> dict[str, Any]:
             out["scheduler.gres"] = f"gpu:{gpu_type}:{gpus}"
     resolution = _text(values, "hpcdesk_resolution")
     if resolution is not None:
-        m = re.fullmatch(r"(-?\d+)\s*[xX]\s*(-?\d+)", resolution)
-        if not m:
-            raise _fail("hpcdesk_resolution", f"{resolution!r} is not WIDTHxHEIGHT "
-                        "(e.g. 1920x1080)")
-        out["desktop.width"], out["desktop.height"] = int(m.group(1)), int(m.group(2))
+        try:
+            out["desktop.width"], out["desktop.height"] = parse_resolution(resolution)
+        except ValueError as exc:
+            raise _fail("hpcdesk_resolution", str(exc)) from None
     encoder = _text(values, "hpcdesk_encoder")
     if encoder is not None:
         if encoder not in off.encoders:

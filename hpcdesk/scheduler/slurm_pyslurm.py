@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from hpcdesk.errors import SchedulerError, SchedulerRejected
-from hpcdesk.scheduler import JobInfo, JobRef, JobState, map_slurm_state
+from hpcdesk.scheduler import JobInfo, JobRef, JobState, Partition, map_slurm_state
 from hpcdesk.scheduler.queue_table import (
     ALREADY_DONE,
     REJECTED_HINT,
@@ -262,6 +262,35 @@ class Pyslurm(QueueTable):
             raise SchedulerError(f"cancelling {job} through pyslurm failed: {msg}") from None
 
 
+    def partitions(self, cluster: str | None) -> dict[str, Partition] | None:
+        """All partitions through the API (Partitions.load: one RPC, no command)."""
+        self.calls["Partitions.load"] += 1
+        try:
+            loaded = self.pyslurm.Partitions.load()
+        except self.pyslurm.RPCError:
+            return None
+        out: dict[str, Partition] = {}
+        for name, part in loaded.items():
+            minutes = part.max_time  # minutes, or pyslurm's UNLIMITED
+            limited = isinstance(minutes, int)
+            out[str(name)] = Partition(
+                str(name), str(part.state or "UP").upper(),
+                _slurm_minutes(minutes) if limited else "UNLIMITED",
+                minutes * 60 if limited else None, bool(part.is_default))
+        return out
+
+    def down_nodes(self, cluster: str | None) -> set[str]:
+        """Nodes whose state (e.g. "IDLE+DRAIN", "DOWN+NOT_RESPONDING") says they cannot run
+        a job, through the API (Nodes.load)."""
+        self.calls["Nodes.load"] += 1
+        try:
+            nodes = self.pyslurm.Nodes.load()
+        except self.pyslurm.RPCError:
+            return set()
+        bad = ("DOWN", "DRAIN", "FAIL", "NOT_RESPONDING", "NO_RESPOND")
+        return {str(name) for name, node in nodes.items()
+                if any(word in str(node.state or "").upper() for word in bad)}
+
 def _message(exc: BaseException) -> str:
     return str(getattr(exc, "msg", "") or exc)
 
@@ -271,3 +300,10 @@ def _iso(epoch: int | None) -> str:
     if not epoch:
         return ""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
+
+
+def _slurm_minutes(minutes: int) -> str:
+    """Minutes as Slurm prints a time limit ("08:00:00", "1-00:00:00")."""
+    days, rest = divmod(minutes, 24 * 60)
+    text = f"{rest // 60:02d}:{rest % 60:02d}:00"
+    return f"{days}-{text}" if days else text

@@ -26,7 +26,8 @@ HELD = ("--set", "scheduler.extra_args=['--hold']")
 QUERY = """
 import json, sys
 from pathlib import Path
-from hpcdesk.scheduler import JobRef, get_scheduler
+from hpcdesk.scheduler import JobRef
+from hpcdesk.scheduler.backends import get_scheduler
 backend, ids = sys.argv[1], sys.argv[2:]
 s = get_scheduler(backend, cache_dir=None)
 got = s.query([JobRef(i) for i in ids])
@@ -251,7 +252,7 @@ def test_a_submitted_job_is_found_by_its_tag(user: User, backend: str,
     """Issue 12 defect 4: each backend finds a job by the tag in its script's --comment."""
     sid, job, sdir = submit_held(user, backend, cleanup_jobs)
     assert scontrol_job(job)["Comment"] == f"hpcdesk:{sid}"
-    code = ("import sys; from pathlib import Path; from hpcdesk.scheduler import get_scheduler; "
+    code = ("import sys; from pathlib import Path; from hpcdesk.scheduler.backends import get_scheduler; "
             "s = get_scheduler(sys.argv[1]); "
             "print(s.recover_submit(Path(sys.argv[2]), None, 'test').job_id)")
     proc = py(user, code, backend, str(sdir / "job.sh"))

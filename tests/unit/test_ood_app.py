@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from hpcdesk import cli, config
+from hpcdesk.connection import Connection
 from hpcdesk.errors import UsageError
 from hpcdesk.ood import app, form, job
-from hpcdesk.session import browser_link
 
 FORM = {"bc_queue": "gpu", "bc_account": "", "bc_num_hours": "2", "hpcdesk_cores": "4",
         "hpcdesk_memory": "16", "hpcdesk_gpus": "1", "hpcdesk_gpu_type": "",
@@ -196,7 +196,7 @@ def test_wait_reports_the_agents_reason(tmp_path: Path) -> None:
         job.wait(tmp_path, None)
     (tmp_path / "node.json").write_text(json.dumps({"phase": "ready"}))
     (tmp_path / "connection.json").write_text(json.dumps({"host": "n", "port": 1}))
-    assert job.wait(tmp_path, None)["port"] == 1
+    assert job.wait(tmp_path, None).port == 1
 
 
 def test_token_auth_is_refused_for_apptainer(tmp_path: Path) -> None:
@@ -207,8 +207,9 @@ def test_token_auth_is_refused_for_apptainer(tmp_path: Path) -> None:
 
 
 def test_browser_link_carries_the_token_in_the_fragment_only() -> None:
-    assert browser_link({"url": "http://n:1/", "token": "t0k"}) == "http://n:1/#token=t0k"
-    assert browser_link({"url": "http://n:1/", "token": None}) == "http://n:1/"
+    assert Connection(url="http://n:1/", token="t0k").browser_link() == "http://n:1/#token=t0k"
+    assert Connection(url="http://n:1/", token=None).browser_link() == "http://n:1/"
+    assert "t0k" not in repr(Connection(url="http://n:1/", token="t0k"))
 
 
 def test_check_command_reads_stdin_and_exits_2(site: str, monkeypatch: pytest.MonkeyPatch,

@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
-from hpcdesk import scheduler
 from hpcdesk.config import load
 from hpcdesk.errors import ConfigError, SchedulerError, SchedulerRejected
 from hpcdesk.login import jobscript
-from hpcdesk.scheduler import JobRef, JobState
+from hpcdesk.scheduler import JobRef, JobState, backends
 from hpcdesk.scheduler import slurm_pyslurm as sp
 
 
@@ -84,6 +83,23 @@ class FakePyslurm:
             def load(_filter: Any) -> dict[int, Any]:
                 raise FakeRPCError(fake.db_error)
 
+        class Partitions:  # pyslurm.Partitions.load(): max_time in minutes or "UNLIMITED"
+            @staticmethod
+            def load() -> dict[str, SimpleNamespace]:
+                return {
+                    "gpu": SimpleNamespace(state="UP", max_time=480, is_default=True),
+                    "long": SimpleNamespace(state="UP", max_time="UNLIMITED", is_default=False),
+                    "old": SimpleNamespace(state="DOWN", max_time=2880, is_default=False)}
+
+        class Nodes:  # pyslurm.Nodes.load(): Slurm's complete state strings
+            @staticmethod
+            def load() -> dict[str, SimpleNamespace]:
+                return {"gpu01": SimpleNamespace(state="MIXED"),
+                        "gpu02": SimpleNamespace(state="IDLE+DRAIN"),
+                        "gpu03": SimpleNamespace(state="DOWN+NOT_RESPONDING")}
+
+        self.Partitions = Partitions
+        self.Nodes = Nodes
         self.JobSubmitDescription = JobSubmitDescription
         self.Jobs = Jobs
         self.Job = Job
@@ -170,6 +186,24 @@ def test_one_load_answers_for_all_jobs_and_maps_like_squeue() -> None:
     assert backend.calls["Jobs.load"] == 1
 
 
+def test_partitions_and_down_nodes_come_from_the_api() -> None:
+    """Partition limits and node states through pyslurm's API, in the protocol's shape: the
+    check before submitting runs no scontrol or sinfo under this backend."""
+    from hpcdesk.scheduler.unstartable import check_request
+
+    backend = sp.Pyslurm(FakePyslurm())  # type: ignore[arg-type]
+    parts = backend.partitions(None)
+    assert parts is not None
+    assert (parts["gpu"].max_time, parts["gpu"].max_seconds, parts["gpu"].default) == (
+        "08:00:00", 8 * 3600, True)
+    assert (parts["long"].max_seconds, parts["old"].max_time) == (None, "2-00:00:00")
+    cause, step = check_request(parts, None, "10:00:00") or ("", "")
+    assert "MaxTime 08:00:00" in cause and "-t 08:00:00" in step
+    assert check_request(parts, "long", "10-00:00:00") is None
+    assert backend.down_nodes(None) == {"gpu02", "gpu03"}
+    assert (backend.calls["Partitions.load"], backend.calls["Nodes.load"]) == (1, 1)
+
+
 def test_controller_down_is_unknown_not_failure() -> None:
     fake = FakePyslurm()
     fake.load_error = "Unable to contact slurm controller (connect failure)"
@@ -188,16 +222,16 @@ def test_cancel_of_a_finished_job_is_fine() -> None:
 
 
 def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert scheduler.select_backend("slurm-cli", None)[0] == "slurm-cli"
+    assert backends.select_backend("slurm-cli", None)[0] == "slurm-cli"
     monkeypatch.setattr(sp, "probe", lambda: sp.Probe(False, "pyslurm is not installed"))
-    name, why = scheduler.select_backend("auto", None)
+    name, why = backends.select_backend("auto", None)
     assert name == "slurm-cli" and "pyslurm is not installed" in why
     with pytest.raises(ConfigError, match="pyslurm cannot be used here"):
-        scheduler.select_backend("pyslurm", None)
-    name, why = scheduler.select_backend("auto", "othercluster")
+        backends.select_backend("pyslurm", None)
+    name, why = backends.select_backend("auto", "othercluster")
     assert name == "slurm-cli" and "scheduler.cluster" in why
     monkeypatch.setattr(sp, "probe", lambda: sp.Probe(True, "pyslurm 22.5.3 matches", None))
-    assert scheduler.select_backend("auto", None) == ("pyslurm", "auto: pyslurm 22.5.3 matches")
+    assert backends.select_backend("auto", None) == ("pyslurm", "auto: pyslurm 22.5.3 matches")
 
 
 def test_probe_refuses_a_mismatched_release(monkeypatch: pytest.MonkeyPatch) -> None:

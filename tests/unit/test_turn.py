@@ -47,7 +47,7 @@ def secret_file(tmp_path: Path, content: str = "s3cret-shared\n", mode: int = 0o
     ("turn: {host: t.example.org, secret_file: /a}\nnetwork: {connect: turn}",
      "network.connect", "desktop.transport: webrtc"),
     ("turn: {ice_transport_policy: relay}\ndesktop: {transport: webrtc}",
-     "turn.ice_transport_policy", "needs a TURN server"),
+     "network.connect", "turn.ice_transport_policy is 'relay'"),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, yaml: str, key: str, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -55,6 +55,20 @@ def test_config_errors_name_the_key(tmp_path: Path, yaml: str, key: str, needle:
     assert f": {key}: " in str(err.value) and needle in str(err.value)
     assert err.value.exit_code == 2
     assert str(tmp_path / "site.yaml") in str(err.value)  # the file to fix
+
+
+def test_direct_on_a_relay_only_site_blames_the_option(tmp_path: Path) -> None:
+    """A site that sends all WebRTC media through its TURN server, and a user who asks for
+    --connect direct: the error names the option they gave, not the site file."""
+    path = site(tmp_path, "turn: {host: t.example.org, secret_file: /a, "
+                "ice_transport_policy: relay}\nnetwork: {connect: turn}\n"
+                "desktop: {transport: webrtc}")
+    assert config.load(path).config.network.connect == "turn"
+    with pytest.raises(ConfigError) as err:
+        config.load(path, {"network.connect": "direct"})
+    said = str(err.value)
+    assert said.startswith("command line: network.connect: 'direct' "), said
+    assert "--connect turn" in said and "site file" not in said
 
 
 def test_turn_keys_are_site_only(tmp_path: Path) -> None:

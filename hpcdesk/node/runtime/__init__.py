@@ -61,13 +61,3 @@ class Runtime(Protocol):
     name: str
 
     def start(self, plan: DesktopPlan, timeout: float) -> Started: ...
-
-
-def get_runtime(kind: str) -> Runtime:
-    if kind == "apptainer":
-        from hpcdesk.node.runtime.apptainer import ApptainerRuntime
-
-        return ApptainerRuntime()
-    from hpcdesk.node.runtime.host import HostRuntime
-
-    return HostRuntime()
