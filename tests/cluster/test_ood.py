@@ -250,16 +250,21 @@ def through_the_portal(user: User, ood_core: Path, portal: Portal, route: str,
         assert ws_status(portal, ws, None, portal.origin) == 401
 
         place_window(user, sid)
+        page = f"/{route}/{host}/{port}/"
         with browser.Chromium() as chromium:
-            prompts = chromium.answer_prompts(*portal.login)
             t1 = time.monotonic()
-            chromium.open(portal.base + link)
+            # The link as the view prints it; the portal's login prompt answered as a person
+            # answers it (browser.open's login), never credentials in the URL.
+            chromium.open(portal.base + link, login=portal.login)
             shot = tmp_path / "ood-desktop.png"
             seen = chromium.wait_for(shot, lambda png: colour_fraction(png, GREEN) > 0.10)
             assert seen, f"the desktop is not visible through the portal (last: {shot})"
             shown_after = time.monotonic() - t1
-            assert prompts.challenges and prompts.challenges[0]["realm"] == "Open OnDemand"
-            assert prompts.challenges[0]["origin"] == portal.origin
+            # Apache asked (401, "Open OnDemand" realm), the browser answered as the user.
+            access = portal.access_log.read_text()
+            assert re.search(rf'- - \[[^]]+\] "GET {re.escape(page)} HTTP/1.1" 401 ', access)
+            user_line = rf'- {re.escape(user.name)} \[[^]]+\] "GET {re.escape(page)} HTTP/1.1" 200 '
+            assert re.search(user_line, access), access[-2000:]
             # A moving picture: a window placed now appears in the same open page.
             place_window(user, sid, "#c020c0", "+640+0")
             moved = tmp_path / "ood-desktop-moved.png"
@@ -268,8 +273,7 @@ def through_the_portal(user: User, ood_core: Path, portal: Portal, route: str,
         # The same link without its fragment token: the page loads, its WebSocket is refused,
         # no desktop is shown.
         with browser.Chromium() as chromium:
-            chromium.answer_prompts(*portal.login)
-            chromium.open(portal.base + link.split("#")[0])
+            chromium.open(portal.base + link.split("#")[0], login=portal.login)
             assert chromium.wait_until(
                 "document.body && document.body.innerText.includes('WebSocket disconnected')")
             shot = tmp_path / "ood-no-token.png"
