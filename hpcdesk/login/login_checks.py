@@ -133,24 +133,7 @@ def login_checks(site: str | None, overrides: dict[str, Any] | None = None) -> l
     where = loaded.site_path or "built-in defaults only"
     checks = [Check("configuration", "ok", f"site {loaded.config.name!r} from {where}")]
     return (checks + _slurm_checks(loaded) + _session_dir_checks(loaded)
-            + _runtime_checks(loaded) + _turn_checks(loaded) + _ood_checks(loaded))
-
-
-def _ood_checks(loaded: config.LoadedConfig) -> list[Check]:
-    """What the Open OnDemand app needs from the site file (a site that sets any ood.* key or
-    desktop.allowed_origins offers it)."""
-    from hpcdesk.ood.form import portal_warnings
-
-    offers = any(k.startswith("ood.") or k == "desktop.allowed_origins"
-                 for k, src in loaded.sources.items() if src.startswith("site file"))
-    if not offers:
-        return [Check("Open OnDemand", "skip", "the site file sets no ood.* key (no OOD app)")]
-    found = portal_warnings(loaded.config)
-    if not found:
-        return [Check("Open OnDemand", "ok", f"portal origin(s) "
-                      f"{', '.join(loaded.config.desktop.allowed_origins)}; route "
-                      f"{loaded.config.ood.proxy}")]
-    return [Check("Open OnDemand", "warn", what, fix) for what, fix in found]
+            + _runtime_checks(loaded) + _turn_checks(loaded))
 
 
 def _turn_checks(loaded: config.LoadedConfig) -> list[Check]:

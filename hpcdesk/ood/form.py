@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcdesk import config
+from hpcdesk.checks import Check
 from hpcdesk.errors import UsageError
 from hpcdesk.login.jobscript import sbatch_lines
 from hpcdesk.schema import (
@@ -207,6 +208,21 @@ def portal_warnings(cfg: SiteConfig) -> list[tuple[str, str]]:
                     "use ood.proxy: secure-rnode (with secure_rnode_uri in ood_portal.yml), "
                     "the recommended setup"))
     return out
+
+
+def portal_checks(loaded: config.LoadedConfig) -> list[Check]:
+    """What the Open OnDemand app needs from the site file (a site that sets any ood.* key or
+    desktop.allowed_origins offers it)."""
+    offers = any(k.startswith("ood.") or k == "desktop.allowed_origins"
+                 for k, src in loaded.sources.items() if src.startswith("site file"))
+    if not offers:
+        return [Check("Open OnDemand", "skip", "the site file sets no ood.* key (no OOD app)")]
+    found = portal_warnings(loaded.config)
+    if not found:
+        return [Check("Open OnDemand", "ok", f"portal origin(s) "
+                      f"{', '.join(loaded.config.desktop.allowed_origins)}; route "
+                      f"{loaded.config.ood.proxy}")]
+    return [Check("Open OnDemand", "warn", what, fix) for what, fix in found]
 
 
 @dataclass

@@ -19,9 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import secrets
-import socket
-import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +35,7 @@ from conftest import (
     http_status,
     node_user_pids,
     place_window,
+    ws_upgrade_status,
 )
 from oodharness import (
     FORM,
@@ -81,27 +79,12 @@ def portal(user: User) -> Iterator[Portal]:
 
 
 def ws_status(portal: Portal, path: str, token: str | None, origin: str | None) -> int:
-    """Status of a WebSocket upgrade through the portal (101: it would stream). The test
-    client logs in to the portal itself (Authorization to Apache, which mod_ood_proxy does
-    not pass on); the token goes where the page puts it: a subprotocol, not the URL."""
-    port = int(portal.base.rsplit(":", 1)[1])
+    """A WebSocket upgrade through the portal. The test client logs in to the portal itself
+    (Authorization to Apache, which mod_ood_proxy does not pass on)."""
     login = base64.b64encode(":".join(portal.login).encode()).decode()
-    headers = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
-               "Connection: Upgrade", "Sec-WebSocket-Version: 13",
-               "Sec-WebSocket-Key: " + base64.b64encode(secrets.token_bytes(16)).decode(),
-               f"Authorization: Basic {login}"]
-    if origin:
-        headers.append(f"Origin: {origin}")
-    if token:
-        enc = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
-        headers.append(f"Sec-WebSocket-Protocol: selkies, selkies.token.{enc}")
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-        s.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
-        first = s.recv(4096).decode(errors="replace").split("\r\n", 1)[0]
-    return int(first.split()[1])
+    headers = (f"Authorization: Basic {login}", *([f"Origin: {origin}"] if origin else []))
+    return ws_upgrade_status("127.0.0.1", int(portal.base.rsplit(":", 1)[1]), path, token,
+                             headers)
 
 
 def test_generated_app_is_complete_and_parses(app: Path) -> None:
@@ -385,21 +368,9 @@ def test_cli_token_mode(user: User, cleanup_jobs: list[str], tmp_path: Path) -> 
     assert http_status(base, None) == 200  # the page itself holds no secret
     host, port = str(data["host"]), int(data["port"])
 
-    def upgrade(with_token: bool) -> int:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        lines = ["GET /api/websockets HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
-                 "Connection: Upgrade", "Sec-WebSocket-Version: 13",
-                 "Sec-WebSocket-Key: " + base64.b64encode(secrets.token_bytes(16)).decode()]
-        if with_token:
-            enc = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
-            lines.append(f"Sec-WebSocket-Protocol: selkies, selkies.token.{enc}")
-        with socket.create_connection((host, port), timeout=10) as raw, \
-                ctx.wrap_socket(raw, server_hostname=host) as s:
-            s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-            return int(s.recv(4096).decode(errors="replace").split()[1])
-
-    assert upgrade(False) == 401 and upgrade(True) == 101
+    ws = "/api/websockets"
+    assert ws_upgrade_status(host, port, ws, None) == 401
+    assert ws_upgrade_status(host, port, ws, token) == 101
     place_window(user, str(data["session"]))
     shot = tmp_path / "token-desktop.png"
     assert browser.watch(url, shot, lambda png: colour_fraction(png, GREEN) > 0.10), shot

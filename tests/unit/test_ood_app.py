@@ -287,16 +287,14 @@ def test_card_values_survive_oods_echo_and_yaml(tmp_path: Path) -> None:
 
 
 def test_doctor_names_what_the_portal_needs(tmp_path: Path) -> None:
-    from hpcdesk.login.login_checks import _ood_checks
-
     path = tmp_path / "d.yaml"
     path.write_text("scheduler: {partition: gpu}\n")
-    assert [c.status for c in _ood_checks(config.load(str(path)))] == ["skip"]
+    assert [c.status for c in form.portal_checks(config.load(str(path)))] == ["skip"]
     path.write_text("scheduler: {partition: gpu}\nood: {proxy: rnode}\n")
-    found = _ood_checks(config.load(str(path)))
+    found = form.portal_checks(config.load(str(path)))
     assert [c.status for c in found] == ["warn", "warn"]
     assert "desktop.allowed_origins is not set" in found[0].detail
     assert "ondemand.example.org" in found[0].fix and "secure-rnode" in found[1].fix
     path.write_text('desktop: {allowed_origins: ["https://ood.example.org"]}\n')
-    (ok,) = _ood_checks(config.load(str(path)))
+    (ok,) = form.portal_checks(config.load(str(path)))
     assert ok.status == "ok" and "https://ood.example.org" in ok.detail
