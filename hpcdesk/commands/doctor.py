@@ -7,7 +7,7 @@ import contextlib
 
 from hpcdesk.checks import checks_to_json, worst
 from hpcdesk.commands.common import emit_json, overrides_from_sets
-from hpcdesk.errors import EXIT_FAILED, EXIT_OK
+from hpcdesk.errors import EXIT_FAILED, EXIT_OK, ConfigError
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         checks = login_checks(args.site, overrides)
         # What the Open OnDemand app needs from the site file (a broken configuration has
         # already been said by login_checks).
-        with contextlib.suppress(config.ConfigError):
+        with contextlib.suppress(ConfigError):
             checks += portal_checks(config.load(args.site, overrides))
     overall = worst(checks)
     if args.json:
