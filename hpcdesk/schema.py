@@ -1,14 +1,16 @@
 """The site configuration schema: every key, its type, its limits and its help text.
 
 This module is data only (dataclasses with field metadata). `config.py` loads and validates
-YAML against it, and `hpcdesk config reference` renders the README's reference table from it.
+YAML against it, and `hpcdesk config reference` renders the docs' reference table from it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
+
+from hpcdesk.encoders import Encoder
 
 SLURM_NAME = r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*"
 
@@ -24,12 +26,6 @@ _TIME_RE = re.compile(
     r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
     r"|(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)|(?P<mm>\d+):(?P<ss>\d+)|(?P<only>\d+))$"
 )
-
-
-# The encoders desktop.encoder names (node/encoder.py decides among them); the one list.
-Encoder = Literal["auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg", "vp8enc", "vp9enc"]
-ENCODERS: tuple[str, ...] = get_args(Encoder)
-HARDWARE_ENCODERS = ("nvh264enc",)  # need a GPU with NVENC (else x264enc, and users are told)
 
 
 def parse_resolution(text: str) -> tuple[int, int]:

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from hpcdesk import states
 from hpcdesk.commands.common import emit_json, say
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, WaitTimeout
@@ -56,7 +57,7 @@ def print_connection(session: Session, job: JobRef, conn: Connection, quiet: boo
     """`laptop`: the `hpcdesk tunnel` command for sessions reached through a tunnel."""
     if quiet:
         emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
-                   "state": "ready", **{k: getattr(conn, k) for k in (
+                   "state": states.READY, **{k: getattr(conn, k) for k in (
                        "host", "port", "user", "password", "token", "node", "display",
                        "encoder", "encoder_reason", "encoder_fallback", "interface", "tls",
                        "tls_fingerprint",
@@ -89,9 +90,9 @@ def report_cancelled(session: Session, job: JobRef, quiet: bool) -> None:
         "ready", quiet)
     if quiet:
         emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
-                   "state": "cancelled", "detail": detail})
+                   "state": states.CANCELLED, "detail": detail})
     if not session.meta.get("final"):
-        session.update_meta(final={"state": "cancelled", "detail": detail, "at": now()})
+        session.update_meta(final={"state": states.CANCELLED, "detail": detail, "at": now()})
 
 
 def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exception,
@@ -128,7 +129,7 @@ def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exc
     print("\n".join(lines), file=sys.stderr)
     if keep:
         return  # still queued: `list` and `status` keep following it
-    session.update_meta(final={"state": "failed", "detail": str(exc).split("\n")[0],
+    session.update_meta(final={"state": states.FAILED, "detail": str(exc).split("\n")[0],
                                "exit_code": exit_code, "at": now()})
 
 

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from hpcdesk import states
 from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for
 from hpcdesk.commands.outcome import print_connection, wait_and_report
 from hpcdesk.config import LoadedConfig
@@ -39,21 +40,21 @@ def status(args: argparse.Namespace) -> int:
     ref = job_ref(session)
     if args.wait and ref and not session.meta.get("final"):
         st = collect([session], scheduler)[0]
-        if st.state in ("queued", "starting", "unknown"):
+        if st.state in states.WAITING and st.state != states.SUBMITTING:
             return wait_and_report(session, scheduler, ref, loaded, None, args.json,
                                    time.monotonic())
     st = collect([session], scheduler)[0]
     if args.json:
         emit_json(st.as_json(with_secrets=True))
         return EXIT_OK
-    conn = session.connection() if st.state == "ready" else None
+    conn = session.connection() if st.state == states.READY else None
     if conn and ref:
         print_connection(session, ref, conn, quiet=False)
         return EXIT_OK
     node = st.as_json()["node"]
     print(f"session {session.id}: {st.state}" + (f" ({st.detail})" if st.detail else ""))
     print(f"  job {ref or '-'}" + (f" on {node}" if node else "") + f"; files in {session.dir}")
-    return EXIT_OK if st.state not in ("failed",) else EXIT_FAILED
+    return EXIT_OK if st.state != states.FAILED else EXIT_FAILED
 
 
 def list_sessions(args: argparse.Namespace) -> int:
@@ -106,7 +107,7 @@ def cancel(args: argparse.Namespace) -> int:
     if not args.no_wait:
         node = _wait_agent_stopped(session, scheduler, ref, timeout=60.0)
         detail = node.get("reason") or "cancelled before the desktop started"
-        session.update_meta(final={"state": "cancelled", "detail": detail, "at": now()})
+        session.update_meta(final={"state": states.CANCELLED, "detail": detail, "at": now()})
     st = collect([session], scheduler)[0]
     if args.json:
         emit_json(st.as_json())

@@ -18,7 +18,8 @@ shares only the core (config schema, request, session files, push channel, conne
   xorg_conf.py     xorg.conf for the desktop's own X server (dummy or NVIDIA)
   modeline.py      VESA CVT modelines for the requested resolution
   xserver.py       the X server files and the host runtime's Xorg
-  runtime/         how the desktop starts: apptainer.py (an image), host.py (no container)
+  runtime/         how the desktop starts: the contract (__init__.py), apptainer.py (an
+                   image), host.py (no container), kinds.py (runtime.kind -> one of them)
   selkies_web.py   where PyPI Selkies' web client lives on the node
   tls.py           HTTPS for the web UI: the site's certificate or a per-session one
   jobturn.py       TURN inside the job (coturn), relaying only to its own desktop

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from hpcdesk.encoders import ENCODERS
 from hpcdesk.node.nvenc import NvencResult
-from hpcdesk.schema import ENCODERS
 
 __all__ = ["ENCODERS", "EncoderChoice", "decide_encoder", "software_threads", "stream_encoder"]
 

@@ -53,7 +53,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_SCALING_DPI": str(dpi),
         "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
         **origin_env(plan),
-        # The tuning knobs measured by benchmarks/stream.py (README "Performance").
+        # The tuning knobs measured by benchmarks/stream.py (docs/performance.md).
         "SELKIES_RATE_CONTROL_MODE": d.rate_control,
         "SELKIES_VIDEO_CRF": str(d.video_crf),
         "SELKIES_JPEG_QUALITY": str(d.jpeg_quality),
@@ -68,7 +68,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
 
 def threaded(setting: str, encoder_threads: int) -> bool:
     """desktop.encode_threading: always, never, or auto (threads only when the allocation gives
-    the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, README
+    the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, docs/performance.md
     "Performance")."""
     return setting == "always" or (setting == "auto" and encoder_threads >= 2)
 

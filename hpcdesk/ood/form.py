@@ -11,15 +11,10 @@ from typing import Any
 
 from hpcdesk import config
 from hpcdesk.checks import Check
+from hpcdesk.encoders import ENCODERS, HARDWARE_ENCODERS
 from hpcdesk.errors import UsageError
 from hpcdesk.login.jobscript import sbatch_lines
-from hpcdesk.schema import (
-    ENCODERS,
-    HARDWARE_ENCODERS,
-    SiteConfig,
-    parse_resolution,
-    slurm_time_seconds,
-)
+from hpcdesk.schema import SiteConfig, parse_resolution, slurm_time_seconds
 
 SOURCE = "form"
 # Open OnDemand's own smart attributes where they fit (the dashboard turns them into the

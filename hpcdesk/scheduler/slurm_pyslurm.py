@@ -60,7 +60,8 @@ def probe() -> Probe:
         import pyslurm
     except ImportError as exc:
         return Probe(False, f"pyslurm is not installed or cannot load libslurm ({exc}); "
-                     "install hpcdesk[pyslurm] built for this Slurm (README, admins)")
+                     "install hpcdesk[pyslurm] built for this Slurm (docs/admin.md, "
+                     "Scheduler backends)")
     release = tuple(int(x) for x in str(pyslurm.__version__).split(".")[:2])
     built_for = tuple(pyslurm.slurm_api_version())
     running = _running_slurm()
@@ -69,7 +70,8 @@ def probe() -> Probe:
     if release != built_for[:2] or built_for[:2] != running[:2]:
         return Probe(False, f"pyslurm {pyslurm.__version__} is built for Slurm "
                      f"{_release(built_for)}, but this host runs Slurm {_release(running)}: "
-                     "build the pyslurm release that matches it (README, admins)")
+                     "build the pyslurm release that matches it (docs/admin.md, Scheduler "
+                     "backends)")
     return Probe(True, f"pyslurm {pyslurm.__version__} matches Slurm {_release(running)}",
                  pyslurm)
 

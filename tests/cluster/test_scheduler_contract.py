@@ -245,6 +245,36 @@ def test_a_job_that_can_never_start_ends_the_wait(user: User, backend: str,
             assert state in ("", "CANCELLED") and f"job {m[2]} was cancelled" in proc.stderr
 
 
+PARTITIONS = """
+import json, sys
+from hpcdesk.scheduler.backends import get_scheduler
+s = get_scheduler(sys.argv[1], cache_dir=None)
+parts = s.partitions(None) or {}
+down = sorted(s.down_nodes(None))
+print(json.dumps({"calls": dict(s.calls), "down": down,
+                  "parts": {n: [p.state, p.max_time, p.max_seconds, p.default]
+                            for n, p in parts.items()}}))
+"""
+
+
+def test_partition_limits_come_through_the_backend(user: User, backend: str) -> None:
+    """The check before submitting asks the scheduler backend, not Slurm's commands behind its
+    back: pyslurm answers partition limits and node states through its API (no scontrol, no
+    sinfo), and both backends agree with `scontrol show partition`."""
+    from hpcdesk.scheduler.slurm_cli import parse_partitions
+
+    proc = py(user, PARTITIONS, backend)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    shown = parse_partitions(_run(["scontrol", "--oneliner", "show", "partition"]).stdout)
+    assert data["parts"] == {n: [p.state, p.max_time, p.max_seconds, p.default]
+                             for n, p in shown.items()}
+    assert data["parts"]["gpu"][2] == 8 * 3600  # the dev cluster's MaxTime=08:00:00
+    if backend == "pyslurm":
+        assert not {"scontrol", "sinfo"} & set(data["calls"]), data["calls"]
+        assert data["calls"]["Partitions.load"] == 1 and data["calls"]["Nodes.load"] == 1
+
+
 @pytest.mark.reliability("D4 sbatch times out",
                           "the tagged job is found and followed; never a duplicate or an orphan")
 def test_a_submitted_job_is_found_by_its_tag(user: User, backend: str,

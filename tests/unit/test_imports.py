@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"commands", "laptop"},
 }
 # The laptop runs on a laptop: of the core, only what `hpcdesk tunnel` needs.
-LAPTOP_CORE = {"hpcdesk", "hpcdesk.errors", "hpcdesk.quoting"}
+LAPTOP_CORE = {"hpcdesk", "hpcdesk.errors", "hpcdesk.quoting", "hpcdesk.states"}
 
 
 def module_name(path: Path) -> str:

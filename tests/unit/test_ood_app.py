@@ -35,12 +35,8 @@ desktop:
 """
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("HPCDESK_SITE", raising=False)
-    monkeypatch.setattr(config, "SYSTEM_DIRS", (str(tmp_path / "etc"),))
+# Configuration layers from tmp_path only (the one fixture, tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
 @pytest.fixture
