@@ -9,8 +9,8 @@ For each desktop it prints submit -> URL (what a person waits for) and where the
   queue+launch   sbatch accepted -> the node agent starts (Slurm, job script)
   agent          agent start -> desktop launched (GPU binding, ports, secrets, X files)
   desktop        launched -> healthy: the container (SIF mount, container start), X, Selkies;
-                 the image's entrypoint logs when its X server took clients and when it
-                 started Selkies and the session (container.log), split out below
+                 the image's entrypoint stamps its own start (after the SIF mount and the
+                 container start), X taking clients, and Selkies listening (container.log)
   publish        healthy -> URL printed
 and, for the images, `apptainer exec --contain IMAGE true` alone (SIF mount + container start).
 """
@@ -37,8 +37,9 @@ DESKTOPS = {
             f"runtime.image_dir={IMAGE_DIR}"],
 }
 # The Debian images' entrypoint stamps these lines with $EPOCHREALTIME (images/debian/).
-STAMPS = {"x_ready": r"X server took clients at (\d+\.\d+)",
-          "web_started": r"web server started at (\d+\.\d+)"}
+STAMPS = {"entrypoint": r"entrypoint started at (\d+\.\d+)",
+          "x_ready": r"X server took clients at (\d+\.\d+)",
+          "web_listens": r"web server listens at (\d+\.\d+)"}
 
 
 def one(extra: list[str]) -> dict[str, float]:
@@ -92,9 +93,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", nargs="*", default=list(DESKTOPS), choices=list(DESKTOPS))
+    ap.add_argument("--image", action="append", default=[], metavar="LABEL=SIF",
+                    help="also an image by path, e.g. an older build: kde-before=/path/x.sif")
     args = ap.parse_args()
+    for spec in args.image:
+        label, _, path = spec.partition("=")
+        DESKTOPS[label] = ["--runtime", "apptainer", "--image", path]
     report: list[str] = []
-    for name in args.only:
+    for name in [*args.only, *(s.partition("=")[0] for s in args.image)]:
         series: dict[str, list[float]] = {}
         for i in range(args.runs):  # interleaving would mix caches; one desktop kind at a time
             r = one(DESKTOPS[name])
@@ -107,7 +113,7 @@ def main() -> int:
         for k, v in series.items():
             if k != "submit_to_url":
                 report.append(f"          {k:22} {fmt(v)}")
-        if name != "host":
+        if name in ("debian", "kde"):
             report.append(f"          {'apptainer exec true':22} "
                           f"{fmt(container_start(name, args.runs))}")
     print("\nsubmit -> URL (s), same run:\n" + "\n".join(report))

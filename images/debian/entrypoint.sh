@@ -11,6 +11,7 @@ umask 077
 # log, die, is_uint, alive, stop_pids, wait_x (images/entrypoint-lib.sh, installed by %files)
 . "$(dirname "${BASH_SOURCE[0]}")/entrypoint-lib.sh" || exit 1
 
+started_at=$EPOCHREALTIME   # start-up stamps for benchmarks/start_time.py
 display=${DISPLAY:-}
 case $display in :[0-9]*) ;; *) die "DISPLAY must be set to :N (got '${display}')";; esac
 dnum=${display#:}; dnum=${dnum%%.*}
@@ -72,7 +73,7 @@ for d in /tmp/.X11-unix /tmp/.ICE-unix; do
     [ -d "$d" ] || mkdir -m 1777 "$d" 2>/dev/null || true
 done
 
-pids=()     # X server first, then the web server, then the desktop session
+pids=()     # the X server first, then the web server, then the desktop session
 cleanup() {  # the web server and the session first, the X server last
     trap - TERM INT HUP EXIT
     local i rev=()
@@ -90,31 +91,10 @@ trap cleanup EXIT
 
 mkfifo "$work/xready"
 if [ "$iface" = selkies ]; then
-    /usr/lib/xorg/Xorg "$display" -noreset -novtswitch -sharevts -nolisten tcp \
-        -config "$HPCDESK_XORG_CONF" -logfile "$work/Xorg.log" \
-        -auth "$XAUTHORITY" -dpi "$dpi" -displayfd 3 \
-        +extension RANDR +extension RENDER 3>"$work/xready" &
-    pids+=($!)
-    wait_x "$work/xready" "$!" Xorg 30 "$work/Xorg.log"
-else
-    /usr/bin/Xvnc "$display" -geometry "${w}x${h}" -depth "$depth" -dpi "$dpi" \
-        -rfbunixpath "$work/vnc.sock" -rfbunixmode 0600 -rfbport -1 -SecurityTypes None \
-        -AlwaysShared -desktop "hpcdesk $display" -nolisten tcp -auth "$XAUTHORITY" \
-        -displayfd 3 3>"$work/xready" &
-    pids+=($!)
-    wait_x "$work/xready" "$!" Xvnc 30
-fi
-export DISPLAY=$display
-# Off the start path: the screen size for the log, no screen saver.
-{
-    got=$(xdpyinfo 2>/dev/null | sed -n 's/^ *dimensions: *\([0-9]*x[0-9]*\) pixels.*/\1/p')
-    log "X server ready on $display, screen $got"
-    xset s off -dpms s noblank 2>/dev/null || true
-} &
-
-if [ "$iface" = selkies ]; then
-    # Selkies before the session: its start (Python imports, its web server) is the longest
-    # step, so it runs while the session starts (as in hpcdesk's host runtime).
+    # Selkies first, even before the X server: its start (Python imports from the image) is
+    # the longest step, so it runs while Xorg starts; it waits for the file made once X
+    # takes clients (Selkies' app-ready file) before it touches the display.
+    export SELKIES_APP_WAIT_READY=true SELKIES_APP_READY_FILE=$work/x-ready
     export SELKIES_ADDR=$addr SELKIES_PORT=$port SELKIES_BASIC_AUTH_USER=$user
     if [ -n "$token" ]; then
         export SELKIES_ENABLE_BASIC_AUTH=false
@@ -151,7 +131,21 @@ if [ "$iface" = selkies ]; then
         SELKIES_BASIC_AUTH_PASSWORD=$password /opt/hpcdesk/venv/bin/selkies &
     fi
     pids+=($!)
+    log "web server started at $EPOCHREALTIME"
+    /usr/lib/xorg/Xorg "$display" -noreset -novtswitch -sharevts -nolisten tcp \
+        -config "$HPCDESK_XORG_CONF" -logfile "$work/Xorg.log" \
+        -auth "$XAUTHORITY" -dpi "$dpi" -displayfd 3 \
+        +extension RANDR +extension RENDER 3>"$work/xready" &
+    pids=("$!" "${pids[@]}")   # the X server first: it is stopped last
+    wait_x "$work/xready" "$!" Xorg 30 "$work/Xorg.log"
+    : > "$SELKIES_APP_READY_FILE"
 else
+    /usr/bin/Xvnc "$display" -geometry "${w}x${h}" -depth "$depth" -dpi "$dpi" \
+        -rfbunixpath "$work/vnc.sock" -rfbunixmode 0600 -rfbport -1 -SecurityTypes None \
+        -AlwaysShared -desktop "hpcdesk $display" -nolisten tcp -auth "$XAUTHORITY" \
+        -displayfd 3 3>"$work/xready" &
+    pids+=($!)
+    wait_x "$work/xready" "$!" Xvnc 30
     # HTTPS with the certificate hpcdesk made (or the site's), like the Selkies interface.
     tls_args=()
     if [ -n "${HPCDESK_TLS_CERT:-}" ] && [ -n "${HPCDESK_TLS_KEY:-}" ]; then
@@ -163,10 +157,30 @@ else
         --unix-target "$work/vnc.sock" --heartbeat 30 ${tls_args[@]+"${tls_args[@]}"} \
         "$addr:$port" &
     pids+=($!)
+    log "web server started at $EPOCHREALTIME"
 fi
 unset password token
+export DISPLAY=$display
+log "X server took clients at $EPOCHREALTIME (entrypoint started at $started_at)"
+# Off the start path: the screen size for the log, no screen saver.
+{
+    got=$(xdpyinfo 2>/dev/null | sed -n 's/^ *dimensions: *\([0-9]*x[0-9]*\) pixels.*/\1/p')
+    log "X server ready on $display, screen $got"
+    xset s off -dpms s noblank 2>/dev/null || true
+} &
 
-# The desktop session, with its own session bus.
+# The desktop session, with its own session bus, once the web server listens (at most 20 s):
+# started together on a job's few CPUs, a desktop's own start (KDE Plasma: dozens of
+# processes) delayed Selkies' start, and with it the link, by many seconds; the desktop
+# appears in the browser while it starts. Only a TCP connect: nothing is sent.
+probe=${addr%%,*}
+case $probe in 0.0.0.0|::) probe=127.0.0.1;; esac
+for (( i = 0; i < 200; i++ )); do
+    alive "${pids[1]}" || break
+    (exec 3<>"/dev/tcp/$probe/$port") 2>/dev/null && break
+    sleep 0.1
+done
+log "web server listens at $EPOCHREALTIME; starting the desktop session"
 dbus-run-session -- "${session_cmd[@]}" &
 pids+=($!)
 log "started: ${pids[*]}"

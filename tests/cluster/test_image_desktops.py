@@ -160,9 +160,11 @@ SETTINGS = ("desktop.framerate=24", "desktop.video_bitrate=3000", "desktop.rate_
             "desktop.dpi=144", "desktop.url_path=/desk/", "desktop.encoder=x264enc-striped")
 # Values that name per-session things: the port, files under each session's own work
 # directory, the host's web root (the image has its own), and the secrets.
+# The image's entrypoint also starts its Selkies before the X server, waiting for a file
+# (SELKIES_APP_WAIT_READY, SELKIES_APP_READY_FILE): start-up order, not a desktop setting.
 PER_SESSION = {"SELKIES_PORT", "SELKIES_HTTPS_CERT", "SELKIES_HTTPS_KEY",
                "SELKIES_RTC_CONFIG_JSON", "SELKIES_WEB_ROOT", "SELKIES_BASIC_AUTH_PASSWORD",
-               "SELKIES_MASTER_TOKEN"}
+               "SELKIES_MASTER_TOKEN", "SELKIES_APP_WAIT_READY", "SELKIES_APP_READY_FILE"}
 
 
 def _selkies_environment(node: str, port: int) -> dict[str, str]:
