@@ -3,7 +3,7 @@ VENV ?= /opt/hpcdesk/venv
 export HPCDESK_VENV := $(VENV)
 DEV_USER ?= hpcuser
 
-.PHONY: setup setup-base cluster-up cluster-down demo demo-container test test-unit lint docs bench
+.PHONY: setup setup-base cluster-up cluster-down demo demo-container test test-unit lint docs bench bench-scale
 
 ## Everything the tests need, pyslurm included (built once per Slurm release; minutes).
 setup:
@@ -54,3 +54,9 @@ test: setup lint cluster-up
 
 bench: cluster-up
 	$(VENV)/bin/python benchmarks/run.py
+	$(VENV)/bin/python benchmarks/scale.py $(if $(SHORT),--short)
+
+## Cost at scale (docs/performance.md "Scale"): a busy queue, many sessions, many waiting
+## submits, idle desktops per node. SHORT=1 keeps it short.
+bench-scale: cluster-up
+	$(VENV)/bin/python benchmarks/scale.py $(if $(SHORT),--short)

@@ -38,6 +38,7 @@ class Connection:
     tls_fingerprint: str | None = None
     transport: str = "websockets"
     turn_port: int | None = None    # the in-job TURN's port (forwarded by `hpcdesk tunnel`)
+    sound: dict[str, Any] | None = None  # node/sound.py: on, or off and why
     started_at: float = 0.0
     ready_at: float = 0.0
 

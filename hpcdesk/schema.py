@@ -120,6 +120,9 @@ class RuntimeConfig:
         "auto", "Where Selkies serves its web client from: auto (the installed package's own "
         "files, in place), copy (Selkies' default: a fresh copy on every start, slower) or a "
         "directory.", pattern=r"auto|copy|/\S+")
+    sound_server: str = opt(
+        "pulseaudio", "The PulseAudio daemon each desktop gets as its own sound server "
+        "(desktop.audio; a full path where it is not on the job's PATH).")
     session: str = opt("openbox", "Desktop session / window manager command.")
     autostart: list[str] = opt(["xterm"], "Programs started in the desktop after the session.")
     agent_command: str | None = opt(
@@ -153,7 +156,14 @@ class DesktopConfig:
     encode_threading: Literal["auto", "always", "never"] = opt(
         "auto", "Spread each frame of a software encoder over threads; auto: only when the "
         "encoder gets 2 or more threads (4+ CPUs), as one thread was faster on 2 CPUs.")
-    audio: bool = opt(True, "Stream audio.")
+    audio: bool = opt(
+        True, "Sound: what plays in the desktop plays in the browser (Opus, over websockets "
+        "and webrtc), from the desktop's own PulseAudio server. Where the node has no sound "
+        "server the desktop starts without sound, and submit/status say so.")
+    microphone: bool = opt(
+        False, "Allow the browser's microphone into the desktop (as its default recording "
+        "source; asked for only while an application there records). Needs audio. "
+        "Site file only: a user file or the command line cannot set it.", admin=True)
     audio_bitrate: int = opt(128000, "Audio bitrate in bit/s.", min=6000, max=510000)
     enable_resize: bool = opt(False, "Resize the remote screen to the browser window.")
     timezone: str = opt("UTC", "TZ inside the desktop.", pattern=r"[A-Za-z0-9_+/-]+")

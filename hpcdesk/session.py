@@ -88,7 +88,11 @@ def create(root: Path) -> Session:
     """Make a new private session directory with a short, unique, typeable id."""
     import secrets  # here, not at the top: list and status never create sessions
 
+    from hpcdesk.trust import require_own, require_safe_parents
+
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    require_safe_parents(root)  # nobody else may own, write or swap the session files
+    require_own(root, "the session root")
     for _ in range(100):
         sid = "".join(secrets.choice(_ID_ALPHABET) for _ in range(6))
         d = root / sid

@@ -32,6 +32,9 @@ APT_PACKAGES=(
   # mod_ood_proxy's Lua (posix.pwd from lua-posix); tests start their own instance.
   apache2 apache2-utils ruby-dotenv ruby-bcrypt lua-posix
   ruby-redcarpet  # OodAppkit.markdown: the dashboard renders view.html.erb through it
+  # Sound (docs/sound.md): each desktop's own PulseAudio server on the node (host runtime),
+  # paplay/parecord/pactl for the sound tests and `doctor --node`.
+  pulseaudio pulseaudio-utils
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

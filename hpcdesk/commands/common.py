@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,19 @@ def scheduler_for(loaded: config.LoadedConfig) -> Scheduler:
     s = loaded.config.scheduler
     return get_scheduler(s.backend, cache_dir=root_of(loaded) / ".cache", cluster=s.cluster,
                          timeout=s.timeout)
+
+
+def lazy_scheduler(loaded: config.LoadedConfig) -> Callable[[], Scheduler]:
+    """The scheduler, made on first use: a command that has only ended sessions to show
+    never loads a backend (pyslurm's import and release check, `sinfo -V`) nor asks Slurm."""
+    made: list[Scheduler] = []
+
+    def get() -> Scheduler:
+        if not made:
+            made.append(scheduler_for(loaded))
+        return made[0]
+
+    return get
 
 
 def emit_json(data: Any) -> None:

@@ -60,8 +60,7 @@ def print_connection(session: Session, job: JobRef, conn: Connection, quiet: boo
                    "state": states.READY, **{k: getattr(conn, k) for k in (
                        "host", "port", "user", "password", "token", "node", "display",
                        "encoder", "encoder_reason", "encoder_fallback", "interface", "tls",
-                       "tls_fingerprint",
-                       "transport", "turn_port")},
+                       "tls_fingerprint", "transport", "turn_port", "sound")},
                    "url": conn.browser_link(),
                    **({"laptop_command": laptop} if laptop else {})})
         return
@@ -72,7 +71,8 @@ def print_connection(session: Session, job: JobRef, conn: Connection, quiet: boo
            if conn.token else
            f"  user:     {conn.user}\n  password: {conn.password}\n") +
           f"  node:     {conn.node} (display {conn.display}, encoder {conn.encoder})\n"
-          + (f"  note:     {conn.encoder_reason}\n" if conn.encoder_fallback else "") +
+          + (f"  note:     {conn.encoder_reason}\n" if conn.encoder_fallback else "")
+          + sound_line(conn) +
           f"  session:  {session.id} (job {job})\n"
           + (f"  certificate: self-signed for this session; your browser warns once.\n"
              f"           SHA-256 {conn.tls_fingerprint}\n"
@@ -93,6 +93,13 @@ def report_cancelled(session: Session, job: JobRef, quiet: bool) -> None:
                    "state": states.CANCELLED, "detail": detail})
     if not session.meta.get("final"):
         session.update_meta(final={"state": states.CANCELLED, "detail": detail, "at": now()})
+
+
+def sound_line(conn: Connection) -> str:
+    """What the desktop's sound is, or why it is off (node/sound.py); never a silent "on"."""
+    if not isinstance(conn.sound, dict):
+        return ""
+    return f"  sound:    {conn.sound.get('reason')}\n"
 
 
 def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exception,

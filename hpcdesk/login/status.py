@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,8 @@ class SessionStatus:
             "node": self.node.get("node") or (self.job.nodes if self.job else None),
             "created": meta.get("created"), "directory": str(self.session.dir),
         }
+        if self.node.get("sound"):  # the agent's finding: on, or off and why
+            out["sound"] = self.node["sound"]
         conn = self.session.connection() if self.state == states.READY else None
         if conn:
             out["url"] = conn.url
@@ -48,10 +50,13 @@ def job_ref(session: Session) -> JobRef | None:
     return JobRef(job, session.meta.get("cluster")) if job else None
 
 
-def collect(sessions: Sequence[Session], scheduler: Scheduler) -> list[SessionStatus]:
-    """Status of many sessions with one scheduler query (finished states are cached)."""
+def collect(sessions: Sequence[Session],
+            scheduler: Callable[[], Scheduler]) -> list[SessionStatus]:
+    """Status of many sessions with one scheduler query for the live ones. An ended session
+    is answered from its final state in session.json: no scheduler is made or asked for it,
+    so `list --all` costs the same however many old sessions a user keeps."""
     live = [s for s in sessions if not s.meta.get("final") and job_ref(s)]
-    infos = scheduler.query([r for s in live if (r := job_ref(s))]) if live else {}
+    infos = scheduler().query([r for s in live if (r := job_ref(s))]) if live else {}
     out = []
     for s in sessions:
         ref = job_ref(s)

@@ -37,6 +37,42 @@ print(json.dumps({"backend": s.name, "calls": dict(s.calls),
                            for r, i in got.items()}}))
 """
 
+# The real pyslurm, wrapped so that it records the owner (uid) of every job record the
+# controller sent back, whichever of its queue calls the backend uses (a spy, not a fake:
+# each call goes to libslurm and slurmctld unchanged).
+SPY = """
+import json, os, sys
+import pyslurm
+from hpcdesk.scheduler import JobRef
+from hpcdesk.scheduler.slurm_pyslurm import Pyslurm
+
+owners = []
+
+class Jobs:
+    @staticmethod
+    def load(*args, **kw):
+        got = pyslurm.Jobs.load(*args, **kw)
+        owners.extend(j.user_id for j in got.values())
+        return got
+
+class job:
+    def __init__(self):
+        self.real = pyslurm.job()
+    def find_user(self, user):
+        got = self.real.find_user(user)
+        owners.extend(j["user_id"] for j in got.values())
+        return got
+
+class Spy:
+    def __getattr__(self, name):
+        return {"Jobs": Jobs, "job": job}.get(name) or getattr(pyslurm, name)
+
+backend = Pyslurm(Spy())
+got = backend.query([JobRef(i) for i in sys.argv[1:]])
+print(json.dumps({"uid": os.getuid(), "owners": owners,
+                  "states": {r.job_id: i.state.value for r, i in got.items()}}))
+"""
+
 
 def py(user: User, code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     argv = ["runuser", "-u", user.name, "--", "env", f"HOME={user.home}",
@@ -112,7 +148,7 @@ def test_one_query_answers_for_many_jobs(user: User, backend: str,
     assert jobs[held_a]["reason"] == "JobHeldUser"
     assert jobs[done]["state"] in ("completed", "ended")
     assert jobs["999999"]["state"] == "ended"
-    table_calls = {"slurm-cli": "squeue", "pyslurm": "Jobs.load"}[backend]
+    table_calls = {"slurm-cli": "squeue", "pyslurm": "job.find_user"}[backend]
     assert out["calls"][table_calls] == 1, out["calls"]
 
 
@@ -324,3 +360,24 @@ def test_sbatch_that_times_out_leaves_no_orphan(user: User, cleanup_jobs: list[s
               if line.split()[1:] == [f"hpcdesk:{info['session']}"]]
     assert tagged == [str(info["job_id"])]  # the one queued job, followed, not orphaned
     assert user.json("status", str(info["session"]), *SITE)["state"] == "queued"
+
+
+def test_pyslurm_asks_the_controller_for_this_users_jobs_only(
+        user: User, second_user: User, cleanup_jobs: list[str]) -> None:
+    """Issue 23: with other users' jobs in the queue, the pyslurm backend's queue call
+    brings back this user's jobs and no one else's (slurm_load_job_user, as `squeue -u`),
+    so its cost follows the user's own work, not the cluster's."""
+    foreign = [_run(["runuser", "-u", second_user.name, "--", "sbatch", "--parsable", "--hold",
+                     "-p", "gpu", "-o", "/dev/null", "--wrap", "true"], cwd="/").stdout.strip()
+               for _ in range(3)]
+    try:
+        assert all(j.isdigit() for j in foreign), foreign
+        _, job, _ = submit_held(user, "pyslurm", cleanup_jobs)
+        proc = py(user, SPY, job)
+    finally:
+        _run(["scancel", *(j for j in foreign if j.isdigit())])
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["states"] == {job: "pending"}
+    assert out["owners"], "the spy saw no queue call"
+    assert set(out["owners"]) == {out["uid"]}, out["owners"]

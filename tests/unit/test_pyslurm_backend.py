@@ -40,7 +40,9 @@ class FakePyslurm:
     def __init__(self) -> None:
         self.submitted: list[dict[str, Any]] = []
         self.signal_applied = 0
-        self.jobs: list[SimpleNamespace] = []
+        self.jobs: list[dict[str, Any]] = []
+        self.all_jobs_loads = 0          # Jobs.load: every job on the cluster
+        self.users_asked: list[int] = []  # job().find_user: slurm_load_job_user(uid)
         self.load_error: str | None = None
         self.submit_error: str | None = None
         self.cancel_error: str | None = None
@@ -66,9 +68,22 @@ class FakePyslurm:
         class Jobs:
             @staticmethod
             def load() -> dict[int, SimpleNamespace]:
+                fake.all_jobs_loads += 1
                 if fake.load_error:
                     raise FakeRPCError(fake.load_error)
-                return {j.id: j for j in fake.jobs}
+                return {j["job_id"]: SimpleNamespace(
+                    id=j["job_id"], user_id=j["user_id"], state=j["job_state"],
+                    state_reason=j["state_reason"], start_time=j["start_time"],
+                    allocated_nodes=j["nodes"], comment=j["comment"]) for j in fake.jobs}
+
+        class LegacyJob:
+            """pyslurm's older `job` class: find_user is slurm_load_job_user."""
+
+            def find_user(self, user: int) -> dict[int, dict[str, Any]]:
+                fake.users_asked.append(user)
+                if fake.load_error:
+                    raise ValueError(fake.load_error, 1007)
+                return {j["job_id"]: dict(j) for j in fake.jobs if j["user_id"] == user}
 
         class Job:
             def __init__(self, job_id: int) -> None:
@@ -102,14 +117,16 @@ class FakePyslurm:
         self.Nodes = Nodes
         self.JobSubmitDescription = JobSubmitDescription
         self.Jobs = Jobs
+        self.job = LegacyJob
         self.Job = Job
         self.db = SimpleNamespace(Jobs=DbJobs, JobFilter=lambda **kw: kw)
 
 
 def job(job_id: int, uid: int, state: str, reason: str = "None", start: int | None = None,
-        nodes: str = "") -> SimpleNamespace:
-    return SimpleNamespace(id=job_id, user_id=uid, state=state, state_reason=reason,
-                           start_time=start, allocated_nodes=nodes)
+        nodes: str = "", comment: str = "") -> dict[str, Any]:
+    """A job record as the controller holds it (pyslurm's older API gives such dicts)."""
+    return {"job_id": job_id, "user_id": uid, "job_state": state, "state_reason": reason,
+            "start_time": start, "nodes": nodes, "comment": comment}
 
 
 def script_for(tmp_path: Path, **overrides: Any) -> Path:
@@ -164,26 +181,43 @@ def test_submit_applies_the_signal_and_maps_errors(tmp_path: Path) -> None:
         backend.submit(script, "othercluster")
 
 
-def test_one_load_answers_for_all_jobs_and_maps_like_squeue() -> None:
+def test_one_call_answers_for_all_jobs_and_maps_like_squeue() -> None:
     import os
 
     fake = FakePyslurm()
     me, other = os.getuid(), os.getuid() + 1
     start = int(time.time()) + 3600
     fake.jobs = [job(11, me, "PENDING", "Priority", start), job(12, me, "RUNNING", nodes="gpu01"),
-                 job(13, other, "RUNNING", nodes="gpu02")]
+                 job(13, other, "RUNNING", nodes="gpu02"),
+                 job(14, me, "PENDING", "ReqNodeNotAvail,_UnavailableNodes:gpu02")]
     backend = sp.Pyslurm(fake)  # type: ignore[arg-type]
-    got = backend.query([JobRef("11"), JobRef("12"), JobRef("13"), JobRef("99")])
+    got = backend.query([JobRef("11"), JobRef("12"), JobRef("13"), JobRef("14"), JobRef("99")])
     assert got[JobRef("11")].state is JobState.PENDING
     assert got[JobRef("11")].reason == "Priority"
     assert got[JobRef("11")].start_estimate == time.strftime("%Y-%m-%dT%H:%M:%S",
                                                              time.localtime(start))
     assert got[JobRef("12")].state is JobState.RUNNING and got[JobRef("12")].reason == ""
     assert got[JobRef("12")].nodes == "gpu01"
+    assert got[JobRef("14")].reason == "ReqNodeNotAvail, UnavailableNodes:gpu02"
     # Another user's job is not in this user's table; with no accounting, gone means ended.
     assert got[JobRef("13")].state is JobState.ENDED
     assert got[JobRef("99")].state is JobState.ENDED
-    assert backend.calls["Jobs.load"] == 1
+    assert backend.calls["job.find_user"] == 1
+
+
+def test_the_queue_is_asked_for_this_users_jobs_only() -> None:
+    """Jobs.load would fetch every job on the cluster: the backend names the user instead
+    (slurm_load_job_user), so its cost follows the user's own jobs."""
+    import os
+
+    fake = FakePyslurm()
+    fake.jobs = [job(100 + i, os.getuid() + 1, "PENDING", "JobHeldUser") for i in range(50)]
+    fake.jobs.append(job(7, os.getuid(), "PENDING", "Priority", comment="hpcdesk:abc234"))
+    backend = sp.Pyslurm(fake)  # type: ignore[arg-type]
+    assert backend.query([JobRef("7")])[JobRef("7")].state is JobState.PENDING
+    assert backend.fetch_tags(None) == {"hpcdesk:abc234": "7"}
+    assert fake.users_asked == [os.getuid(), os.getuid()]
+    assert fake.all_jobs_loads == 0
 
 
 def test_partitions_and_down_nodes_come_from_the_api() -> None:
