@@ -242,10 +242,11 @@ class Chromium:
 
     def open(self, url: str, init_script: str | None = None,
              login: tuple[str, str] | None = None) -> None:
-        """Navigate to `url`. `init_script` runs in every new document before the page's
-        scripts. `login` (user, password) is answered the way a person answers the browser's
-        prompt: once, after which the browser sends it with every request to the site
-        (credentials inside the page URL would make the page's own fetch() calls fail: the
+        """Navigate to `url` exactly as given. `init_script` runs in every new document before
+        the page's scripts. `login` (user, password) is typed into the browser's login prompt
+        the way a person answers it (DevTools' Fetch.authRequired, the prompt's own hook):
+        once, after which the browser sends it with every request to the site. The URL never
+        carries the credentials (that would make the page's own fetch() calls fail: the
         Selkies client then silently connects without its ICE servers)."""
         async def loaded(page: _Page) -> None:
             deadline = time.monotonic() + 30
@@ -263,13 +264,11 @@ class Chromium:
             await page.call("Runtime.enable")
             if init_script:
                 await page.call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
-            if login:
-                scheme, rest = url.split("://", 1)
-                await page.call("Page.navigate", url=f"{scheme}://{login[0]}:{login[1]}@{rest}")
+            if init_script or login:  # both live only while this DevTools session does
+                await _navigate(page, url, login)
                 await loaded(page)
-            await page.call("Page.navigate", url=url)
-            if init_script:  # the script lives while this DevTools session does
-                await loaded(page)
+            else:
+                await page.call("Page.navigate", url=url)
         self._run(steps)
 
     def evaluate(self, expression: str) -> Any:
@@ -278,6 +277,26 @@ class Chromium:
                                   returnByValue=True, awaitPromise=True)
             return _value(got)
         return self._run(steps)
+
+    def type_text(self, text: str) -> None:
+        """Keys as a person types them on the page (trusted key events; "\r" is Enter)."""
+        async def steps(page: _Page) -> None:
+            for ch in text:
+                key = {"\r": ("Enter", "Enter", 13)}.get(ch, (ch, f"Key{ch.upper()}",
+                                                               ord(ch.upper())))
+                common = {"key": key[0], "code": key[1], "windowsVirtualKeyCode": key[2]}
+                await page.call("Input.dispatchKeyEvent", type="keyDown", text=ch, **common)
+                await page.call("Input.dispatchKeyEvent", type="keyUp", **common)
+        self._run(steps)
+
+    def click(self, x: int, y: int) -> None:
+        """A left click at page coordinates (trusted mouse events)."""
+        async def steps(page: _Page) -> None:
+            await page.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+            for kind in ("mousePressed", "mouseReleased"):
+                await page.call("Input.dispatchMouseEvent", type=kind, x=x, y=y,
+                                button="left", clickCount=1)
+        self._run(steps)
 
     @property
     def pids(self) -> list[int]:
@@ -319,16 +338,55 @@ class Chromium:
         return bool(self._run(lambda page: _until(page, out, ok, timeout)))
 
 
+async def _navigate(page: _Page, url: str, login: tuple[str, str] | None) -> None:
+    """Navigate until the site's page has loaded (past a launcher page on file: that forwards
+    to it), with the browser's login prompt answered once when `login` is given
+    (Fetch.authRequired -> ProvideCredentials; the hook is removed after)."""
+    if login:
+        await page.call("Fetch.enable", handleAuthRequests=True,
+                        patterns=[{"urlPattern": "*"}])
+    page.counter += 1
+    nav_id = page.counter
+    await page.ws.send_json({"id": nav_id, "method": "Page.navigate", "params": {"url": url}})
+    deadline = time.monotonic() + 60
+    navigated = landed = False
+    while time.monotonic() < deadline:
+        msg = await page.ws.receive(timeout=deadline - time.monotonic())
+        data = json.loads(msg.data)
+        method, params = data.get("method"), data.get("params", {})
+        reply: dict[str, object] | None = None
+        if method == "Fetch.requestPaused":
+            reply = {"method": "Fetch.continueRequest",
+                     "params": {"requestId": params["requestId"]}}
+        elif method == "Fetch.authRequired" and login:
+            reply = {"method": "Fetch.continueWithAuth", "params": {
+                "requestId": params["requestId"], "authChallengeResponse": {
+                    "response": "ProvideCredentials", "username": login[0],
+                    "password": login[1]}}}
+        elif data.get("id") == nav_id:
+            navigated = True
+        elif method == "Page.frameNavigated" and not params["frame"].get("parentId"):
+            landed = not str(params["frame"].get("url", "")).startswith("file:")
+        elif method == "Page.loadEventFired" and navigated and landed:
+            break  # a launcher page (file:) that forwards to the site loads first
+        if reply is not None:
+            page.counter += 1
+            await page.ws.send_json({"id": page.counter, **reply})
+    if login:
+        await page.call("Fetch.disable")
+
+
 def _value(evaluated: dict[str, object]) -> Any:
     result = evaluated.get("result")
     return result.get("value") if isinstance(result, dict) else None
 
 
 def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0,
-          netns: str | None = None) -> bool:
-    """Open `url` in headless Chromium; screenshot into `out` until ok(out) or timeout."""
+          netns: str | None = None, login: tuple[str, str] | None = None) -> bool:
+    """Open `url` in headless Chromium (answering its login prompt with `login`); screenshot
+    into `out` until ok(out) or timeout."""
     with Chromium(netns) as browser:
-        browser.open(url)
+        browser.open(url, login=login)
         return browser.wait_for(out, ok, timeout)
 
 

@@ -44,6 +44,8 @@ def _values(field: dataclasses.Field[Any]) -> list[Any]:
         return [max(lo, field.default // 2), min(hi, field.default * 2)]
     if field.name == "url_path":
         return ["/node/{host}/{port}/", "/rnode/x/"]
+    if field.name == "allowed_origins":
+        return [["https://ondemand.example.org"], ["https://a.example", "http://b.example:8080"]]
     return []
 
 
