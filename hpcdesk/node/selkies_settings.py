@@ -51,10 +51,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
         "SELKIES_SCALING_DPI": str(dpi),
         "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
-<<<<<<< HEAD
-=======
         **origin_env(plan),
->>>>>>> issue-18
         # The tuning knobs measured by benchmarks/stream.py (docs/performance.md).
         "SELKIES_RATE_CONTROL_MODE": d.rate_control,
         "SELKIES_VIDEO_CRF": str(d.video_crf),
@@ -83,12 +80,7 @@ def audio_env(plan: DesktopPlan) -> dict[str, str]:
 
 def threaded(setting: str, encoder_threads: int) -> bool:
     """desktop.encode_threading: always, never, or auto (threads only when the allocation gives
-<<<<<<< HEAD
     the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, docs/performance.md)."""
-=======
-    the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, docs/performance.md
-    "Performance")."""
->>>>>>> issue-18
     return setting == "always" or (setting == "auto" and encoder_threads >= 2)
 
 
