@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from hpcdesk import __version__, resources
+from hpcdesk import __version__, resources, schema
 from hpcdesk.errors import ConfigError
 from hpcdesk.files import atomic_write
 from hpcdesk.schema import CHECKS, SiteConfig, TurnConfig, slurm_time_seconds
@@ -167,9 +167,30 @@ def _yaml() -> Any:
     return yaml
 
 
-def _yaml_load(text: str) -> Any:
+# YAML 1.1 reads 2:00:00 as the base-60 integer 7200 (and 0123 as octal): Slurm times and ids
+# must stay what was typed. Numbers are plain decimal (or 0x hex), as YAML 1.2 has them.
+_INT = r"[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+"
+_FLOAT = (r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+          r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+
+
+@functools.cache
+def _loader() -> Any:
     yaml = _yaml()
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    numbers = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    loader: Any = type("HpcdeskLoader", (base,), {})
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in numbers]
+        for first, resolvers in base.yaml_implicit_resolvers.items()}
+    loader.add_implicit_resolver(numbers[0], re.compile(f"^(?:{_INT})$"), list("-+0123456789"))
+    loader.add_implicit_resolver(numbers[1], re.compile(f"^(?:{_FLOAT})$"),
+                                 list("-+0123456789."))
+    return loader
+
+
+def _yaml_load(text: str) -> Any:
+    return _yaml().load(text, Loader=_loader())
 
 
 def _read_yaml(path: Path) -> Any:
@@ -214,15 +235,19 @@ def user_config_path() -> Path:
 
 
 def load(site: str | None = None, overrides: Mapping[str, Any] | None = None,
-         override_source: str = "command line") -> LoadedConfig:
-    """Merge all layers; `overrides` maps dotted keys to already-parsed CLI values."""
+         override_source: str = "command line", user_file: bool = True) -> LoadedConfig:
+    """Merge all layers; `overrides` maps dotted keys to already-parsed CLI values.
+
+    user_file=False leaves the user's ~/.config/hpcdesk/config.yaml out: the Open OnDemand
+    form is limited by the site file alone, nothing the user controls may widen it.
+    """
     flat: dict[str, Any] = {}
     sources: dict[str, str] = {}
     defaults = dict(_flatten(dataclasses.asdict(SiteConfig())))
     for k, v in defaults.items():
         flat[k], sources[k] = v, DEFAULT_SOURCE
     site_path = find_site(site)
-    for source, layer in _file_layers(site_path, user_config_path()):
+    for source, layer in _file_layers(site_path, user_config_path() if user_file else None):
         for k, v in layer.items():
             flat[k], sources[k] = v, source
     for k, v in (overrides or {}).items():
@@ -256,7 +281,8 @@ def cache_path() -> Path:
     return Path(base) / "hpcdesk" / "config.json"
 
 
-def _file_layers(site_path: Path | None, upath: Path) -> list[tuple[str, dict[str, Any]]]:
+def _file_layers(site_path: Path | None,
+                 upath: Path | None) -> list[tuple[str, dict[str, Any]]]:
     """The validated site and user layers, from a cache keyed by the files' identity.
 
     Parsing and validating YAML costs a third of `hpcdesk list`'s cold start; the cache holds
@@ -264,7 +290,7 @@ def _file_layers(site_path: Path | None, upath: Path) -> list[tuple[str, dict[st
     hpcdesk version are unchanged.
     """
     files = [(f"site file {site_path}", site_path)] if site_path else []
-    if upath.is_file():
+    if upath is not None and upath.is_file():
         files.append((f"user file {upath}", upath))
     try:
         key: list[Any] = [__version__]
@@ -336,14 +362,23 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
 
         for key, msg in turn.config_problems(cfg.turn) + rtc.config_problems(cfg):
             fail(key, msg, *turn.AUTH_KEYS, "turn.host", "desktop.transport", "network.connect",
-                 "network.turn")
+                 "network.turn", "turn.ice_transport_policy")
     if cfg.network.turn_relay_max - cfg.network.turn_relay_min < 15:
         fail("network.turn_relay_max", "the in-job TURN's relay range needs at least 16 ports",
              "network.turn_relay_min")
 
 
-def parse_cli_value(text: str) -> Any:
-    """A --set value as YAML scalar/list ('8', 'true', '[a, b]'), else the literal string."""
+def parse_cli_value(text: str, key: str | None = None) -> Any:
+    """A --set value: for a text key exactly what was typed (2:00:00 is a Slurm time, 0123 an
+    account); otherwise a YAML scalar/list ('8', 'true', '[a, b]'), else the literal string."""
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        tp = field_meta(key)[0] if key else None
+        if get_origin(tp) in (Union, types.UnionType):
+            if text.strip() in ("null", "~"):
+                return None
+            (tp,) = [a for a in get_args(tp) if a is not type(None)]
+        if tp is str:
+            return text
     try:
         return _yaml_load(text) if text.strip() else text
     except _yaml().YAMLError:
@@ -351,11 +386,11 @@ def parse_cli_value(text: str) -> Any:
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m:
-        raise ConfigError(
-            f"command line: --resolution: {text!r} is not WIDTHxHEIGHT (e.g. 1920x1080)")
-    return int(m.group(1)), int(m.group(2))
+    """--resolution WIDTHxHEIGHT (schema.parse_resolution, the one parser of the form)."""
+    try:
+        return schema.parse_resolution(text)
+    except ValueError as exc:
+        raise ConfigError(f"command line: --resolution: {exc}") from None
 
 
 def render_show(loaded: LoadedConfig) -> str:

@@ -118,4 +118,10 @@ def resolve_image(spec: str, image_dir: str) -> str:
     path = Path(image_dir).expanduser() / image_name(flavor, tag)
     if not path.exists():
         raise ImageError(f"image {spec!r} has not been built ({path} is missing)",)
+    from hpcdesk.trust import UntrustedPath, check_image
+
+    try:
+        check_image(path)
+    except UntrustedPath as exc:
+        raise ImageError(f"{exc.message}; {exc.hint}") from None
     return str(path)

@@ -1,7 +1,7 @@
 """The site configuration schema: every key, its type, its limits and its help text.
 
 This module is data only (dataclasses with field metadata). `config.py` loads and validates
-YAML against it, and `hpcdesk config reference` renders the README's reference table from it.
+YAML against it, and `hpcdesk config reference` renders the docs' reference table from it.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from hpcdesk.encoders import Encoder
 
 SLURM_NAME = r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*"
 
@@ -24,6 +26,14 @@ _TIME_RE = re.compile(
     r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
     r"|(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)|(?P<mm>\d+):(?P<ss>\d+)|(?P<only>\d+))$"
 )
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT ("1920x1080") as two integers; ValueError naming the form if it is not."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m:
+        raise ValueError(f"{text!r} is not WIDTHxHEIGHT (e.g. 1920x1080)")
+    return int(m.group(1)), int(m.group(2))
 
 
 def slurm_time_seconds(text: str) -> int:
@@ -110,6 +120,9 @@ class RuntimeConfig:
         "auto", "Where Selkies serves its web client from: auto (the installed package's own "
         "files, in place), copy (Selkies' default: a fresh copy on every start, slower) or a "
         "directory.", pattern=r"auto|copy|/\S+")
+    sound_server: str = opt(
+        "pulseaudio", "The PulseAudio daemon each desktop gets as its own sound server "
+        "(desktop.audio; a full path where it is not on the job's PATH).")
     session: str = opt("openbox", "Desktop session / window manager command.")
     autostart: list[str] = opt(["xterm"], "Programs started in the desktop after the session.")
     agent_command: str | None = opt(
@@ -131,8 +144,7 @@ class DesktopConfig:
     refresh: int = opt(60, "Refresh rate in Hz.", min=10, max=240)
     dpi: int = opt(96, "Screen DPI.", min=48, max=480)
     depth: Literal[16, 24, 30] = opt(24, "Colour depth in bits.")
-    encoder: Literal["auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg", "vp8enc",
-                     "vp9enc"] = opt(
+    encoder: Encoder = opt(
         "auto", "Video encoder; auto picks NVENC only when an encode session really opens."
     )
     video_bitrate: int = opt(8000, "Video bitrate in kbit/s.", min=100, max=1000000)
@@ -144,7 +156,14 @@ class DesktopConfig:
     encode_threading: Literal["auto", "always", "never"] = opt(
         "auto", "Spread each frame of a software encoder over threads; auto: only when the "
         "encoder gets 2 or more threads (4+ CPUs), as one thread was faster on 2 CPUs.")
-    audio: bool = opt(True, "Stream audio.")
+    audio: bool = opt(
+        True, "Sound: what plays in the desktop plays in the browser (Opus, over websockets "
+        "and webrtc), from the desktop's own PulseAudio server. Where the node has no sound "
+        "server the desktop starts without sound, and submit/status say so.")
+    microphone: bool = opt(
+        False, "Allow the browser's microphone into the desktop (as its default recording "
+        "source; asked for only while an application there records). Needs audio. "
+        "Site file only: a user file or the command line cannot set it.", admin=True)
     audio_bitrate: int = opt(128000, "Audio bitrate in bit/s.", min=6000, max=510000)
     enable_resize: bool = opt(False, "Resize the remote screen to the browser window.")
     timezone: str = opt("UTC", "TZ inside the desktop.", pattern=r"[A-Za-z0-9_+/-]+")
@@ -172,6 +191,11 @@ class DesktopConfig:
         "/", "Path the web UI is served under; {host} and {port} stand for the published "
         "address and port (Open OnDemand's /node/{host}/{port}/ proxy keeps its prefix).",
         pattern=r"/([A-Za-z0-9_.-]+/|\{host\}/|\{port\}/)*")
+    allowed_origins: list[str] = opt(
+        [], "Browser origins (scheme://host[:port]) besides the desktop's own whose pages may "
+        "open its WebSocket: the Open OnDemand portal's, whose proxy does not keep the Host "
+        "header (Selkies refuses a WebSocket from any other origin). Never '*'. Site file only.",
+        item_pattern=r"https?://[A-Za-z0-9.-]+(:\d{1,5})?", admin=True)
 
 
 @dataclass
@@ -258,9 +282,15 @@ class OodConfig:
 
     title: str = opt("GPU Desktop", "Name of the app in Open OnDemand's menus.", admin=True,
                      pattern=r"[A-Za-z0-9 _.()-]{1,64}")
-    proxy: Literal["rnode", "node"] = opt(
-        "rnode", "OOD proxy route: rnode (/rnode/HOST/PORT/, prefix stripped) or node "
-        "(/node/HOST/PORT/, prefix kept; Selkies is told its subfolder).", admin=True)
+    proxy: Literal["secure-rnode", "secure-node", "rnode", "node"] = opt(
+        "secure-rnode", "OOD proxy route, as ood_portal.yml names it: secure-rnode "
+        "(secure_rnode_uri: the portal speaks https/wss to the node, prefix stripped; "
+        "recommended), secure-node (secure_node_uri, prefix kept), rnode or node (rnode_uri, "
+        "node_uri: plain HTTP from the portal to the node, token and keystrokes in clear on "
+        "the cluster network).", admin=True)
+    proxy_uri: str | None = opt(
+        None, "The route's URI in ood_portal.yml (default: /secure-rnode, /secure-node, "
+        "/rnode or /node after ood.proxy).", pattern=r"(/[A-Za-z0-9_.-]+)+", admin=True)
     partitions: list[str] = opt(
         [], "Partitions offered in the form (default: scheduler.partition alone).",
         item_pattern=r"[A-Za-z0-9_.+-]+", admin=True)
@@ -274,6 +304,10 @@ class OodConfig:
                         admin=True)
     max_hours: int = opt(8, "Longest time limit offered in the form, in hours.", min=1,
                          max=720, admin=True)
+    max_cores: int = opt(0, "Most CPU cores a user may ask for in the form (0: "
+                         "scheduler.cpus, not a choice).", min=0, max=1024, admin=True)
+    max_memory_gb: int = opt(0, "Most memory a user may ask for in the form, in GB (0: "
+                             "scheduler.memory, not a choice).", min=0, max=65536, admin=True)
     resolutions: list[str] = opt(
         ["1280x720", "1920x1080", "2560x1440", "3840x2160"],
         "Screen sizes offered in the form (WIDTHxHEIGHT).", item_pattern=r"\d{3,4}x\d{3,4}",

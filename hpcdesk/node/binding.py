@@ -33,6 +33,7 @@ class GpuBinding:
     encoder_threads: int
     encoder_reason: str
     summary: str
+    encoder_fallback: bool = False  # the encoder asked for could not be used
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -41,6 +42,7 @@ class GpuBinding:
             "name": self.device.name if self.device else None,
             "encoder": self.encoder, "encoder_threads": self.encoder_threads,
             "encoder_reason": self.encoder_reason, "summary": self.summary,
+            "encoder_fallback": self.encoder_fallback,
         }
 
 
@@ -48,7 +50,7 @@ def _software(req: DesktopRequest, why: str) -> GpuBinding:
     choice = decide_encoder(req.desktop.encoder, None, req.cpus)
     log.warning("%s: the desktop uses %s", why, SOFTWARE_NOTE)
     return GpuBinding("dummy", None, None, choice.name, choice.threads, choice.reason,
-                      f"{why}; using {SOFTWARE_NOTE}")
+                      f"{why}; using {SOFTWARE_NOTE}", choice.fallback)
 
 
 def bind_gpu(req: DesktopRequest, backend: gpu.GpuBackend | None = None) -> GpuBinding:
@@ -82,4 +84,4 @@ def bind_gpu(req: DesktopRequest, backend: gpu.GpuBackend | None = None) -> GpuB
                     "renders in software while encoding may still use the GPU")
     log.info("%s; encoder %s: %s", summary, choice.name, choice.reason)
     return GpuBinding(driver, device.xorg_bus_id, device, choice.name, choice.threads,
-                      choice.reason, summary)
+                      choice.reason, summary, choice.fallback)

@@ -54,6 +54,60 @@ RTC_SPY = """(() => {
             state: pc.connectionState};
   });
 })();"""
+# Installed before any page script: taps every sound the page plays with an AnalyserNode, at
+# the two places it can come from: a Web Audio node connected to the speakers (Selkies'
+# websockets client decodes Opus and plays it through an AudioWorklet) and every remote audio
+# track of an RTCPeerConnection (webrtc). `window.__hpcdeskAudio()` reads each tap now: its
+# RMS level and the frequency of its loudest FFT bin.
+AUDIO_SPY = """(() => {
+  if (window.__hpcdeskAudio) return;
+  const taps = [];
+  const connect = AudioNode.prototype.connect;
+  const analyse = (ctx, node, kind) => {
+    const a = ctx.createAnalyser();
+    a.fftSize = 8192;
+    a.smoothingTimeConstant = 0;
+    connect.call(node, a);
+    taps.push({ctx, a, kind});
+  };
+  AudioNode.prototype.connect = function (dest, ...rest) {
+    const out = connect.call(this, dest, ...rest);
+    if (dest instanceof AudioDestinationNode) analyse(this.context, this, "webaudio");
+    return out;
+  };
+  const Orig = window.RTCPeerConnection;
+  if (Orig) {
+    function Spy(...args) {
+      const pc = new Orig(...args);
+      pc.addEventListener("track", (e) => {
+        if (e.track.kind !== "audio") return;
+        const stream = new MediaStream([e.track]);
+        const el = new Audio(); el.muted = true; el.srcObject = stream; el.play().catch(() => {});
+        const ctx = new AudioContext();
+        analyse(ctx, ctx.createMediaStreamSource(stream), "webrtc");
+      });
+      return pc;
+    }
+    Spy.prototype = Orig.prototype;
+    Object.setPrototypeOf(Spy, Orig);
+    window.RTCPeerConnection = Spy;
+  }
+  window.__hpcdeskAudio = () => taps.map(({ctx, a, kind}) => {
+    const t = new Float32Array(a.fftSize);
+    a.getFloatTimeDomainData(t);
+    let sum = 0;
+    for (const x of t) sum += x * x;
+    const f = new Float32Array(a.frequencyBinCount);
+    a.getFloatFrequencyData(f);
+    let best = 1;
+    for (let i = 1; i < f.length; i++) if (f[i] > f[best]) best = i;
+    return {kind, state: ctx.state, rms: Math.sqrt(sum / t.length),
+            peakHz: best * ctx.sampleRate / a.fftSize};
+  });
+})();"""
+AUDIO_LEVELS = "JSON.stringify(window.__hpcdeskAudio ? window.__hpcdeskAudio() : null)"
+# Chromium's fake capture device (a periodic beep) as the microphone, granted without a prompt.
+FAKE_MICROPHONE = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 PEER_CONFIGS = "JSON.stringify(window.__hpcdeskPeerConfigs ? window.__hpcdeskPeerConfigs() : null)"
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
@@ -125,9 +179,11 @@ async def _until(page: _Page, out: Path, ok: Callable[[Path], bool], timeout: fl
 class Chromium:
     """Headless Chromium with one page, optionally in a network namespace."""
 
-    def __init__(self, netns: str | None = None, window: tuple[int, int] = (1280, 720)) -> None:
+    def __init__(self, netns: str | None = None, window: tuple[int, int] = (1280, 720),
+                 flags: tuple[str, ...] = ()) -> None:
         self.netns = netns
         self.window = window
+        self.flags = flags
         self.proc: subprocess.Popen[str] | None = None
         self.page_ws = ""
         self._profile: tempfile.TemporaryDirectory[str] | None = None
@@ -140,7 +196,7 @@ class Chromium:
                                                     ignore_cleanup_errors=True)
         prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
         self.proc = subprocess.Popen(
-            [*prefix, chromium, *FLAGS, f"--window-size={self.window[0]},{self.window[1]}",
+            [*prefix, chromium, *FLAGS, *self.flags, f"--window-size={self.window[0]},{self.window[1]}",
              f"--user-data-dir={self._profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
@@ -186,10 +242,11 @@ class Chromium:
 
     def open(self, url: str, init_script: str | None = None,
              login: tuple[str, str] | None = None) -> None:
-        """Navigate to `url`. `init_script` runs in every new document before the page's
-        scripts. `login` (user, password) is answered the way a person answers the browser's
-        prompt: once, after which the browser sends it with every request to the site
-        (credentials inside the page URL would make the page's own fetch() calls fail: the
+        """Navigate to `url` exactly as given. `init_script` runs in every new document before
+        the page's scripts. `login` (user, password) is typed into the browser's login prompt
+        the way a person answers it (DevTools' Fetch.authRequired, the prompt's own hook):
+        once, after which the browser sends it with every request to the site. The URL never
+        carries the credentials (that would make the page's own fetch() calls fail: the
         Selkies client then silently connects without its ICE servers)."""
         async def loaded(page: _Page) -> None:
             deadline = time.monotonic() + 30
@@ -207,13 +264,11 @@ class Chromium:
             await page.call("Runtime.enable")
             if init_script:
                 await page.call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
-            if login:
-                scheme, rest = url.split("://", 1)
-                await page.call("Page.navigate", url=f"{scheme}://{login[0]}:{login[1]}@{rest}")
+            if init_script or login:  # both live only while this DevTools session does
+                await _navigate(page, url, login)
                 await loaded(page)
-            await page.call("Page.navigate", url=url)
-            if init_script:  # the script lives while this DevTools session does
-                await loaded(page)
+            else:
+                await page.call("Page.navigate", url=url)
         self._run(steps)
 
     def evaluate(self, expression: str) -> Any:
@@ -222,6 +277,26 @@ class Chromium:
                                   returnByValue=True, awaitPromise=True)
             return _value(got)
         return self._run(steps)
+
+    def type_text(self, text: str) -> None:
+        """Keys as a person types them on the page (trusted key events; "\r" is Enter)."""
+        async def steps(page: _Page) -> None:
+            for ch in text:
+                key = {"\r": ("Enter", "Enter", 13)}.get(ch, (ch, f"Key{ch.upper()}",
+                                                               ord(ch.upper())))
+                common = {"key": key[0], "code": key[1], "windowsVirtualKeyCode": key[2]}
+                await page.call("Input.dispatchKeyEvent", type="keyDown", text=ch, **common)
+                await page.call("Input.dispatchKeyEvent", type="keyUp", **common)
+        self._run(steps)
+
+    def click(self, x: int, y: int) -> None:
+        """A left click at page coordinates (trusted mouse events)."""
+        async def steps(page: _Page) -> None:
+            await page.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+            for kind in ("mousePressed", "mouseReleased"):
+                await page.call("Input.dispatchMouseEvent", type=kind, x=x, y=y,
+                                button="left", clickCount=1)
+        self._run(steps)
 
     @property
     def pids(self) -> list[int]:
@@ -243,6 +318,12 @@ class Chromium:
         got = json.loads(str(self.evaluate(PEER_CONFIGS)))
         return None if got is None else list(got)
 
+    def audio_levels(self) -> list[dict[str, Any]] | None:
+        """What the page plays right now, per tap (None: AUDIO_SPY was not installed):
+        kind (webaudio | webrtc), state, rms, peakHz."""
+        got = json.loads(str(self.evaluate(AUDIO_LEVELS)))
+        return None if got is None else list(got)
+
     def wait_until(self, expression: str, timeout: float = 60.0) -> bool:
         """Poll a JavaScript expression until it is truthy (True) or the timeout (False)."""
         deadline = time.monotonic() + timeout
@@ -257,16 +338,55 @@ class Chromium:
         return bool(self._run(lambda page: _until(page, out, ok, timeout)))
 
 
+async def _navigate(page: _Page, url: str, login: tuple[str, str] | None) -> None:
+    """Navigate until the site's page has loaded (past a launcher page on file: that forwards
+    to it), with the browser's login prompt answered once when `login` is given
+    (Fetch.authRequired -> ProvideCredentials; the hook is removed after)."""
+    if login:
+        await page.call("Fetch.enable", handleAuthRequests=True,
+                        patterns=[{"urlPattern": "*"}])
+    page.counter += 1
+    nav_id = page.counter
+    await page.ws.send_json({"id": nav_id, "method": "Page.navigate", "params": {"url": url}})
+    deadline = time.monotonic() + 60
+    navigated = landed = False
+    while time.monotonic() < deadline:
+        msg = await page.ws.receive(timeout=deadline - time.monotonic())
+        data = json.loads(msg.data)
+        method, params = data.get("method"), data.get("params", {})
+        reply: dict[str, object] | None = None
+        if method == "Fetch.requestPaused":
+            reply = {"method": "Fetch.continueRequest",
+                     "params": {"requestId": params["requestId"]}}
+        elif method == "Fetch.authRequired" and login:
+            reply = {"method": "Fetch.continueWithAuth", "params": {
+                "requestId": params["requestId"], "authChallengeResponse": {
+                    "response": "ProvideCredentials", "username": login[0],
+                    "password": login[1]}}}
+        elif data.get("id") == nav_id:
+            navigated = True
+        elif method == "Page.frameNavigated" and not params["frame"].get("parentId"):
+            landed = not str(params["frame"].get("url", "")).startswith("file:")
+        elif method == "Page.loadEventFired" and navigated and landed:
+            break  # a launcher page (file:) that forwards to the site loads first
+        if reply is not None:
+            page.counter += 1
+            await page.ws.send_json({"id": page.counter, **reply})
+    if login:
+        await page.call("Fetch.disable")
+
+
 def _value(evaluated: dict[str, object]) -> Any:
     result = evaluated.get("result")
     return result.get("value") if isinstance(result, dict) else None
 
 
 def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0,
-          netns: str | None = None) -> bool:
-    """Open `url` in headless Chromium; screenshot into `out` until ok(out) or timeout."""
+          netns: str | None = None, login: tuple[str, str] | None = None) -> bool:
+    """Open `url` in headless Chromium (answering its login prompt with `login`); screenshot
+    into `out` until ok(out) or timeout."""
     with Chromium(netns) as browser:
-        browser.open(url)
+        browser.open(url, login=login)
         return browser.wait_for(out, ok, timeout)
 
 

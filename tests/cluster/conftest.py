@@ -7,11 +7,15 @@ the checkout under test (so the nodes run exactly this code).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import queue
+import secrets
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -153,6 +157,33 @@ def cleanup_jobs(user: User) -> Iterator[list[str]]:
         user.run("cancel", sid, "--site", "devcluster", timeout=90)
 
 
+@pytest.fixture(scope="module")
+def site_dir() -> Iterator[Path]:
+    """Site files (and other inputs) readable by the dev users (pytest's tmp_path is root's
+    alone)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="hpcdesk-site-", dir="/var/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def write_site(site_dir: Path, name: str, **sections: dict[str, Any]) -> Path:
+    """The dev cluster's site file with some sections changed, as `site_dir/name.yaml`
+    (readable by the dev users)."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "site-configs/devcluster.yaml").read_text())
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    path = site_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    path.chmod(0o644)
+    return path
+
+
 def node_exec(node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return _run(["bash", str(DEVCLUSTER), "exec", node, *argv], timeout=timeout)
 
@@ -240,3 +271,24 @@ def read_until(proc: subprocess.Popen[str], needle: str, timeout: float,
         if needle in seen[-1]:
             return "".join(seen)
     raise AssertionError(f"{needle!r} never came; output so far:\n{''.join(seen)}")
+
+
+def ws_upgrade_status(host: str, port: int, path: str, token: str | None,
+                      headers: tuple[str, ...] = (), tls: bool = True) -> int:
+    """The HTTP status of a WebSocket upgrade (101: it would stream). The token goes where the
+    Selkies page puts a fragment token: a subprotocol, never the URL."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+             "Sec-WebSocket-Key: " + base64.b64encode(secrets.token_bytes(16)).decode(),
+             *headers]
+    if token:
+        enc = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+        lines.append(f"Sec-WebSocket-Protocol: selkies, selkies.token.{enc}")
+    with socket.create_connection((host, port), timeout=20) as raw:
+        s: socket.socket = raw
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            s = ctx.wrap_socket(raw, server_hostname=host)
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return int(s.recv(4096).decode(errors="replace").split()[1])

@@ -114,7 +114,8 @@ def contract_env(plan: DesktopPlan, display: str, kind: ImageKind, x: XFiles,
         "SELKIES_VIDEO_BITRATE": str(d.video_bitrate),
         "SELKIES_FRAMERATE": str(d.framerate),
         "SELKIES_AUDIO_BITRATE": str(d.audio_bitrate),
-        "SELKIES_AUDIO_ENABLED": "true" if d.audio else "false",
+        "SELKIES_AUDIO_ENABLED": "true" if plan.audio else "false",
+        **plan.sound_env,  # the session's sound server: its socket lies in the bound work dir
         "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
         "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
         "NGINX_PORT": str(plan.web_port),
@@ -257,6 +258,7 @@ class ApptainerRuntime:
         if plan.master_token and not kind.upstream:
             secrets.append((inv.token_file, plan.master_token))
         for path, secret in secrets:
+            path.unlink(missing_ok=True)  # a start again on another port
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secret + "\n")

@@ -67,7 +67,7 @@ class HostRuntime:
                 senv["SELKIES_WEB_ROOT"] = web_root
             children.append(spawn("selkies", selkies_cmd, senv, logs / "selkies.log",
                                   restartable=True))
-            denv = {**env, "DISPLAY": x.display}
+            denv = {**env, **plan.sound_env, "DISPLAY": x.display}
             children.append(spawn("desktop session", session_cmd, denv, logs / "desktop.log",
                                   cwd=Path(env.get("HOME", "/"))))
             for i, app in enumerate(r.autostart):
