@@ -7,6 +7,7 @@ the host runtime's Selkies receives."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from conftest import (
     node_user_pids,
     ws_upgrade_status,
 )
-from test_apptainer import SITE, debian_image, image_xorg_screen
+from test_apptainer import IMAGE_DIR, SITE, debian_image, image_xorg_screen
 from tooling import require
 
 pytestmark = [pytest.mark.cluster, pytest.mark.apptainer]
@@ -38,6 +39,9 @@ def kde_image(user: User) -> str:
     from the Debian and PyPI registries) and reused while its recipe is unchanged."""
     setup = _run(["bash", str(REPO / "tests/cluster/apptainer-setup.sh")], timeout=1800)
     assert setup.returncode == 0, setup.stderr[-3000:]
+    IMAGE_DIR.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["chown", f"{user.name}:", str(IMAGE_DIR)], check=True)
+    IMAGE_DIR.chmod(0o755)  # the user's own image directory: hpcdesk refuses one others can write
     t0 = time.monotonic()
     built = user.run("image", "build", "--flavor", "kde", *SITE, "--json", timeout=5400)
     assert built.returncode == 0, built.stderr[-3000:]
