@@ -238,8 +238,24 @@ def load(site: str | None = None, overrides: Mapping[str, Any] | None = None,
             raise ConfigError(f"{override_source}: {k}: {exc}") from None
         sources[k] = override_source
     cfg: SiteConfig = _build(SiteConfig, flat)
+    cfg.desktop.auth = resolved_auth(cfg.desktop.auth, cfg.runtime.kind)
     _cross_checks(cfg, sources)
     return LoadedConfig(cfg, sources, site_path)
+
+
+Auth = Literal["auto", "basic", "token"]
+# Runtimes whose Selkies has token mode (Selkies 2.x: `/api/tokens`, `#token=` links).
+TOKEN_RUNTIMES = ("host",)
+
+
+def resolved_auth(auth: Auth, runtime_kind: str) -> Auth:
+    """desktop.auth as the desktop gets it: auto means token wherever the runtime can (a link
+    with the token in its fragment works as printed in every browser and for every transport;
+    a URL with a user and password does not: Chromium then refuses the page's own fetch()
+    calls, and a WebRTC desktop never gets its ICE servers), basic elsewhere."""
+    if auth != "auto":
+        return auth
+    return "token" if runtime_kind in TOKEN_RUNTIMES else "basic"
 
 
 def _validated(source: str, path: Path) -> dict[str, Any]:
@@ -316,14 +332,9 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
     if cfg.runtime.kind == "apptainer" and not cfg.runtime.image:
         fail("runtime.image", "must name an image (a .sif path or a flavour) for apptainer",
              "runtime.kind")
-    if cfg.desktop.auth == "token" and cfg.runtime.kind != "host":
+    if cfg.desktop.auth == "token" and cfg.runtime.kind not in TOKEN_RUNTIMES:
         fail("desktop.auth", "token mode needs the host runtime (PyPI Selkies 2.x)",
              "runtime.kind")
-    if cfg.desktop.auth == "token" and cfg.desktop.transport != "websockets":
-        # webrtc's signaling socket refuses a token-less client only after accepting it, so
-        # the agent could not prove before publishing that anonymous clients get nothing.
-        fail("desktop.auth", "token mode needs desktop.transport: websockets",
-             "desktop.transport")
     if cfg.timeouts.poll_max < cfg.timeouts.poll_min:
         fail("timeouts.poll_max", "must not be below timeouts.poll_min", "timeouts.poll_min")
     if (cfg.turn != TurnConfig() or cfg.desktop.transport != "websockets"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig, TurnConfig
+from hpcdesk.schema import DesktopConfig, NetworkConfig, PolicyConfig, RuntimeConfig, TurnConfig
 
 
 @dataclass
@@ -28,6 +28,7 @@ class DesktopRequest:
     time_limit: int = 0   # the job's time limit in seconds (TURN credentials cover it)
     warn_before: int = 0  # warn the user this many seconds before it (0: never)
     idle_timeout: int = 0  # end the desktop after this many seconds without a viewer
+    policy: PolicyConfig = field(default_factory=PolicyConfig)  # the site's data policy
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -47,6 +48,7 @@ class DesktopRequest:
             time_limit=int(data.get("time_limit", 0)),
             warn_before=int(data.get("warn_before", 0)),
             idle_timeout=int(data.get("idle_timeout", 0)),
+            policy=PolicyConfig(**data.get("policy", {})),
         )
 
     @classmethod

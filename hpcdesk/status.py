@@ -9,6 +9,7 @@ from typing import Any
 
 from hpcdesk.phases import FAILED, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
+from hpcdesk.schema import PolicyConfig
 from hpcdesk.session import Session, browser_link, now
 
 
@@ -38,6 +39,16 @@ class SessionStatus:
                 out.update(user=conn.get("user"), password=conn.get("password"),
                            url=browser_link(conn), token=conn.get("token"))
         return out
+
+
+def policy_of(session: Session) -> PolicyConfig | None:
+    """The data policy the desktop runs under (recorded in its request at submit)."""
+    from hpcdesk.request import DesktopRequest
+
+    try:
+        return DesktopRequest.load(session.path("request.json")).policy
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def job_ref(session: Session) -> JobRef | None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for
 from hpcdesk.commands.outcome import print_connection, wait_and_report
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
+from hpcdesk.node.selkies_policy import describe as describe_policy
 from hpcdesk.phases import desktop_state
 from hpcdesk.scheduler import JobRef, Scheduler
 from hpcdesk.session import Session, all_sessions, find, now, tail_lines
-from hpcdesk.status import collect, job_ref
+from hpcdesk.status import collect, job_ref, policy_of
 
 LOG_FILES = ("job.out", "agent.log", "xorg.out", "Xorg.log", "desktop.log", "selkies.log",
              "container.log")
@@ -41,16 +43,23 @@ def status(args: argparse.Namespace) -> int:
             return wait_and_report(session, scheduler, ref, loaded, None, args.json,
                                    time.monotonic())
     st = collect([session], scheduler)[0]
+    policy = policy_of(session)
     if args.json:
-        emit_json(st.as_json(with_secrets=True))
+        emit_json({**st.as_json(with_secrets=True),
+                   "policy": dataclasses.asdict(policy) if policy else None})
         return EXIT_OK
     conn = session.connection() if st.state == "ready" else None
     if conn and ref:
         print_connection(session, ref, conn, quiet=False)
+    else:
+        node = st.as_json()["node"]
+        print(f"session {session.id}: {st.state}" + (f" ({st.detail})" if st.detail else ""))
+        print(f"  job {ref or '-'}" + (f" on {node}" if node else "")
+              + f"; files in {session.dir}")
+    if policy:
+        print(f"  policy:   {describe_policy(policy)}")
+    if conn and ref:
         return EXIT_OK
-    node = st.as_json()["node"]
-    print(f"session {session.id}: {st.state}" + (f" ({st.detail})" if st.detail else ""))
-    print(f"  job {ref or '-'}" + (f" on {node}" if node else "") + f"; files in {session.dir}")
     return EXIT_OK if st.state not in ("failed",) else EXIT_FAILED
 
 

@@ -42,7 +42,8 @@ def build_request(loaded: LoadedConfig, session_id: str) -> DesktopRequest:
                           gpus=c.scheduler.gpus, start_timeout=c.timeouts.start,
                           desktop=c.desktop, runtime=c.runtime, network=c.network, turn=c.turn,
                           time_limit=slurm_time_seconds(c.scheduler.time),
-                          warn_before=c.timeouts.warn_before, idle_timeout=c.timeouts.idle)
+                          warn_before=c.timeouts.warn_before, idle_timeout=c.timeouts.idle,
+                          policy=c.policy)
 
 
 def check_partition_limits(loaded: LoadedConfig) -> None:

@@ -22,10 +22,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from hpcdesk import shares
 from hpcdesk.connect import rtc
 from hpcdesk.connect.turn import TurnError
 from hpcdesk.errors import ConfigError
-from hpcdesk.node import address, health, jobturn, tls, viewers
+from hpcdesk.node import address, health, jobturn, tls, token_gate, viewers
+from hpcdesk.node.audit import AuditReceiver
 from hpcdesk.node.binding import bind_gpu
 from hpcdesk.node.errors import StartError, Stop
 from hpcdesk.node.ports import PortLease
@@ -76,6 +78,10 @@ class Agent:
         self.job_turn: jobturn.JobTurn | None = None
         self.rtc_path: Path | None = None
         self.rtc_refresh_at: float | None = None
+        self.audit: AuditReceiver | None = None
+        self.plan: DesktopPlan | None = None
+        self.owner_token: str | None = None
+        self.shares_seen: tuple[object, ...] | None = None  # shares.json's identity, expiry
 
     # -- state and events -------------------------------------------------------------
     def phase(self, phase: str, detail: str = "", **fields: Any) -> None:
@@ -153,6 +159,7 @@ class Agent:
         turn_children = self.start_job_turn(host, bind_addr)
         self.children = list(turn_children)  # stopped by finish() whatever fails next
         self.rtc_path = self.write_rtc(host)
+        self.audit = AuditReceiver(self.dir, req.session_id, req.policy.audit_url).start()
         tls_files = (tls.prepare(self.workdir, [host, bind_addr], req.desktop.https_cert,
                                  req.desktop.https_key) if req.desktop.https else None)
         plan = DesktopPlan(request=req, session_dir=self.dir, workdir=self.workdir,
@@ -163,7 +170,8 @@ class Agent:
                            tls_cert=tls_files.cert if tls_files else None,
                            tls_key=tls_files.key if tls_files else None,
                            master_token=master_token, url_path=url_path,
-                           rtc_config=self.rtc_path)
+                           rtc_config=self.rtc_path, audit=self.audit.sink)
+        self.plan = plan
         self.phase(LAUNCHING, f"starting the desktop ({req.runtime.kind} runtime)",
                    port=port, host=host)
         deadline = time.monotonic() + req.start_timeout
@@ -175,6 +183,7 @@ class Agent:
                    display=started.display,
                    xauthority=str(started.xauthority) if started.xauthority else None)
         session_token = self.wait_healthy(plan, started, deadline)
+        self.owner_token = session_token
         self.mark("healthy")
         scheme = "https" if req.desktop.https else "http"
         connection = {
@@ -283,24 +292,66 @@ class Agent:
         return True, None, status
 
     def _token_ready(self, plan: DesktopPlan, probe_host: str) -> str | None:
-        """Token mode, once the page answers: an anonymous WebSocket must be refused (401),
-        then a session token is provisioned. None: not ready yet (Selkies still starting)."""
-        assert plan.master_token is not None
-        https = plan.request.desktop.https
-        ws = health.anonymous_websocket_status(probe_host, plan.web_port,
-                                               plan.url_path + "api/websockets", https=https)
-        if ws == 101:
-            raise StartError("the web UI accepted a WebSocket without a token: refusing to "
-                             "publish a desktop that streams to anyone")
-        if ws != 401:
+        """Token mode, once the page answers: a client without a valid token must get
+        nothing (token_gate.py: the WebSocket, or for webrtc the ICE servers and the
+        signalling socket), then the session token is provisioned. None: not ready yet."""
+        try:
+            refused = token_gate.anonymous_refused(
+                probe_host, plan.web_port, plan.url_path, plan.request.desktop.transport,
+                plan.request.desktop.https)
+        except RuntimeError as exc:
+            raise StartError(f"{exc}: refusing to publish a desktop that streams to "
+                             "anyone") from None
+        if not refused:
             return None
         token = secrets.token_urlsafe(24)
-        status = health.provision_token(probe_host, plan.web_port, plan.url_path + "api/tokens",
-                                        plan.master_token, token, https=https)
+        status = self.provision_tokens(plan, token, probe_host)
         if status != 200:
             raise StartError(f"Selkies refused the session token (HTTP {status}); is it "
                              "Selkies 2.x with token support?")
         return token
+
+    def provision_tokens(self, plan: DesktopPlan, owner: str, probe_host: str) -> int | None:
+        """Selkies' token table: the owner and the shares the site's policy lets live now;
+        shares.state.json tells `hpcdesk share` which are live and why others are not."""
+        assert plan.master_token is not None
+        req = self.request
+        found = shares.load(self.dir)
+        t = time.time()
+        live, refused = shares.granted(found, req.policy, t)
+        status = token_gate.provision(probe_host, plan.web_port, plan.url_path + "api/tokens",
+                                      plan.master_token, token_gate.table(owner, live),
+                                      https=req.desktop.https)
+        if status == 200:
+            shares.write_state(self.dir, live, refused, t)
+            self.shares_seen = self._shares_identity(found)
+        return status
+
+    def _shares_identity(self, found: list[shares.Share]) -> tuple[object, ...]:
+        """What changes when shares.json changes or a share reaches its end."""
+        try:
+            st = (self.dir / shares.SHARES_FILE).stat()
+            stamp: tuple[object, ...] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = ()
+        return (*stamp, shares.next_expiry(found, self.request.policy, time.time()))
+
+    def sync_shares(self) -> None:
+        """Once a second: a new, revoked or expired share reaches Selkies' token table
+        (Selkies then disconnects the pages whose token left it)."""
+        plan, owner = self.plan, self.owner_token
+        if plan is None or owner is None or plan.master_token is None:
+            return
+        found = shares.load(self.dir)
+        seen = self.shares_seen
+        ends = seen[-1] if seen else None
+        due = isinstance(ends, float) and time.time() >= ends
+        if seen == self._shares_identity(found) and not due:
+            return
+        probe_host = plan.bind_addr if plan.bind_addr not in jobturn.WILDCARDS else "127.0.0.1"
+        status = self.provision_tokens(plan, owner, probe_host)
+        if status != 200:
+            log.warning("updating the share tokens failed (HTTP %s); trying again", status)
 
     def supervise(self) -> None:
         while True:
@@ -321,6 +372,7 @@ class Agent:
                                      + more)
                 self.restart(dead)
             reap_orphans(self.children)
+            self.sync_shares()
             self.warn_time_limit()
             self.check_idle()
             time.sleep(1.0)
@@ -389,6 +441,11 @@ class Agent:
             self.ports.release()
         if self.job_turn:
             self.job_turn.release()
+        if self.audit:
+            self.audit.stop()
+        if self.owner_token:  # the desktop is gone, and every share with it
+            shares.write_state(self.dir, [], {s.id: "the desktop ended"
+                                              for s in shares.load(self.dir)}, time.time())
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         with contextlib.suppress(OSError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import json
 import secrets
 import ssl
 
@@ -48,22 +47,6 @@ def anonymous_websocket_status(host: str, port: int, path: str, https: bool = Fa
         conn.request("GET", path, headers={
             "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
             "Sec-WebSocket-Key": key})
-        return conn.getresponse().status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
-
-
-def provision_token(host: str, port: int, path: str, master_token: str, session_token: str,
-                    https: bool = False, timeout: float = 5.0) -> int | None:
-    """POST Selkies' token table (one controller token) with the master token as bearer."""
-    conn = _connection(host, port, https, timeout)
-    body = json.dumps({session_token: {"role": "controller", "mk_control": True}})
-    try:
-        conn.request("POST", path, body=body, headers={
-            "Authorization": f"Bearer {master_token}", "Content-Type": "application/json",
-            "Connection": "close"})
         return conn.getresponse().status
     except (OSError, http.client.HTTPException):
         return None

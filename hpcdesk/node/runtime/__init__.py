@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 from hpcdesk.node.errors import StartError
 from hpcdesk.node.procs import Child
+from hpcdesk.node.selkies_policy import AuditSink
 from hpcdesk.node.xorg_conf import XorgSpec
 from hpcdesk.request import DesktopRequest
 
@@ -37,6 +38,7 @@ class DesktopPlan:
     # path the web UI is served under (desktop.url_path with {host} and {port} filled in).
     master_token: str | None = None
     url_path: str = "/"
+    audit: AuditSink | None = None  # where Selkies posts its audit events (node/audit.py)
 
     def xorg_spec(self, driver: Literal["dummy", "nvidia"]) -> XorgSpec:
         """The X server the request asks for, on `driver` (nvidia: the bound GPU)."""

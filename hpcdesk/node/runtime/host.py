@@ -10,6 +10,7 @@ from pathlib import Path
 from hpcdesk.node.errors import StartError
 from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
+from hpcdesk.node.selkies_policy import policy_env
 from hpcdesk.node.selkies_web import web_root_setting
 from hpcdesk.node.xserver import start_xorg, write_x_files
 
@@ -66,6 +67,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_CPU_ENCODE_THREADING": "true" if threaded(d.encode_threading,
                                                           plan.encoder_threads) else "false",
         **ice_env(plan),
+        **policy_env(plan.request.policy, plan.audit),
     }
     if plan.tls_cert and plan.tls_key:
         env["SELKIES_HTTPS_CERT"], env["SELKIES_HTTPS_KEY"] = str(plan.tls_cert), str(plan.tls_key)
