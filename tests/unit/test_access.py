@@ -134,7 +134,7 @@ def test_shares_file_is_private_and_the_node_keeps_the_site_limits(tmp_path: Pat
 class Collector(BaseHTTPRequestHandler):
     got: list[dict[str, Any]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         Collector.got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         self.send_response(204)
         self.end_headers()
