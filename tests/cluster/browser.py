@@ -186,10 +186,11 @@ class Chromium:
 
     def open(self, url: str, init_script: str | None = None,
              login: tuple[str, str] | None = None) -> None:
-        """Navigate to `url`. `init_script` runs in every new document before the page's
-        scripts. `login` (user, password) is answered the way a person answers the browser's
-        prompt: once, after which the browser sends it with every request to the site
-        (credentials inside the page URL would make the page's own fetch() calls fail: the
+        """Navigate to `url` exactly as given. `init_script` runs in every new document before
+        the page's scripts. `login` (user, password) is typed into the browser's login prompt
+        the way a person answers it (DevTools' Fetch.authRequired, the prompt's own hook):
+        once, after which the browser sends it with every request to the site. The URL never
+        carries the credentials (that would make the page's own fetch() calls fail: the
         Selkies client then silently connects without its ICE servers)."""
         async def loaded(page: _Page) -> None:
             deadline = time.monotonic() + 30
@@ -208,11 +209,10 @@ class Chromium:
             if init_script:
                 await page.call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
             if login:
-                scheme, rest = url.split("://", 1)
-                await page.call("Page.navigate", url=f"{scheme}://{login[0]}:{login[1]}@{rest}")
-                await loaded(page)
-            await page.call("Page.navigate", url=url)
-            if init_script:  # the script lives while this DevTools session does
+                await _navigate_answering_login(page, url, login)
+            else:
+                await page.call("Page.navigate", url=url)
+            if init_script or login:  # the script lives while this DevTools session does
                 await loaded(page)
         self._run(steps)
 
@@ -257,16 +257,51 @@ class Chromium:
         return bool(self._run(lambda page: _until(page, out, ok, timeout)))
 
 
+async def _navigate_answering_login(page: _Page, url: str, login: tuple[str, str]) -> None:
+    """Navigate with the browser's login prompt answered once (Fetch.authRequired ->
+    ProvideCredentials), until the page has loaded; then the prompt hook is removed."""
+    await page.call("Fetch.enable", handleAuthRequests=True, patterns=[{"urlPattern": "*"}])
+    page.counter += 1
+    nav_id = page.counter
+    await page.ws.send_json({"id": nav_id, "method": "Page.navigate", "params": {"url": url}})
+    deadline = time.monotonic() + 60
+    navigated = landed = False
+    while time.monotonic() < deadline:
+        msg = await page.ws.receive(timeout=deadline - time.monotonic())
+        data = json.loads(msg.data)
+        method, params = data.get("method"), data.get("params", {})
+        reply: dict[str, object] | None = None
+        if method == "Fetch.requestPaused":
+            reply = {"method": "Fetch.continueRequest",
+                     "params": {"requestId": params["requestId"]}}
+        elif method == "Fetch.authRequired":
+            reply = {"method": "Fetch.continueWithAuth", "params": {
+                "requestId": params["requestId"], "authChallengeResponse": {
+                    "response": "ProvideCredentials", "username": login[0],
+                    "password": login[1]}}}
+        elif data.get("id") == nav_id:
+            navigated = True
+        elif method == "Page.frameNavigated" and not params["frame"].get("parentId"):
+            landed = str(params["frame"].get("url", "")).startswith(("http:", "https:"))
+        elif method == "Page.loadEventFired" and navigated and landed:
+            break  # a launcher page (file:) that forwards to the site loads first
+        if reply is not None:
+            page.counter += 1
+            await page.ws.send_json({"id": page.counter, **reply})
+    await page.call("Fetch.disable")
+
+
 def _value(evaluated: dict[str, object]) -> Any:
     result = evaluated.get("result")
     return result.get("value") if isinstance(result, dict) else None
 
 
 def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 120.0,
-          netns: str | None = None) -> bool:
-    """Open `url` in headless Chromium; screenshot into `out` until ok(out) or timeout."""
+          netns: str | None = None, login: tuple[str, str] | None = None) -> bool:
+    """Open `url` in headless Chromium (answering its login prompt with `login`); screenshot
+    into `out` until ok(out) or timeout."""
     with Chromium(netns) as browser:
-        browser.open(url)
+        browser.open(url, login=login)
         return browser.wait_for(out, ok, timeout)
 
 
