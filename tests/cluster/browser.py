@@ -54,6 +54,20 @@ RTC_SPY = """(() => {
             state: pc.connectionState};
   });
 })();"""
+# Installed before any page script: remembers every WebSocket the page opens, so a test sees
+# whether the page is still connected and can send what the page's own UI sends.
+WS_SPY = """(() => {
+  const Orig = window.WebSocket;
+  if (!Orig || Orig.__hpcdeskSpy) return;
+  const made = [];
+  function Spy(...args) { const ws = new Orig(...args); made.push(ws); return ws; }
+  Spy.prototype = Orig.prototype;
+  Object.setPrototypeOf(Spy, Orig);
+  Spy.__hpcdeskSpy = true;
+  window.WebSocket = Spy;
+  window.__hpcdeskSockets = () => made;
+})();"""
+OPEN_SOCKETS = "(window.__hpcdeskSockets ? window.__hpcdeskSockets() : []).filter(w => w.readyState === 1).length"
 PEER_CONFIGS = "JSON.stringify(window.__hpcdeskPeerConfigs ? window.__hpcdeskPeerConfigs() : null)"
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
@@ -222,6 +236,26 @@ class Chromium:
                                   returnByValue=True, awaitPromise=True)
             return _value(got)
         return self._run(steps)
+
+    def type_text(self, text: str) -> None:
+        """Keys as a person types them on the page (trusted key events; "\r" is Enter)."""
+        async def steps(page: _Page) -> None:
+            for ch in text:
+                key = {"\r": ("Enter", "Enter", 13)}.get(ch, (ch, f"Key{ch.upper()}",
+                                                               ord(ch.upper())))
+                common = {"key": key[0], "code": key[1], "windowsVirtualKeyCode": key[2]}
+                await page.call("Input.dispatchKeyEvent", type="keyDown", text=ch, **common)
+                await page.call("Input.dispatchKeyEvent", type="keyUp", **common)
+        self._run(steps)
+
+    def click(self, x: int, y: int) -> None:
+        """A left click at page coordinates (trusted mouse events)."""
+        async def steps(page: _Page) -> None:
+            await page.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+            for kind in ("mousePressed", "mouseReleased"):
+                await page.call("Input.dispatchMouseEvent", type=kind, x=x, y=y,
+                                button="left", clickCount=1)
+        self._run(steps)
 
     @property
     def pids(self) -> list[int]:
