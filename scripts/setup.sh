@@ -26,6 +26,7 @@ APT_PACKAGES=(
   openssh-server openssh-client libpam-oath oathtool
   coturn socat   # TURN: the site's server and the in-job one (tests start their own); tunnels
   ruby        # `hpcdesk ood generate` tests: the real ood_core renders the batch connect app
+  xclip       # Selkies' X clipboard fallback; the data-policy test reads the desktop's clipboard
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
