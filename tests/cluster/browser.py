@@ -54,20 +54,6 @@ RTC_SPY = """(() => {
             state: pc.connectionState};
   });
 })();"""
-# Installed before any page script: remembers every WebSocket the page opens, so a test sees
-# whether the page is still connected and can send what the page's own UI sends.
-WS_SPY = """(() => {
-  const Orig = window.WebSocket;
-  if (!Orig || Orig.__hpcdeskSpy) return;
-  const made = [];
-  function Spy(...args) { const ws = new Orig(...args); made.push(ws); return ws; }
-  Spy.prototype = Orig.prototype;
-  Object.setPrototypeOf(Spy, Orig);
-  Spy.__hpcdeskSpy = true;
-  window.WebSocket = Spy;
-  window.__hpcdeskSockets = () => made;
-})();"""
-OPEN_SOCKETS = "(window.__hpcdeskSockets ? window.__hpcdeskSockets() : []).filter(w => w.readyState === 1).length"
 PEER_CONFIGS = "JSON.stringify(window.__hpcdeskPeerConfigs ? window.__hpcdeskPeerConfigs() : null)"
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
