@@ -444,8 +444,9 @@ class Agent:
         if self.audit:
             self.audit.stop()
         if self.owner_token:  # the desktop is gone, and every share with it
-            shares.write_state(self.dir, [], {s.id: "the desktop ended"
-                                              for s in shares.load(self.dir)}, time.time())
+            shares.write_state(self.dir, [], {
+                s.id: "revoked" if s.revoked else "the desktop ended"
+                for s in shares.load(self.dir)}, time.time())
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         with contextlib.suppress(OSError):
