@@ -37,8 +37,10 @@ def anonymous_refused(host: str, port: int, prefix: str, transport: str, https: 
                                "without a token")
         if turn != 401:
             return None
-        for hello in ({"client_type": "controller"},
-                      {"client_type": "controller", "client_token": "not-a-token"}):
+        # As the page says it (a slot-1 controller), so that only the token can be missing.
+        for hello in ({"client_type": "controller", "client_slot": 1},
+                      {"client_type": "controller", "client_slot": 1,
+                       "client_token": "not-a-token"}):
             verdict = signalling_verdict(host, port, prefix + "api/webrtc/signaling", hello,
                                          https, timeout)
             if verdict == "answered":

@@ -88,9 +88,9 @@ sig = lambda hello: token_gate.signalling_verdict("127.0.0.1", {port}, "/api/web
                                                   hello, True, 10)
 print(json.dumps([
     health.http_status("127.0.0.1", {port}, None, None, https=True, path="/api/turn"),
-    sig({{"client_type": "controller"}}),
-    sig({{"client_type": "controller", "client_token": "x" + token}}),
-    sig({{"client_type": "controller", "client_token": token}}),
+    sig({{"client_type": "controller", "client_slot": 1}}),
+    sig({{"client_type": "controller", "client_slot": 1, "client_token": "x" + token}}),
+    sig({{"client_type": "controller", "client_slot": 1, "client_token": token}}),
 ]))
 """
     import subprocess
