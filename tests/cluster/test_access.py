@@ -117,8 +117,6 @@ def watch_live(chrome: browser.Chromium, user: User, session: str, tmp_path: Pat
     assert chrome.wait_for(shot2, shows(RED)), f"the picture is not live: {shot2}"
 
 
-@pytest.mark.reliability("webrtc through hpcdesk tunnel, token link from --open",
-                         "the page --open opens shows the live desktop via the in-job TURN")
 def test_webrtc_through_the_tunnel_page_that_open_opens(user: User, net: Net,
                                                         tmp_path: Path) -> None:
     opened, recorder = launcher_recorder(net)
@@ -145,8 +143,6 @@ def test_webrtc_through_the_tunnel_page_that_open_opens(user: User, net: Net,
     assert user.json("status", session, "--site", "devcluster")["state"] == "cancelled"
 
 
-@pytest.mark.reliability("webrtc through a relay-only site TURN, token link from --open",
-                         "the page --open opens shows the live desktop, media relayed by coturn")
 def test_webrtc_relay_only_site_turn_through_the_tunnel(user: User, net: Net, site_dir: Path,
                                                         tmp_path: Path,
                                                         cleanup_jobs: list[str]) -> None:
@@ -238,9 +234,6 @@ def recorder_command(log: Path) -> tuple[str, ...]:
     return ("sh", "-c", f'printf "\\033[?1000h"; stty raw -echo; exec cat > {shlex.quote(str(log))}')
 
 
-@pytest.mark.reliability("share links: view-only, control, revoke, cancel",
-                         "viewer sees but cannot act; revoke cuts it within 5 s; shares end "
-                         "with the desktop")
 def test_share_view_only_control_revoke_and_cancel(user: User, site_dir: Path, tmp_path: Path,
                                                    input_log: Path,
                                                    cleanup_jobs: list[str]) -> None:
@@ -362,9 +355,6 @@ UPLOAD = ("fetch('api/upload', {method: 'POST', headers: {'X-Upload-Path': 'h20-
           "body: 'uploaded by the browser'}).then(r => r.status)")
 
 
-@pytest.mark.reliability("site data policy: uploads off, clipboard out, audit trail",
-                         "Selkies refuses the upload, browser text stays off the desktop, "
-                         "allowed transfers are audit lines")
 def test_policy_refuses_and_audits(user: User, site_dir: Path, tmp_path: Path,
                                    cleanup_jobs: list[str]) -> None:
     require("xclip", package="xclip")
