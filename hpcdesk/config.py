@@ -19,8 +19,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from hpcdesk import __version__, resources
 from hpcdesk.errors import ConfigError
+from hpcdesk.files import atomic_write
 from hpcdesk.schema import CHECKS, SiteConfig, TurnConfig, slurm_time_seconds
-from hpcdesk.session import atomic_write
 
 DEFAULT_SOURCE = "built-in default"
 SYSTEM_DIRS = ("/etc/hpcdesk",)

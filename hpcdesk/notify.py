@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpcdesk.session import read_json, write_json
+from hpcdesk.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 

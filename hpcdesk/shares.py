@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from hpcdesk.files import read_json, write_json
 from hpcdesk.schema import PolicyConfig, slurm_time_seconds
-from hpcdesk.session import read_json, write_json
 
 SHARES_FILE = "shares.json"
 STATE_FILE = "shares.state.json"

@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
 
         checks = node_checks()
     else:
-        from hpcdesk.login_checks import login_checks
+        from hpcdesk.login.login_checks import login_checks
 
         checks = login_checks(args.site, overrides_from_sets(args.set))
     overall = worst(checks)

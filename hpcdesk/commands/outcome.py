@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 from hpcdesk.commands.common import emit_json, say
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, WaitTimeout
+from hpcdesk.files import tail_lines
+from hpcdesk.login.waiting import DesktopFailed, JobCannotStart, Progress, Waiter
 from hpcdesk.scheduler import JobRef, Scheduler
-from hpcdesk.session import Session, browser_link, now, tail_lines
-from hpcdesk.waiting import DesktopFailed, JobCannotStart, Progress, Waiter
+from hpcdesk.session import Session, browser_link, now
 
 if TYPE_CHECKING:  # the push channel is needed only while submitting
     from hpcdesk.notify import Listener

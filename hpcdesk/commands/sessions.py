@@ -10,11 +10,12 @@ from hpcdesk.commands.common import emit_json, load_config, root_of, say, schedu
 from hpcdesk.commands.outcome import print_connection, wait_and_report
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
+from hpcdesk.files import tail_lines
+from hpcdesk.login.status import collect, job_ref, policy_of
 from hpcdesk.node.selkies_policy import describe as describe_policy
 from hpcdesk.phases import desktop_state
 from hpcdesk.scheduler import JobRef, Scheduler
-from hpcdesk.session import Session, all_sessions, find, now, tail_lines
-from hpcdesk.status import collect, job_ref, policy_of
+from hpcdesk.session import Session, all_sessions, find, now
 
 LOG_FILES = ("job.out", "agent.log", "xorg.out", "Xorg.log", "desktop.log", "selkies.log",
              "container.log")

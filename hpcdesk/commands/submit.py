@@ -20,10 +20,11 @@ from hpcdesk.commands.outcome import wait_and_report
 from hpcdesk.config import LoadedConfig, parse_resolution
 from hpcdesk.connect.turn import check_files, configured
 from hpcdesk.errors import EXIT_OK, SchedulerRejected, SubmitUncertain, UsageError
+from hpcdesk.files import atomic_write, write_json
 from hpcdesk.notify import Listener
 from hpcdesk.request import DesktopRequest
 from hpcdesk.schema import slurm_time_seconds
-from hpcdesk.session import Session, atomic_write, create, discard, now, write_json
+from hpcdesk.session import Session, create, discard, now
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def prepare(loaded: LoadedConfig) -> Session:
         raise UsageError(f"cannot create a session directory under {root}: {exc.strerror}",
                          hint="set session_root to a writable directory the nodes share") from None
 
-    from hpcdesk import jobscript  # jinja2 is needed to submit only, not to list or watch
+    from hpcdesk.login import jobscript  # jinja2 is needed to submit only, not to list or watch
 
     try:
         request = build_request(loaded, session.id)

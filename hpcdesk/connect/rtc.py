@@ -31,10 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpcdesk.connect.turn import IceServer, configured, server_url, site_servers
+from hpcdesk.files import atomic_write
 from hpcdesk.schema import DesktopConfig, NetworkConfig, SiteConfig, TurnConfig
-from hpcdesk.session import atomic_write
-
-JOB_TURN_USER = "hpcdesk"
 
 
 def wants_job_turn(desktop: DesktopConfig, network: NetworkConfig) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable
 
@@ -111,12 +110,3 @@ class Forward:
             self.server.shutdown()
             self.thread.join(5)
         self.server.server_close()
-
-
-def port_free(port: int, bind: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((bind, port))
-        except OSError:
-            return False
-    return True

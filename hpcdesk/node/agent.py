@@ -26,6 +26,7 @@ from hpcdesk import shares
 from hpcdesk.connect import rtc
 from hpcdesk.connect.turn import TurnError
 from hpcdesk.errors import ConfigError
+from hpcdesk.files import write_json
 from hpcdesk.node import address, health, jobturn, tls, token_gate, viewers
 from hpcdesk.node.audit import AuditReceiver
 from hpcdesk.node.binding import bind_gpu
@@ -43,7 +44,7 @@ from hpcdesk.node.runtime import DesktopPlan, Started, get_runtime
 from hpcdesk.notify import Notifier
 from hpcdesk.phases import FAILED, LAUNCHING, READY, STARTING, STOPPED, STOPPING, WAITING
 from hpcdesk.request import DesktopRequest
-from hpcdesk.session import now, write_json
+from hpcdesk.session import now
 
 log = logging.getLogger("hpcdesk.agent")
 
@@ -256,7 +257,7 @@ class Agent:
             dead = first_essential_exit(self.children)
             if dead:
                 raise StartError("the desktop failed to start: " + dead.describe_exit())
-            ready, token, status = self._probe(plan, probe_host)
+            ready, token, status = health.probe(plan, probe_host)
             if ready:
                 return token
             if time.monotonic() > heartbeat:
@@ -271,46 +272,6 @@ class Agent:
             # published within 0.1 s of answering (a 0.5 s cap lost up to 0.5 s of the start).
             delay = min(delay * 1.5, 0.1)
 
-    def _probe(self, plan: DesktopPlan, probe_host: str
-               ) -> tuple[bool, str | None, int | None]:
-        """One look at the web UI: (ready, the session token in token mode, HTTP status)."""
-        https = plan.request.desktop.https
-        if plan.master_token:  # token mode: the page itself loads without credentials
-            status = health.http_status(probe_host, plan.web_port, None, None, https=https,
-                                        timeout=1.0, path=plan.url_path)
-            token = self._token_ready(plan, probe_host) if status == 200 else None
-            return token is not None, token, status
-        status = health.http_status(probe_host, plan.web_port, plan.user, plan.password,
-                                    https=https, timeout=1.0, path=plan.url_path)
-        if status != 200:
-            return False, None, status
-        anon = health.http_status(probe_host, plan.web_port, None, None, https=https,
-                                  path=plan.url_path)
-        if anon != 401:
-            raise StartError(f"the web UI answered {anon} without credentials (expected "
-                             "401): refusing to publish an unprotected desktop")
-        return True, None, status
-
-    def _token_ready(self, plan: DesktopPlan, probe_host: str) -> str | None:
-        """Token mode, once the page answers: a client without a valid token must get
-        nothing (token_gate.py: the WebSocket, or for webrtc the ICE servers and the
-        signalling socket), then the session token is provisioned. None: not ready yet."""
-        try:
-            refused = token_gate.anonymous_refused(
-                probe_host, plan.web_port, plan.url_path, plan.request.desktop.transport,
-                plan.request.desktop.https)
-        except RuntimeError as exc:
-            raise StartError(f"{exc}: refusing to publish a desktop that streams to "
-                             "anyone") from None
-        if not refused:
-            return None
-        token = secrets.token_urlsafe(24)
-        status = self.provision_tokens(plan, token, probe_host)
-        if status != 200:
-            raise StartError(f"Selkies refused the session token (HTTP {status}); is it "
-                             "Selkies 2.x with token support?")
-        return token
-
     def provision_tokens(self, plan: DesktopPlan, owner: str, probe_host: str) -> int | None:
         """Selkies' token table: the owner and the shares the site's policy lets live now;
         shares.state.json tells `hpcdesk share` which are live and why others are not."""
@@ -319,9 +280,9 @@ class Agent:
         found = shares.load(self.dir)
         t = time.time()
         live, refused = shares.granted(found, req.policy, t)
-        status = token_gate.provision(probe_host, plan.web_port, plan.url_path + "api/tokens",
-                                      plan.master_token, token_gate.table(owner, live),
-                                      https=req.desktop.https)
+        status = health.provision_tokens(probe_host, plan.web_port,
+                                         plan.url_path + "api/tokens", plan.master_token,
+                                         token_gate.table(owner, live), https=req.desktop.https)
         if status == 200:
             shares.write_state(self.dir, live, refused, t)
             self.shares_seen = self._shares_identity(found)

@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcdesk.files import tail_lines
 from hpcdesk.node.errors import StartError
-from hpcdesk.session import tail_lines
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,10 @@
-"""Token mode: the proof that a client without a valid token gets nothing, and the token table.
-
-Before a token-mode desktop is published the agent shows, against the real web UI, that:
-- websockets: the streaming WebSocket refuses an upgrade without a token (401);
-- webrtc: `GET api/turn` (the ICE servers, with TURN credentials) answers 401 without a
-  token, and the signalling socket closes a client's HELLO that carries no token, or a wrong
-  one, with 4001 before it says anything (no session, no SDP, no media).
-Then it provisions the token table: the owner's token (controller) and the live shares.
-"""
+"""Token mode's parts: a minimal client for Selkies' WebRTC signalling socket (what a HELLO
+without a valid token gets: health.anonymous_refused) and Selkies' token table (the owner's
+token and the live shares, node/agent.py)."""
 
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import socket
@@ -19,41 +12,9 @@ import ssl
 import struct
 from collections.abc import Iterable, Mapping
 
-from hpcdesk.node import health
 from hpcdesk.shares import Share
 
 REFUSED_CLOSE = 4001  # Selkies' close code for a missing or invalid token
-
-
-def anonymous_refused(host: str, port: int, prefix: str, transport: str, https: bool,
-                      timeout: float = 3.0) -> bool | None:
-    """True: every way in refused a token-less client. None: the web UI is not serving yet.
-    RuntimeError: something answered a client without a valid token."""
-    if transport == "webrtc":
-        turn = health.http_status(host, port, None, None, https=https, timeout=timeout,
-                                  path=prefix + "api/turn")
-        if turn == 200:
-            raise RuntimeError("the web UI handed its ICE servers (api/turn) to a client "
-                               "without a token")
-        if turn != 401:
-            return None
-        # As the page says it (a slot-1 controller), so that only the token can be missing.
-        for hello in ({"client_type": "controller", "client_slot": 1},
-                      {"client_type": "controller", "client_slot": 1,
-                       "client_token": "not-a-token"}):
-            verdict = signalling_verdict(host, port, prefix + "api/webrtc/signaling", hello,
-                                         https, timeout)
-            if verdict == "answered":
-                raise RuntimeError("the WebRTC signalling socket answered a client without "
-                                   "a valid token")
-            if verdict != "refused":
-                return None
-        return True
-    ws = health.anonymous_websocket_status(host, port, prefix + "api/websockets", https=https,
-                                           timeout=timeout)
-    if ws == 101:
-        raise RuntimeError("the web UI accepted a WebSocket without a token")
-    return True if ws == 401 else None
 
 
 def _socket(host: str, port: int, https: bool, timeout: float) -> socket.socket:
@@ -141,19 +102,3 @@ def table(owner_token: str, shares: Iterable[Share]) -> dict[str, dict[str, obje
     for share in shares:
         out[share.token] = {"role": share.role}
     return out
-
-
-def provision(host: str, port: int, path: str, master_token: str,
-              tokens: dict[str, dict[str, object]], https: bool = False,
-              timeout: float = 5.0) -> int | None:
-    """Replace Selkies' token table (POST api/tokens with the master token as bearer)."""
-    conn = health._connection(host, port, https, timeout)
-    try:
-        conn.request("POST", path, body=json.dumps(tokens), headers={
-            "Authorization": f"Bearer {master_token}", "Content-Type": "application/json",
-            "Connection": "close"})
-        return conn.getresponse().status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()

@@ -18,7 +18,7 @@ import jinja2
 from hpcdesk import __version__
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import UsageError
-from hpcdesk.jobscript import agent_argv
+from hpcdesk.login.jobscript import agent_argv
 from hpcdesk.ood.form import FIELDS, offer
 from hpcdesk.quoting import shq
 

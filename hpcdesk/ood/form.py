@@ -10,7 +10,7 @@ from typing import Any
 
 from hpcdesk import config
 from hpcdesk.errors import UsageError
-from hpcdesk.jobscript import sbatch_lines
+from hpcdesk.login.jobscript import sbatch_lines
 from hpcdesk.schema import SiteConfig, slurm_time_seconds
 
 SOURCE = "form"

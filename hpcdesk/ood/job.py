@@ -18,10 +18,11 @@ from typing import Any
 
 from hpcdesk.commands.submit import build_request
 from hpcdesk.errors import UsageError
+from hpcdesk.files import atomic_write, read_json, write_json
 from hpcdesk.ood.form import check
 from hpcdesk.phases import FAILED, READY, STOPPED, STOPPING
 from hpcdesk.quoting import shq
-from hpcdesk.session import Session, atomic_write, create, now, read_json, session_root, write_json
+from hpcdesk.session import Session, create, now, session_root
 
 POLL_MAX = 1.0   # seconds between looks at node.json once the agent runs
 AGENT_GRACE = 60  # seconds the agent has beyond timeouts.start to say ready or why not

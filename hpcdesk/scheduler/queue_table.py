@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hpcdesk.errors import SchedulerError, SubmitUncertain
+from hpcdesk.files import atomic_write
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, map_slurm_state
-from hpcdesk.session import atomic_write
 
 SEP = "|"
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hpcdesk import notify
+from hpcdesk.login.waiting import Progress, Waiter
 from hpcdesk.node import agent as agent_module
 from hpcdesk.node.procs import spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
@@ -25,7 +26,6 @@ from hpcdesk.request import DesktopRequest
 from hpcdesk.scheduler import JobInfo, JobRef, JobState
 from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig, TimeoutsConfig
 from hpcdesk.session import Session
-from hpcdesk.waiting import Progress, Waiter
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)
 FAKE_DESKTOP = '''

@@ -20,10 +20,11 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from hpcdesk import config, jobscript
+from hpcdesk import config
 from hpcdesk.commands.common import overrides_from_sets
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import HpcdeskError
+from hpcdesk.login import jobscript
 from hpcdesk.schema import SiteConfig
 
 MARK = Path(f"/tmp/hpcdesk-fuzz-{os.getpid()}-ran")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcdesk import config, jobscript
+from hpcdesk import config
 from hpcdesk.errors import ConfigError, UsageError
+from hpcdesk.login import jobscript
 from hpcdesk.quoting import shq
 
 NASTY = ["a'b", 'a"b', "$(touch {m})", "`touch {m}`", "x; touch {m}", "a\\b", "$HOME", "*"]

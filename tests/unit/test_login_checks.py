@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcdesk import config, login_checks
+from hpcdesk import config
+from hpcdesk.login import login_checks
 
 
 @pytest.fixture(autouse=True)

@@ -35,9 +35,10 @@ def test_desktop_state(record: dict[str, str], state: str, detail: str, ended: b
 ])
 def test_status_reads_phases_the_same_way(tmp_path: Path, phase: str, job: str,
                                           expected: str) -> None:
+    from hpcdesk.files import write_json
+    from hpcdesk.login.status import describe
     from hpcdesk.scheduler import JobInfo, JobRef, JobState
-    from hpcdesk.session import Session, write_json
-    from hpcdesk.status import describe
+    from hpcdesk.session import Session
 
     write_json(tmp_path / "session.json", {"id": tmp_path.name, "job_id": "7"})
     write_json(tmp_path / "node.json", {"phase": phase, "node": "n1", "detail": "d"})
@@ -56,9 +57,10 @@ def test_status_reads_phases_the_same_way(tmp_path: Path, phase: str, job: str,
 ])
 def test_status_says_how_a_desktop_ended(tmp_path: Path, node: dict[str, str], job: str,
                                          state: str, needle: str) -> None:
+    from hpcdesk.files import write_json
+    from hpcdesk.login.status import describe
     from hpcdesk.scheduler import JobInfo, JobRef, JobState
-    from hpcdesk.session import Session, write_json
-    from hpcdesk.status import describe
+    from hpcdesk.session import Session
 
     write_json(tmp_path / "session.json", {"id": tmp_path.name, "job_id": "7"})
     write_json(tmp_path / "node.json", {"node": "n1", "detail": "d", **node})

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from hpcdesk import jobscript, scheduler
+from hpcdesk import scheduler
 from hpcdesk.config import load
 from hpcdesk.errors import ConfigError, SchedulerError, SchedulerRejected
+from hpcdesk.login import jobscript
 from hpcdesk.scheduler import JobRef, JobState
 from hpcdesk.scheduler import slurm_pyslurm as sp
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from hpcdesk.errors import SessionNotFound
-from hpcdesk.session import all_sessions, atomic_write, create, discard, find, read_json
+from hpcdesk.files import atomic_write, read_json
+from hpcdesk.session import all_sessions, create, discard, find
 
 
 def test_create_lookup_and_active_index(tmp_path: Path) -> None:
@@ -47,7 +48,7 @@ def test_atomic_write_mode_and_content(tmp_path: Path) -> None:
 
 
 def test_tail_lines_reads_whole_lines_from_the_end(tmp_path: Path) -> None:
-    from hpcdesk.session import tail_lines
+    from hpcdesk.files import tail_lines
 
     log = tmp_path / "agent.log"
     log.write_text("".join(f"line {i} " + "x" * 300 + "\n" for i in range(1000)))

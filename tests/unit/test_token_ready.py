@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from hpcdesk.node.agent import Agent
+from hpcdesk.node import health
 from hpcdesk.node.errors import StartError
-from hpcdesk.schema import PolicyConfig
 
 
 class FakeSelkies(BaseHTTPRequestHandler):
@@ -54,39 +53,29 @@ def server() -> Iterator[ThreadingHTTPServer]:
 
 
 def plan(port: int) -> Any:
-    request = SimpleNamespace(desktop=SimpleNamespace(https=False, transport="websockets"),
-                              policy=PolicyConfig())
+    request = SimpleNamespace(desktop=SimpleNamespace(https=False, transport="websockets"))
     return SimpleNamespace(master_token="m4ster", web_port=port, url_path="/desk/",
                            request=request)
 
 
-def agent_for(p: Any, tmp_path: Path) -> Agent:
-    agent = Agent.__new__(Agent)
-    agent.dir, agent.request = tmp_path, p.request
-    return agent
-
-
 def test_token_is_provisioned_once_anonymous_websockets_are_refused(
         server: ThreadingHTTPServer, tmp_path: Path) -> None:
-    p = plan(server.server_address[1])
     FakeSelkies.ws_status = 401
-    token = agent_for(p, tmp_path)._token_ready(p, "127.0.0.1")
+    token = health.token_ready(plan(server.server_address[1]), "127.0.0.1")
     assert token and len(token) >= 30
+    # No mk_control: with it only its holder may type, and a control share could not.
     assert FakeSelkies.posted == [("Bearer m4ster", {token: {"role": "controller"}})]
 
 
 def test_a_desktop_open_to_anonymous_websockets_is_never_published(
-        server: ThreadingHTTPServer, tmp_path: Path) -> None:
-    p = plan(server.server_address[1])
+        server: ThreadingHTTPServer) -> None:
     FakeSelkies.ws_status = 101
     with pytest.raises(StartError, match="WebSocket without a token"):
-        agent_for(p, tmp_path)._token_ready(p, "127.0.0.1")
+        health.token_ready(plan(server.server_address[1]), "127.0.0.1")
     assert FakeSelkies.posted == []
 
 
-def test_not_ready_while_the_websocket_route_is_not_up(server: ThreadingHTTPServer,
-                                                        tmp_path: Path) -> None:
-    p = plan(server.server_address[1])
+def test_not_ready_while_the_websocket_route_is_not_up(server: ThreadingHTTPServer) -> None:
     FakeSelkies.ws_status = 409  # Selkies' answer while its websockets mode is not active yet
-    assert agent_for(p, tmp_path)._token_ready(p, "127.0.0.1") is None
+    assert health.token_ready(plan(server.server_address[1]), "127.0.0.1") is None
     assert FakeSelkies.posted == []

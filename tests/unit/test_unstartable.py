@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from hpcdesk.login.waiting import JobCannotStart, Progress, Waiter
 from hpcdesk.scheduler import JobInfo, JobRef, JobState
 from hpcdesk.scheduler.unstartable import check_request, parse_partitions, why_unstartable
 from hpcdesk.schema import TimeoutsConfig
 from hpcdesk.session import Session
-from hpcdesk.waiting import JobCannotStart, Progress, Waiter
 
 SHOW = (
     "PartitionName=gpu AllowGroups=ALL Default=YES QoS=N/A DefaultTime=NONE MaxNodes=UNLIMITED "

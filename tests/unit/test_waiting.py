@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from hpcdesk.files import write_json
+from hpcdesk.login.waiting import DesktopFailed, Progress, Waiter
 from hpcdesk.notify import Listener, Notifier
 from hpcdesk.scheduler import JobInfo, JobRef, JobState
 from hpcdesk.schema import TimeoutsConfig
-from hpcdesk.session import Session, write_json
-from hpcdesk.waiting import DesktopFailed, Progress, Waiter
+from hpcdesk.session import Session
 
 
 class FakeScheduler:
@@ -100,7 +101,7 @@ def test_queue_timeout(tmp_path: Path) -> None:
 
 
 def test_poll_instants_are_aligned_to_the_wall_clock() -> None:
-    from hpcdesk.waiting import aligned_delay
+    from hpcdesk.login.waiting import aligned_delay
 
     assert aligned_delay(4.0, now=1000.5) == pytest.approx(3.5)
     assert aligned_delay(4.0, now=1003.9) == pytest.approx(4.1)   # too close: the next one
