@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_config import write
 
 from hpcdesk import config, shares
 from hpcdesk.errors import ConfigError
@@ -26,12 +27,6 @@ from hpcdesk.node.selkies_policy import policy_env
 from hpcdesk.schema import PolicyConfig
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 def test_auth_default_is_token_where_the_runtime_has_it(tmp_path: Path) -> None:
