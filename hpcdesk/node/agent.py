@@ -405,8 +405,9 @@ class Agent:
         if self.audit:
             self.audit.stop()
         if self.owner_token:  # the desktop is gone, and every share with it
+            ended = shares.read_state(self.dir).get("refused", {})  # revoked, expired...
             shares.write_state(self.dir, [], {
-                s.id: "revoked" if s.revoked else "the desktop ended"
+                s.id: ended.get(s.id) or ("revoked" if s.revoked else "the desktop ended")
                 for s in shares.load(self.dir)}, time.time())
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -291,6 +291,14 @@ def test_share_view_only_control_revoke_and_cancel(user: User, site_dir: Path, t
         assert http_status(files, fragment_token(control["url"])) != 401
         assert connected_roles(str(conn["url"])).count("controller") >= 1
 
+    # Expiry: a 15 s share works, then stops within seconds of its end.
+    brief = user.json("share", sid, "--site", str(site), "--expires", "15s")
+    files = f"{base_url(brief['url'])}api/files/"
+    assert http_status(files, fragment_token(brief["url"])) != 401
+    while http_status(files, fragment_token(brief["url"])) != 401:
+        assert time.time() < brief["expires"] + 5, "the share outlived its expiry by 5 s"
+        time.sleep(0.2)
+
     owner_token = fragment_token(str(conn["url"]))
     assert http_status(f"{base_url(str(conn['url']))}api/files/", owner_token) != 401
     user.run("cancel", sid, "--site", str(site), check=True)
@@ -298,7 +306,8 @@ def test_share_view_only_control_revoke_and_cancel(user: User, site_dir: Path, t
         assert http_status(f"{base_url(str(conn['url']))}api/files/", token) is None
     states = {s["id"]: s["state"] for s in
               user.json("share", sid, "--site", str(site), "--list")["shares"]}
-    assert states == {view["id"]: "revoked", control["id"]: "the desktop ended"}, states
+    assert states == {view["id"]: "revoked", control["id"]: "the desktop ended",
+                      brief["id"]: "expired"}, states
     proc = user.run("share", sid, "--site", str(site))
     assert proc.returncode == 2 and "no running desktop" in proc.stderr
 
