@@ -117,6 +117,22 @@ def watch_live(chrome: browser.Chromium, user: User, session: str, tmp_path: Pat
     assert chrome.wait_for(shot2, shows(RED)), f"the picture is not live: {shot2}"
 
 
+def test_webrtc_token_link_direct(user: User, tmp_path: Path, cleanup_jobs: list[str]) -> None:
+    """The link `submit` prints, opened as printed on the cluster's network: WebRTC with the
+    token from the fragment (no login prompt, no credentials before the #)."""
+    conn = user.json("submit", "--site", "devcluster", "--set", "desktop.transport=webrtc",
+                     "--set", "desktop.auth=token")
+    sid, url = str(conn["session"]), str(conn["url"])
+    cleanup_jobs.append(sid)
+    assert conn["password"] is None and no_credentials_before_fragment(url)
+    human = user.run("status", sid, "--site", "devcluster", check=True).stdout
+    assert url in human and "password" not in human
+    with browser.Chromium() as chrome:
+        chrome.open(url, init_script=browser.RTC_SPY)
+        watch_live(chrome, user, sid, tmp_path, "direct")
+        assert chrome.peer_configs(), "the page streamed without WebRTC"
+
+
 def test_webrtc_through_the_tunnel_page_that_open_opens(user: User, net: Net,
                                                         tmp_path: Path) -> None:
     opened, recorder = launcher_recorder(net)
