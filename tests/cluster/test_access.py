@@ -420,6 +420,9 @@ def test_policy_refuses_and_audits(user: User, site_dir: Path, tmp_path: Path,
                 wait_event(user, sid, "file.upload.error")
     assert results == {"strict": 403, "open": 200}, results
     strict_sid = str(desks["strict"]["session"])
+    # The site's sharing limit (policy.sharing: view-only, the default): no control links.
+    proc = user.run("share", strict_sid, "--site", str(strict), "--control")
+    assert proc.returncode == 2 and "view-only shares only" in proc.stderr, proc.stderr
     assert desktop_clipboard(user, strict_sid) != "h20 clip strict"
     assert not [e for e in audit_events(user, strict_sid) if e["event"] == "clipboard.receive"]
     uploaded = user.home / "Desktop/h20-up.txt"
