@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from typing import Any
 
 from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for
 from hpcdesk.commands.outcome import print_connection, wait_and_report
@@ -84,8 +85,17 @@ def list_sessions(args: argparse.Namespace) -> int:
         j = r.as_json()
         age = _age(now() - float(r.session.meta.get("created", now())))
         print(f"{r.session.id:<8} {j['job_id'] or '-':<10} {r.state:<10} {j['node'] or '-':<12} "
-              f"{age:>6}  {j.get('url') or r.detail}")
+              f"{age:>6}  {_where(j, r.session.id) or r.detail}")
     return EXIT_OK
+
+
+def _where(row: dict[str, Any], sid: str) -> str:
+    """The address column: a token desktop's address alone opens nothing, so it says where
+    the whole link is (no secrets in a listing)."""
+    url = str(row.get("url") or "")
+    if url and row.get("auth") == "token":
+        return f"{url} (link: hpcdesk status {sid})"
+    return url
 
 
 def _age(seconds: float) -> str:

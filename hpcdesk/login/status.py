@@ -32,6 +32,7 @@ class SessionStatus:
         conn = self.session.connection() if self.state == "ready" else None
         if conn:
             out["url"] = conn.get("url")
+            out["auth"] = conn.get("auth")  # token: the link is `url` plus its #token=...
             out["tls_fingerprint"] = conn.get("tls_fingerprint")
             # What `hpcdesk tunnel` forwards besides the web port (see connect/rtc.py).
             out.update(transport=conn.get("transport"), turn_port=conn.get("turn_port"))

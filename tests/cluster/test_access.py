@@ -127,6 +127,8 @@ def test_webrtc_token_link_direct(user: User, tmp_path: Path, cleanup_jobs: list
     assert conn["password"] is None and no_credentials_before_fragment(url)
     human = user.run("status", sid, "--site", "devcluster", check=True).stdout
     assert url in human and "password" not in human
+    listed = user.run("list", "--site", "devcluster", check=True).stdout
+    assert f"(link: hpcdesk status {sid})" in listed and fragment_token(url) not in listed
     with browser.Chromium() as chrome:
         chrome.open(url, init_script=browser.RTC_SPY)
         watch_live(chrome, user, sid, tmp_path, "direct")
