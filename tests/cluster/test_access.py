@@ -303,6 +303,7 @@ def test_share_view_only_control_revoke_and_cancel(user: User, site_dir: Path, t
         while "viewer" in connected_roles(str(conn["url"])):
             assert time.monotonic() - t0 < 5, "the viewer is still connected 5 s after --revoke"
             time.sleep(0.1)
+        print(f"revoke -> viewer disconnected: {time.monotonic() - t0:.2f} s")
         files = f"{base_url(view['url'])}api/files/"
         assert http_status(files, fragment_token(view["url"])) == 401
         # The control link still works, and its page stays connected.
@@ -316,6 +317,7 @@ def test_share_view_only_control_revoke_and_cancel(user: User, site_dir: Path, t
     while http_status(files, fragment_token(brief["url"])) != 401:
         assert time.time() < brief["expires"] + 5, "the share outlived its expiry by 5 s"
         time.sleep(0.2)
+    print(f"share expiry -> link refused: {time.time() - brief['expires']:.2f} s after its end")
 
     owner_token = fragment_token(str(conn["url"]))
     assert http_status(f"{base_url(str(conn['url']))}api/files/", owner_token) != 401
