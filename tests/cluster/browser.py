@@ -208,12 +208,11 @@ class Chromium:
             await page.call("Runtime.enable")
             if init_script:
                 await page.call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
-            if login:
-                await _navigate_answering_login(page, url, login)
+            if init_script or login:  # both live only while this DevTools session does
+                await _navigate(page, url, login)
+                await loaded(page)
             else:
                 await page.call("Page.navigate", url=url)
-            if init_script or login:  # the script lives while this DevTools session does
-                await loaded(page)
         self._run(steps)
 
     def evaluate(self, expression: str) -> Any:
@@ -277,10 +276,13 @@ class Chromium:
         return bool(self._run(lambda page: _until(page, out, ok, timeout)))
 
 
-async def _navigate_answering_login(page: _Page, url: str, login: tuple[str, str]) -> None:
-    """Navigate with the browser's login prompt answered once (Fetch.authRequired ->
-    ProvideCredentials), until the page has loaded; then the prompt hook is removed."""
-    await page.call("Fetch.enable", handleAuthRequests=True, patterns=[{"urlPattern": "*"}])
+async def _navigate(page: _Page, url: str, login: tuple[str, str] | None) -> None:
+    """Navigate until the site's page has loaded (past a launcher page on file: that forwards
+    to it), with the browser's login prompt answered once when `login` is given
+    (Fetch.authRequired -> ProvideCredentials; the hook is removed after)."""
+    if login:
+        await page.call("Fetch.enable", handleAuthRequests=True,
+                        patterns=[{"urlPattern": "*"}])
     page.counter += 1
     nav_id = page.counter
     await page.ws.send_json({"id": nav_id, "method": "Page.navigate", "params": {"url": url}})
@@ -294,7 +296,7 @@ async def _navigate_answering_login(page: _Page, url: str, login: tuple[str, str
         if method == "Fetch.requestPaused":
             reply = {"method": "Fetch.continueRequest",
                      "params": {"requestId": params["requestId"]}}
-        elif method == "Fetch.authRequired":
+        elif method == "Fetch.authRequired" and login:
             reply = {"method": "Fetch.continueWithAuth", "params": {
                 "requestId": params["requestId"], "authChallengeResponse": {
                     "response": "ProvideCredentials", "username": login[0],
@@ -302,13 +304,14 @@ async def _navigate_answering_login(page: _Page, url: str, login: tuple[str, str
         elif data.get("id") == nav_id:
             navigated = True
         elif method == "Page.frameNavigated" and not params["frame"].get("parentId"):
-            landed = str(params["frame"].get("url", "")).startswith(("http:", "https:"))
+            landed = not str(params["frame"].get("url", "")).startswith("file:")
         elif method == "Page.loadEventFired" and navigated and landed:
             break  # a launcher page (file:) that forwards to the site loads first
         if reply is not None:
             page.counter += 1
             await page.ws.send_json({"id": page.counter, **reply})
-    await page.call("Fetch.disable")
+    if login:
+        await page.call("Fetch.disable")
 
 
 def _value(evaluated: dict[str, object]) -> Any:
