@@ -311,8 +311,8 @@ class Agent:
             return
         probe_host = plan.bind_addr if plan.bind_addr not in jobturn.WILDCARDS else "127.0.0.1"
         status = self.provision_tokens(plan, owner, probe_host)
-        if status != 200:
-            log.warning("updating the share tokens failed (HTTP %s); trying again", status)
+        if status is not None and status != 200:  # None: a restarted Selkies not up yet
+            log.warning("updating the token table failed (HTTP %s); trying again", status)
 
     def supervise(self) -> None:
         while True:
@@ -386,6 +386,9 @@ class Agent:
         fresh = dead.again()
         fresh.restarts = dead.restarts + 1
         self.children[self.children.index(dead)] = fresh
+        # A restarted Selkies starts with an empty token table (and serves no one until it
+        # has one): the next supervise ticks provision the owner's token and the shares again.
+        self.shares_seen = None
         self.state.setdefault("restarts", []).append({"child": dead.name, "why": why,
                                                       "at": now()})
         self.phase(READY, f"{why}; started again ({fresh.restarts} of {MAX_RESTARTS}), same "

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import ssl
 import time
 import urllib.error
@@ -36,6 +37,7 @@ import test_tunnel
 import test_webrtc
 from conftest import User, colour_fraction, node_exec, place_window
 from sshnet import LOGIN_IP, NS_LAPTOP
+from test_faults import child_named
 from test_tunnel import Net, TunnelProc, tunnel
 from test_webrtc import Coturn, _relayed_bytes, ice_urls, secret_file, write_site
 from tooling import require
@@ -437,3 +439,31 @@ def test_policy_refuses_and_audits(user: User, site_dir: Path, tmp_path: Path,
         assert events and all(e["session"] == d["session"] for e in events)
         path = user.sessions_root() / str(d["session"]) / "audit.jsonl"
         assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_token_links_and_shares_survive_a_web_ui_restart(user: User, tmp_path: Path,
+                                                         cleanup_jobs: list[str]) -> None:
+    """A crashed Selkies comes back with an empty token table: the agent provisions the
+    owner's token and the live shares again, so the same links work."""
+    conn = user.json("submit", "--site", "devcluster", "--set", "desktop.auth=token")
+    sid, url = str(conn["session"]), str(conn["url"])
+    cleanup_jobs.append(sid)
+    view = user.json("share", sid, "--site", "devcluster")
+    files = f"{base_url(url)}api/files/"
+    tokens = (fragment_token(url), fragment_token(view["url"]))
+    sdir = user.sessions_root() / sid
+    agent = int(json.loads((sdir / "node.json").read_text())["agent_pid"])
+    os.kill(child_named(agent, "selkies"), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while "starting it again (1 of 3)" not in (sdir / "agent.log").read_text():
+        assert time.monotonic() < deadline, "selkies was not restarted"
+        time.sleep(0.2)
+    # Accepted (any answer but 401 and no answer; downloads are off by the site's policy).
+    while any(http_status(files, t) in (None, 401) for t in tokens):
+        assert time.monotonic() < deadline, [http_status(files, t) for t in tokens]
+        time.sleep(0.5)
+    assert http_status(files, "not-a-token") == 401
+    with browser.Chromium() as chrome:
+        place_window(user, sid)
+        chrome.open(url)
+        assert chrome.wait_for(tmp_path / "restarted.png", shows(GREEN))
