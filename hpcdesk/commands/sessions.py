@@ -7,6 +7,7 @@ import dataclasses
 import time
 from typing import Any
 
+from hpcdesk import shares
 from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for
 from hpcdesk.commands.outcome import print_connection, wait_and_report
 from hpcdesk.config import LoadedConfig
@@ -60,6 +61,9 @@ def status(args: argparse.Namespace) -> int:
               + f"; files in {session.dir}")
     if policy:
         print(f"  policy:   {describe_policy(policy)}")
+    live = shares.read_state(session.dir).get("live", []) if conn else []
+    if live:
+        print(f"  shares:   {len(live)} live (hpcdesk share {session.id} --list)")
     if conn and ref:
         return EXIT_OK
     return EXIT_OK if st.state not in ("failed",) else EXIT_FAILED

@@ -275,6 +275,8 @@ def test_share_view_only_control_revoke_and_cancel(user: User, site_dir: Path, t
     assert {(s["id"], s["state"]) for s in listed} == {(view["id"], "live"),
                                                        (control["id"], "live")}
     assert all("token" not in s for s in listed)
+    status = user.run("status", sid, "--site", str(site), check=True).stdout
+    assert f"shares:   2 live (hpcdesk share {sid} --list)" in status
 
     with browser.Chromium() as viewer, browser.Chromium() as controller:
         viewer.open(view["url"])
