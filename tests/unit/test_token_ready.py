@@ -108,7 +108,7 @@ class FakeWebrtcSelkies:
         app = web.Application()
         app.add_routes([web.get("/api/turn", turn), web.get("/api/webrtc/signaling", signalling)])
         self.loop = asyncio.new_event_loop()
-        runner = web.AppRunner(app)
+        runner = self.runner = web.AppRunner(app)
         self.loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
         self.loop.run_until_complete(site.start())
@@ -120,8 +120,12 @@ class FakeWebrtcSelkies:
         return health.anonymous_refused("127.0.0.1", self.port, "/", "webrtc", False)
 
     def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
 
 
 @pytest.mark.parametrize("turn,close,expect", [
