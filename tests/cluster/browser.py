@@ -242,6 +242,29 @@ class Chromium:
                                 button="left", clickCount=1)
         self._run(steps)
 
+    def paste(self, text: str, at: tuple[int, int] = (300, 300)) -> None:
+        """What a person does to paste: `text` on the browser's clipboard (the page's origin
+        may read it), a click into the page, Ctrl+V."""
+        async def steps(page: _Page) -> None:
+            got = await page.call("Runtime.evaluate", expression="location.origin",
+                                  returnByValue=True)
+            await page.call("Browser.grantPermissions", origin=_value(got), permissions=[
+                "clipboardReadWrite", "clipboardSanitizedWrite"])
+            await page.call("Emulation.setFocusEmulationEnabled", enabled=True)
+            wrote = await page.call("Runtime.evaluate", awaitPromise=True, returnByValue=True,
+                                    expression=f"navigator.clipboard.writeText({json.dumps(text)})"
+                                               ".then(() => 'ok', e => String(e))")
+            if _value(wrote) != "ok":
+                raise RuntimeError(f"the browser's clipboard refused the text: {wrote}")
+            for kind in ("mousePressed", "mouseReleased"):
+                await page.call("Input.dispatchMouseEvent", type=kind, x=at[0], y=at[1],
+                                button="left", clickCount=1)
+            ctrl_v = {"key": "v", "code": "KeyV", "windowsVirtualKeyCode": 86, "modifiers": 2}
+            await page.call("Input.dispatchKeyEvent", type="keyDown", commands=["paste"],
+                            **ctrl_v)
+            await page.call("Input.dispatchKeyEvent", type="keyUp", **ctrl_v)
+        self._run(steps)
+
     @property
     def pids(self) -> list[int]:
         """The browser's processes (its own session: renderer, GPU, network helpers)."""

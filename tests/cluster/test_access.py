@@ -7,15 +7,15 @@
 - `hpcdesk share`: a view-only link shows the desktop in a second browser and its keys and
   clicks reach nothing; a control link's do; --revoke disconnects the viewer within 5 s and
   the link stops working; after cancel no share works.
-- The site's data policy: uploads off are refused by Selkies, clipboard `out` keeps browser
-  text off the desktop, allowed transfers become audit lines, `--set` cannot widen it.
+- The site's data policy: uploads off are refused by Selkies, clipboard `out` keeps text
+  pasted in the browser off the desktop, allowed transfers become audit lines, `--set`
+  cannot widen it.
 
 Real parts only: Slurm, Selkies 2.1.0 on the nodes, OpenSSH, coturn, headless Chromium.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import browser
 import pytest
 import test_tunnel
@@ -363,27 +362,6 @@ def desktop_clipboard(user: User, sid: str) -> str:
     return got.stdout
 
 
-async def _send_clipboard(link: str, text: str) -> None:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    token = base64.urlsafe_b64encode(fragment_token(link).encode()).decode().rstrip("=")
-    url = base_url(link).replace("https://", "wss://") + "api/websockets"
-    async with aiohttp.ClientSession() as http, http.ws_connect(
-            url, ssl=ctx, protocols=["selkies", f"selkies.token.{token}"]) as ws:
-        async for msg in ws:  # the server grants input first (MK_ACCESS), as to the page
-            if isinstance(msg.data, str) and msg.data.startswith("MK_ACCESS"):
-                break
-        await ws.send_str("cw," + base64.b64encode(text.encode()).decode())
-        await ws.send_str("cw," + base64.b64encode(text.encode()).decode())
-
-
-def send_clipboard(link: str, text: str) -> None:
-    """Clipboard text as the Selkies page sends it (its `cw,<base64>` message on its own
-    WebSocket, with the link's token): what a paste in the browser puts on the wire."""
-    asyncio.run(_send_clipboard(link, text))
-
-
 UPLOAD = ("fetch('api/upload', {method: 'POST', headers: {'X-Upload-Path': 'h20-up.txt'}, "
           "body: 'uploaded by the browser'}).then(r => r.status)")
 
@@ -415,7 +393,7 @@ def test_policy_refuses_and_audits(user: User, site_dir: Path, tmp_path: Path,
         with browser.Chromium() as chrome:
             chrome.open(str(d["url"]))
             assert chrome.wait_for(tmp_path / f"{name}.png", shows(GREEN))
-            send_clipboard(str(d["url"]), f"h20 clip {name}")
+            chrome.paste(f"h20 clip {name}")  # into the browser's clipboard, then Ctrl+V
             results[name] = chrome.evaluate(UPLOAD)
             if name == "open":
                 wait_event(user, sid, "file.upload.end")
