@@ -265,6 +265,21 @@ class Chromium:
             await page.call("Input.dispatchKeyEvent", type="keyUp", **ctrl_v)
         self._run(steps)
 
+    def choose_file(self, path: Path, selector: str = "#globalFileInput") -> None:
+        """A file chosen in the page's file picker (`selector`), as a person picks one: the
+        page's own change handler does the rest (Selkies: its upload)."""
+        async def steps(page: _Page) -> None:
+            doc = await page.call("DOM.getDocument")
+            root = doc["root"]
+            assert isinstance(root, dict)
+            found = await page.call("DOM.querySelector", nodeId=root["nodeId"],
+                                    selector=selector)
+            if not found.get("nodeId"):
+                raise RuntimeError(f"the page has no {selector}")
+            await page.call("DOM.setFileInputFiles", files=[str(path)],
+                            nodeId=found["nodeId"])
+        self._run(steps)
+
     @property
     def pids(self) -> list[int]:
         """The browser's processes (its own session: renderer, GPU, network helpers)."""

@@ -362,9 +362,6 @@ def desktop_clipboard(user: User, sid: str) -> str:
     return got.stdout
 
 
-UPLOAD = ("fetch('api/upload', {method: 'POST', headers: {'X-Upload-Path': 'h20-up.txt'}, "
-          "body: 'uploaded by the browser'}).then(r => r.status)")
-
 
 def test_policy_refuses_and_audits(user: User, site_dir: Path, tmp_path: Path,
                                    cleanup_jobs: list[str]) -> None:
@@ -386,33 +383,35 @@ def test_policy_refuses_and_audits(user: User, site_dir: Path, tmp_path: Path,
     assert any(line.startswith("policy.clipboard") and "out" in line and str(strict) in line
                for line in shown.splitlines()), shown
 
-    results: dict[str, Any] = {}
     for name, d in desks.items():
         sid = str(d["session"])
         place_window(user, sid)
+        upload = tmp_path / f"h20-up-{name}.txt"
+        upload.write_text(f"uploaded through the {name} page")
         with browser.Chromium() as chrome:
             chrome.open(str(d["url"]))
             assert chrome.wait_for(tmp_path / f"{name}.png", shows(GREEN))
             chrome.paste(f"h20 clip {name}")  # into the browser's clipboard, then Ctrl+V
-            results[name] = chrome.evaluate(UPLOAD)
+            chrome.choose_file(upload)  # Selkies' own upload picker
             if name == "open":
-                wait_event(user, sid, "file.upload.end")
-                assert chrome.evaluate("fetch('api/files/h20-up.txt').then(r => r.text())") \
-                    == "uploaded by the browser"
+                assert wait_event(user, sid, "file.upload.end")["filename"] == upload.name
+                assert chrome.evaluate(f"fetch('api/files/{upload.name}').then(r => r.text())"
+                                       ) == upload.read_text()
                 wait_event(user, sid, "file.download")
                 wait_event(user, sid, "clipboard.receive")
                 assert desktop_clipboard(user, sid) == "h20 clip open"
-            else:
-                wait_event(user, sid, "file.upload.error")
-    assert results == {"strict": 403, "open": 200}, results
+            else:  # the page sent it; Selkies refused it
+                refused = wait_event(user, sid, "file.upload.error")
+                assert refused["error"] == "uploads disabled", refused
     strict_sid = str(desks["strict"]["session"])
     # The site's sharing limit (policy.sharing: view-only, the default): no control links.
     proc = user.run("share", strict_sid, "--site", str(strict), "--control")
     assert proc.returncode == 2 and "view-only shares only" in proc.stderr, proc.stderr
     assert desktop_clipboard(user, strict_sid) != "h20 clip strict"
     assert not [e for e in audit_events(user, strict_sid) if e["event"] == "clipboard.receive"]
-    uploaded = user.home / "Desktop/h20-up.txt"
-    assert uploaded.read_text() == "uploaded by the browser"
+    assert not (user.home / "Desktop/h20-up-strict.txt").exists()
+    uploaded = user.home / "Desktop/h20-up-open.txt"
+    assert uploaded.read_text() == "uploaded through the open page"
     uploaded.unlink()
     for d in desks.values():
         events = audit_events(user, str(d["session"]))
