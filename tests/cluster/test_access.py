@@ -256,6 +256,7 @@ def recorder_command(log: Path) -> tuple[str, ...]:
 def test_share_view_only_control_revoke_and_cancel(user: User, site_dir: Path, tmp_path: Path,
                                                    input_log: Path,
                                                    cleanup_jobs: list[str]) -> None:
+    require("xclip", package="xclip")
     site = write_site(site_dir, "h20-share", desktop={"auth": "token"},
                       policy={"sharing": "control", "share_max": "1:00:00"})
     conn = user.json("submit", "--site", str(site))
@@ -283,10 +284,13 @@ def test_share_view_only_control_revoke_and_cancel(user: User, site_dir: Path, t
         assert viewer.wait_for(shot, shows(GREEN)), f"the viewer sees no desktop: {shot}"
         viewer.click(200, 200)
         viewer.type_text("viewer\r")
-        # A viewer cannot upload either (Selkies refuses the viewer role's token).
+        viewer.paste("h20 viewer clip")
+        # Nor upload or download (Selkies refuses the viewer role's token; the site allows
+        # neither anyway, so a refusal for the role comes first).
         assert viewer.evaluate(
             "fetch('api/upload', {method: 'POST', headers: {'X-Upload-Path': 'v.txt'}, "
             "body: 'x'}).then(r => r.status)") == 403
+        assert viewer.evaluate("fetch('api/files/').then(r => r.status)") == 403
 
         controller.open(control["url"])
         assert controller.wait_for(tmp_path / "controller.png", shows(GREEN))
@@ -299,6 +303,8 @@ def test_share_view_only_control_revoke_and_cancel(user: User, site_dir: Path, t
         recorded = input_log.read_text(errors="replace")
         assert "viewer" not in recorded, recorded
         assert recorded.count("\x1b[M") == 2, repr(recorded)  # one click: press + release
+        assert desktop_clipboard(user, sid) != "h20 viewer clip"
+        assert not [e for e in audit_events(user, sid) if e["event"] == "clipboard.receive"]
 
         assert connected_roles(str(conn["url"])).count("viewer") == 1
         t0 = time.monotonic()
