@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """hpcdesk benchmarks on the dev cluster (not a test: prints numbers, asserts nothing).
 
-Run as root after `make cluster-up` (README "Performance"):
+Run as root after `make cluster-up` (docs/performance.md):
     /opt/hpcdesk/venv/bin/python benchmarks/run.py [--runs 10] [--only NAME ...]
 
 Figures (median, p10..p90 and min..max over the runs):

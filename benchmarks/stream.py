@@ -2,7 +2,7 @@
 """How good is the picture? Glass-to-glass latency, frame rate, bandwidth and CPU of the
 desktop stream, measured in a real headless Chromium (not a test: prints numbers).
 
-Run as root with the dev cluster up (README "Performance"):
+Run as root with the dev cluster up (docs/performance.md):
     HPCDESK_DEV_USER=hpcuser HPCDESK_VENV=/opt/hpcdesk/venv \\
         /opt/hpcdesk/venv/bin/python benchmarks/stream.py [--seconds 20] [--only NAME ...]
         [--image-dir DIR] [--startup-runs 10] [--node gpu01]
@@ -416,7 +416,7 @@ def startup(runs: int, node: str) -> None:
 
 
 def stages(got: dict[str, Any]) -> dict[str, float]:
-    """Medians, in ms, of where a frame's time went (README "Performance"), from the page's
+    """Medians, in ms, of where a frame's time went (docs/performance.md), from the page's
     per-frame marks; empty where the client decodes out of the page's sight."""
     out: dict[str, float] = {}
     marks = got.get("stage") or []

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from hpcdesk import __version__
+from hpcdesk.encoders import ENCODERS
 
 EPILOG = """\
 exit codes: 0 ok, 1 the desktop or job failed, 2 bad input (nothing submitted),
             3 Slurm refused or unreachable, 4 timed out, 130 interrupted (the job keeps running)
-docs: README.md, or `hpcdesk config reference` for every setting"""
+docs: README.md and docs/, or `hpcdesk config reference` for every setting"""
 
 
 def _options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -72,10 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--image", key="runtime.image", help="apptainer image path or flavour")
     _setting(p, "--interface", key="desktop.interface", choices=["selkies", "vnc"])
     _setting(p, "--encoder", key="desktop.encoder",
-             choices=["auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg",
-                      "vp8enc", "vp9enc"])
+             choices=ENCODERS)
     _setting(p, "--connect", key="network.connect", choices=["direct", "turn", "tunnel"],
-             help="how your browser reaches the desktop (see README)")
+             help="how your browser reaches the desktop (see docs/users.md)")
 
     p = sub.add_parser("status", parents=both,
                        help="show one session (URL and credentials when ready)")
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     isub = p.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     i = isub.add_parser("build", parents=both,
                         help="build a desktop image into the site's image directory")
-    i.add_argument("--flavor", required=True, choices=["debian", "glx", "egl"])
+    i.add_argument("--flavor", required=True, choices=["debian", "kde", "glx", "egl"])
     i.add_argument("--tag", help="upstream tag: 24.04, 22.04, 20.04 or a dated one")
     i.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="passed to apptainer build (e.g. DEBIAN_MIRROR=http://mirror/debian)")
@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  hpcdesk tunnel --login cluster --open --submit -p gpu -t 2:00:00\n"
         "exit codes: 2 no such session, login refused, host key not trusted, port in use;\n"
         "            3 login node or its hpcdesk unreachable; 130 Ctrl-C (the job keeps\n"
-        "            running unless --cancel-on-exit); see README \"Connecting from your laptop\"",
+        "            running unless --cancel-on-exit); see docs/users.md, \"Connecting from\n"
+        "            your laptop\"",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("session", nargs="?", help="session id, id prefix or job id")
     p.add_argument("--login", required=True, metavar="[USER@]HOST[:PORT]",

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from hpcdesk import __version__, resources
+from hpcdesk import __version__, resources, schema
 from hpcdesk.errors import ConfigError
 from hpcdesk.files import atomic_write
 from hpcdesk.schema import CHECKS, SiteConfig, TurnConfig, slurm_time_seconds
@@ -167,9 +167,30 @@ def _yaml() -> Any:
     return yaml
 
 
-def _yaml_load(text: str) -> Any:
+# YAML 1.1 reads 2:00:00 as the base-60 integer 7200 (and 0123 as octal): Slurm times and ids
+# must stay what was typed. Numbers are plain decimal (or 0x hex), as YAML 1.2 has them.
+_INT = r"[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+"
+_FLOAT = (r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+          r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+
+
+@functools.cache
+def _loader() -> Any:
     yaml = _yaml()
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    numbers = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    loader: Any = type("HpcdeskLoader", (base,), {})
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in numbers]
+        for first, resolvers in base.yaml_implicit_resolvers.items()}
+    loader.add_implicit_resolver(numbers[0], re.compile(f"^(?:{_INT})$"), list("-+0123456789"))
+    loader.add_implicit_resolver(numbers[1], re.compile(f"^(?:{_FLOAT})$"),
+                                 list("-+0123456789."))
+    return loader
+
+
+def _yaml_load(text: str) -> Any:
+    return _yaml().load(text, Loader=_loader())
 
 
 def _read_yaml(path: Path) -> Any:
@@ -238,24 +259,32 @@ def load(site: str | None = None, overrides: Mapping[str, Any] | None = None,
             raise ConfigError(f"{override_source}: {k}: {exc}") from None
         sources[k] = override_source
     cfg: SiteConfig = _build(SiteConfig, flat)
-    cfg.desktop.auth = resolved_auth(cfg.desktop.auth, cfg.runtime.kind)
+    cfg.desktop.auth = resolved_auth(cfg.desktop.auth, cfg)
     _cross_checks(cfg, sources)
     return LoadedConfig(cfg, sources, site_path)
 
 
 Auth = Literal["auto", "basic", "token"]
-# Runtimes whose Selkies has token mode (Selkies 2.x: `/api/tokens`, `#token=` links).
-TOKEN_RUNTIMES = ("host",)
 
 
-def resolved_auth(auth: Auth, runtime_kind: str) -> Auth:
+def token_capable(cfg: SiteConfig) -> bool:
+    """Whether the desktop's Selkies has token mode (Selkies 2.x): the host runtime, or one of
+    hpcdesk's images serving the Selkies interface (not the upstream images' 1.6)."""
+    if cfg.runtime.kind == "host":
+        return True
+    from hpcdesk.images import is_upstream
+
+    return not is_upstream(cfg.runtime.image or "") and cfg.desktop.interface == "selkies"
+
+
+def resolved_auth(auth: Auth, cfg: SiteConfig) -> Auth:
     """desktop.auth as the desktop gets it: auto means token wherever the runtime can (a link
     with the token in its fragment works as printed in every browser and for every transport;
     a URL with a user and password does not: Chromium then refuses the page's own fetch()
     calls, and a WebRTC desktop never gets its ICE servers), basic elsewhere."""
     if auth != "auto":
         return auth
-    return "token" if runtime_kind in TOKEN_RUNTIMES else "basic"
+    return "token" if token_capable(cfg) else "basic"
 
 
 def _validated(source: str, path: Path) -> dict[str, Any]:
@@ -332,9 +361,10 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
     if cfg.runtime.kind == "apptainer" and not cfg.runtime.image:
         fail("runtime.image", "must name an image (a .sif path or a flavour) for apptainer",
              "runtime.kind")
-    if cfg.desktop.auth == "token" and cfg.runtime.kind not in TOKEN_RUNTIMES:
-        fail("desktop.auth", "token mode needs the host runtime (PyPI Selkies 2.x)",
-             "runtime.kind")
+    if cfg.desktop.auth == "token" and not token_capable(cfg):
+        fail("desktop.auth", "token mode needs Selkies 2.x: the host runtime or one of "
+             "hpcdesk's images (debian, kde) with desktop.interface: selkies",
+             "runtime.kind", "runtime.image", "desktop.interface")
     if cfg.timeouts.poll_max < cfg.timeouts.poll_min:
         fail("timeouts.poll_max", "must not be below timeouts.poll_min", "timeouts.poll_min")
     if (cfg.turn != TurnConfig() or cfg.desktop.transport != "websockets"
@@ -343,14 +373,23 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
 
         for key, msg in turn.config_problems(cfg.turn) + rtc.config_problems(cfg):
             fail(key, msg, *turn.AUTH_KEYS, "turn.host", "desktop.transport", "network.connect",
-                 "network.turn")
+                 "network.turn", "turn.ice_transport_policy")
     if cfg.network.turn_relay_max - cfg.network.turn_relay_min < 15:
         fail("network.turn_relay_max", "the in-job TURN's relay range needs at least 16 ports",
              "network.turn_relay_min")
 
 
-def parse_cli_value(text: str) -> Any:
-    """A --set value as YAML scalar/list ('8', 'true', '[a, b]'), else the literal string."""
+def parse_cli_value(text: str, key: str | None = None) -> Any:
+    """A --set value: for a text key exactly what was typed (2:00:00 is a Slurm time, 0123 an
+    account); otherwise a YAML scalar/list ('8', 'true', '[a, b]'), else the literal string."""
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        tp = field_meta(key)[0] if key else None
+        if get_origin(tp) in (Union, types.UnionType):
+            if text.strip() in ("null", "~"):
+                return None
+            (tp,) = [a for a in get_args(tp) if a is not type(None)]
+        if tp is str:
+            return text
     try:
         return _yaml_load(text) if text.strip() else text
     except _yaml().YAMLError:
@@ -358,11 +397,11 @@ def parse_cli_value(text: str) -> Any:
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m:
-        raise ConfigError(
-            f"command line: --resolution: {text!r} is not WIDTHxHEIGHT (e.g. 1920x1080)")
-    return int(m.group(1)), int(m.group(2))
+    """--resolution WIDTHxHEIGHT (schema.parse_resolution, the one parser of the form)."""
+    try:
+        return schema.parse_resolution(text)
+    except ValueError as exc:
+        raise ConfigError(f"command line: --resolution: {exc}") from None
 
 
 def render_show(loaded: LoadedConfig) -> str:

@@ -1,6 +1,6 @@
 """Exceptions that carry a user-facing message and an exit code.
 
-Exit codes (documented in README "Exit codes"):
+Exit codes (documented in docs/reference.md, "Exit codes"):
   0 success, 1 the desktop or job failed, 2 bad input (nothing was submitted; for
   `hpcdesk tunnel` also: SSH login refused, host key not trusted, local port in use),
   3 the scheduler refused or could not be reached (for `hpcdesk tunnel`: the login node or

@@ -19,18 +19,22 @@ class Flavor:
     definition: str          # file in images/
     tags: tuple[str, ...]    # allowed tags; the first is the default
     description: str
+    upstream: bool = False   # a selkies-project image (ghcr.io), not one hpcdesk builds
 
 
 FLAVORS = {
     "debian": Flavor("debian", "debian-desktop.def", ("bookworm",),
                      "Debian + Xfce + Selkies (PyPI) + TigerVNC/noVNC; builds offline from the "
                      "Debian and PyPI registries"),
+    "kde": Flavor("kde", "kde-desktop.def", ("bookworm",),
+                  "Debian + KDE Plasma (Dolphin, Konsole, KWrite) + Selkies (PyPI) + "
+                  "TigerVNC/noVNC; builds offline from the Debian and PyPI registries"),
     "glx": Flavor("glx", "glx-desktop.def", ("24.04", "22.04", "20.04"),
                   "selkies-project nvidia-glx-desktop (KDE, own Xorg on the GPU, Selkies or "
-                  "KasmVNC), adapted for Apptainer"),
+                  "KasmVNC), adapted for Apptainer", upstream=True),
     "egl": Flavor("egl", "egl-desktop.def", ("24.04", "22.04", "20.04"),
                   "selkies-project nvidia-egl-desktop (KDE on Xvfb + VirtualGL/EGL; shares a "
-                  "GPU), adapted for Apptainer"),
+                  "GPU), adapted for Apptainer", upstream=True),
 }
 _DATED_TAG = re.compile(r"^(24\.04|22\.04|20\.04)-\d{8}\d*$")  # persistent dated upstream tags
 
@@ -46,10 +50,10 @@ def parse(spec: str) -> tuple[Flavor, str]:
     if flavor is None:
         raise ImageError(f"unknown image flavour {name!r}; choose one of {', '.join(FLAVORS)}")
     tag = tag or flavor.tags[0]
-    if tag not in flavor.tags and not (flavor.name != "debian" and _DATED_TAG.match(tag)):
+    if tag not in flavor.tags and not (flavor.upstream and _DATED_TAG.match(tag)):
         raise ImageError(f"tag {tag!r} is not available for {flavor.name}; use one of "
                          f"{', '.join(flavor.tags)}" + (" or a dated tag such as 24.04-20251101"
-                                                        if flavor.name != "debian" else ""))
+                                                        if flavor.upstream else ""))
     return flavor, tag
 
 
@@ -58,7 +62,8 @@ def definition_path(flavor: Flavor) -> Path:
 
 
 def recipe_files(flavor: Flavor) -> list[Path]:
-    """The definition file and every file its %files section copies in (relative to it)."""
+    """The definition file and every file its %files section copies in (relative to it): the
+    entrypoints and build scripts are part of what makes an image."""
     definition = definition_path(flavor)
     try:
         text = definition.read_text()
@@ -79,7 +84,8 @@ def image_name(flavor: Flavor, tag: str) -> str:
     h = hashlib.sha256()
     for path in recipe_files(flavor):
         try:
-            h.update(path.name.encode() + b"\0" + path.read_bytes())
+            rel = path.relative_to(definition_path(flavor).parent)
+            h.update(str(rel).encode() + b"\0" + path.read_bytes())
         except OSError:
             raise ImageError(f"{path}, used by the {flavor.name} recipe, is missing") from None
     h.update(tag.encode())
@@ -89,6 +95,16 @@ def image_name(flavor: Flavor, tag: str) -> str:
 
 def is_path(spec: str) -> bool:
     return "/" in spec or spec.endswith(".sif")
+
+
+def is_upstream(spec: str) -> bool:
+    """Whether runtime.image names a selkies-project image (glx, egl) rather than one of
+    hpcdesk's own (debian, kde: hpcdesk's entrypoint, token mode, every Selkies setting)."""
+    if is_path(spec):
+        name = Path(spec).name.lower()
+        return "glx" in name or "egl" in name
+    flavor = FLAVORS.get(spec.partition(":")[0])
+    return bool(flavor and flavor.upstream)
 
 
 def resolve_image(spec: str, image_dir: str) -> str:
@@ -102,4 +118,10 @@ def resolve_image(spec: str, image_dir: str) -> str:
     path = Path(image_dir).expanduser() / image_name(flavor, tag)
     if not path.exists():
         raise ImageError(f"image {spec!r} has not been built ({path} is missing)",)
+    from hpcdesk.trust import UntrustedPath, check_image
+
+    try:
+        check_image(path)
+    except UntrustedPath as exc:
+        raise ImageError(f"{exc.message}; {exc.hint}") from None
     return str(path)

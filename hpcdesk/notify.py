@@ -53,7 +53,8 @@ def verify(secret: bytes, line: bytes) -> dict[str, Any] | None:
         body, tag = str(frame["e"]), str(frame["m"])
     except (ValueError, KeyError, TypeError):
         return None
-    if not hmac.compare_digest(_tag(secret, body), tag):
+    # compare_digest refuses a str with non-ASCII characters (TypeError): compare bytes.
+    if not hmac.compare_digest(_tag(secret, body).encode(), tag.encode(errors="replace")):
         return None
     try:
         msg = json.loads(body)
@@ -96,6 +97,7 @@ class Listener:
         self.last_seq = -1
         self.conns: dict[socket.socket, _Conn] = {}
         self._paused_until = 0.0
+        self.rejected = 0  # frames that did not verify (junk, replays)
         host = advertise or socket.getfqdn()
         self.path = session_dir / NOTIFY_FILE
         write_json(self.path, {"host": host, "port": self.sock.getsockname()[1],
@@ -176,24 +178,34 @@ class Listener:
         except OSError:
             chunk = b""
         buf = state.buf
+        scan_from = len(buf)  # the bytes before it hold no newline: scan each byte once
         buf.extend(chunk)
         out = []
-        while b"\n" in buf:
-            line, _, rest = bytes(buf).partition(b"\n")
-            buf[:] = rest
+        start = 0
+        while (end := buf.find(b"\n", max(start, scan_from))) != -1:
+            line = bytes(buf[start:end])
+            start = end + 1
             msg = verify(self.secret, line)
             seq = msg.get("seq") if msg else None
             if (msg is None or msg.get("session") != self.session_id
                     or not isinstance(seq, int) or seq <= self.last_seq):
-                log.warning("ignored an unauthenticated or replayed push event")
+                self._reject()
                 continue
             self.last_seq = seq
             out.append(msg)
+        del buf[:start]  # once per read: linear in what arrived
         if not chunk or len(buf) > _MAX_LINE:
             self._drop(conn)
         return out
 
+    def _reject(self) -> None:
+        """Count a frame that did not verify; close() says how many, in one line."""
+        self.rejected += 1
+
     def close(self) -> None:
+        if self.rejected:
+            log.warning("ignored %d push event(s) that were not from this session's agent "
+                        "(junk or replays on the notify port)", self.rejected)
         for conn in list(self.conns):
             self._drop(conn)
         with contextlib.suppress(OSError):

@@ -22,6 +22,11 @@ STOPPING = "stopping"
 STOPPED = "stopped"
 FAILED = "failed"
 
+# The agent reports at least every HEARTBEAT seconds while it starts the desktop; a waiter
+# that hears nothing for SILENCE seconds asks the scheduler whether the job still runs.
+HEARTBEAT = 10.0
+SILENCE = 3 * HEARTBEAT
+
 State = Literal["starting", "ready", "stopping", "stopped", "failed"]
 # Every other phase (starting, launching, waiting, none written yet) means "starting".
 _STATES: dict[str, State] = {READY: "ready", STOPPING: "stopping", STOPPED: "stopped",

@@ -26,7 +26,8 @@ class DesktopRequest:
     network: NetworkConfig
     turn: TurnConfig = field(default_factory=TurnConfig)  # the site's TURN (file paths only)
     time_limit: int = 0   # the job's time limit in seconds (TURN credentials cover it)
-    warn_before: int = 0  # warn the user this many seconds before it (0: never)
+    warn_before: int = 0  # warn the user this many seconds before the desktop stops (0: never)
+    signal_lead: int = 0  # Slurm's stop signal comes this many seconds before the time limit
     idle_timeout: int = 0  # end the desktop after this many seconds without a viewer
     policy: PolicyConfig = field(default_factory=PolicyConfig)  # the site's data policy
 
@@ -47,6 +48,7 @@ class DesktopRequest:
             turn=TurnConfig(**data.get("turn", {})),
             time_limit=int(data.get("time_limit", 0)),
             warn_before=int(data.get("warn_before", 0)),
+            signal_lead=int(data.get("signal_lead", 0)),
             idle_timeout=int(data.get("idle_timeout", 0)),
             policy=PolicyConfig(**data.get("policy", {})),
         )

@@ -1,7 +1,7 @@
 """The site configuration schema: every key, its type, its limits and its help text.
 
 This module is data only (dataclasses with field metadata). `config.py` loads and validates
-YAML against it, and `hpcdesk config reference` renders the README's reference table from it.
+YAML against it, and `hpcdesk config reference` renders the docs' reference table from it.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from hpcdesk.encoders import Encoder
 
 SLURM_NAME = r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*"
 
@@ -24,6 +26,14 @@ _TIME_RE = re.compile(
     r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
     r"|(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)|(?P<mm>\d+):(?P<ss>\d+)|(?P<only>\d+))$"
 )
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT ("1920x1080") as two integers; ValueError naming the form if it is not."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m:
+        raise ValueError(f"{text!r} is not WIDTHxHEIGHT (e.g. 1920x1080)")
+    return int(m.group(1)), int(m.group(2))
 
 
 def slurm_time_seconds(text: str) -> int:
@@ -110,6 +120,9 @@ class RuntimeConfig:
         "auto", "Where Selkies serves its web client from: auto (the installed package's own "
         "files, in place), copy (Selkies' default: a fresh copy on every start, slower) or a "
         "directory.", pattern=r"auto|copy|/\S+")
+    sound_server: str = opt(
+        "pulseaudio", "The PulseAudio daemon each desktop gets as its own sound server "
+        "(desktop.audio; a full path where it is not on the job's PATH).")
     session: str = opt("openbox", "Desktop session / window manager command.")
     autostart: list[str] = opt(["xterm"], "Programs started in the desktop after the session.")
     agent_command: str | None = opt(
@@ -131,8 +144,7 @@ class DesktopConfig:
     refresh: int = opt(60, "Refresh rate in Hz.", min=10, max=240)
     dpi: int = opt(96, "Screen DPI.", min=48, max=480)
     depth: Literal[16, 24, 30] = opt(24, "Colour depth in bits.")
-    encoder: Literal["auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg", "vp8enc",
-                     "vp9enc"] = opt(
+    encoder: Encoder = opt(
         "auto", "Video encoder; auto picks NVENC only when an encode session really opens."
     )
     video_bitrate: int = opt(8000, "Video bitrate in kbit/s.", min=100, max=1000000)
@@ -144,7 +156,14 @@ class DesktopConfig:
     encode_threading: Literal["auto", "always", "never"] = opt(
         "auto", "Spread each frame of a software encoder over threads; auto: only when the "
         "encoder gets 2 or more threads (4+ CPUs), as one thread was faster on 2 CPUs.")
-    audio: bool = opt(True, "Stream audio.")
+    audio: bool = opt(
+        True, "Sound: what plays in the desktop plays in the browser (Opus, over websockets "
+        "and webrtc), from the desktop's own PulseAudio server. Where the node has no sound "
+        "server the desktop starts without sound, and submit/status say so.")
+    microphone: bool = opt(
+        False, "Allow the browser's microphone into the desktop (as its default recording "
+        "source; asked for only while an application there records). Needs audio. "
+        "Site file only: a user file or the command line cannot set it.", admin=True)
     audio_bitrate: int = opt(128000, "Audio bitrate in bit/s.", min=6000, max=510000)
     enable_resize: bool = opt(False, "Resize the remote screen to the browser window.")
     timezone: str = opt("UTC", "TZ inside the desktop.", pattern=r"[A-Za-z0-9_+/-]+")
@@ -168,8 +187,8 @@ class DesktopConfig:
         "URL fragment, `#token=...`: one link that works as printed for every transport, "
         "through proxies that drop the Authorization header such as Open OnDemand's, and the "
         "only mode with `hpcdesk share`), basic (user and password, typed into the browser's "
-        "prompt) or auto (token where the runtime's Selkies has token mode: the host runtime; "
-        "basic elsewhere).")
+        "prompt) or auto (token wherever Selkies 2.x runs: the host runtime or hpcdesk's "
+        "images (debian, kde); basic elsewhere).")
     url_path: str = opt(
         "/", "Path the web UI is served under; {host} and {port} stand for the published "
         "address and port (Open OnDemand's /node/{host}/{port}/ proxy keeps its prefix).",

@@ -8,7 +8,7 @@ Files (the login side writes the first group, the node agent the second):
   job.out        Slurm's output of the job script
   agent.log      the node agent's log
   node.json      the agent's phase, node, display, port, timings and final reason
-  connection.json 0600: url, host, port, user, password, display, encoder, timestamps
+  connection.json 0600: how to reach the ready desktop (connection.py)
 Shared by both sides: imports nothing login-side.
 """
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcdesk.connection import Connection
 from hpcdesk.errors import SessionNotFound
 from hpcdesk.files import read_json, write_json
 
@@ -51,6 +52,11 @@ class Session:
             self._meta = read_json(self.path("session.json")) or {}
         return dict(self._meta)
 
+    def reload(self) -> dict[str, Any]:
+        """session.json as it is now on disk (another process may have changed it)."""
+        self._meta = None
+        return self.meta
+
     def update_meta(self, **changes: Any) -> dict[str, Any]:
         meta = read_json(self.path("session.json")) or {}
         meta.update(changes)
@@ -69,15 +75,9 @@ class Session:
     def node_state(self) -> dict[str, Any]:
         return read_json(self.path("node.json")) or {}
 
-    def connection(self) -> dict[str, Any] | None:
-        return read_json(self.path("connection.json"))
+    def connection(self) -> Connection | None:
+        return Connection.load(self.path("connection.json"))
 
-
-def browser_link(conn: dict[str, Any]) -> str:
-    """The URL a browser opens: in token mode the session token rides in the fragment, which
-    browsers never send to a server (nor does any proxy or log see it)."""
-    url = str(conn.get("url") or "")
-    return f"{url}#token={conn['token']}" if conn.get("token") else url
 
 
 def session_root(configured: str) -> Path:
@@ -88,7 +88,11 @@ def create(root: Path) -> Session:
     """Make a new private session directory with a short, unique, typeable id."""
     import secrets  # here, not at the top: list and status never create sessions
 
+    from hpcdesk.trust import require_own, require_safe_parents
+
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    require_safe_parents(root)  # nobody else may own, write or swap the session files
+    require_own(root, "the session root")
     for _ in range(100):
         sid = "".join(secrets.choice(_ID_ALPHABET) for _ in range(6))
         d = root / sid

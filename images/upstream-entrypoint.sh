@@ -469,7 +469,8 @@ start_desktop() {
 
 # --- streaming ---------------------------------------------------------------------------
 
-setup_turn() {  # WebRTC relay settings for selkies; sets turn_password for its environment
+setup_turn() {  # WebRTC relay settings for selkies: the caller's (hpcdesk's agent always
+    # hands its rtc file over, SELKIES_RTC_CONFIG_JSON), else no ICE server at all
     export SELKIES_RTC_CONFIG_JSON=${SELKIES_RTC_CONFIG_JSON:-$work/rtc.json}
     if [ -n "${SELKIES_TURN_REST_URI:-}" ] || [ -s "$SELKIES_RTC_CONFIG_JSON" ] ||
         { [ -n "${SELKIES_TURN_HOST:-}" ] && [ -n "${SELKIES_TURN_PORT:-}" ] &&
@@ -477,38 +478,8 @@ setup_turn() {  # WebRTC relay settings for selkies; sets turn_password for its 
         log "TURN: using the configured server"
         return 0
     fi
-    if [ -n "${SELKIES_TURN_PORT:-}" ] && command -v turnserver >/dev/null; then
-        # A TURN server in this container on SELKIES_TURN_PORT (a port the site opened for it),
-        # relaying on TURN_MIN_PORT..TURN_MAX_PORT; its credentials live in a 0600 file.
-        is_uint "$SELKIES_TURN_PORT" || die "SELKIES_TURN_PORT must be a port number"
-        local ext listen=$bind_addr
-        ext=$(public_ip)
-        turn_password=$(tr -dc 'A-Za-z0-9' </dev/urandom 2>/dev/null | head -c 24)
-        cat >"$work/turnserver.conf" <<EOF
-listening-ip=$listen
-listening-port=$SELKIES_TURN_PORT
-external-ip=$ext
-min-port=${TURN_MIN_PORT:-49152}
-max-port=${TURN_MAX_PORT:-65535}
-realm=${TURN_REALM:-hpcdesk}
-lt-cred-mech
-user=selkies:$turn_password
-userdb=$work/turnserver.db
-pidfile=$work/turnserver.pid
-log-file=stdout
-no-cli
-no-tls
-no-dtls
-fingerprint
-allow-loopback-peers
-EOF
-        turnserver -c "$work/turnserver.conf" &
-        track turnserver $! essential
-        export SELKIES_TURN_HOST=$ext SELKIES_TURN_USERNAME=selkies
-        export SELKIES_TURN_PROTOCOL=${SELKIES_TURN_PROTOCOL:-tcp}
-        log "TURN: own server on $listen:$SELKIES_TURN_PORT, relay ports ${TURN_MIN_PORT:-49152}-${TURN_MAX_PORT:-65535}"
-        return 0
-    fi
+    # No TURN server of its own: hpcdesk's in-job TURN runs beside the container
+    # (hpcdesk/node/jobturn.py) and reaches Selkies through the agent's rtc file above.
     # No TURN: no ICE server at all, unless the caller names its own STUN server (never
     # selkies' or anybody's public default). WebRTC then needs a direct route from the
     # browser to this node; KasmVNC (KASMVNC_ENABLE=true) needs only the web port.

@@ -2,7 +2,8 @@
 # Install what hpcdesk's dev cluster and tests need on a fresh Debian 12/13 machine (as root):
 # Debian packages (Slurm, munge, Xorg + dummy driver, a window manager, a terminal, Chromium),
 # and a shared virtual environment at $HPCDESK_VENV (readable by the unprivileged test user)
-# holding the pinned Python dependencies and this checkout's hpcdesk.
+# holding the pinned Python dependencies and this checkout's hpcdesk, and pyslurm unless
+# --no-pyslurm is given.
 # Idempotent; downloads are cached under $HPCDESK_CACHE, the venv is keyed by content.
 set -euo pipefail
 
@@ -26,6 +27,9 @@ APT_PACKAGES=(
   openssh-server openssh-client libpam-oath oathtool
   coturn socat   # TURN: the site's server and the in-job one (tests start their own); tunnels
   ruby        # `hpcdesk ood generate` tests: the real ood_core renders the batch connect app
+  # Sound (docs/sound.md): each desktop's own PulseAudio server on the node (host runtime),
+  # paplay/parecord/pactl for the sound tests and `doctor --node`.
+  pulseaudio pulseaudio-utils
   xclip       # Selkies' X clipboard fallback; the data-policy test reads the desktop's clipboard
 )
 
@@ -71,7 +75,11 @@ fi
 # This checkout's hpcdesk, as a real (non-editable) install: the test user cannot read /root.
 PIP_CACHE_DIR="$CACHE/pip" "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
   --no-build-isolation --force-reinstall "$HERE" 2>&1 | { grep -v "^WARNING: Location" || true; }
-# pyslurm for this Slurm, from the vendored release source (built once, cached by content).
-bash "$HERE/scripts/build-pyslurm.sh" "$VENV" "$CACHE"
+# pyslurm for this Slurm, from the vendored release source (built once, cached by content):
+# minutes on a fresh machine, and only `scheduler.backend: pyslurm` (and its tests) use it,
+# so `make demo` leaves it out (--no-pyslurm).
+if [[ ${1:-} != --no-pyslurm ]]; then
+  bash "$HERE/scripts/build-pyslurm.sh" "$VENV" "$CACHE"
+fi
 chmod -R a+rX "$(dirname "$VENV")"
 log "ready: $VENV ($("$VENV/bin/hpcdesk" --version))"

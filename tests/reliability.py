@@ -1,10 +1,10 @@
-"""The README's "Reliability" table comes from the test run, not from hand.
+"""The docs' "Reliability" table (docs/reliability.md) comes from the test run, not by hand.
 
 A test marked `@pytest.mark.reliability("scenario", "expected")` is a row (several tests may
 share a scenario: the row passes when all of them did). At the end of a run the rows are
 merged into build/reliability.json (or $HPCDESK_RELIABILITY_OUT; a test's latest result
 counts), and
-scripts/update-readme-reliability.py puts them into README.md.
+scripts/update-docs-reliability.py puts them into docs/reliability.md.
 """
 
 from __future__ import annotations

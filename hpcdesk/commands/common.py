@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hpcdesk import config
 from hpcdesk.errors import ConfigError
-from hpcdesk.scheduler import Scheduler, get_scheduler
+from hpcdesk.scheduler import Scheduler
+from hpcdesk.scheduler.backends import get_scheduler
 from hpcdesk.session import session_root
 
 
@@ -21,7 +23,7 @@ def overrides_from_sets(sets: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"command line: --set {item!r}: expected KEY=VALUE "
                               "(e.g. desktop.dpi=120)")
-        out[key.strip()] = config.parse_cli_value(value)
+        out[key.strip()] = config.parse_cli_value(value, key.strip())
     return out
 
 
@@ -40,6 +42,19 @@ def scheduler_for(loaded: config.LoadedConfig) -> Scheduler:
     s = loaded.config.scheduler
     return get_scheduler(s.backend, cache_dir=root_of(loaded) / ".cache", cluster=s.cluster,
                          timeout=s.timeout)
+
+
+def lazy_scheduler(loaded: config.LoadedConfig) -> Callable[[], Scheduler]:
+    """The scheduler, made on first use: a command that has only ended sessions to show
+    never loads a backend (pyslurm's import and release check, `sinfo -V`) nor asks Slurm."""
+    made: list[Scheduler] = []
+
+    def get() -> Scheduler:
+        if not made:
+            made.append(scheduler_for(loaded))
+        return made[0]
+
+    return get
 
 
 def emit_json(data: Any) -> None:

@@ -36,7 +36,7 @@ def build(args: argparse.Namespace) -> int:
     image_dir.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".partial-{os.getpid()}")
     argv = [*shlex.split(apptainer), "build", "--force"]
-    if flavor.name != "debian":
+    if flavor.upstream:
         argv += ["--build-arg", f"TAG={tag}"]
     for arg in args.build_arg:
         argv += ["--build-arg", arg]

@@ -14,6 +14,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{session_dir} is not a session directory (no request.json)")
     from hpcdesk.request import DesktopRequest
     from hpcdesk.session import is_session_id
+    from hpcdesk.trust import check_session
+
+    # Before anything in request.json is read, let alone run: it must be the user's alone.
+    check_session(session_dir)
 
     # The id names node-local paths (the work directory under /tmp): it must be the plain
     # directory name that `hpcdesk submit` made, never a path.

@@ -60,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
     except NotReady as exc:
         print(f"hpcdesk: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    sys.stdout.write(shell_assignments(conn))
+    sys.stdout.write(shell_assignments(conn.to_dict()))
     return EXIT_OK

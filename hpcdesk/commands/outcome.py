@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hpcdesk import states
 from hpcdesk.commands.common import emit_json, say
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, WaitTimeout
 from hpcdesk.files import tail_lines
 from hpcdesk.login.waiting import DesktopFailed, JobCannotStart, Progress, Waiter
 from hpcdesk.scheduler import JobRef, Scheduler
-from hpcdesk.session import Session, browser_link, now
+from hpcdesk.session import Session, now
 
 if TYPE_CHECKING:  # the push channel is needed only while submitting
+    from hpcdesk.connection import Connection
     from hpcdesk.notify import Listener
 
 
@@ -34,6 +36,9 @@ def wait_and_report(session: Session, scheduler: Scheduler, job: JobRef, loaded:
               f"  stop it:  hpcdesk cancel {session.id}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (DesktopFailed, WaitTimeout) as exc:
+        if session.reload().get("cancel_requested"):
+            report_cancelled(session, job, quiet)  # `hpcdesk cancel`, from another shell
+            return EXIT_FAILED
         keep = (isinstance(exc, JobCannotStart)
                 and loaded.config.scheduler.unstartable == "keep")
         report_failure(session, scheduler, job, exc, keep=keep)
@@ -47,33 +52,54 @@ def wait_and_report(session: Session, scheduler: Scheduler, job: JobRef, loaded:
     return EXIT_OK
 
 
-def print_connection(session: Session, job: JobRef, conn: dict[str, Any], quiet: bool,
+def print_connection(session: Session, job: JobRef, conn: Connection, quiet: bool,
                      elapsed: float | None = None, laptop: str | None = None) -> None:
     """`laptop`: the `hpcdesk tunnel` command for sessions reached through a tunnel."""
     if quiet:
         emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
-                   "state": "ready", **{k: conn.get(k) for k in (
+                   "state": states.READY, **{k: getattr(conn, k) for k in (
                        "host", "port", "user", "password", "token", "node", "display",
-                       "encoder", "encoder_reason", "interface", "tls", "tls_fingerprint",
-                       "transport", "turn_port")},
-                   "url": browser_link(conn),
+                       "encoder", "encoder_reason", "encoder_fallback", "interface", "tls",
+                       "tls_fingerprint", "transport", "turn_port", "sound")},
+                   "url": conn.browser_link(),
                    **({"laptop_command": laptop} if laptop else {})})
         return
     took = f" after {elapsed:.1f}s" if elapsed is not None else ""
     print(f"\nYour desktop is ready{took}:\n"
-          f"  URL:      {browser_link(conn)}\n" +
+          f"  URL:      {conn.browser_link()}\n" +
           ("  (the token after # is your key: share the link with no one)\n"
-           if conn.get("token") else
-           f"  user:     {conn['user']}\n  password: {conn['password']}\n") +
-          f"  node:     {conn.get('node')} (display {conn.get('display')}, "
-          f"encoder {conn.get('encoder')})\n"
+           if conn.token else
+           f"  user:     {conn.user}\n  password: {conn.password}\n") +
+          f"  node:     {conn.node} (display {conn.display}, encoder {conn.encoder})\n"
+          + (f"  note:     {conn.encoder_reason}\n" if conn.encoder_fallback else "")
+          + sound_line(conn) +
           f"  session:  {session.id} (job {job})\n"
           + (f"  certificate: self-signed for this session; your browser warns once.\n"
-             f"           SHA-256 {conn.get('tls_fingerprint')}\n"
-             if conn.get("tls") == "self-signed" else "") +
+             f"           SHA-256 {conn.tls_fingerprint}\n"
+             if conn.tls == "self-signed" else "") +
           (f"  on your laptop (this URL is for the cluster's network only):\n"
            f"            {laptop}\n" if laptop else "") +
           f"  stop it:  hpcdesk cancel {session.id}", flush=True)
+
+
+def report_cancelled(session: Session, job: JobRef, quiet: bool) -> None:
+    """The user cancelled the job while this command waited: not a failure of the desktop."""
+    node = session.node_state()
+    detail = str(node.get("reason") or "cancelled before the desktop started")
+    say(f"hpcdesk: session {session.id} was cancelled (job {job}) before the desktop was "
+        "ready", quiet)
+    if quiet:
+        emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,
+                   "state": states.CANCELLED, "detail": detail})
+    if not session.meta.get("final"):
+        session.update_meta(final={"state": states.CANCELLED, "detail": detail, "at": now()})
+
+
+def sound_line(conn: Connection) -> str:
+    """What the desktop's sound is, or why it is off (node/sound.py); never a silent "on"."""
+    if not isinstance(conn.sound, dict):
+        return ""
+    return f"  sound:    {conn.sound.get('reason')}\n"
 
 
 def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exception,
@@ -110,7 +136,7 @@ def report_failure(session: Session, scheduler: Scheduler, job: JobRef, exc: Exc
     print("\n".join(lines), file=sys.stderr)
     if keep:
         return  # still queued: `list` and `status` keep following it
-    session.update_meta(final={"state": "failed", "detail": str(exc).split("\n")[0],
+    session.update_meta(final={"state": states.FAILED, "detail": str(exc).split("\n")[0],
                                "exit_code": exit_code, "at": now()})
 
 

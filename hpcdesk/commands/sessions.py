@@ -7,9 +7,8 @@ import dataclasses
 import time
 from typing import Any
 
-from hpcdesk import shares
-from hpcdesk.commands.common import emit_json, load_config, root_of, say, scheduler_for
-from hpcdesk.commands.outcome import print_connection, wait_and_report
+from hpcdesk import shares, states
+from hpcdesk.commands.common import emit_json, lazy_scheduler, load_config, root_of, say
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
 from hpcdesk.files import tail_lines
@@ -20,7 +19,7 @@ from hpcdesk.scheduler import JobRef, Scheduler
 from hpcdesk.session import Session, all_sessions, find, now
 
 LOG_FILES = ("job.out", "agent.log", "xorg.out", "Xorg.log", "desktop.log", "selkies.log",
-             "container.log")
+             "container.log", "sound.log")
 
 
 def _pick(args: argparse.Namespace) -> tuple[Session, LoadedConfig]:
@@ -37,13 +36,17 @@ def _pick(args: argparse.Namespace) -> tuple[Session, LoadedConfig]:
 
 
 def status(args: argparse.Namespace) -> int:
+    # Here, not at the top: `list` never waits nor prints a connection (the waiter's imports
+    # are a good part of its cold start).
+    from hpcdesk.commands.outcome import print_connection, wait_and_report
+
     session, loaded = _pick(args)
-    scheduler = scheduler_for(loaded)
+    scheduler = lazy_scheduler(loaded)
     ref = job_ref(session)
     if args.wait and ref and not session.meta.get("final"):
         st = collect([session], scheduler)[0]
-        if st.state in ("queued", "starting", "unknown"):
-            return wait_and_report(session, scheduler, ref, loaded, None, args.json,
+        if st.state in states.WAITING and st.state != states.SUBMITTING:
+            return wait_and_report(session, scheduler(), ref, loaded, None, args.json,
                                    time.monotonic())
     st = collect([session], scheduler)[0]
     policy = policy_of(session)
@@ -51,8 +54,10 @@ def status(args: argparse.Namespace) -> int:
         emit_json({**st.as_json(with_secrets=True),
                    "policy": dataclasses.asdict(policy) if policy else None})
         return EXIT_OK
-    conn = session.connection() if st.state == "ready" else None
+    conn = session.connection() if st.state == states.READY else None
     if conn and ref:
+        if st.node.get("sound"):  # the agent's latest word (a sound server can stop)
+            conn = dataclasses.replace(conn, sound=st.node["sound"])
         print_connection(session, ref, conn, quiet=False)
     else:
         node = st.as_json()["node"]
@@ -66,7 +71,9 @@ def status(args: argparse.Namespace) -> int:
         print(f"  shares:   {len(live)} live (hpcdesk share {session.id} --list)")
     if conn and ref:
         return EXIT_OK
-    return EXIT_OK if st.state not in ("failed",) else EXIT_FAILED
+    if isinstance(st.node.get("sound"), dict) and not (conn and ref):
+        print(f"  sound: {st.node['sound'].get('reason')}")
+    return EXIT_OK if st.state != states.FAILED else EXIT_FAILED
 
 
 def list_sessions(args: argparse.Namespace) -> int:
@@ -75,7 +82,7 @@ def list_sessions(args: argparse.Namespace) -> int:
     sessions = all_sessions(root_of(loaded), include_ended=args.all)[::-1]
     if not args.all:
         sessions = [s for s in sessions if not s.meta.get("final")]
-    rows = collect(sessions, scheduler_for(loaded))
+    rows = collect(sessions, lazy_scheduler(loaded))
     if not args.all:
         rows = [r for r in rows if not r.session.meta.get("final")]
     if args.json:
@@ -112,7 +119,7 @@ def _age(seconds: float) -> str:
 
 def cancel(args: argparse.Namespace) -> int:
     session, loaded = _pick(args)
-    scheduler = scheduler_for(loaded)
+    scheduler = lazy_scheduler(loaded)
     ref = job_ref(session)
     if ref is None:
         raise SessionNotFound(f"session {session.id} has no job to cancel")
@@ -123,12 +130,12 @@ def cancel(args: argparse.Namespace) -> int:
             emit_json(st.as_json())
         return EXIT_OK
     session.update_meta(cancel_requested=now())
-    scheduler.cancel(ref)
+    scheduler().cancel(ref)
     say(f"hpcdesk: cancelling job {ref} (session {session.id})", args.json)
     if not args.no_wait:
-        node = _wait_agent_stopped(session, scheduler, ref, timeout=60.0)
+        node = _wait_agent_stopped(session, scheduler(), ref, timeout=60.0)
         detail = node.get("reason") or "cancelled before the desktop started"
-        session.update_meta(final={"state": "cancelled", "detail": detail, "at": now()})
+        session.update_meta(final={"state": states.CANCELLED, "detail": detail, "at": now()})
     st = collect([session], scheduler)[0]
     if args.json:
         emit_json(st.as_json())

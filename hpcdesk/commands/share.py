@@ -9,16 +9,18 @@ waits for that answer, so a printed link works at once and a revoked one is dead
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 from hpcdesk import shares
 from hpcdesk.commands.common import emit_json, load_config, root_of
+from hpcdesk.connection import Connection
 from hpcdesk.errors import EXIT_OK, HpcdeskError, UsageError, WaitTimeout
 from hpcdesk.request import DesktopRequest
 from hpcdesk.schema import slurm_time_seconds
-from hpcdesk.session import Session, browser_link, find
+from hpcdesk.session import Session, find
 
 ANSWER_TIMEOUT = 20.0  # the agent looks at shares.json every second
 
@@ -33,12 +35,12 @@ def run(args: argparse.Namespace) -> int:
     return _create(session, "controller" if args.control else "viewer", args.expires, args.json)
 
 
-def _ready_connection(session: Session) -> dict[str, Any]:
+def _ready_connection(session: Session) -> Connection:
     conn = session.connection()
     if not conn or session.meta.get("final"):
         raise UsageError(f"session {session.id} has no running desktop to share",
                          hint="`hpcdesk status` shows its state")
-    if not conn.get("token"):
+    if not conn.token:
         raise UsageError(f"session {session.id} uses a password (desktop.auth: basic); shares "
                          "need token links", hint="start the desktop with --set "
                          "desktop.auth=token (the default with the host runtime)")
@@ -64,7 +66,7 @@ def _create(session: Session, role: shares.Role, expires: str | None, as_json: b
     if share.id not in state.get("live", []):
         reason = state.get("refused", {}).get(share.id, "")
         raise HpcdeskError(f"the desktop refused the share: {reason}")
-    link = browser_link({**conn, "token": share.token})
+    link = dataclasses.replace(conn, token=share.token).browser_link()
     if as_json:
         emit_json({"session": session.id, **share.public(), "url": link, "capped": capped})
         return EXIT_OK

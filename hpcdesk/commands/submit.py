@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import time
 from typing import Any
@@ -12,19 +11,16 @@ from hpcdesk.commands.common import (
     emit_json,
     load_config,
     overrides_from_sets,
-    root_of,
     say,
     scheduler_for,
 )
 from hpcdesk.commands.outcome import wait_and_report
 from hpcdesk.config import LoadedConfig, parse_resolution
-from hpcdesk.connect.turn import check_files, configured
-from hpcdesk.errors import EXIT_OK, SchedulerRejected, SubmitUncertain, UsageError
-from hpcdesk.files import atomic_write, write_json
+from hpcdesk.errors import EXIT_OK, SchedulerRejected, SubmitUncertain
+from hpcdesk.login.prepare import prepare
 from hpcdesk.notify import Listener
-from hpcdesk.request import DesktopRequest
-from hpcdesk.schema import slurm_time_seconds
-from hpcdesk.session import Session, create, discard, now
+from hpcdesk.scheduler import Scheduler
+from hpcdesk.session import discard, now
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -37,24 +33,13 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def build_request(loaded: LoadedConfig, session_id: str) -> DesktopRequest:
-    c = loaded.config
-    return DesktopRequest(session_id=session_id, user=getpass.getuser(), cpus=c.scheduler.cpus,
-                          gpus=c.scheduler.gpus, start_timeout=c.timeouts.start,
-                          desktop=c.desktop, runtime=c.runtime, network=c.network, turn=c.turn,
-                          time_limit=slurm_time_seconds(c.scheduler.time),
-                          warn_before=c.timeouts.warn_before, idle_timeout=c.timeouts.idle,
-                          policy=c.policy)
-
-
-def check_partition_limits(loaded: LoadedConfig) -> None:
-    """One `scontrol show partition`: refuse a request no partition it names can ever run
-    (time limit above MaxTime, partition down). Unknown answers are left to sbatch."""
+def check_partition_limits(loaded: LoadedConfig, scheduler: Scheduler) -> None:
+    """The scheduler's partitions (one call): refuse a request no partition it names can ever
+    run (time limit above MaxTime, partition down). Unknown answers are left to sbatch."""
     from hpcdesk.scheduler import unstartable
-    from hpcdesk.scheduler.slurm_cli import slurm_env
 
     s = loaded.config.scheduler
-    partitions = unstartable.show_partitions(slurm_env(), s.cluster)
+    partitions = scheduler.partitions(s.cluster)
     if not partitions:
         return
     problem = unstartable.check_request(partitions, s.partition, s.time)
@@ -63,40 +48,10 @@ def check_partition_limits(loaded: LoadedConfig) -> None:
                                 "was submitted", hint=problem[1])
 
 
-def prepare(loaded: LoadedConfig) -> Session:
-    """A session directory holding request.json, job.sh and session.json (nothing submitted)."""
-    if configured(loaded.config.turn):
-        # A bad secret or credential file is a configuration error: nothing is submitted.
-        check_files(loaded.config.turn, loaded.sources)
-    root = root_of(loaded)
-    try:
-        session = create(root)
-    except OSError as exc:
-        raise UsageError(f"cannot create a session directory under {root}: {exc.strerror}",
-                         hint="set session_root to a writable directory the nodes share") from None
-
-    from hpcdesk.login import jobscript  # jinja2 is needed to submit only, not to list or watch
-
-    try:
-        request = build_request(loaded, session.id)
-        script = jobscript.render(loaded.config, session.id, session.dir)
-    except BaseException:
-        discard(session)
-        raise
-    atomic_write(session.path("request.json"), request.to_json() + "\n", mode=0o644)
-    atomic_write(session.path("job.sh"), script, mode=0o700)
-    write_json(session.path("session.json"), {
-        "id": session.id, "created": now(), "site": loaded.config.name,
-        "site_file": str(loaded.site_path) if loaded.site_path else None,
-        "cluster": loaded.config.scheduler.cluster, "job_id": None,
-    })
-    return session
-
-
 def run(args: argparse.Namespace) -> int:
     loaded = load_config(args, cli_overrides(args))
     scheduler = scheduler_for(loaded)  # a backend that cannot serve fails before any file
-    check_partition_limits(loaded)      # a job that could never start is not submitted
+    check_partition_limits(loaded, scheduler)  # a job that could never start is not submitted
     session = prepare(loaded)
     quiet = args.json
     cfg = loaded.config
@@ -125,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         from hpcdesk.commands.laptop_hint import laptop_command
 
         laptop = laptop_command(session.id, args.site or os.environ.get("HPCDESK_SITE"))
-        say(f"  on your laptop: {laptop}", quiet)
+        if not quiet:  # --json carries it as laptop_command (`tunnel --submit` has its own)
+            say(f"  on your laptop: {laptop}")
     if args.no_wait:
         if quiet:
             emit_json({"session": session.id, "job_id": job.job_id, "cluster": job.cluster,

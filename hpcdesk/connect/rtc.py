@@ -54,8 +54,11 @@ def config_problems(cfg: SiteConfig) -> list[tuple[str, str]]:
                         "desktop.transport: webrtc (--set desktop.transport=webrtc)"))
     if (webrtc and cfg.turn.ice_transport_policy == "relay"
             and not (cfg.network.connect == "turn" or wants_job_turn(cfg.desktop, cfg.network))):
-        out.append(("turn.ice_transport_policy", "'relay' needs a TURN server in the browser's "
-                    "list: network.connect: turn, or network.turn: job"))
+        # Named as network.connect: where it was given (--connect), that is what to change.
+        out.append(("network.connect", f"'{cfg.network.connect}' cannot carry this site's "
+                    "desktops: turn.ice_transport_policy is 'relay' (all WebRTC media through "
+                    "a TURN server); use --connect turn or --connect tunnel (or set "
+                    "network.turn: job)"))
     return out
 
 

@@ -103,7 +103,8 @@ def read_protected_file(path: str, key: str) -> str:
         st = os.stat(path)
     except FileNotFoundError:
         raise ConfigError(f"{key}: {path} does not exist",
-                          hint="create it (mode 0640 or 0644, owned by root) or fix the path"
+                          hint="create it owned by root with a group of the users who may "
+                          "relay, mode 0640 (never world-readable), or fix the path"
                           ) from None
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
@@ -113,6 +114,12 @@ def read_protected_file(path: str, key: str) -> str:
         raise ConfigError(
             f"{key}: {path} is group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o})",
             hint=f"chmod go-w {path}: whoever can write it chooses the browsers' TURN credentials")
+    if st.st_mode & stat.S_IROTH:
+        raise ConfigError(
+            f"{key}: {path} is world-readable (mode {stat.S_IMODE(st.st_mode):04o}): every "
+            "account on the cluster could mint credentials for the site's TURN server",
+            hint=f"chown root:GROUP {path} && chmod 0640 {path}, GROUP being the users who may "
+            "relay (the desktop's agent reads it as the user)")
     try:
         with open(path, encoding="utf-8") as fh:
             line = fh.readline().strip()

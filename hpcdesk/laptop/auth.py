@@ -35,7 +35,7 @@ class AuthFailed(UsageError):
 
 
 class Prompter(Protocol):
-    def ask(self, prompt: str, echo: bool) -> str: ...
+    def ask(self, prompt: str, echo: bool, asker: str = "the server") -> str: ...
 
     def tell(self, text: str) -> None: ...
 
@@ -68,10 +68,13 @@ class TerminalPrompter:
         except (ImportError, OSError, ValueError):
             log.debug("could not restore the terminal", exc_info=True)
 
-    def ask(self, prompt: str, echo: bool) -> str:
+    def ask(self, prompt: str, echo: bool, asker: str = "the server") -> str:
+        """`asker`: who wants the answer, for the error when nobody can be asked."""
         if not sys.stdin or not sys.stdin.isatty():
-            raise AuthFailed(f"the server asks {prompt.strip()!r}, but there is no terminal "
-                             "to ask you on", hint="run hpcdesk tunnel in a terminal")
+            raise AuthFailed(f"{asker} asks {prompt.strip()!r}, but there is no terminal "
+                             "to ask you on", hint="run hpcdesk tunnel in a terminal" + (
+                                 "" if asker == "the server" else
+                                 ", or add the key to ssh-agent first (ssh-add)"))
         try:
             if echo:
                 sys.stderr.write(prompt)
@@ -132,7 +135,8 @@ class Authenticator:
                 if asked == 3:
                     break
                 asked += 1
-                passphrase = self.prompter.ask(f"Enter passphrase for key '{path}': ", False)
+                passphrase = self.prompter.ask(f"Enter passphrase for key '{path}': ", False,
+                                               asker="hpcdesk, to unlock your key,")
             except OSError as exc:
                 log.info("skipping %s: %s", path, exc)
                 break

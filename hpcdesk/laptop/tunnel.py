@@ -31,6 +31,7 @@ from typing import Any
 
 import paramiko
 
+from hpcdesk import states
 from hpcdesk.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HpcdeskError, Unreachable
 from hpcdesk.laptop.auth import Authenticator
 from hpcdesk.laptop.endpoint import Endpoint
@@ -42,7 +43,6 @@ from hpcdesk.quoting import shq
 
 log = logging.getLogger(__name__)
 
-WAITING_STATES = ("submitting", "queued", "starting", "unknown")
 STATE_CHECK = 60.0    # seconds between checks that the session still runs
 PROBE_EVERY = 15.0    # seconds between checks that the login node still answers
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
@@ -178,12 +178,12 @@ class Tunnel:
 def wait_ready(tunnel: Tunnel, key: str) -> dict[str, Any]:
     """The session's status once it is ready; its progress is shown while it starts."""
     data = tunnel.ask(["status", key])
-    if data.get("state") in WAITING_STATES:
+    if data.get("state") in states.WAITING:
         say(f"hpcdesk: session {data.get('session')} is {data.get('state')}; waiting for "
             "the desktop")
         tunnel.ask(["status", str(data.get("session")), "--wait"], show_progress=True)
         data = tunnel.ask(["status", str(data.get("session"))])
-    if data.get("state") != "ready":
+    if data.get("state") != states.READY:
         detail = f" ({data['detail']})" if data.get("detail") else ""
         raise SessionNotReady(f"session {data.get('session')} is {data.get('state')}{detail}: "
                               "there is no desktop to connect to",
@@ -195,7 +195,7 @@ def announce(ep: Endpoint, local_port: int, login: str, opts: Options) -> None:
     url = ep.local_url(local_port)
     if opts.json:
         print(json.dumps({
-            "session": ep.session, "job_id": ep.job_id, "node": ep.node, "state": "ready",
+            "session": ep.session, "job_id": ep.job_id, "node": ep.node, "state": states.READY,
             "url": url, "user": ep.user, "password": ep.password, "local_port": local_port,
             "remote": f"{ep.host}:{ep.port}", "turn_port": ep.turn_port, "login": login,
             "transport": ep.transport, "tls_fingerprint": ep.tls_fingerprint,
@@ -265,6 +265,8 @@ def run(opts: Options, tunnel: Tunnel) -> int:
             sub = tunnel.ask(["submit", "--no-wait", *opts.submit, "--connect", "tunnel"],
                              show_progress=True)
             key = session = str(sub["session"])
+            say(f"hpcdesk: session {session} submitted; from this computer later: "
+                f"{reopen_command(session, opts)}")
         data = wait_ready(tunnel, str(key))
         session = str(data["session"])
         ep = Endpoint.from_status(data)
@@ -321,11 +323,11 @@ def watch(tunnel: Tunnel, ep: Endpoint) -> int:
             next_check = 0.0
         if time.monotonic() >= next_check:
             data = tunnel.ask(["status", ep.session])
-            if data.get("state") != "ready":
+            if data.get("state") != states.READY:
                 detail = f" ({data['detail']})" if data.get("detail") else ""
                 say(f"hpcdesk: session {ep.session} is {data.get('state')}{detail}; "
                     "closing the tunnel")
-                return EXIT_FAILED if data.get("state") == "failed" else EXIT_OK
+                return EXIT_FAILED if data.get("state") == states.FAILED else EXIT_OK
             next_check = time.monotonic() + STATE_CHECK
 
 
@@ -347,13 +349,18 @@ def ssh_command(tunnel: Tunnel, remote: str) -> str:
     return " ".join(shq(a) for a in [*argv, _ssh_name(hop, False), remote])
 
 
+def reopen_command(session: str, opts: Options) -> str:
+    """`hpcdesk tunnel` to this session as this laptop reaches it (login, jump hosts...)."""
+    return " ".join(["hpcdesk", "tunnel", shq(session), "--login", shq(opts.login),
+                     *(shq(a) for a in opts.route_args)])
+
+
 def _leave(tunnel: Tunnel, session: str, opts: Options) -> None:
     """The tunnel ends before the session: say how to come back, or cancel it."""
     cancel = ssh_command(tunnel, tunnel.remote.command_line(["cancel", session]))
     if not opts.cancel_on_exit:
         say(f"hpcdesk: tunnel closed; session {session} keeps running.\n"
-            f"  reopen:  hpcdesk tunnel {shq(session)} --login {shq(opts.login)}"
-            f"{''.join(' ' + shq(a) for a in opts.route_args)}\n"
+            f"  reopen:  {reopen_command(session, opts)}\n"
             f"  stop it: {cancel}")
         return
     say(f"hpcdesk: cancelling session {session} (--cancel-on-exit)")

@@ -70,7 +70,7 @@ def _slurm_checks(loaded: config.LoadedConfig) -> list[Check]:
 
 
 def _backend_check(loaded: config.LoadedConfig) -> Check:
-    from hpcdesk.scheduler import select_backend
+    from hpcdesk.scheduler.backends import select_backend
 
     s = loaded.config.scheduler
     try:

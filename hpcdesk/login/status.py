@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hpcdesk import states
 from hpcdesk.phases import FAILED, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
 from hpcdesk.schema import PolicyConfig
-from hpcdesk.session import Session, browser_link, now
+from hpcdesk.session import Session, now
 
 
 @dataclass
@@ -29,16 +30,20 @@ class SessionStatus:
             "node": self.node.get("node") or (self.job.nodes if self.job else None),
             "created": meta.get("created"), "directory": str(self.session.dir),
         }
-        conn = self.session.connection() if self.state == "ready" else None
+        if self.node.get("sound"):  # the agent's finding: on, or off and why
+            out["sound"] = self.node["sound"]
+        conn = self.session.connection() if self.state == states.READY else None
         if conn:
-            out["url"] = conn.get("url")
-            out["auth"] = conn.get("auth")  # token: the link is `url` plus its #token=...
-            out["tls_fingerprint"] = conn.get("tls_fingerprint")
+            out["url"] = conn.url
+            out["auth"] = conn.auth  # token: the link is `url` plus its #token=...
+            out["tls_fingerprint"] = conn.tls_fingerprint
             # What `hpcdesk tunnel` forwards besides the web port (see connect/rtc.py).
-            out.update(transport=conn.get("transport"), turn_port=conn.get("turn_port"))
+            out.update(transport=conn.transport, turn_port=conn.turn_port,
+                       encoder=conn.encoder, encoder_reason=conn.encoder_reason,
+                       encoder_fallback=conn.encoder_fallback)
             if with_secrets:
-                out.update(user=conn.get("user"), password=conn.get("password"),
-                           url=browser_link(conn), token=conn.get("token"))
+                out.update(user=conn.user, password=conn.password, url=conn.browser_link(),
+                           token=conn.token)
         return out
 
 
@@ -57,10 +62,13 @@ def job_ref(session: Session) -> JobRef | None:
     return JobRef(job, session.meta.get("cluster")) if job else None
 
 
-def collect(sessions: Sequence[Session], scheduler: Scheduler) -> list[SessionStatus]:
-    """Status of many sessions with one scheduler query (finished states are cached)."""
+def collect(sessions: Sequence[Session],
+            scheduler: Callable[[], Scheduler]) -> list[SessionStatus]:
+    """Status of many sessions with one scheduler query for the live ones. An ended session
+    is answered from its final state in session.json: no scheduler is made or asked for it,
+    so `list --all` costs the same however many old sessions a user keeps."""
     live = [s for s in sessions if not s.meta.get("final") and job_ref(s)]
-    infos = scheduler.query([r for s in live if (r := job_ref(s))]) if live else {}
+    infos = scheduler().query([r for s in live if (r := job_ref(s))]) if live else {}
     out = []
     for s in sessions:
         ref = job_ref(s)
@@ -75,27 +83,27 @@ def describe(session: Session, info: JobInfo | None) -> SessionStatus:
     if final:
         return SessionStatus(session, final["state"], final.get("detail", ""), info, node)
     if info is None:
-        state = "submitting" if not meta.get("job_id") else "unknown"
+        state = states.SUBMITTING if not meta.get("job_id") else states.UNKNOWN
         return SessionStatus(session, state, "", None, node)
     desktop = desktop_state(node)
     if info.state is JobState.PENDING:
         detail = info.reason + (f", expected start {info.start_estimate}"
                                 if info.start_estimate else "")
-        return SessionStatus(session, "queued", detail, info, node)
+        return SessionStatus(session, states.QUEUED, detail, info, node)
     if info.state in (JobState.RUNNING, JobState.COMPLETING, JobState.SUSPENDED):
         # The job runs on while an agent that has ended (stopped, failed) winds it down.
-        state = "stopping" if desktop.ended else desktop.state
+        state = states.STOPPING if desktop.ended else desktop.state
         return SessionStatus(session, state, desktop.detail, info, node)
     if info.state is JobState.UNKNOWN:
-        return SessionStatus(session, "unknown", info.reason, info, node)
+        return SessionStatus(session, states.UNKNOWN, info.reason, info, node)
     # Finished: remember it, so it is never asked for again.
     state = info.state.value
     if info.state in (JobState.ENDED, JobState.COMPLETED) and desktop.state == FAILED:
-        state = "failed"
+        state = states.FAILED
     elif info.state is JobState.ENDED:
-        state = "cancelled" if meta.get("cancel_requested") else "ended"
+        state = states.CANCELLED if meta.get("cancel_requested") else states.ENDED
     detail = node.get("reason") or info.reason
-    if node.get("outcome") in ("timeout", "idle"):
+    if node.get("outcome") in (states.TIMEOUT, states.IDLE):
         state = str(node["outcome"])  # the time limit's early signal, or the idle timeout
     if node and not desktop.ended and info.state is not JobState.CANCELLED:
         # The agent always records how it ended; silence means it was killed or its node died.
@@ -105,7 +113,7 @@ def describe(session: Session, info: JobInfo | None) -> SessionStatus:
         detail = (f"{how} while the desktop was {desktop.state} (Slurm: {info.state.value}"
                   f"{exit_code}); see `hpcdesk logs {session.id}`, then submit again")
         if info.state in (JobState.ENDED, JobState.COMPLETED):
-            state = "failed"
+            state = states.FAILED
     session.update_meta(final={"state": state, "detail": detail, "exit_code": info.exit_code,
                                "at": now()})
     return SessionStatus(session, state, detail, info, node)

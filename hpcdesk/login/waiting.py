@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hpcdesk.connection import Connection
 from hpcdesk.errors import HpcdeskError, WaitTimeout
-from hpcdesk.phases import READY, desktop_state
+from hpcdesk.phases import READY, SILENCE, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
 from hpcdesk.schema import TimeoutsConfig
 from hpcdesk.session import Session
@@ -31,9 +32,6 @@ if TYPE_CHECKING:  # the push channel is needed only while submitting
 
 FILE_CHECK_INTERVAL = 0.5
 START_GRACE = 30.0  # on top of timeouts.start, for the agent's own start and reporting
-# The agent writes a heartbeat while it starts the desktop; this much silence means it may
-# have died with its node, and only then is Slurm asked again.
-SILENCE = 3 * 10.0
 
 
 class DesktopFailed(HpcdeskError):
@@ -83,7 +81,7 @@ class Waiter:
     def __post_init__(self) -> None:
         self._interval = self.timeouts.poll_min
 
-    def wait(self) -> dict[str, Any]:
+    def wait(self) -> Connection:
         started = time.monotonic()
         # No query at once: a job that starts quickly reports itself through the push
         # channel before the first poll, and then Slurm is never asked at all.
@@ -148,9 +146,7 @@ class Waiter:
 
         down: set[str] | None = None
         if info.reason.startswith("ReqNodeNotAvail"):
-            from hpcdesk.scheduler.slurm_cli import slurm_env
-
-            down = unstartable.down_nodes(slurm_env(), self.job.cluster)
+            down = self.scheduler.down_nodes(self.job.cluster)
         why = unstartable.why_unstartable(info.reason, down)
         if why:
             cause, step = why
@@ -164,7 +160,7 @@ class Waiter:
             msg += f": {desktop_state(node).detail}"
         return DesktopFailed(msg, info, node)
 
-    def _on_record(self, record: dict[str, Any]) -> dict[str, Any] | None:
+    def _on_record(self, record: dict[str, Any]) -> Connection | None:
         """A verified push event or node.json: the agent's phase (never a secret)."""
         self._mark_agent()
         st = desktop_state(record)
@@ -183,7 +179,7 @@ class Waiter:
             if self._running_since is None:
                 self._running_since = time.monotonic()
 
-    def _check_files(self) -> dict[str, Any] | None:
+    def _check_files(self) -> Connection | None:
         if self._ready_seen:
             # Ready was announced: the credentials are in connection.json (0600), which a
             # shared filesystem may show a moment after the announcement.

@@ -7,6 +7,9 @@ import socket
 import struct
 
 SIOCGIFADDR = 0x8915
+# Bind addresses that mean "every address of the node": a local probe of a service bound to
+# one goes to loopback, and a certificate or a peer check never names them.
+WILDCARDS = ("0.0.0.0", "::")  # noqa: S104
 
 
 def interface_ipv4(name: str) -> str:
@@ -30,6 +33,6 @@ def reachable(mode: str, interface: str | None, fixed: str | None) -> tuple[str,
     try:
         ip = socket.gethostbyname(host)
     except OSError:
-        return host, "0.0.0.0"  # noqa: S104
+        return host, WILDCARDS[0]
     # Debian maps the host name to 127.0.1.1: then listen everywhere, publish the name.
-    return host, ("0.0.0.0" if ip.startswith("127.") else ip)  # noqa: S104
+    return host, (WILDCARDS[0] if ip.startswith("127.") else ip)

@@ -9,6 +9,7 @@ Every phase is recorded in node.json; the final state and its reason are always 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
 import logging
@@ -25,12 +26,14 @@ from typing import Any
 from hpcdesk import shares
 from hpcdesk.connect import rtc
 from hpcdesk.connect.turn import TurnError
+from hpcdesk.connection import Connection
 from hpcdesk.errors import ConfigError
 from hpcdesk.files import write_json
-from hpcdesk.node import address, health, jobturn, tls, token_gate, viewers
+from hpcdesk.node import address, health, janitor, jobturn, sound, tls, token_gate, viewers
 from hpcdesk.node.audit import AuditReceiver
 from hpcdesk.node.binding import bind_gpu
-from hpcdesk.node.errors import StartError, Stop
+from hpcdesk.node.encoder import EncoderChoice, stream_encoder
+from hpcdesk.node.errors import PortTaken, StartError, Stop
 from hpcdesk.node.ports import PortLease
 from hpcdesk.node.procs import (
     Child,
@@ -40,9 +43,19 @@ from hpcdesk.node.procs import (
     spawn,
     stop_all,
 )
-from hpcdesk.node.runtime import DesktopPlan, Started, get_runtime
+from hpcdesk.node.runtime import DesktopPlan, Started
+from hpcdesk.node.runtime.kinds import get_runtime
 from hpcdesk.notify import Notifier
-from hpcdesk.phases import FAILED, LAUNCHING, READY, STARTING, STOPPED, STOPPING, WAITING
+from hpcdesk.phases import (
+    FAILED,
+    HEARTBEAT,
+    LAUNCHING,
+    READY,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    WAITING,
+)
 from hpcdesk.request import DesktopRequest
 from hpcdesk.session import now
 
@@ -50,11 +63,14 @@ log = logging.getLogger("hpcdesk.agent")
 
 EXIT_STOPPED = 0
 EXIT_FAILED = 1
-HEARTBEAT = 10.0  # seconds between "still starting" updates while waiting for the web UI
+PORT_ATTEMPTS = 4  # ports tried when another process listens on the one picked
+VIEWER_CHECK = 5.0  # seconds between looks at who is connected (idle timeout)
 MAX_RESTARTS = 3  # a crashed web UI is started again this often (same port and password)
 
 
 class Agent:
+    tls_pin: str | None = None  # the session certificate's fingerprint (HTTPS)
+
     def __init__(self, session_dir: Path) -> None:
         self.dir = session_dir
         self.request = DesktopRequest.load(session_dir / "request.json")
@@ -79,6 +95,11 @@ class Agent:
         self.job_turn: jobturn.JobTurn | None = None
         self.rtc_path: Path | None = None
         self.rtc_refresh_at: float | None = None
+        self.tls_pin = None
+        self.viewer_auth: str | None = None  # Authorization for Selkies' list of viewers
+        self.viewer_path = "/"
+        self.next_viewer_check = 0.0
+        self.sound: sound.Sound | None = None
         self.audit: AuditReceiver | None = None
         self.plan: DesktopPlan | None = None
         self.owner_token: str | None = None
@@ -133,7 +154,7 @@ class Agent:
             self.finish(FAILED, f"internal error in the node agent: {exc!r}")
             return EXIT_FAILED
 
-    def start(self) -> dict[str, Any]:
+    def start(self) -> Connection:
         req = self.request
         host, bind_addr = _address(req)
         gpu = bind_gpu(req)
@@ -141,13 +162,9 @@ class Agent:
         log.info("GPU: %s; encoder %s (%s)", gpu.summary, gpu.encoder, gpu.encoder_reason)
         # In webrtc mode Selkies dials itself on localhost: the port must be free there too.
         loopback = (("127.0.0.1",) if req.desktop.transport == "webrtc"
-                    and bind_addr not in jobturn.WILDCARDS else ())
+                    and bind_addr not in address.WILDCARDS else ())
         self.ports = PortLease(bind_addr, req.network.port_min, req.network.port_max,
                                also=loopback)
-        try:
-            port = self.ports.acquire()
-        except RuntimeError as exc:
-            raise StartError(str(exc)) from None
         self.workdir = Path(tempfile.mkdtemp(prefix=f"hpcdesk-{req.session_id}-"))
         self.state["workdir"] = str(self.workdir)  # node-local: X socket dirs, container /tmp
         user = req.desktop.user or req.user or getpass.getuser()
@@ -156,56 +173,98 @@ class Agent:
         # child; the browser gets a per-session token provisioned with it (fragment only).
         token_mode = req.desktop.auth == "token"
         master_token = secrets.token_urlsafe(32) if token_mode else None
-        url_path = req.desktop.url_path.replace("{host}", host).replace("{port}", str(port))
         turn_children = self.start_job_turn(host, bind_addr)
         self.children = list(turn_children)  # stopped by finish() whatever fails next
+        sound_ = self.sound = self.start_sound()
+        side = [*turn_children, *([sound_.child] if sound_.child else [])]
+        self.children = list(side)
         self.rtc_path = self.write_rtc(host)
         self.audit = AuditReceiver(self.dir, req.session_id, req.policy.audit_url).start()
         tls_files = (tls.prepare(self.workdir, [host, bind_addr], req.desktop.https_cert,
                                  req.desktop.https_key) if req.desktop.https else None)
-        plan = DesktopPlan(request=req, session_dir=self.dir, workdir=self.workdir,
-                           bind_addr=bind_addr, web_port=port, user=user, password=password,
-                           encoder=gpu.encoder, encoder_threads=gpu.encoder_threads,
-                           xorg_driver=gpu.xorg_driver, bus_id=gpu.bus_id,
-                           gpu_uuid=gpu.device.uuid if gpu.device else None,
-                           tls_cert=tls_files.cert if tls_files else None,
-                           tls_key=tls_files.key if tls_files else None,
-                           master_token=master_token, url_path=url_path,
-                           rtc_config=self.rtc_path, audit=self.audit.sink)
-        self.plan = plan
-        self.phase(LAUNCHING, f"starting the desktop ({req.runtime.kind} runtime)",
-                   port=port, host=host)
+        self.tls_pin = tls_files.fingerprint if tls_files else None
         deadline = time.monotonic() + req.start_timeout
-        started = get_runtime(req.runtime.kind).start(plan, timeout=req.start_timeout)
-        self.started = started
-        self.children = [*turn_children, *started.children]
-        self.mark("desktop_launched")
-        self.phase(WAITING, f"desktop on display {started.display}; waiting for the web UI",
-                   display=started.display,
-                   xauthority=str(started.xauthority) if started.xauthority else None)
-        session_token = self.wait_healthy(plan, started, deadline)
-        self.owner_token = session_token
+        lost: PortTaken | None = None
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                port = self.ports.acquire()
+            except RuntimeError as exc:
+                raise StartError(f"{lost}; then {exc}" if lost else str(exc)) from None
+            url_path = req.desktop.url_path.replace("{host}", host).replace("{port}", str(port))
+            plan = DesktopPlan(request=req, session_dir=self.dir, workdir=self.workdir,
+                               bind_addr=bind_addr, web_port=port, user=user,
+                               password=password, encoder=gpu.encoder,
+                               encoder_threads=gpu.encoder_threads,
+                               xorg_driver=gpu.xorg_driver, bus_id=gpu.bus_id,
+                               gpu_uuid=gpu.device.uuid if gpu.device else None,
+                               tls_cert=tls_files.cert if tls_files else None,
+                               tls_key=tls_files.key if tls_files else None,
+                               master_token=master_token, url_path=url_path,
+                               rtc_config=self.rtc_path, sound_env=sound_.env(),
+                               audio=sound_.on,
+                               microphone=sound_.on and sound_.microphone,
+                               audit=self.audit.sink if self.audit else None)
+            self.phase(LAUNCHING, f"starting the desktop ({req.runtime.kind} runtime)",
+                       port=port, host=host)
+            try:
+                started = get_runtime(req.runtime.kind).start(plan, timeout=req.start_timeout)
+                self.started = started
+                self.children = [*side, *started.children]
+                self.mark("desktop_launched")
+                self.phase(WAITING,
+                           f"desktop on display {started.display}; waiting for the web UI",
+                           display=started.display, xauthority=str(started.xauthority)
+                           if started.xauthority else None)
+                session_token = self.wait_healthy(plan, started, deadline)
+                self.plan, self.owner_token = plan, session_token
+                break
+            except PortTaken as taken:
+                # A neighbour (or a desktop starting at the same moment) listens on the port:
+                # it got nothing from us. Drop this start and take another port.
+                log.warning("%s (attempt %d of %d)", taken, attempt, PORT_ATTEMPTS)
+                lost = taken
+                self.ports.refuse(port)
+                self.drop_desktop(side)
+                if attempt == PORT_ATTEMPTS or time.monotonic() > deadline:
+                    raise StartError(f"{taken}. Tried {attempt} ports; if another user keeps "
+                                     "taking them, tell your site's admins") from None
         self.mark("healthy")
         scheme = "https" if req.desktop.https else "http"
-        connection = {
-            "session": req.session_id, "url": f"{scheme}://{host}:{port}{url_path}",
-            "host": host, "port": port, "path": url_path, "auth": req.desktop.auth,
-            "user": None if token_mode else user, "password": None if token_mode else password,
-            "token": session_token, "display": started.display,
-            "node": self.state["node"], "interface": req.desktop.interface,
-            "encoder": gpu.encoder, "encoder_reason": gpu.encoder_reason,
-            "tls": tls_files.kind if tls_files else None,
-            "tls_fingerprint": tls_files.fingerprint if tls_files else None,
-            "transport": req.desktop.transport,
-            "turn_port": self.job_turn.port if self.job_turn else None,
-            "started_at": self.state["times"]["agent_start"], "ready_at": now(),
-        }
-        write_json(self.dir / "connection.json", connection, mode=0o600)
+        stream = stream_encoder(req.desktop.interface, EncoderChoice(
+            gpu.encoder, gpu.encoder_threads, gpu.encoder_reason, gpu.encoder_fallback))
+        connection = Connection(
+            session=req.session_id, url=f"{scheme}://{host}:{port}{url_path}",
+            host=host, port=port, path=url_path, auth=req.desktop.auth,
+            user=None if token_mode else user, password=None if token_mode else password,
+            token=session_token, display=started.display,
+            node=self.state["node"], interface=req.desktop.interface,
+            encoder=stream.name, encoder_reason=stream.reason,
+            encoder_fallback=stream.fallback,
+            tls=tls_files.kind if tls_files else None,
+            tls_fingerprint=tls_files.fingerprint if tls_files else None,
+            transport=req.desktop.transport, sound=sound_.describe(),
+            turn_port=self.job_turn.port if self.job_turn else None,
+            started_at=self.state["times"]["agent_start"], ready_at=now(),
+        )
+        connection.write(self.dir / "connection.json")
         self.mark("published")
         self.web_port = port
+        if req.desktop.interface == "selkies":
+            self.viewer_path = url_path
+            self.viewer_auth = (f"Bearer {session_token}" if session_token else "Basic " + (
+                base64.b64encode(f"{user}:{password}".encode()).decode()))
         # The waiting client reads the credentials from connection.json when "ready" arrives.
-        self.phase(READY, f"desktop ready at {connection['url']}")
+        self.phase(READY, f"desktop ready at {connection.url}")
         return connection
+
+    def drop_desktop(self, keep: list[Child]) -> None:
+        """Stop a desktop that lost its port (the in-job TURN in `keep` stays)."""
+        if self.started:
+            stop_all(self.started.children, sweep=False)
+            if self.started.on_stop:
+                self.started.on_stop()
+        self.started = None
+        self.children = list(keep)
 
     def start_job_turn(self, host: str, bind_addr: str) -> list[Child]:
         """The in-job TURN server, when this desktop needs one (see connect/rtc.py)."""
@@ -219,6 +278,51 @@ class Agent:
         log.info("in-job TURN on port %d, relay ports %d-%d", self.job_turn.port,
                  *self.job_turn.relay)
         return [self.job_turn.child]
+
+    def start_sound(self) -> sound.Sound:
+        """The desktop's own sound server (desktop.audio), or the reason it has none; the
+        reason is published in node.json and connection.json, never a silent "on"."""
+        req = self.request
+        assert self.workdir is not None
+        if not req.desktop.audio:
+            result = sound.off("off (desktop.audio is false)")
+        elif req.desktop.interface != "selkies":
+            result = sound.off("off (the VNC interface carries no sound; use selkies)")
+        else:
+            result = sound.start(self.workdir, os.environ, self.dir / "sound.log",
+                                 req.desktop.microphone, command=req.runtime.sound_server,
+                                 image=self.sound_in_image())
+            if not result.on:
+                result.reason = f"off: {result.reason}"
+        self.state["sound"] = result.describe()
+        log.info("sound: %s", result.reason)
+        return result
+
+    def sound_in_image(self) -> sound.InImage | None:
+        """hpcdesk's images carry PulseAudio: where the node has none, the image's runs
+        (the upstream images have PipeWire of their own and no hpcdesk contract for it)."""
+        from hpcdesk.images import ImageError, resolve_image
+        from hpcdesk.node.runtime.apptainer import ImageKind
+
+        r = self.request.runtime
+        if r.kind != "apptainer" or not r.image:
+            return None
+        try:
+            image = resolve_image(r.image, r.image_dir)
+        except ImageError:
+            return None  # the runtime reports it
+        return None if ImageKind.detect(image).upstream else sound.InImage(r.apptainer, image)
+
+    def check_sound(self) -> None:
+        """A sound server that died takes the sound, not the desktop: say so (status)."""
+        snd = self.sound
+        if not snd or not snd.on or not snd.child or snd.child.alive():
+            return
+        snd.on = False
+        snd.reason = "off: the sound server stopped: " + snd.child.describe_exit()
+        self.state["sound"] = snd.describe()
+        log.warning("sound: %s", snd.reason)
+        self.phase(self.state["phase"], self.state.get("detail", ""))
 
     def write_rtc(self, host: str) -> Path:
         """Selkies' ICE configuration file: exactly the site's servers, or none."""
@@ -250,12 +354,16 @@ class Agent:
     def wait_healthy(self, plan: DesktopPlan, started: Started, deadline: float) -> str | None:
         """Wait until the web UI is ready and protected; in token mode provision and return
         the session token. Ready never means a desktop an anonymous client can stream."""
-        probe_host = plan.bind_addr if plan.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        probe_host = "127.0.0.1" if plan.bind_addr in address.WILDCARDS else plan.bind_addr
+        self.state["probe_host"] = probe_host
         delay = 0.05
         heartbeat = time.monotonic() + HEARTBEAT
         while True:
             dead = first_essential_exit(self.children)
             if dead:
+                proof = health.who_listens(plan.web_port)
+                if proof.foreign_uids:  # e.g. Selkies could not bind: someone else holds it
+                    raise PortTaken(plan.web_port, proof.holders())
                 raise StartError("the desktop failed to start: " + dead.describe_exit())
             ready, token, status = health.probe(plan, probe_host)
             if ready:
@@ -282,7 +390,8 @@ class Agent:
         live, refused = shares.granted(found, req.policy, t)
         status = health.provision_tokens(probe_host, plan.web_port,
                                          plan.url_path + "api/tokens", plan.master_token,
-                                         token_gate.table(owner, live), https=req.desktop.https)
+                                         token_gate.table(owner, live), https=req.desktop.https,
+                                         pin=self.tls_pin)
         if status == 200:
             shares.write_state(self.dir, live, refused, t)
             self.shares_seen = self._shares_identity(found)
@@ -309,7 +418,7 @@ class Agent:
         due = isinstance(ends, float) and time.time() >= ends
         if seen == self._shares_identity(found) and not due:
             return
-        probe_host = plan.bind_addr if plan.bind_addr not in jobturn.WILDCARDS else "127.0.0.1"
+        probe_host = plan.bind_addr if plan.bind_addr not in address.WILDCARDS else "127.0.0.1"
         status = self.provision_tokens(plan, owner, probe_host)
         if status is not None and status != 200:  # None: a restarted Selkies not up yet
             log.warning("updating the token table failed (HTTP %s); trying again", status)
@@ -334,6 +443,7 @@ class Agent:
                 self.restart(dead)
             reap_orphans(self.children)
             self.sync_shares()
+            self.check_sound()
             self.warn_time_limit()
             self.check_idle()
             time.sleep(1.0)
@@ -344,8 +454,14 @@ class Agent:
         if not limit or not self.web_port:
             return
         now_m = time.monotonic()
-        if not self.last_viewer or viewers.connected(self.web_port):
+        if not self.last_viewer:
             self.last_viewer = now_m  # the clock starts when the desktop is ready
+            return
+        if now_m < self.next_viewer_check:
+            return
+        self.next_viewer_check = now_m + VIEWER_CHECK
+        if self.viewers_now():
+            self.last_viewer = now_m
             return
         if now_m - self.last_viewer > limit:
             self.outcome = "idle"
@@ -353,13 +469,31 @@ class Agent:
                                 "timeout); the GPU is free again")
             raise Stop(self.stop_reason)
 
+    def viewers_now(self) -> int:
+        """Pages Selkies counts as connected (authenticated clients only); a web UI without
+        that list counts established connections (viewers.py)."""
+        if self.viewer_auth and self.started:
+            proof = health.who_listens(self.web_port)
+            if proof.ours:  # the question carries the credentials: ask only our own server
+                host = str(self.state.get("probe_host") or "127.0.0.1")
+                count = viewers.authenticated(host, self.web_port, self.viewer_path,
+                                              self.viewer_auth, self.request.desktop.https,
+                                              self.tls_pin)
+                if count is not None:
+                    return count
+            elif proof.foreign_uids:
+                log.warning("port %d is held by %s: Selkies is not listening there",
+                            self.web_port, proof.holders())
+                return 0
+        return viewers.connected(self.web_port)
+
     def warn_time_limit(self) -> None:
-        """Once, `warn_before` seconds before the time limit: in node.json (so `hpcdesk
+        """Once, `warn_before` seconds before the desktop stops: in node.json (so `hpcdesk
         status` shows it) and as a message on the desktop itself."""
         req = self.request
         if self.warned or not req.time_limit or not req.warn_before:
             return
-        left = self.state["times"]["agent_start"] + req.time_limit - time.time()
+        left = seconds_left(req, self.state["times"]["agent_start"], time.time())
         if left > req.warn_before:
             return
         self.warned = True
@@ -422,6 +556,12 @@ class Agent:
         self.phase(phase, reason, reason=reason, outcome=self.outcome or phase)
 
 
+def seconds_left(req: DesktopRequest, started: float, at: float) -> float:
+    """Seconds until the desktop really stops: Slurm's early stop signal (`--signal
+    B:USR1@signal_lead`) ends it signal_lead seconds before the job's time limit."""
+    return started + req.time_limit - req.signal_lead - at
+
+
 def _address(req: DesktopRequest) -> tuple[str, str]:
     try:
         return address.reachable(req.network.address, req.network.interface,
@@ -435,8 +575,11 @@ def run(session_dir: Path) -> int:
         filename=str(session_dir / "agent.log"), level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    agent = Agent(session_dir)
+    # Before the subreaper and any child: the janitor must not become the agent's descendant.
+    janitor.start(session_dir, agent.request.session_id)
     # Daemons that double-fork out of the desktop are reparented to the agent, so its sweep
     # finds and ends them (procs.py).
     become_subreaper()
-    return Agent(session_dir).run()
+    return agent.run()
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hpcdesk.images import is_upstream
 from hpcdesk.node import gpu
 from hpcdesk.node.driver import has_nvidia_xorg_driver
 from hpcdesk.node.encoder import decide_encoder
@@ -32,6 +33,7 @@ class GpuBinding:
     encoder_threads: int
     encoder_reason: str
     summary: str
+    encoder_fallback: bool = False  # the encoder asked for could not be used
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -40,6 +42,7 @@ class GpuBinding:
             "name": self.device.name if self.device else None,
             "encoder": self.encoder, "encoder_threads": self.encoder_threads,
             "encoder_reason": self.encoder_reason, "summary": self.summary,
+            "encoder_fallback": self.encoder_fallback,
         }
 
 
@@ -47,7 +50,7 @@ def _software(req: DesktopRequest, why: str) -> GpuBinding:
     choice = decide_encoder(req.desktop.encoder, None, req.cpus)
     log.warning("%s: the desktop uses %s", why, SOFTWARE_NOTE)
     return GpuBinding("dummy", None, None, choice.name, choice.threads, choice.reason,
-                      f"{why}; using {SOFTWARE_NOTE}")
+                      f"{why}; using {SOFTWARE_NOTE}", choice.fallback)
 
 
 def bind_gpu(req: DesktopRequest, backend: gpu.GpuBackend | None = None) -> GpuBinding:
@@ -72,10 +75,13 @@ def bind_gpu(req: DesktopRequest, backend: gpu.GpuBackend | None = None) -> GpuB
     choice = decide_encoder(req.desktop.encoder, nvenc, req.cpus)
     driver: Literal["dummy", "nvidia"] = "nvidia"
     summary = f"bound {device.label()} ({how})"
-    if req.runtime.kind == "host" and not has_nvidia_xorg_driver():
+    # The host's Xorg, and hpcdesk's images (the host's X driver bound in), fall back to the
+    # dummy driver where the node's driver has no X module; the GLX image cannot.
+    own_xorg = req.runtime.kind == "host" or not is_upstream(req.runtime.image or "")
+    if own_xorg and not has_nvidia_xorg_driver():
         driver = "dummy"
         summary += ("; this node's driver has no Xorg module (nvidia_drv.so), so the X server "
                     "renders in software while encoding may still use the GPU")
     log.info("%s; encoder %s: %s", summary, choice.name, choice.reason)
     return GpuBinding(driver, device.xorg_bus_id, device, choice.name, choice.threads,
-                      choice.reason, summary)
+                      choice.reason, summary, choice.fallback)

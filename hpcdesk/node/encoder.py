@@ -15,13 +15,13 @@ with the desktop's own programs, and x264 gains little beyond 8 threads at deskt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from hpcdesk.encoders import ENCODERS
 from hpcdesk.node.nvenc import NvencResult
 
-__all__ = ["ENCODERS", "EncoderChoice", "decide_encoder", "software_threads"]
+__all__ = ["ENCODERS", "EncoderChoice", "decide_encoder", "software_threads", "stream_encoder"]
 
-ENCODERS = ("auto", "nvh264enc", "x264enc", "x264enc-striped", "jpeg", "vp8enc", "vp9enc")
 _SOFTWARE_LABEL = {"x264enc": "H.264", "x264enc-striped": "striped H.264", "jpeg": "JPEG",
                    "vp8enc": "VP8", "vp9enc": "VP9"}
 MAX_THREADS = 8
@@ -34,6 +34,7 @@ class EncoderChoice:
     name: str
     threads: int
     reason: str
+    fallback: bool = False  # the encoder asked for could not be used: the user is told
 
     @property
     def hardware(self) -> bool:
@@ -75,9 +76,18 @@ def decide_encoder(requested: str, nvenc: NvencResult | None, cpus: int) -> Enco
         detail = "" if nvenc is None else f" ({nvenc.reason})"
         return _software("x264enc", cpus, f"{short} -> x264enc{detail}")
     if wanted == "nvh264enc":
-        return _software("x264enc", cpus, f"nvh264enc was requested but {missing}; fell back "
-                                          "to x264enc")
+        return replace(_software("x264enc", cpus, f"nvh264enc was requested but {missing}; "
+                                                  "fell back to x264enc"), fallback=True)
     why = f"{wanted} as requested"
     if works:
         why += " (NVENC is available: encoder auto would use it)"
     return _software(wanted, cpus, why)
+
+
+def stream_encoder(interface: str, choice: EncoderChoice) -> EncoderChoice:
+    """What really encodes the viewer's stream: the VNC interface's KasmVNC encodes the screen
+    itself (JPEG/WebP), whatever desktop.encoder says (which only Selkies uses)."""
+    if interface == "vnc":
+        return EncoderChoice("kasmvnc", choice.threads, "the VNC interface: KasmVNC encodes "
+                             "the screen itself (JPEG/WebP); desktop.encoder applies to Selkies")
+    return choice

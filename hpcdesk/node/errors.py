@@ -17,3 +17,14 @@ class Stop(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class PortTaken(StartError):
+    """Another process (named by its user) listens on the port the web UI was given: nothing
+    was sent to it; the agent tries another port."""
+
+    def __init__(self, port: int, holders: str) -> None:
+        super().__init__(f"port {port} on this node is held by {holders}, not by this desktop; "
+                         "no credential was sent to it")
+        self.port = port
+        self.holders = holders

@@ -4,33 +4,159 @@ In token mode (desktop.auth: token) the page itself loads without credentials; t
 means the page answers 200 and a client without a valid token gets nothing
 (`anonymous_refused`: the WebSocket for websockets; the ICE servers and the signalling for
 webrtc).
+
+Before any probe carries a secret, :func:`who_listens` proves whose socket listens on the
+port (the one readiness proof for every runtime): a neighbour on a shared node can bind a
+port before the web UI does. Every listening socket on the port (/proc/net/tcp and tcp6, any
+address) must belong to this user and be an open file of one of the agent's own descendants
+(the host runtime's Selkies, the container's web server). Once such a socket listens, no
+other user can bind that port on an address it covers, so a connection made after the proof
+reaches it. Over HTTPS the session's own certificate is pinned as well.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import http.client
 import json
+import os
 import secrets
 import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcdesk.node import token_gate
-from hpcdesk.node.errors import StartError
+from hpcdesk.node.errors import PortTaken, StartError
+from hpcdesk.trust import owner_name
 
 if TYPE_CHECKING:
     from hpcdesk.node.runtime import DesktopPlan
 
+TCP_LISTEN = "0A"
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    """A TCP socket as /proc/net/tcp{,6} shows it."""
+
+    address: str  # hex, as the kernel prints it
+    port: int
+    uid: int
+    inode: int
+
+
+@dataclass(frozen=True)
+class Proof:
+    """Who listens on a port: nobody yet, us (proven), or someone else (named)."""
+
+    ours: bool
+    foreign_uids: tuple[int, ...] = ()
+
+    @property
+    def nobody(self) -> bool:
+        return not self.ours and not self.foreign_uids
+
+    def holders(self) -> str:
+        """The users holding the port, for logs and errors ("alice (uid 1001)")."""
+        return ", ".join(owner_name(uid) for uid in self.foreign_uids) or "a process of yours " \
+            "that this desktop did not start"
+
+
+def tcp_sockets(port: int, state: str, proc_net: Path = Path("/proc/net")) -> list[TcpSocket]:
+    """Every TCP socket in `state` ("0A" listening, "01" established) whose local port is
+    `port`, in this network namespace (IPv4 and IPv6): the one reader of /proc/net/tcp."""
+    found: list[TcpSocket] = []
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (proc_net / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 10 or f[3] != state:
+                continue
+            addr, _, hexport = f[1].rpartition(":")
+            if int(hexport, 16) == port:
+                found.append(TcpSocket(addr, port, int(f[7]), int(f[9])))
+    return found
+
+
+def listening(port: int, proc_net: Path = Path("/proc/net")) -> list[TcpSocket]:
+    """Every listening TCP socket on `port` (IPv4 and IPv6)."""
+    return tcp_sockets(port, TCP_LISTEN, proc_net)
+
+
+def socket_inodes(pids: Iterable[int]) -> set[int]:
+    """The socket inodes among the open files of `pids` (readable for our own processes)."""
+    inodes: set[int] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def who_listens(port: int, root: int | None = None, proc_net: Path = Path("/proc/net"),
+                uid: int | None = None) -> Proof:
+    """Prove that every socket listening on `port` is this user's and an open file of a
+    descendant of `root` (default: this process, the agent)."""
+    from hpcdesk.node.procs import descendants
+
+    me = os.getuid() if uid is None else uid
+    sockets = listening(port, proc_net)
+    if not sockets:
+        return Proof(False)
+    ours = socket_inodes(descendants(os.getpid() if root is None else root))
+    foreign = tuple(sorted({s.uid for s in sockets if s.uid != me or s.inode not in ours}))
+    return Proof(not foreign, foreign)
+
+
+def cert_fingerprint(der: bytes) -> str:
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to the session's own server: the certificate must be the one the agent made or
+    the site gave this session (its SHA-256 fingerprint), or nothing is sent."""
+
+    def __init__(self, host: str, port: int, pin: str | None, timeout: float,
+                 context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.pin = pin
+
+    def connect(self) -> None:
+        super().connect()
+        if self.pin is None:
+            return
+        assert isinstance(self.sock, ssl.SSLSocket)
+        der = self.sock.getpeercert(binary_form=True) or b""
+        if cert_fingerprint(der) != self.pin:
+            self.sock.close()
+            raise ssl.SSLError("the web UI presented another certificate than the session's")
 
 
 def http_status(host: str, port: int, user: str | None, password: str | None,
-                https: bool = False, timeout: float = 2.0, path: str = "/") -> int | None:
+                https: bool = False, timeout: float = 2.0, path: str = "/",
+                pin: str | None = None) -> int | None:
     """The HTTP status of GET path, or None if nothing answered."""
     headers = {"Connection": "close"}
     if user is not None and password is not None:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
-    conn = _connection(host, port, https, timeout)
+    conn = connection(host, port, https, timeout, pin)
     try:
         conn.request("GET", path, headers=headers)
         return conn.getresponse().status
@@ -40,19 +166,20 @@ def http_status(host: str, port: int, user: str | None, password: str | None,
         conn.close()
 
 
-def _connection(host: str, port: int, https: bool, timeout: float) -> http.client.HTTPConnection:
+def connection(host: str, port: int, https: bool, timeout: float,
+                pin: str | None = None) -> http.client.HTTPConnection:
     if https:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # the node checks its own server, not the chain
-        return http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+        ctx.verify_mode = ssl.CERT_NONE  # the node pins its own certificate, not the chain
+        return PinnedHTTPSConnection(host, port, pin, timeout, ctx)
     return http.client.HTTPConnection(host, port, timeout=timeout)
 
 
 def anonymous_websocket_status(host: str, port: int, path: str, https: bool = False,
                                timeout: float = 2.0) -> int | None:
     """The HTTP status a WebSocket upgrade without any token gets (101 means it streams)."""
-    conn = _connection(host, port, https, timeout)
+    conn = connection(host, port, https, timeout)
     key = base64.b64encode(secrets.token_bytes(16)).decode()
     try:
         conn.request("GET", path, headers={
@@ -63,11 +190,13 @@ def anonymous_websocket_status(host: str, port: int, path: str, https: bool = Fa
         return None
     finally:
         conn.close()
+
+
 def provision_tokens(host: str, port: int, path: str, master_token: str,
                      tokens: dict[str, dict[str, object]], https: bool = False,
-                     timeout: float = 5.0) -> int | None:
+                     timeout: float = 5.0, pin: str | None = None) -> int | None:
     """Replace Selkies' token table (POST api/tokens, the master token as bearer)."""
-    conn = _connection(host, port, https, timeout)
+    conn = connection(host, port, https, timeout, pin)
     try:
         conn.request("POST", path, body=json.dumps(tokens), headers={
             "Authorization": f"Bearer {master_token}", "Content-Type": "application/json",
@@ -79,20 +208,40 @@ def provision_tokens(host: str, port: int, path: str, master_token: str,
         conn.close()
 
 
+def session_pin(plan: DesktopPlan) -> str | None:
+    """The fingerprint of the session's own certificate (HTTPS), which every probe pins."""
+    return _fingerprint(str(plan.tls_cert)) if plan.tls_cert else None
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(cert: str) -> str:
+    from hpcdesk.node.tls import fingerprint
+
+    return fingerprint(Path(cert))
+
+
 def probe(plan: DesktopPlan, probe_host: str) -> tuple[bool, str | None, int | None]:
-    """One look at the web UI: (ready, the session token in token mode, HTTP status)."""
-    https = plan.request.desktop.https
+    """One look at the web UI: (ready, the session token in token mode, HTTP status).
+
+    Nothing is sent before the proof that the socket listening on the port is this
+    desktop's own (who_listens); a foreign listener raises PortTaken."""
+    proof = who_listens(plan.web_port)
+    if proof.foreign_uids:
+        raise PortTaken(plan.web_port, proof.holders())
+    if not proof.ours:
+        return False, None, None  # nobody listens yet
+    https, pin = plan.request.desktop.https, session_pin(plan)
     if plan.master_token:  # token mode: the page itself loads without credentials
         status = http_status(probe_host, plan.web_port, None, None, https=https,
-                             timeout=1.0, path=plan.url_path)
+                             timeout=1.0, path=plan.url_path, pin=pin)
         token = token_ready(plan, probe_host) if status == 200 else None
         return token is not None, token, status
     status = http_status(probe_host, plan.web_port, plan.user, plan.password,
-                         https=https, timeout=1.0, path=plan.url_path)
+                         https=https, timeout=1.0, path=plan.url_path, pin=pin)
     if status != 200:
         return False, None, status
     anon = http_status(probe_host, plan.web_port, None, None, https=https,
-                       path=plan.url_path)
+                       path=plan.url_path, pin=pin)
     if anon != 401:
         raise StartError(f"the web UI answered {anon} without credentials (expected "
                          "401): refusing to publish an unprotected desktop")
@@ -145,7 +294,8 @@ def token_ready(plan: DesktopPlan, probe_host: str) -> str | None:
         return None
     token = secrets.token_urlsafe(24)
     status = provision_tokens(probe_host, plan.web_port, plan.url_path + "api/tokens",
-                              plan.master_token, token_gate.table(token, []), https=https)
+                              plan.master_token, token_gate.table(token, []), https=https,
+                              pin=session_pin(plan))
     if status != 200:
         raise StartError(f"Selkies refused the session token (HTTP {status}); is it "
                          "Selkies 2.x with token support?")

@@ -8,8 +8,11 @@ the node (a firewall that passes only TCP, an SSH tunnel forwarding the same por
 - unprivileged, as the desktop's user, TCP listener only, on a port claimed exactly like the
   web port (node/ports.py), on the node's address and on its loopback (see connect/rtc.py for
   why both);
-- UDP relay ports from a block of RELAY_BLOCK ports in network.turn_relay_min..max, claimed
-  node-wide (locks.py), so two desktops on one node never share one;
+- UDP relay ports from a block of RELAY_BLOCK ports in network.turn_relay_min..max whose
+  ports are free (pick_relay_block; no claim by name that a neighbour could squat);
+- relaying only to the desktop's own media address (`allowed-peer-ip` = the node's address,
+  every other IPv4/IPv6 peer denied, no RFC 6062 TCP relay): a viewer's credentials cannot
+  reach the cluster network through it;
 - per-session long-term credentials (random), in a 0600 configuration file, never on argv;
 - no admin CLI (`no-cli`); pidfile, log and user database in the session's node-local
   directory, which is removed with the desktop;
@@ -29,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcdesk.connect.turn import IceServer
+from hpcdesk.node import address
 from hpcdesk.node.errors import StartError
-from hpcdesk.node.locks import SCOPE, try_claim
 from hpcdesk.node.ports import PortLease
 from hpcdesk.node.procs import Child, spawn, stop_all
 from hpcdesk.schema import RuntimeConfig
@@ -38,7 +41,6 @@ from hpcdesk.schema import RuntimeConfig
 RELAY_BLOCK = 16
 REALM = "hpcdesk"
 USER = "hpcdesk"
-WILDCARDS = ("0.0.0.0", "::")  # noqa: S104
 
 
 @dataclass
@@ -49,36 +51,53 @@ class JobTurn:
     password: str
     child: Child
     directory: Path
-    relay_claim: socket.socket | None
 
     def ice_server(self, url: str) -> IceServer:
         return IceServer((url,), self.username, self.password)
 
     def release(self) -> None:
-        if self.relay_claim is not None:
-            self.relay_claim.close()
-            self.relay_claim = None
+        """Nothing to give back: the relay ports are coturn's own sockets."""
 
 
-def claim_relay_block(lo: int, hi: int, scope: str = SCOPE) -> tuple[int, socket.socket]:
-    """(first port of a free block, its claim); RuntimeError when every block is taken."""
+def pick_relay_block(lo: int, hi: int, addr: str = "0.0.0.0") -> int:  # noqa: S104
+    """The first port of a block whose UDP ports are all free now; RuntimeError when none.
+
+    No block is claimed by name: a name costs a squatter nothing (1,024 of them once blocked
+    every in-job TURN of a node). Blocking a block costs holding its real UDP ports, and two
+    coturns that pick the same block at the same moment (rare: the pick is random) still
+    work, because coturn takes another port of its range when a relay port is in use."""
     starts = list(range(lo, hi - RELAY_BLOCK + 2, RELAY_BLOCK))
     random.shuffle(starts)
     for start in starts:
-        claim = try_claim(f"turn-relay-{start}", scope)
-        if claim is not None:
-            return start, claim
-    raise RuntimeError(f"every TURN relay port block in {lo}-{hi} is in use on this node; "
-                       "widen network.turn_relay_min..turn_relay_max")
+        if all(_udp_free(addr, p) for p in range(start, start + RELAY_BLOCK)):
+            return start
+    raise RuntimeError(f"every TURN relay port block in {lo}-{hi} has UDP ports in use on "
+                       "this node; widen network.turn_relay_min..turn_relay_max")
+
+
+def _udp_free(addr: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((addr, port))
+        except OSError:
+            return False
+    return True
 
 
 def config_text(directory: Path, port: int, bind_addr: str, relay_ip: str | None,
                 relay: tuple[int, int], username: str, password: str) -> str:
     lines = [f"listening-port={port}"]
-    if bind_addr not in WILDCARDS:
+    if bind_addr not in address.WILDCARDS:
         lines += [f"listening-ip={bind_addr}", "listening-ip=127.0.0.1"]
     if relay_ip:
         lines.append(f"relay-ip={relay_ip}")
+    # Relay only to the desktop's own media address: every other peer, IPv4 and IPv6, is
+    # denied (an allowed range wins over a denied one in coturn), and no TCP relay (RFC 6062)
+    # at all. Without a known address nothing can be relayed, which is the safe failure.
+    lines += ["denied-peer-ip=0.0.0.0-255.255.255.255",
+              "denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "no-tcp-relay"]
+    if relay_ip:
+        lines.append(f"allowed-peer-ip={relay_ip}")
     lines += [
         f"min-port={relay[0]}", f"max-port={relay[1]}",
         "no-udp", "no-tls", "no-dtls", "no-cli", "no-multicast-peers", "fingerprint",
@@ -91,7 +110,7 @@ def config_text(directory: Path, port: int, bind_addr: str, relay_ip: str | None
 
 
 def _relay_ip(bind_addr: str, published_host: str) -> str | None:
-    if bind_addr not in WILDCARDS:
+    if bind_addr not in address.WILDCARDS:
         return bind_addr
     try:
         ip = socket.gethostbyname(published_host)
@@ -126,7 +145,7 @@ def start(directory: Path, ports: PortLease, bind_addr: str,
     argv = command(runtime, directory)
     try:
         port = ports.acquire()
-        first, lock = claim_relay_block(*relay_range)
+        first = pick_relay_block(*relay_range)
     except RuntimeError as exc:
         raise StartError(str(exc)) from None
     relay = (first, first + RELAY_BLOCK - 1)
@@ -139,7 +158,7 @@ def start(directory: Path, ports: PortLease, bind_addr: str,
                              relay, USER, password))
     child = spawn("turn server", [*argv, "-c", str(conf)], env,
                   directory / "turnserver.out")
-    turn = JobTurn(port, relay, USER, password, child, directory, lock)
+    turn = JobTurn(port, relay, USER, password, child, directory)
     probe = "127.0.0.1"
     deadline = time.monotonic() + timeout
     while True:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from hpcdesk.checks import Check, checks_to_json, worst
+from hpcdesk.node import sound
 from hpcdesk.node.driver import ICD_DIRS, driver_file_paths, driver_version_from_proc
 from hpcdesk.node.encoder import decide_encoder
 from hpcdesk.node.gpu import (
@@ -31,6 +32,7 @@ from hpcdesk.node.gpu import (
     resolve_allocation_explained,
     scan_dev_nodes,
 )
+from hpcdesk.node.neighbour_checks import neighbour_checks
 from hpcdesk.node.nvenc import NvencResult, probe_nvenc
 
 __all__ = ["main", "node_checks"]
@@ -44,6 +46,7 @@ XORG_CANDIDATES = ("/usr/lib/xorg/Xorg", "/usr/libexec/Xorg", "/usr/lib/Xorg")
 DUMMY_DRIVER_DIRS = ("/usr/lib/xorg/modules/drivers", "/usr/lib64/xorg/modules/drivers")
 
 Prober = Callable[[Device], NvencResult]
+SoundProber = Callable[[], tuple[bool, str]]
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -224,6 +227,15 @@ def _xorg_check(candidates: Sequence[str], dummy_dirs: Sequence[str]) -> Check:
     return Check("xorg", "ok", f"{xorg}; dummy driver {dummy}")
 
 
+def _sound_check(probe: SoundProber) -> Check:
+    ok, detail = probe()
+    if ok:
+        return Check("sound", "ok", detail)
+    return Check("sound", "warn", f"desktops here start without sound: {detail}",
+                 f"install {sound.PACKAGES} on the node (Debian); hpcdesk's own images (debian, "
+                 "kde) bring their own; or set desktop.audio: false")
+
+
 def _default_probe(device: Device) -> NvencResult:
     return probe_nvenc(pci_bus_id=device.pci_bus_id)
 
@@ -248,6 +260,7 @@ def node_checks(
     proc_version: Path = Path("/proc/driver/nvidia/version"),
     xorg_candidates: Sequence[str] = XORG_CANDIDATES,
     dummy_dirs: Sequence[str] = DUMMY_DRIVER_DIRS,
+    sound_probe: SoundProber = sound.probe,
 ) -> list[Check]:
     """Every node check, in a fixed order; every argument can be swapped for a test."""
     env = os.environ if env is None else env
@@ -269,7 +282,9 @@ def node_checks(
         _icd_check(files, version),
         _shm_check(shm),
         _xorg_check(xorg_candidates, dummy_dirs),
+        _sound_check(sound_probe),
     ]
+    checks += neighbour_checks()  # what other users did to the node-wide names
     return checks
 
 

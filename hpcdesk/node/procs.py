@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -63,13 +64,21 @@ class Child:
 
 def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None,
           cwd: Path | None = None, pass_fds: Sequence[int] = (), essential: bool = True,
-          restartable: bool = False) -> Child:
+          restartable: bool = False, max_file_bytes: int = 0) -> Child:
+    """Start a child in its own session; `max_file_bytes` (RLIMIT_FSIZE) bounds every file
+    it writes, its logs included."""
     log.info("starting %s: %s", name, " ".join(argv))
+    preexec = _die_with_parent
+    if max_file_bytes:
+        def preexec() -> None:
+            _die_with_parent()
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         proc = subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
-                                pass_fds=tuple(pass_fds), preexec_fn=_die_with_parent)
+                                pass_fds=tuple(pass_fds), preexec_fn=preexec)
     except OSError as exc:
         raise StartError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
     finally:
@@ -169,8 +178,9 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def stop_all(children: Sequence[Child], grace: float = 5.0) -> None:
-    """SIGTERM each child's group (newest first), wait, then SIGKILL what is left."""
+def stop_all(children: Sequence[Child], grace: float = 5.0, sweep: bool = True) -> None:
+    """SIGTERM each child's group (newest first), wait, then SIGKILL what is left; with
+    `sweep`, every other descendant of the agent too (the end of the desktop)."""
     for child in reversed(children):
         if child.alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -187,7 +197,7 @@ def stop_all(children: Sequence[Child], grace: float = 5.0) -> None:
     # Grandchildren that left their group (setsid daemons) but are still ours.
     # Grandchildren that left their group (setsid daemons), and double-forked daemons that
     # were reparented to this subreaper: still ours.
-    stragglers = descendants(os.getpid())
+    stragglers = descendants(os.getpid()) if sweep else []
     for pid in stragglers:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)

@@ -17,6 +17,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcdesk.node.address import WILDCARDS
 from hpcdesk.node.errors import StartError
 
 
@@ -36,7 +37,7 @@ def fingerprint(cert: Path) -> str:
 
 def _san(names: list[str]) -> str:
     out = []
-    for name in dict.fromkeys(n for n in names if n and n not in ("0.0.0.0", "::")):  # noqa: S104
+    for name in dict.fromkeys(n for n in names if n and n not in WILDCARDS):
         try:
             ipaddress.ip_address(name)
             out.append(f"IP:{name}")

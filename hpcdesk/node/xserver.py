@@ -13,9 +13,11 @@ same display.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import select
+import stat
 import subprocess
 import time
 from collections.abc import Mapping
@@ -23,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcdesk.node.errors import StartError
+from hpcdesk.node.locks import describe_owner
 from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.xorg_conf import XorgSpec, render_xorg_conf
 
+log = logging.getLogger(__name__)
 FAMILY_WILD = 0xFFFF
 
 
@@ -71,20 +75,77 @@ class XServer:
     display: str  # ":N"
 
 
+X11_UNIX = Path("/tmp/.X11-unix")
+SOCKET_DIRS = (X11_UNIX, Path("/tmp/.ICE-unix"))  # node-wide, shared by every user of /tmp
+XORG_LOG_LIMIT = 16 << 20  # bytes: a failing Xorg once wrote 50 MB of logs per start
+
+
+def socket_dir_problem(path: Path, uid: int | None = None) -> str | None:
+    """Why the node-wide socket directory `path` is unsafe or unusable for this user, or None
+    (missing, or root's or this user's with the sticky bit: X servers make it as needed)."""
+    me = os.getuid() if uid is None else uid
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path} cannot be checked: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in (0, me):
+        return f"{path} belongs to {describe_owner(path)} (mode {mode:04o})"
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        return f"{path} is writable by others without the sticky bit (mode {mode:04o})"
+    if st.st_uid != me and mode & 0o1777 != 0o1777:
+        return f"{path} has mode {mode:04o}, not 1777: other users cannot create their sockets"
+    return None
+
+
+def socket_dir_unusable(path: Path) -> str | None:
+    """Why an X server of this user cannot keep its socket in `path`, or None (missing:
+    Xorg makes it; or a directory this user may create entries in, that nobody else can
+    empty: sticky, like /tmp). A sticky 1777 directory of another user still works (they
+    cannot remove our socket), so the filesystem socket, which some clients need, stays."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path} cannot be checked: {exc.strerror}"
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} belongs to {describe_owner(path)} (mode {mode:04o}), not writable here"
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        return f"{path} is writable by others without the sticky bit (mode {mode:04o})"
+    return None
+
+
 def start_xorg(xorg: str, files: XFiles, dpi: int, env: Mapping[str, str], log_path: Path,
                timeout: float) -> XServer:
     assert files.conf is not None, "Xorg needs the xorg.conf"
     conf, workdir = files.conf, files.conf.parent
+    # The filesystem socket lives in the node-wide /tmp/.X11-unix. When another user made
+    # that directory unusable (theirs, mode 0755), Xorg would try every display and fail: it
+    # then listens on its abstract socket @/tmp/.X11-unix/XN only (per network namespace),
+    # which X clients (libxcb) try first, and creates nothing in the foreign directory.
+    problem = socket_dir_unusable(X11_UNIX)
+    unix = ["-nolisten", "unix"] if problem else []
+    if problem:
+        log.warning("%s: the X server listens on its abstract socket only", problem)
     # No -configdir: an unprivileged Xorg ignores an absolute one. The generated config turns
     # off input hot-plugging, so the node's own xorg.conf.d snippets cannot grab devices.
     rfd, wfd = os.pipe()
-    argv = [xorg, "-noreset", "-novtswitch", "-sharevts", "-nolisten", "tcp",
+    argv = [xorg, "-noreset", "-novtswitch", "-sharevts", "-nolisten", "tcp", *unix,
             "-config", str(conf),
             "-logfile", str(log_path.parent / "Xorg.log"), "-auth", str(files.xauthority),
             "-displayfd", str(wfd), "-dpi", str(dpi),
             "+extension", "GLX", "+extension", "RANDR", "+extension", "RENDER"]
     try:
-        child = spawn("Xorg", argv, env, log_path, cwd=workdir, pass_fds=[wfd])
+        child = spawn("Xorg", argv, env, log_path, cwd=workdir, pass_fds=[wfd],
+                      max_file_bytes=XORG_LOG_LIMIT)
     finally:
         os.close(wfd)
     try:

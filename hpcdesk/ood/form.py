@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcdesk import config
+from hpcdesk.encoders import ENCODERS, HARDWARE_ENCODERS
 from hpcdesk.errors import UsageError
 from hpcdesk.login.jobscript import sbatch_lines
-from hpcdesk.schema import SiteConfig, slurm_time_seconds
+from hpcdesk.schema import SiteConfig, parse_resolution, slurm_time_seconds
 
 SOURCE = "form"
 FIELDS = ("hpcdesk_partition", "hpcdesk_account", "hpcdesk_hours", "hpcdesk_gpus",
           "hpcdesk_gpu_type", "hpcdesk_resolution", "hpcdesk_interface", "hpcdesk_encoder")
-ENCODERS = ("auto", "x264enc", "vp8enc", "vp9enc", "nvh264enc")
 # Token mode is the only auth that passes OOD's proxy, and only the Selkies interface has it.
 INTERFACES = ("selkies",)
 
@@ -44,7 +44,7 @@ def offer(cfg: SiteConfig) -> Offer:
                                         else [])
     current = f"{cfg.desktop.width}x{cfg.desktop.height}"
     hours = max(1, min(o.max_hours, slurm_time_seconds(cfg.scheduler.time) // 3600))
-    encoders = ENCODERS if o.max_gpus > 0 else ENCODERS[:-1]
+    encoders = tuple(e for e in ENCODERS if o.max_gpus > 0 or e not in HARDWARE_ENCODERS)
     return Offer(partitions=partitions, accounts=list(o.accounts), gpu_types=list(o.gpu_types),
                  max_gpus=o.max_gpus, default_gpus=min(cfg.scheduler.gpus, o.max_gpus),
                  max_hours=o.max_hours, default_hours=hours, resolutions=list(o.resolutions),
@@ -117,11 +117,10 @@ def overrides(cfg: SiteConfig, values: Mapping[str, Any]) -> dict[str, Any]:
             out["scheduler.gres"] = f"gpu:{gpu_type}:{gpus}"
     resolution = _text(values, "hpcdesk_resolution")
     if resolution is not None:
-        m = re.fullmatch(r"(-?\d+)\s*[xX]\s*(-?\d+)", resolution)
-        if not m:
-            raise _fail("hpcdesk_resolution", f"{resolution!r} is not WIDTHxHEIGHT "
-                        "(e.g. 1920x1080)")
-        out["desktop.width"], out["desktop.height"] = int(m.group(1)), int(m.group(2))
+        try:
+            out["desktop.width"], out["desktop.height"] = parse_resolution(resolution)
+        except ValueError as exc:
+            raise _fail("hpcdesk_resolution", str(exc)) from None
     for name, key, allowed in (("hpcdesk_interface", "desktop.interface", off.interfaces),
                                ("hpcdesk_encoder", "desktop.encoder", off.encoders)):
         text = _text(values, name)

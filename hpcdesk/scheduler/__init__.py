@@ -2,7 +2,7 @@
 
 Backends: `slurm_cli` (the Slurm commands, default) and `slurm_pyslurm` (Slurm's C API through
 pyslurm, optional); `queue_table` holds what they share. `backend: auto` takes pyslurm when it
-imports and matches this host's Slurm, else the commands (`select_backend` says why).
+imports and matches this host's Slurm, else the commands (backends.py chooses and says why).
 """
 
 from __future__ import annotations
@@ -94,6 +94,17 @@ class JobInfo:
     raw_state: str = ""
 
 
+@dataclass(frozen=True)
+class Partition:
+    """A partition's state and time limit, as the scheduler reports them."""
+
+    name: str
+    state: str            # UP, DOWN, DRAIN, INACTIVE
+    max_time: str         # Slurm's text ("8:00:00", "UNLIMITED")
+    max_seconds: int | None
+    default: bool
+
+
 class Scheduler(Protocol):
     name: str
 
@@ -116,39 +127,10 @@ class Scheduler(Protocol):
         """The job's exit code ("0:15") while the scheduler remembers it, else ""."""
         ...
 
+    def partitions(self, cluster: str | None) -> dict[str, Partition] | None:
+        """Every partition by name (one call); None when the scheduler cannot say now."""
+        ...
 
-def select_backend(backend: str, cluster: str | None) -> tuple[str, str]:
-    """The backend to use for `scheduler.backend` and the reason, without connecting."""
-    if backend == "slurm-cli":
-        return "slurm-cli", "scheduler.backend is slurm-cli"
-    from hpcdesk.scheduler.slurm_pyslurm import NO_MULTI_CLUSTER, probe
-
-    if backend == "auto" and cluster:
-        return "slurm-cli", f"auto: scheduler.cluster is set ({NO_MULTI_CLUSTER})"
-    found = probe()
-    if backend == "pyslurm":
-        if not found.usable:
-            from hpcdesk.errors import ConfigError
-
-            raise ConfigError(f"scheduler.backend: pyslurm cannot be used here: {found.reason}",
-                              hint="set scheduler.backend to auto or slurm-cli")
-        return "pyslurm", found.reason
-    if found.usable:
-        return "pyslurm", f"auto: {found.reason}"
-    return "slurm-cli", f"auto: {found.reason}; using the Slurm commands"
-
-
-def get_scheduler(backend: str, cache_dir: Path | None = None,
-                  cluster: str | None = None, timeout: float = 30.0) -> Scheduler:
-    """The backend; `cache_dir` (private to the user) lets processes share queue snapshots;
-    `timeout`: seconds one Slurm command may take (the commands backend)."""
-    name, _why = ("slurm-cli", "") if backend == "slurm-cli" else select_backend(backend, cluster)
-    if name == "pyslurm":
-        from hpcdesk.scheduler.slurm_pyslurm import Pyslurm, probe
-
-        module = probe().module
-        assert module is not None  # select_backend chose it because it imports
-        return Pyslurm(module, cache_dir=cache_dir)
-    from hpcdesk.scheduler.slurm_cli import SlurmCli
-
-    return SlurmCli(timeout=timeout, cache_dir=cache_dir)
+    def down_nodes(self, cluster: str | None) -> set[str]:
+        """Nodes that are down, drained or failing; empty when the scheduler cannot say."""
+        ...

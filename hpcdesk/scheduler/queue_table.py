@@ -1,7 +1,7 @@
 """What the Slurm backends share: the user's queue as one table, read once for all jobs.
 
 A backend produces the table of ALL the user's jobs on a cluster with one scheduler call
-(`squeue`, or one `Jobs.load` through pyslurm) as lines `id|state|reason|start|nodes`, and
+(`squeue -u USER`, or pyslurm's `slurm_load_job_user`) as lines `id|state|reason|start|nodes`, and
 looks up the jobs that already left the controller in accounting. Everything else lives here
 once: grouping by cluster, parsing, the short-lived snapshot that every hpcdesk process of
 the user shares (so several clients polling at one instant cost one RPC), and the reading of

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from hpcdesk.errors import SchedulerError, SchedulerRejected
-from hpcdesk.scheduler import JobInfo, JobRef, JobState, map_slurm_state
+from hpcdesk.scheduler import JobInfo, JobRef, JobState, Partition, map_slurm_state
 from hpcdesk.scheduler.queue_table import (
     ALREADY_DONE,
     REJECTED_HINT,
@@ -27,6 +27,7 @@ from hpcdesk.scheduler.queue_table import (
     ended,
     matches,
 )
+from hpcdesk.schema import slurm_time_seconds
 
 _SCRUB_PREFIXES = ("SQUEUE_", "SACCT_", "SBATCH_", "SCANCEL_", "SLURM_TIME_FORMAT")
 _SQUEUE_FORMAT = SEP.join(["%i", "%T", "%r", "%S", "%N"])
@@ -132,3 +133,39 @@ class SlurmCli(QueueTable):
                 return
             raise SchedulerError(f"scancel {job} failed: {msg}")
 
+    def partitions(self, cluster: str | None) -> dict[str, Partition] | None:
+        """All partitions from one `scontrol show partition`."""
+        try:
+            proc = self._run(["scontrol", "--oneliner", *_cluster_args(cluster), "show",
+                              "partition"])
+        except SchedulerError:
+            return None  # unknown here: sbatch gives its own clear answer
+        return parse_partitions(proc.stdout) if proc.returncode == 0 else None
+
+    def down_nodes(self, cluster: str | None) -> set[str]:
+        """Nodes that are down, drained or failing (one `sinfo`)."""
+        try:
+            proc = self._run(["sinfo", "--noheader", "--Node",
+                              "--states=down,drain,fail,no_respond", "--format=%N",
+                              *_cluster_args(cluster)])
+        except SchedulerError:
+            return set()
+        return {n.strip() for n in proc.stdout.split()} if proc.returncode == 0 else set()
+
+
+def parse_partitions(text: str) -> dict[str, Partition]:
+    """`scontrol --oneliner show partition` output, by name."""
+    out: dict[str, Partition] = {}
+    for line in text.splitlines():
+        fields: dict[str, str] = {m[1]: m[2] for m in re.finditer(r"(\w+)=(\S*)", line)}
+        name = fields.get("PartitionName")
+        if not name:
+            continue
+        max_time = fields.get("MaxTime", "UNLIMITED")
+        try:
+            seconds: int | None = slurm_time_seconds(max_time)
+        except ValueError:
+            seconds = None  # UNLIMITED / INFINITE
+        out[name] = Partition(name, fields.get("State", "UP"), max_time, seconds,
+                              fields.get("Default") == "YES")
+    return out

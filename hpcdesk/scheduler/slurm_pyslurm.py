@@ -1,11 +1,19 @@
 """The optional backend: Slurm's C API through pyslurm, no process per call, no output parsing.
 
 The contract is the commands backend's (queue_table.py holds what both share): the job is the
-same rendered script with the same `#SBATCH` options, one `Jobs.load` answers for all of the
+same rendered script with the same `#SBATCH` options, one call answers for all of the
 user's jobs, jobs that left the controller are looked up in accounting, and Slurm's errors
-map to the same exit codes. pyslurm must be built for the Slurm release it talks to:
-`probe()` tells whether it imports (libslurm's ABI) and was built for the Slurm release this
-host runs, for `backend: auto` and `hpcdesk doctor`.
+map to the same exit codes.
+
+The queue is read with `slurm_load_job_user` (REQUEST_JOB_USER_INFO: the controller sends this
+user's jobs only, as for `squeue -u USER`), not `Jobs.load`, which fetches every job on the
+cluster: on a busy site that costs the controller, the network and this process in proportion
+to other people's work. pyslurm 22.5.3 reaches that call only through its older `job` class
+(`job().find_user(uid)`, records as dicts); its newer `Jobs` has no user filter.
+
+pyslurm must be built for the Slurm release it talks to: `probe()` tells whether it imports
+(libslurm's ABI) and was built for the Slurm release this host runs, for `backend: auto` and
+`hpcdesk doctor`.
 
 pyslurm 22.5.3 never applies a submit description's `signal` (its `_set_signal` is not
 called); `_description_class` adds the call, so the early time-limit warning is sent as with
@@ -25,7 +33,7 @@ from types import ModuleType
 from typing import Any
 
 from hpcdesk.errors import SchedulerError, SchedulerRejected
-from hpcdesk.scheduler import JobInfo, JobRef, JobState, map_slurm_state
+from hpcdesk.scheduler import JobInfo, JobRef, JobState, Partition, map_slurm_state
 from hpcdesk.scheduler.queue_table import (
     ALREADY_DONE,
     REJECTED_HINT,
@@ -60,7 +68,8 @@ def probe() -> Probe:
         import pyslurm
     except ImportError as exc:
         return Probe(False, f"pyslurm is not installed or cannot load libslurm ({exc}); "
-                     "install hpcdesk[pyslurm] built for this Slurm (README, admins)")
+                     "install hpcdesk[pyslurm] built for this Slurm (docs/admin.md, "
+                     "Scheduler backends)")
     release = tuple(int(x) for x in str(pyslurm.__version__).split(".")[:2])
     built_for = tuple(pyslurm.slurm_api_version())
     running = _running_slurm()
@@ -69,7 +78,8 @@ def probe() -> Probe:
     if release != built_for[:2] or built_for[:2] != running[:2]:
         return Probe(False, f"pyslurm {pyslurm.__version__} is built for Slurm "
                      f"{_release(built_for)}, but this host runs Slurm {_release(running)}: "
-                     "build the pyslurm release that matches it (README, admins)")
+                     "build the pyslurm release that matches it (docs/admin.md, Scheduler "
+                     "backends)")
     return Probe(True, f"pyslurm {pyslurm.__version__} matches Slurm {_release(running)}",
                  pyslurm)
 
@@ -163,7 +173,7 @@ def description_fields(script: Path) -> dict[str, Any]:
 
 class Pyslurm(QueueTable):
     name = "pyslurm"
-    table_source = "pyslurm Jobs.load"
+    table_source = "pyslurm job().find_user"
 
     def __init__(self, module: ModuleType, cache_dir: Path | None = None,
                  cache_age: float = 1.0) -> None:
@@ -190,25 +200,29 @@ class Pyslurm(QueueTable):
             raise SchedulerError(f"submitting through pyslurm failed: {msg}") from None
         return JobRef(str(job_id), None)
 
-    def _own_jobs(self, cluster: str | None) -> list[Any] | None:
-        """This user's jobs on the controller, with one Jobs.load (None: see last_error)."""
+    def _own_jobs(self, cluster: str | None) -> list[dict[str, Any]] | None:
+        """This user's jobs on the controller, asked for by user id: one REQUEST_JOB_USER_INFO
+        whose answer holds no other user's job, after libslurm's small REQUEST_FED_INFO (it
+        checks for a federation unless given SHOW_LOCAL, which this pyslurm class cannot
+        pass). None: see last_error."""
         if cluster:
             self.last_error = NO_MULTI_CLUSTER
             return None
-        self.calls["Jobs.load"] += 1
+        self.calls["job.find_user"] += 1
         try:
-            jobs = self.pyslurm.Jobs.load()
-        except self.pyslurm.RPCError as exc:
+            # A ValueError(message, errno) is how pyslurm's older API reports a failed RPC.
+            jobs = self.pyslurm.job().find_user(self.uid)
+        except (self.pyslurm.RPCError, ValueError) as exc:
             self.last_error = _message(exc)
             return None
         self.last_error = ""
-        return [job for job in jobs.values() if job.user_id == self.uid]
+        return [job for job in jobs.values() if job.get("user_id") == self.uid]
 
     def fetch_tags(self, cluster: str | None) -> dict[str, str] | None:
         jobs = self._own_jobs(cluster)
         if jobs is None:
             return None
-        return {str(job.comment): str(job.id) for job in jobs if job.comment}
+        return {str(job["comment"]): str(job["job_id"]) for job in jobs if job.get("comment")}
 
     def fetch_table(self, cluster: str | None) -> str | None:
         jobs = self._own_jobs(cluster)
@@ -216,8 +230,9 @@ class Pyslurm(QueueTable):
             return None
         lines = []
         for job in jobs:
-            lines.append(row(str(job.id), str(job.state), str(job.state_reason or ""),
-                             _iso(job.start_time), str(job.allocated_nodes or "")))
+            lines.append(row(str(job["job_id"]), str(job.get("job_state") or ""),
+                             _reason(str(job.get("state_reason") or "")),
+                             _iso(job.get("start_time")), str(job.get("nodes") or "")))
         return "".join(line + "\n" for line in lines)
 
     def gone(self, cluster: str | None, refs: list[JobRef]) -> dict[JobRef, JobInfo]:
@@ -262,8 +277,46 @@ class Pyslurm(QueueTable):
             raise SchedulerError(f"cancelling {job} through pyslurm failed: {msg}") from None
 
 
+    def partitions(self, cluster: str | None) -> dict[str, Partition] | None:
+        """All partitions through the API (Partitions.load: one RPC, no command)."""
+        self.calls["Partitions.load"] += 1
+        try:
+            loaded = self.pyslurm.Partitions.load()
+        except self.pyslurm.RPCError:
+            return None
+        out: dict[str, Partition] = {}
+        for name, part in loaded.items():
+            minutes = part.max_time  # minutes, or pyslurm's UNLIMITED
+            limited = isinstance(minutes, int)
+            out[str(name)] = Partition(
+                str(name), str(part.state or "UP").upper(),
+                _slurm_minutes(minutes) if limited else "UNLIMITED",
+                minutes * 60 if limited else None, bool(part.is_default))
+        return out
+
+    def down_nodes(self, cluster: str | None) -> set[str]:
+        """Nodes whose state (e.g. "IDLE+DRAIN", "DOWN+NOT_RESPONDING") says they cannot run
+        a job, through the API (Nodes.load)."""
+        self.calls["Nodes.load"] += 1
+        try:
+            nodes = self.pyslurm.Nodes.load()
+        except self.pyslurm.RPCError:
+            return set()
+        bad = ("DOWN", "DRAIN", "FAIL", "NOT_RESPONDING", "NO_RESPOND")
+        return {str(name) for name, node in nodes.items()
+                if any(word in str(node.state or "").upper() for word in bad)}
+
 def _message(exc: BaseException) -> str:
-    return str(getattr(exc, "msg", "") or exc)
+    msg = getattr(exc, "msg", "")
+    if not msg and isinstance(exc, ValueError) and exc.args:
+        msg = exc.args[0]  # pyslurm's older API: ValueError(message, errno)
+    return str(msg or exc)
+
+
+def _reason(text: str) -> str:
+    """The pending reason as squeue shows it: pyslurm's older API writes a free-text reason
+    ("ReqNodeNotAvail, UnavailableNodes:gpu01") with its spaces as underscores."""
+    return text.replace(",_", ", ")
 
 
 def _iso(epoch: int | None) -> str:
@@ -271,3 +324,10 @@ def _iso(epoch: int | None) -> str:
     if not epoch:
         return ""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
+
+
+def _slurm_minutes(minutes: int) -> str:
+    """Minutes as Slurm prints a time limit ("08:00:00", "1-00:00:00")."""
+    days, rest = divmod(minutes, 24 * 60)
+    text = f"{rest // 60:02d}:{rest % 60:02d}:00"
+    return f"{days}-{text}" if days else text

@@ -11,9 +11,8 @@ the scheduler names the real reason.)
 from __future__ import annotations
 
 import re
-import subprocess
-from dataclasses import dataclass
 
+from hpcdesk.scheduler import Partition
 from hpcdesk.schema import slurm_time_seconds
 
 _CHECK_SINFO = "see the partitions and their limits with `sinfo -o '%P %a %l %D'`"
@@ -73,46 +72,6 @@ def why_unstartable(reason: str, down_nodes: set[str] | None = None) -> tuple[st
     return None
 
 
-@dataclass(frozen=True)
-class Partition:
-    name: str
-    state: str            # UP, DOWN, DRAIN, INACTIVE
-    max_time: str         # Slurm's text ("8:00:00", "UNLIMITED")
-    max_seconds: int | None
-    default: bool
-
-
-def parse_partitions(text: str) -> dict[str, Partition]:
-    """`scontrol --oneliner show partition` output, by name."""
-    out: dict[str, Partition] = {}
-    for line in text.splitlines():
-        fields: dict[str, str] = {m[1]: m[2] for m in re.finditer(r"(\w+)=(\S*)", line)}
-        name = fields.get("PartitionName")
-        if not name:
-            continue
-        max_time = fields.get("MaxTime", "UNLIMITED")
-        try:
-            seconds: int | None = slurm_time_seconds(max_time)
-        except ValueError:
-            seconds = None  # UNLIMITED / INFINITE
-        out[name] = Partition(name, fields.get("State", "UP"), max_time, seconds,
-                              fields.get("Default") == "YES")
-    return out
-
-
-def show_partitions(env: dict[str, str], cluster: str | None,
-                    timeout: float = 15.0) -> dict[str, Partition] | None:
-    """All partitions from one `scontrol show partition`; None if it cannot be asked now."""
-    argv = ["scontrol", "--oneliner", *(["-M", cluster] if cluster else []), "show",
-            "partition"]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return parse_partitions(proc.stdout) if proc.returncode == 0 else None
-
-
 def check_request(partitions: dict[str, Partition], wanted: str | None,
                   time_limit: str) -> tuple[str, str] | None:
     """(cause, next step) when no partition the job may use can ever run it."""
@@ -134,15 +93,3 @@ def check_request(partitions: dict[str, Partition], wanted: str | None,
         else:
             return None  # this one can run it
     return ("; ".join(c for c, _ in problems), problems[0][1]) if problems else None
-
-
-def down_nodes(env: dict[str, str], cluster: str | None, timeout: float = 15.0) -> set[str]:
-    """Nodes that are down, drained or failing (one `sinfo`); empty if it cannot be asked."""
-    argv = ["sinfo", "--noheader", "--Node", "--states=down,drain,fail,no_respond",
-            "--format=%N", *(["-M", cluster] if cluster else [])]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return set()
-    return {n.strip() for n in proc.stdout.split()} if proc.returncode == 0 else set()

@@ -54,6 +54,60 @@ RTC_SPY = """(() => {
             state: pc.connectionState};
   });
 })();"""
+# Installed before any page script: taps every sound the page plays with an AnalyserNode, at
+# the two places it can come from: a Web Audio node connected to the speakers (Selkies'
+# websockets client decodes Opus and plays it through an AudioWorklet) and every remote audio
+# track of an RTCPeerConnection (webrtc). `window.__hpcdeskAudio()` reads each tap now: its
+# RMS level and the frequency of its loudest FFT bin.
+AUDIO_SPY = """(() => {
+  if (window.__hpcdeskAudio) return;
+  const taps = [];
+  const connect = AudioNode.prototype.connect;
+  const analyse = (ctx, node, kind) => {
+    const a = ctx.createAnalyser();
+    a.fftSize = 8192;
+    a.smoothingTimeConstant = 0;
+    connect.call(node, a);
+    taps.push({ctx, a, kind});
+  };
+  AudioNode.prototype.connect = function (dest, ...rest) {
+    const out = connect.call(this, dest, ...rest);
+    if (dest instanceof AudioDestinationNode) analyse(this.context, this, "webaudio");
+    return out;
+  };
+  const Orig = window.RTCPeerConnection;
+  if (Orig) {
+    function Spy(...args) {
+      const pc = new Orig(...args);
+      pc.addEventListener("track", (e) => {
+        if (e.track.kind !== "audio") return;
+        const stream = new MediaStream([e.track]);
+        const el = new Audio(); el.muted = true; el.srcObject = stream; el.play().catch(() => {});
+        const ctx = new AudioContext();
+        analyse(ctx, ctx.createMediaStreamSource(stream), "webrtc");
+      });
+      return pc;
+    }
+    Spy.prototype = Orig.prototype;
+    Object.setPrototypeOf(Spy, Orig);
+    window.RTCPeerConnection = Spy;
+  }
+  window.__hpcdeskAudio = () => taps.map(({ctx, a, kind}) => {
+    const t = new Float32Array(a.fftSize);
+    a.getFloatTimeDomainData(t);
+    let sum = 0;
+    for (const x of t) sum += x * x;
+    const f = new Float32Array(a.frequencyBinCount);
+    a.getFloatFrequencyData(f);
+    let best = 1;
+    for (let i = 1; i < f.length; i++) if (f[i] > f[best]) best = i;
+    return {kind, state: ctx.state, rms: Math.sqrt(sum / t.length),
+            peakHz: best * ctx.sampleRate / a.fftSize};
+  });
+})();"""
+AUDIO_LEVELS = "JSON.stringify(window.__hpcdeskAudio ? window.__hpcdeskAudio() : null)"
+# Chromium's fake capture device (a periodic beep) as the microphone, granted without a prompt.
+FAKE_MICROPHONE = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 PEER_CONFIGS = "JSON.stringify(window.__hpcdeskPeerConfigs ? window.__hpcdeskPeerConfigs() : null)"
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
@@ -125,9 +179,11 @@ async def _until(page: _Page, out: Path, ok: Callable[[Path], bool], timeout: fl
 class Chromium:
     """Headless Chromium with one page, optionally in a network namespace."""
 
-    def __init__(self, netns: str | None = None, window: tuple[int, int] = (1280, 720)) -> None:
+    def __init__(self, netns: str | None = None, window: tuple[int, int] = (1280, 720),
+                 flags: tuple[str, ...] = ()) -> None:
         self.netns = netns
         self.window = window
+        self.flags = flags
         self.proc: subprocess.Popen[str] | None = None
         self.page_ws = ""
         self._profile: tempfile.TemporaryDirectory[str] | None = None
@@ -140,7 +196,7 @@ class Chromium:
                                                     ignore_cleanup_errors=True)
         prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
         self.proc = subprocess.Popen(
-            [*prefix, chromium, *FLAGS, f"--window-size={self.window[0]},{self.window[1]}",
+            [*prefix, chromium, *FLAGS, *self.flags, f"--window-size={self.window[0]},{self.window[1]}",
              f"--user-data-dir={self._profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
@@ -298,6 +354,12 @@ class Chromium:
     def peer_configs(self) -> list[dict[str, Any]] | None:
         """The page's RTCPeerConnection configurations (None: RTC_SPY was not installed)."""
         got = json.loads(str(self.evaluate(PEER_CONFIGS)))
+        return None if got is None else list(got)
+
+    def audio_levels(self) -> list[dict[str, Any]] | None:
+        """What the page plays right now, per tap (None: AUDIO_SPY was not installed):
+        kind (webaudio | webrtc), state, rms, peakHz."""
+        got = json.loads(str(self.evaluate(AUDIO_LEVELS)))
         return None if got is None else list(got)
 
     def wait_until(self, expression: str, timeout: float = 60.0) -> bool:

@@ -153,6 +153,33 @@ def cleanup_jobs(user: User) -> Iterator[list[str]]:
         user.run("cancel", sid, "--site", "devcluster", timeout=90)
 
 
+@pytest.fixture(scope="module")
+def site_dir() -> Iterator[Path]:
+    """Site files (and other inputs) readable by the dev users (pytest's tmp_path is root's
+    alone)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="hpcdesk-site-", dir="/var/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def write_site(site_dir: Path, name: str, **sections: dict[str, Any]) -> Path:
+    """The dev cluster's site file with some sections changed, as `site_dir/name.yaml`
+    (readable by the dev users)."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "site-configs/devcluster.yaml").read_text())
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    path = site_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    path.chmod(0o644)
+    return path
+
+
 def node_exec(node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return _run(["bash", str(DEVCLUSTER), "exec", node, *argv], timeout=timeout)
 

@@ -204,12 +204,11 @@ exit "$rc"
 """
 
 
-@pytest.mark.parametrize(("width", "height", "depth"), XORG_SIZES)
-def test_debian_image_xorg_with_the_rendered_config(user: User, debian_image: str, width: int,
-                                                    height: int, depth: int) -> None:
-    """The image's Xorg, started with hpcdesk's xorg.conf and cookie file as the entrypoint
-    starts it, gives exactly the requested screen. (The glx and egl images need ghcr.io,
-    which this machine cannot reach, so only the Debian image is built and run here.)"""
+def image_xorg_screen(user: User, image: str, width: int, height: int,
+                      depth: int) -> tuple[int, int]:
+    """An image's Xorg, started as its entrypoint starts it with the xorg.conf and cookie file
+    of the agent's one generator (xserver.write_x_files), as the user: the size xdpyinfo
+    reports (after checking the depth)."""
     from hpcdesk.node.displays import in_use
     from hpcdesk.node.xorg_conf import XorgSpec
     from hpcdesk.node.xserver import write_x_files
@@ -224,13 +223,22 @@ def test_debian_image_xorg_with_the_rendered_config(user: User, debian_image: st
         argv = ["runuser", "-u", user.name, "--", "env", f"HOME={user.home}",
                 "PATH=/usr/local/bin:/usr/bin:/bin", "apptainer", "exec", "--cleanenv",
                 "--contain", "--ipc", "--workdir", str(work / "apptainer"),
-                "--bind", f"{work}:{work}:ro", debian_image, "/bin/sh", "-c", IMAGE_XORG, "sh",
+                "--bind", f"{work}:{work}:ro", image, "/bin/sh", "-c", IMAGE_XORG, "sh",
                 str(display), str(x.conf), str(x.xauthority), "/tmp"]
         res = _run(argv, timeout=180)
         assert res.returncode == 0, res.stderr[-3000:]
         dims = re.search(r"dimensions:\s+(\d+)x(\d+) pixels", res.stdout)
         assert dims is not None, res.stdout
-        assert (int(dims[1]), int(dims[2])) == (width, height)
         assert re.search(rf"depth of root window:\s+{depth} planes", res.stdout)
+        return int(dims[1]), int(dims[2])
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("width", "height", "depth"), XORG_SIZES)
+def test_debian_image_xorg_with_the_rendered_config(user: User, debian_image: str, width: int,
+                                                    height: int, depth: int) -> None:
+    """The image's Xorg, started with hpcdesk's xorg.conf and cookie file as the entrypoint
+    starts it, gives exactly the requested screen. (The glx and egl images need ghcr.io,
+    which this machine cannot reach; the KDE image: test_image_desktops.py.)"""
+    assert image_xorg_screen(user, debian_image, width, height, depth) == (width, height)

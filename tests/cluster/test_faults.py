@@ -7,12 +7,13 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import User, _run, controller_stopped, http_status, read_until
+from conftest import VENV, User, _run, controller_stopped, http_status, read_until
 
 pytestmark = pytest.mark.cluster
 SITE = ("--site", "devcluster")
@@ -164,17 +165,33 @@ def test_scancel_during_startup(user: User) -> None:
     assert not (sdir / "connection.json").exists()
 
 
+# An open browser tab as Selkies sees it: its streaming WebSocket, authenticated (basic auth),
+# from the page's own origin; it reads whatever the desktop sends.
+WS_VIEWER = """
+import asyncio, os, ssl, sys
+import aiohttp
+async def main(url):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    auth = aiohttp.BasicAuth(os.environ["VIEWER_USER"], os.environ["VIEWER_PASSWORD"])
+    origin = url.split("/api/")[0].replace("wss://", "https://")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, ssl=ctx, auth=auth, headers={"Origin": origin}) as ws:
+            print("connected", flush=True)
+            async for _ in ws:
+                pass
+asyncio.run(main(sys.argv[1]))
+"""
+
+
 @pytest.mark.reliability("S6 idle timeout",
                           "a viewer keeps it alive; without one the job ends, GPU freed, reason recorded")
 def test_idle_timeout_ends_a_desktop_nobody_watches(user: User, cleanup_jobs: list[str]) -> None:
     """Scenario 6: the site's idle timeout (15 s here). A connected viewer keeps the desktop
     alive well past it; once the viewer leaves, the job ends, the GPU is free again, and the
-    reason is recorded. The viewer is an authenticated keep-alive HTTPS connection that asks
-    for the page every few seconds, as an open browser tab keeps its connection."""
-    import base64
-    import http.client
-    import ssl
-
+    reason is recorded. The viewer is what an open browser tab is to Selkies: an
+    authenticated WebSocket on its streaming route (a bare connection does not count,
+    tests/cluster/test_hostile_neighbour.py)."""
     site = user.home / "h12-idle-site.yaml"
     text = (Path(__file__).resolve().parents[2] / "site-configs/devcluster.yaml").read_text()
     site.write_text(text.rstrip() + "\n  idle: 15\n")
@@ -182,19 +199,20 @@ def test_idle_timeout_ends_a_desktop_nobody_watches(user: User, cleanup_jobs: li
     data = user.json("submit", "--site", str(site))
     sid, job = str(data["session"]), str(data["job_id"])
     cleanup_jobs.append(sid)
-    auth = base64.b64encode(f"{data['user']}:{data['password']}".encode()).decode()
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    viewer = http.client.HTTPSConnection(str(data["host"]), int(data["port"]), context=ctx,
-                                         timeout=10)
+    viewer = subprocess.Popen(
+        [str(VENV / "bin/python"), "-c", WS_VIEWER, f"wss://{data['host']}:{data['port']}"
+         "/api/websockets"], env={**os.environ, "VIEWER_USER": str(data["user"]),
+                                  "VIEWER_PASSWORD": str(data["password"])},
+        stdout=subprocess.PIPE, text=True)
+    assert viewer.stdout is not None and viewer.stdout.readline().strip() == "connected"
     watched_until = time.monotonic() + 45  # three idle timeouts
     while time.monotonic() < watched_until:
-        viewer.request("GET", "/", headers={"Authorization": f"Basic {auth}"})
-        assert viewer.getresponse().read() is not None
         assert squeue_state(job) == "RUNNING"
+        assert viewer.poll() is None
         time.sleep(3)
     assert user.json("status", sid, "--site", str(site))["state"] == "ready"
-    viewer.close()
+    viewer.kill()
+    viewer.wait(10)
     left = time.monotonic()
     wait_for("the idle desktop to end", lambda: squeue_state(job) == "", timeout=120)
     assert time.monotonic() - left >= 10  # not at once (the agent samples every second)

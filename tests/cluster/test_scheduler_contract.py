@@ -26,7 +26,8 @@ HELD = ("--set", "scheduler.extra_args=['--hold']")
 QUERY = """
 import json, sys
 from pathlib import Path
-from hpcdesk.scheduler import JobRef, get_scheduler
+from hpcdesk.scheduler import JobRef
+from hpcdesk.scheduler.backends import get_scheduler
 backend, ids = sys.argv[1], sys.argv[2:]
 s = get_scheduler(backend, cache_dir=None)
 got = s.query([JobRef(i) for i in ids])
@@ -34,6 +35,42 @@ print(json.dumps({"backend": s.name, "calls": dict(s.calls),
                   "jobs": {r.job_id: {"state": i.state.value, "reason": i.reason,
                                       "start": i.start_estimate, "nodes": i.nodes}
                            for r, i in got.items()}}))
+"""
+
+# The real pyslurm, wrapped so that it records the owner (uid) of every job record the
+# controller sent back, whichever of its queue calls the backend uses (a spy, not a fake:
+# each call goes to libslurm and slurmctld unchanged).
+SPY = """
+import json, os, sys
+import pyslurm
+from hpcdesk.scheduler import JobRef
+from hpcdesk.scheduler.slurm_pyslurm import Pyslurm
+
+owners = []
+
+class Jobs:
+    @staticmethod
+    def load(*args, **kw):
+        got = pyslurm.Jobs.load(*args, **kw)
+        owners.extend(j.user_id for j in got.values())
+        return got
+
+class job:
+    def __init__(self):
+        self.real = pyslurm.job()
+    def find_user(self, user):
+        got = self.real.find_user(user)
+        owners.extend(j["user_id"] for j in got.values())
+        return got
+
+class Spy:
+    def __getattr__(self, name):
+        return {"Jobs": Jobs, "job": job}.get(name) or getattr(pyslurm, name)
+
+backend = Pyslurm(Spy())
+got = backend.query([JobRef(i) for i in sys.argv[1:]])
+print(json.dumps({"uid": os.getuid(), "owners": owners,
+                  "states": {r.job_id: i.state.value for r, i in got.items()}}))
 """
 
 
@@ -111,7 +148,7 @@ def test_one_query_answers_for_many_jobs(user: User, backend: str,
     assert jobs[held_a]["reason"] == "JobHeldUser"
     assert jobs[done]["state"] in ("completed", "ended")
     assert jobs["999999"]["state"] == "ended"
-    table_calls = {"slurm-cli": "squeue", "pyslurm": "Jobs.load"}[backend]
+    table_calls = {"slurm-cli": "squeue", "pyslurm": "job.find_user"}[backend]
     assert out["calls"][table_calls] == 1, out["calls"]
 
 
@@ -244,6 +281,36 @@ def test_a_job_that_can_never_start_ends_the_wait(user: User, backend: str,
             assert state in ("", "CANCELLED") and f"job {m[2]} was cancelled" in proc.stderr
 
 
+PARTITIONS = """
+import json, sys
+from hpcdesk.scheduler.backends import get_scheduler
+s = get_scheduler(sys.argv[1], cache_dir=None)
+parts = s.partitions(None) or {}
+down = sorted(s.down_nodes(None))
+print(json.dumps({"calls": dict(s.calls), "down": down,
+                  "parts": {n: [p.state, p.max_time, p.max_seconds, p.default]
+                            for n, p in parts.items()}}))
+"""
+
+
+def test_partition_limits_come_through_the_backend(user: User, backend: str) -> None:
+    """The check before submitting asks the scheduler backend, not Slurm's commands behind its
+    back: pyslurm answers partition limits and node states through its API (no scontrol, no
+    sinfo), and both backends agree with `scontrol show partition`."""
+    from hpcdesk.scheduler.slurm_cli import parse_partitions
+
+    proc = py(user, PARTITIONS, backend)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    shown = parse_partitions(_run(["scontrol", "--oneliner", "show", "partition"]).stdout)
+    assert data["parts"] == {n: [p.state, p.max_time, p.max_seconds, p.default]
+                             for n, p in shown.items()}
+    assert data["parts"]["gpu"][2] == 8 * 3600  # the dev cluster's MaxTime=08:00:00
+    if backend == "pyslurm":
+        assert not {"scontrol", "sinfo"} & set(data["calls"]), data["calls"]
+        assert data["calls"]["Partitions.load"] == 1 and data["calls"]["Nodes.load"] == 1
+
+
 @pytest.mark.reliability("D4 sbatch times out",
                           "the tagged job is found and followed; never a duplicate or an orphan")
 def test_a_submitted_job_is_found_by_its_tag(user: User, backend: str,
@@ -251,7 +318,7 @@ def test_a_submitted_job_is_found_by_its_tag(user: User, backend: str,
     """Issue 12 defect 4: each backend finds a job by the tag in its script's --comment."""
     sid, job, sdir = submit_held(user, backend, cleanup_jobs)
     assert scontrol_job(job)["Comment"] == f"hpcdesk:{sid}"
-    code = ("import sys; from pathlib import Path; from hpcdesk.scheduler import get_scheduler; "
+    code = ("import sys; from pathlib import Path; from hpcdesk.scheduler.backends import get_scheduler; "
             "s = get_scheduler(sys.argv[1]); "
             "print(s.recover_submit(Path(sys.argv[2]), None, 'test').job_id)")
     proc = py(user, code, backend, str(sdir / "job.sh"))
@@ -293,3 +360,24 @@ def test_sbatch_that_times_out_leaves_no_orphan(user: User, cleanup_jobs: list[s
               if line.split()[1:] == [f"hpcdesk:{info['session']}"]]
     assert tagged == [str(info["job_id"])]  # the one queued job, followed, not orphaned
     assert user.json("status", str(info["session"]), *SITE)["state"] == "queued"
+
+
+def test_pyslurm_asks_the_controller_for_this_users_jobs_only(
+        user: User, second_user: User, cleanup_jobs: list[str]) -> None:
+    """Issue 23: with other users' jobs in the queue, the pyslurm backend's queue call
+    brings back this user's jobs and no one else's (slurm_load_job_user, as `squeue -u`),
+    so its cost follows the user's own work, not the cluster's."""
+    foreign = [_run(["runuser", "-u", second_user.name, "--", "sbatch", "--parsable", "--hold",
+                     "-p", "gpu", "-o", "/dev/null", "--wrap", "true"], cwd="/").stdout.strip()
+               for _ in range(3)]
+    try:
+        assert all(j.isdigit() for j in foreign), foreign
+        _, job, _ = submit_held(user, "pyslurm", cleanup_jobs)
+        proc = py(user, SPY, job)
+    finally:
+        _run(["scancel", *(j for j in foreign if j.isdigit())])
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["states"] == {job: "pending"}
+    assert out["owners"], "the spy saw no queue call"
+    assert set(out["owners"]) == {out["uid"]}, out["owners"]

@@ -65,8 +65,11 @@ def test_claims_ignore_hostile_lock_files_of_another_user(user: User, second_use
                      "bash", "-c", HOSTILE, timeout=120)
     assert proc.returncode == 0, proc.stderr
     a, b = (json.loads(line) for line in proc.stdout.splitlines() if line.strip())
-    assert len(set(a["ports"] + b["ports"])) == 8, (a, b)      # nobody blocked, no collision
-    assert len(set(a["displays"] + b["displays"])) == 4, (a, b)
+    # Nobody blocked. Ports are announced nowhere (issue 19): each lease hands out distinct
+    # ports, and a clash between two desktops is settled by the readiness proof, which makes
+    # the one that lost try another port (test_hostile_neighbour.py).
+    assert len(set(a["ports"])) == 4 and len(set(b["ports"])) == 4, (a, b)
+    assert len(set(a["displays"] + b["displays"])) == 4, (a, b)  # claims: no collision
 
 
 @pytest.mark.reliability("D2 an autostart program exits",

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import grp
 import hashlib
 import hmac
 import json
 import os
+import pwd
 import random
 import shutil
 import socket
@@ -34,17 +36,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import browser
 import pytest
-import yaml
 from conftest import (
     DEVCLUSTER,
     NODE_IPS,
-    REPO,
+    USER,
     User,
     _run,
     colour_fraction,
     node_exec,
     node_user_pids,
     place_window,
+    write_site,
 )
 from tooling import require
 
@@ -156,15 +158,6 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
 
 # ----------------------------------------------------------------- the site's TURN server
 
-@pytest.fixture(scope="module")
-def site_dir() -> Iterator[Path]:
-    """Site files readable by the dev user (pytest's tmp_path is root's alone)."""
-    d = Path(tempfile.mkdtemp(prefix="h9-site-", dir="/var/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 class Coturn:
     def __init__(self, directory: Path, auth: list[str], ip: str = TURN_IP) -> None:
         require("turnserver", "turnutils_uclient", "turnutils_peer", package="coturn")
@@ -233,20 +226,13 @@ def uclient(server: Coturn, user: str, password: str, peer_port: int,
     return _run(argv, timeout=90)
 
 
-def write_site(site_dir: Path, name: str, **sections: dict[str, Any]) -> Path:
-    data = yaml.safe_load((REPO / "site-configs/devcluster.yaml").read_text())
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    path = site_dir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    path.chmod(0o644)
-    return path
-
-
-def secret_file(site_dir: Path, name: str, content: str, mode: int = 0o644) -> Path:
+def secret_file(site_dir: Path, name: str, content: str, mode: int = 0o640) -> Path:
+    """A site secret as the README asks for it: root's, readable by the users' group only
+    (a world-readable one is refused)."""
     path = site_dir / name
     path.write_text(content + "\n")
     path.chmod(mode)
+    shutil.chown(path, "root", grp.getgrgid(pwd.getpwnam(USER).pw_gid).gr_name)
     return path
 
 

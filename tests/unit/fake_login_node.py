@@ -150,9 +150,23 @@ class FakeLoginNode:
                 t.close()
 
     def close(self) -> None:
+        """Stop accepting, then close. The accept thread must have ended before the listening
+        socket is closed: a thread still in (or entering) accept() would go on to accept on
+        whatever socket the next test opens under the same file descriptor number (a later
+        test's "node" service once got this server's SSH banner that way)."""
         self._stop = True
-        self.listener.close()
+        stop_accepting(self.listener, self._thread)
         self.drop_connections()
+
+
+def stop_accepting(listener: socket.socket, thread: threading.Thread) -> None:
+    """Wake the thread blocked in listener.accept() (shutdown makes it fail at once), wait
+    for it to end, and only then close the listener and free its descriptor number."""
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    thread.join(10)
+    assert not thread.is_alive(), "the accept thread did not stop"
+    listener.close()
 
 
 def pump(a: socket.socket, chan: paramiko.Channel) -> None:

@@ -31,7 +31,10 @@ pytestmark = pytest.mark.usefixtures("isolated_config")
 
 def test_auth_default_is_token_where_the_runtime_has_it(tmp_path: Path) -> None:
     assert config.load(None).config.desktop.auth == "token"  # host runtime
-    site = write(tmp_path / "site.yaml", "runtime:\n  kind: apptainer\n  image: x.sif\n")
+    # hpcdesk's own images have Selkies 2.x (token mode); the selkies-project ones do not.
+    site = write(tmp_path / "site.yaml", "runtime:\n  kind: apptainer\n  image: debian\n")
+    assert config.load(str(site)).config.desktop.auth == "token"
+    site = write(tmp_path / "site.yaml", "runtime:\n  kind: apptainer\n  image: glx.sif\n")
     assert config.load(str(site)).config.desktop.auth == "basic"
     assert config.load(None, {"desktop.auth": "basic"}).config.desktop.auth == "basic"
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hpcdesk import notify
+from hpcdesk.connection import Connection
 from hpcdesk.login.waiting import Progress, Waiter
 from hpcdesk.node import agent as agent_module
 from hpcdesk.node.procs import spawn
@@ -114,8 +115,8 @@ def test_no_push_frame_contains_the_password(tmp_path: Path,
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         listener.close()
-    password = str(conn["password"])
-    assert len(password) >= 16 and conn["user"] == "alice"
+    password = str(conn.password)
+    assert len(password) >= 16 and conn.user == "alice"
     events = [real_verify(listener.secret, f) for f in frames]
     assert all(events), "every frame was the agent's own"
     assert [e["phase"] for e in events if e] == ["launching", "waiting", "ready"]
@@ -123,3 +124,52 @@ def test_no_push_frame_contains_the_password(tmp_path: Path,
     assert not leaks, leaks
     assert not any("password" in e or "connection" in e for e in events if e)
     assert json.loads((sdir / "node.json").read_text())["phase"] == "stopped"
+
+
+def started_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                       desktop: DesktopConfig) -> Connection:
+    """connection.json as the agent publishes it for `desktop` (a FAKE runtime, no GPU)."""
+    sdir = tmp_path / "sess02"
+    sdir.mkdir(mode=0o700)
+    req = DesktopRequest(
+        session_id=sdir.name, user="alice", cpus=2, gpus=0, start_timeout=60,
+        desktop=desktop, runtime=RuntimeConfig(),
+        network=NetworkConfig(address="fixed", fixed_address="127.0.0.1"))
+    (sdir / "request.json").write_text(req.to_json())
+    monkeypatch.setattr(agent_module, "get_runtime", lambda kind: FakeRuntime())
+    agent = agent_module.Agent(sdir)
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        agent.start()
+        conn = Connection.load(sdir / "connection.json")
+        assert conn is not None and (sdir / "connection.json").stat().st_mode & 0o777 == 0o600
+        return conn
+    finally:
+        agent.finish("stopped", "test finished")
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def test_a_vnc_session_names_its_own_encoder(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = started_connection(tmp_path, monkeypatch, DesktopConfig(interface="vnc", https=False))
+    assert conn.encoder == "kasmvnc" and "KasmVNC" in conn.encoder_reason
+    assert conn.encoder_fallback is False
+
+
+def test_an_encoder_fallback_is_said_by_submit_and_status(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """nvh264enc asked for where no NVENC session opens: x264enc, and the user is told."""
+    from hpcdesk.commands.outcome import print_connection
+    from hpcdesk.login.status import SessionStatus
+
+    conn = started_connection(tmp_path, monkeypatch, DesktopConfig(encoder="nvh264enc", https=False))
+    assert (conn.encoder, conn.encoder_fallback) == ("x264enc", True)
+    session = Session(tmp_path / "sess02")
+    print_connection(session, JobRef("5"), conn, quiet=False)
+    said = capsys.readouterr().out
+    assert "nvh264enc was requested but no NVIDIA GPU in this job; fell back to x264enc" in said
+    conn.write(session.dir / "connection.json")
+    status = SessionStatus(session, "ready", "", None, {}).as_json()
+    assert status["encoder_fallback"] is True and "fell back" in status["encoder_reason"]

@@ -87,12 +87,44 @@ def test_egl_with_gpu_binds_no_xorg_modules(tmp_path: Path) -> None:
     assert inv.env["APPTAINERENV_XAUTHORITY"] == str(tmp_path / "w/Xauthority")
 
 
-@pytest.mark.parametrize(("image", "driver"), [
-    ("/img/debian-bookworm-c.sif", "dummy"), ("/img/glx-24.04-0123.sif", "nvidia"),
-    ("/img/egl-22.04-aa.sif", None),
+@pytest.mark.parametrize(("image", "planned", "driver"), [
+    ("/img/debian-bookworm-c.sif", "dummy", "dummy"),
+    ("/img/debian-bookworm-c.sif", "nvidia", "nvidia"),
+    ("/img/kde-bookworm-c.sif", "dummy", "dummy"), ("/img/kde-bookworm-c.sif", "nvidia", "nvidia"),
+    ("/img/glx-24.04-0123.sif", "dummy", "nvidia"), ("/img/egl-22.04-aa.sif", "nvidia", None),
 ])
-def test_which_x_server_each_image_runs(image: str, driver: str | None) -> None:
-    assert ImageKind.detect(image).xorg_driver == driver
+def test_which_x_server_each_image_runs(image: str, planned: str, driver: str | None) -> None:
+    """hpcdesk's images are GPU-ready like the GLX image: their Xorg takes the driver that the
+    GPU binding chose (nvidia where the host's X driver exists, bound in)."""
+    assert ImageKind.detect(image).xorg_driver(planned) == driver  # type: ignore[arg-type]
+
+
+def test_kde_on_a_gpu_node_binds_the_hosts_x_driver(tmp_path: Path) -> None:
+    inv = build_invocation(plan(tmp_path, gpu=True), "/img/kde-bookworm-c.sif", ":25",
+                           xfiles(tmp_path), DRIVER_FILES, "580.159.04")
+    assert inv.argv[:2] == ["apptainer", "exec"] and inv.argv[-1] == "/opt/hpcdesk/entrypoint.sh"
+    assert "--nv" in inv.argv and "--writable-tmpfs" not in inv.argv
+    binds = [inv.argv[i + 1] for i, a in enumerate(inv.argv) if a == "--bind"]
+    assert ("/usr/lib/x86_64-linux-gnu/nvidia/xorg/nvidia_drv.so:"
+            "/usr/lib/xorg/modules/drivers/nvidia_drv.so:ro") in binds
+    assert ("/usr/lib/x86_64-linux-gnu/nvidia/xorg/libglxserver_nvidia.so:"
+            "/usr/lib/xorg/modules/extensions/libglxserver_nvidia.so:ro") in binds
+    assert inv.env["APPTAINERENV_SELKIES_ENCODER"] == "h264enc"
+    assert inv.env["APPTAINERENV_SELKIES_USE_CPU"] == "false"  # NVENC
+    assert inv.env["APPTAINERENV_HPCDESK_GPU_UUID"] == "GPU-1234"
+
+
+def test_token_mode_in_hpcdesk_images_goes_by_file(tmp_path: Path) -> None:
+    p = plan(tmp_path, gpu=False)
+    p.master_token = "m4ster-T0ken"
+    p.url_path = "/node/n1/40001/"
+    inv = build_invocation(p, "/img/kde-bookworm-c.sif", ":26", xfiles(tmp_path), {}, None)
+    e = inv.env
+    assert e["APPTAINERENV_HPCDESK_MASTER_TOKEN_FILE"] == "/tmp/.hpcdesk-master-token"
+    assert inv.token_file == tmp_path / "w/apptainer/tmp/.hpcdesk-master-token"
+    assert e["APPTAINERENV_SELKIES_ENABLE_BASIC_AUTH"] == "false"
+    assert e["APPTAINERENV_SELKIES_SUBFOLDER"] == "/node/n1/40001/"
+    assert not any("m4ster" in v or "s3cret" in v for v in [*e.values(), *inv.argv])
 
 
 def test_kasmvnc_interface(tmp_path: Path) -> None:

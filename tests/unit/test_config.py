@@ -133,3 +133,28 @@ def test_validated_layers_are_cached_until_a_file_changes(
     write(tmp_path / "site.yaml", "desktop:\n  dpi: 1\n")
     with pytest.raises(ConfigError, match="desktop.dpi"):
         config.load(str(site))                           # and a bad edit is still an error
+
+
+def test_a_set_value_means_what_was_typed(tmp_path: Path) -> None:
+    """`--set scheduler.time=2:00:00` is two hours, not YAML 1.1's base-60 integer 7200 (which
+    Slurm reads as 7200 minutes, longer than an 8 hour partition); an account stays "0123"."""
+    from hpcdesk.commands.common import overrides_from_sets
+    from hpcdesk.scheduler.slurm_cli import parse_partitions
+    from hpcdesk.scheduler.unstartable import check_request
+
+    sets = ["scheduler.time=2:00:00", "scheduler.account=0123", "desktop.dpi=120",
+            "scheduler.reservation=null"]
+    cfg = config.load(None, overrides_from_sets(sets)).config
+    assert cfg.scheduler.time == "2:00:00"
+    assert cfg.scheduler.account == "0123"
+    assert cfg.desktop.dpi == 120 and cfg.scheduler.reservation is None
+    gpu = parse_partitions("PartitionName=gpu Default=YES MaxTime=08:00:00 State=UP\n")
+    assert check_request(gpu, None, cfg.scheduler.time) is None
+
+
+def test_a_site_file_time_stays_a_slurm_time(tmp_path: Path) -> None:
+    site = write(tmp_path / "site.yaml", "scheduler:\n  time: 2:00:00\n  account: 0123\n"
+                 "  cpus: 8\n")
+    cfg = config.load(str(site)).config
+    assert (cfg.scheduler.time, cfg.scheduler.account, cfg.scheduler.cpus) == (
+        "2:00:00", "0123", 8)

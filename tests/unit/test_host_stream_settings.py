@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hpcdesk.node.runtime import DesktopPlan
-from hpcdesk.node.runtime.host import selkies_env, threaded
+from hpcdesk.node.selkies_settings import selkies_env, threaded
 from hpcdesk.request import DesktopRequest
 from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig
 

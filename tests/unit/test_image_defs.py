@@ -118,11 +118,16 @@ def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("flavor", ["glx", "egl", "debian"])
+@pytest.mark.parametrize("flavor", ["glx", "egl", "debian", "kde"])
 def test_every_image_installs_the_shared_entrypoint_functions(flavor: str) -> None:
     d = parse_def(def_text(flavor))
     assert f"entrypoint-lib.sh {ENTRYPOINT_LIB}" in d.sections["files"]
-    assert f"bash -n {ENTRYPOINT_LIB}" in d.sections["post"]
+    post = upstream_post(flavor) if flavor in FLAVORS else d.sections["post"]
+    if flavor in ("debian", "kde"):  # hpcdesk's images: one shared %post script
+        assert "debian/build.sh /opt/.hpcdesk-build-files/build.sh" in d.sections["files"]
+        assert f"build.sh {'xfce' if flavor == 'debian' else 'kde'}" in post
+        post = (IMAGES / "debian/build.sh").read_text()
+    assert f"bash -n {ENTRYPOINT_LIB}" in post
 
 
 def contract_keys() -> set[str]:
@@ -193,8 +198,42 @@ def test_labels_environment_and_scripts(flavor: str) -> None:
     for name in ("runscript", "startscript"):
         body = [ln.strip() for ln in d.sections[name].splitlines() if ln.strip()]
         assert body == [f'exec {ENTRYPOINT} "$@"']
-    post = d.sections["post"]
+    post = upstream_post(flavor)
     assert f"chmod 0755 {ENTRYPOINT}" in post and f"bash -n {ENTRYPOINT}" in post
+
+
+def upstream_post(flavor: str) -> str:
+    """The upstream images' %post: one line that runs the shared images/upstream-build.sh."""
+    d = parse_def(def_text(flavor))
+    assert "upstream-build.sh /opt/hpcdesk/upstream-build.sh" in d.sections["files"]
+    ref = f"ghcr.io/selkies-project/nvidia-{flavor}-desktop:{{{{ TAG }}}}"
+    assert f"sh /opt/hpcdesk/upstream-build.sh {flavor} {ref}" in d.sections["post"]
+    return (IMAGES / "upstream-build.sh").read_text()
+
+
+def upstream_help(flavor: str) -> str:
+    """%help, plus the contract both upstream images share (images/upstream-contract.txt)."""
+    d = parse_def(def_text(flavor))
+    assert "upstream-contract.txt /opt/hpcdesk/CONTRACT" in d.sections["files"]
+    assert "/opt/hpcdesk/CONTRACT" in d.sections["help"]
+    return d.sections["help"] + (IMAGES / "upstream-contract.txt").read_text()
+
+
+def test_what_the_upstream_images_share_lives_in_one_place() -> None:
+    """glx-desktop.def and egl-desktop.def differ only in what is the flavour's own."""
+    a, b = (def_text(f).replace(f, "FLAVOR").splitlines() for f in FLAVORS)
+    differing = [(x, y) for x, y in zip(a, b, strict=False) if x != y]
+    assert len(a) - len(b) in (0, 1, 2, 3) and len(differing) <= 20, differing
+    for flavor in FLAVORS:
+        for name in ("post", "help"):
+            assert len(parse_def(def_text(flavor)).sections[name].splitlines()) <= 20, name
+
+
+def test_upstream_entrypoint_writes_no_coturn_config() -> None:
+    """hpcdesk always hands the entrypoint its rtc file (the in-job TURN runs beside the
+    container, node/jobturn.py), so the entrypoint's own coturn writer was never reached."""
+    code = "\n".join(code_lines(entrypoint_of("glx")))
+    assert "turnserver" not in code and "lt-cred-mech" not in code and "TURN_MIN_PORT" not in code
 
 
 def test_both_images_install_the_same_entrypoint() -> None:
@@ -203,13 +242,13 @@ def test_both_images_install_the_same_entrypoint() -> None:
     assert ep.startswith("#!/bin/bash\n")
     assert not BUILD_ARG.search(ep), "the entrypoint must not contain {{ VAR }} templates"
     for flavor in FLAVORS:  # %post makes it executable and checks its syntax in the image
-        post = parse_def(def_text(flavor)).sections["post"]
+        post = upstream_post(flavor)
         assert f"chmod 0755 {ENTRYPOINT}" in post and f"bash -n {ENTRYPOINT}" in post
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_help_documents_the_contract(flavor: str) -> None:
-    help_text = parse_def(def_text(flavor)).sections["help"]
+    help_text = upstream_help(flavor)
     missing = sorted(k for k in contract_keys() if not re.search(rf"\b{k}\b", help_text))
     assert not missing, f"%help does not list {missing}"
 
@@ -236,7 +275,7 @@ def test_shellcheck(script: Path) -> None:
 def test_no_sudo_download_or_etc_writes(flavor: str) -> None:
     d = parse_def(def_text(flavor))
     ep = "\n".join(code_lines(entrypoint_of(flavor)))
-    build_and_run = "\n".join(code_lines(d.sections["post"] + d.sections["runscript"]
+    build_and_run = "\n".join(code_lines(upstream_post(flavor) + d.sections["runscript"]
                                          + d.sections["startscript"]))
     for code in (ep, build_and_run):
         assert not re.search(r"\b(sudo|sudo-root|fakeroot|pkexec|su)\b(?!-)", code)
@@ -251,10 +290,11 @@ def test_no_sudo_download_or_etc_writes(flavor: str) -> None:
 
 
 def _image_code() -> dict[str, str]:
-    """Every image file without its comment lines, heredocs included (the Debian image's
-    entrypoint is one)."""
+    """Every image file without its comment lines: the definitions, the upstream entrypoint
+    and hpcdesk's images' files (images/debian/)."""
     files = {"upstream-entrypoint.sh": entrypoint_of("glx")}
     files |= {path.name: path.read_text() for path in sorted(IMAGES.glob("*.def"))}
+    files |= {f"debian/{p.name}": p.read_text() for p in sorted((IMAGES / "debian").iterdir())}
     return {name: "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
             for name, text in files.items()}
 
@@ -269,7 +309,7 @@ def test_images_generate_no_x_configuration() -> None:
         assert found is None, f"{name} generates X configuration: {found}"
     ep = _image_code()["upstream-entrypoint.sh"]
     assert '-config "$HPCDESK_XORG_CONF"' in ep and '-auth "$XAUTHORITY"' in ep
-    debian = _image_code()["debian-desktop.def"]
+    debian = _image_code()["debian/entrypoint.sh"]
     assert '-config "$HPCDESK_XORG_CONF"' in debian and '-auth "$XAUTHORITY"' in debian
 
 

@@ -44,7 +44,9 @@ def test_ready_output_names_the_laptop_command(tmp_path: Path,
     from hpcdesk.session import create
 
     session = create(tmp_path)
-    conn = {"url": "https://gpu01:4000/", "user": "al", "password": "pw", "node": "gpu01"}
+    from hpcdesk.connection import Connection
+
+    conn = Connection(url="https://gpu01:4000/", user="al", password="pw", node="gpu01")
     cmd = f"hpcdesk tunnel {session.id} --login al@login1 --open"
     print_connection(session, JobRef("42", None), conn, False, 1.0, cmd)
     out = capsys.readouterr().out
@@ -54,3 +56,32 @@ def test_ready_output_names_the_laptop_command(tmp_path: Path,
     assert json.loads(capsys.readouterr().out)["laptop_command"] == cmd
     print_connection(session, JobRef("42", None), conn, True)
     assert "laptop_command" not in json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.usefixtures("isolated_config")
+def test_json_submit_carries_the_laptop_command_in_the_document_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`submit --json` (what `hpcdesk tunnel --submit` runs on the login node) prints no
+    "on your laptop" line, which the tunnel would pass on, naming a host the laptop may not
+    resolve and dropping its jump host; the command is in the JSON (FAKE scheduler)."""
+    import json
+
+    from hpcdesk import cli
+    from hpcdesk.commands import submit
+    from hpcdesk.scheduler import JobRef
+
+    class Scheduler:
+        def submit(self, script: Path, cluster: str | None) -> JobRef:
+            return JobRef("42", cluster)
+
+        def partitions(self, cluster: str | None) -> None:
+            return None  # the scheduler cannot say: left to sbatch
+
+    monkeypatch.setattr(submit, "scheduler_for", lambda loaded: Scheduler())
+    code = cli.main(["submit", "--no-wait", "--json", "--connect", "tunnel",
+                     "--set", f"session_root={tmp_path / 'sessions'}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "hpcdesk tunnel" in json.loads(out)["laptop_command"]
+    assert "on your laptop" not in err and "hpcdesk tunnel" not in err, err

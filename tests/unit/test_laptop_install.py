@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 REPO = Path(__file__).resolve().parents[2]
 POSIX_ONLY = ("fcntl", "termios", "pwd", "grp", "resource", "pty", "tty")
 # The hpcdesk modules the laptop may load: nothing from node/, scheduler/, commands/ ...
-ALLOWED = re.compile(r"^hpcdesk(\.(__main__|cli|errors|quoting|laptop(\..+)?))?$")
+ALLOWED = re.compile(r"^hpcdesk(\.(__main__|cli|errors|quoting|encoders|states|laptop(\..+)?))?$")
 
 CHECK = f"""
 import sys

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from fake_login_node import FakeLoginNode, Policy
+from fake_login_node import FakeLoginNode, Policy, stop_accepting
 
 from hpcdesk.errors import EXIT_USAGE, Unreachable
 from hpcdesk.laptop import link
@@ -35,7 +35,7 @@ class Answers:
         self.asked: list[tuple[str, bool]] = []
         self.told: list[str] = []
 
-    def ask(self, prompt: str, echo: bool) -> str:
+    def ask(self, prompt: str, echo: bool, asker: str = "the server") -> str:
         self.asked.append((prompt, echo))
         return self.answers.pop(0)
 
@@ -181,6 +181,22 @@ def test_encrypted_key_asks_passphrase_once(tmp_path: Path, servers: list[FakeLo
     assert prompter.told == ["Bad passphrase, try again."]
 
 
+def test_passphrase_without_a_terminal_is_not_the_servers_question(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The passphrase of a local key is hpcdesk's own question, asked before any server."""
+    from hpcdesk.laptop.auth import TerminalPrompter
+
+    path = tmp_path / "id_enc"
+    paramiko.ECDSAKey.generate().write_private_key_file(str(path), password="s3cret")
+    monkeypatch.setattr("sys.stdin", None)  # no terminal (a script, a service)
+    with pytest.raises(AuthFailed) as failed:
+        Authenticator(TerminalPrompter()).key_file(str(path))
+    said = str(failed.value)
+    assert "server" not in said, said
+    assert "unlock your key" in said and f"Enter passphrase for key '{path}'" in said
+    assert "ssh-add" in failed.value.hint
+
+
 def test_unreachable_host(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -240,21 +256,34 @@ def test_port_in_use_is_a_clear_error() -> None:
             Forward(port, ("127.0.0.1", 1), lambda t: None, "web")
 
 
-def node_service(tag: bytes, port: int = 0) -> socket.socket:
-    """A service on the "node" (127.0.0.2): answers tag + what it got, once per connection."""
-    srv = socket.create_server(("127.0.0.2", port))
+class NodeService:
+    """A service on the "node" (127.0.0.2): answers tag + what it got, once per connection.
+    close() stops its accept thread before the socket goes (fake_login_node.stop_accepting)."""
 
-    def serve() -> None:
+    def __init__(self, tag: bytes, port: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.2", port))
+        self.tag = tag
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
         while True:
             try:
-                conn, _ = srv.accept()
+                conn, _ = self.sock.accept()
             except OSError:
                 return
             with conn:
-                conn.sendall(tag + conn.recv(1024))
+                conn.sendall(self.tag + conn.recv(1024))
 
-    threading.Thread(target=serve, daemon=True).start()
-    return srv
+    def getsockname(self) -> tuple[str, int]:
+        return self.sock.getsockname()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        stop_accepting(self.sock, self.thread)
+
+
+def node_service(tag: bytes, port: int = 0) -> NodeService:
+    return NodeService(tag, port)
 
 
 def roundtrip(port: int, data: bytes) -> bytes:
@@ -306,6 +335,49 @@ def test_webrtc_session_forwards_turn_port_at_the_same_number(
         turn.close()
     assert result == [0] and not thread.is_alive()
     assert srv.policy.commands[0] == "hpcdesk status w1 --json"
+
+
+def test_submit_names_the_way_this_laptop_came(
+        tmp_path: Path, client_key: tuple[paramiko.PKey, Path], servers: list[FakeLoginNode],
+        no_agent: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tunnel --submit` says how to come back to the new session from this laptop: the
+    --login it used and its jump host, never the login node's own host name."""
+    web = node_service(b"web:")
+    status = {"session": "s9", "job_id": "78", "state": "ready", "node": "gpu01",
+              "url": f"http://127.0.0.2:{web.getsockname()[1]}/", "user": "al",
+              "password": "pw"}
+
+    def execute(cmd: str) -> tuple[int, str, str]:
+        if " submit " in f" {cmd} ":  # what hpcdesk submit --json prints there
+            return (0, json.dumps({"session": "s9", "job_id": "78", "state": "submitted",
+                                   "laptop_command": "hpcdesk tunnel s9 --login "
+                                   "al@login1.cluster.internal --open"}),
+                    "hpcdesk: session s9, job 78 submitted\n")
+        return 0, json.dumps(status), ""
+
+    srv = start(Policy(keys=[client_key[0]], execute=execute))
+    servers.append(srv)
+    tunnel = Tunnel([hop_for(srv, tmp_path, client_key[1])], Authenticator(Answers()),
+                    "hpcdesk", None)
+    opts = Options(login="al@login", submit=["-t", "1:00:00"], json=True,
+                   route_args=["--jump", "al@bastion.example"])
+    thread = threading.Thread(target=run, args=(opts, tunnel), daemon=True)
+    thread.start()
+    try:
+        out = err = ""
+        deadline = time.monotonic() + 90
+        while not out.strip() and time.monotonic() < deadline and thread.is_alive():
+            got = capsys.readouterr()
+            out, err = out + got.out, err + got.err
+            time.sleep(0.05)
+        assert json.loads(out)["session"] == "s9"
+    finally:
+        tunnel.stop()
+        thread.join(60)
+        web.close()
+    err += capsys.readouterr().err
+    assert "hpcdesk tunnel s9 --login al@login --jump al@bastion.example" in err, err
+    assert "login1.cluster.internal" not in err
 
 
 def test_websockets_session_forwards_the_web_port_only() -> None:
@@ -382,6 +454,23 @@ def test_reconnect_after_the_server_drops_the_link(
         fw.close()
         tunnel.close()
         web.close()
+
+
+def test_closed_listeners_leave_no_thread_that_could_accept(
+        servers: list[FakeLoginNode]) -> None:
+    """A thread left in accept() on a closed listener goes on to accept on whatever socket
+    reuses its descriptor number: once a later test's node service was served by this fake
+    SSH server (the browser got "SSH-2.0-paramiko..." instead of the desktop). Closing stops
+    the accept threads first, the fake login node's, the node service's and the tunnel's."""
+    srv = start(Policy())
+    web = node_service(b"web:")
+    fw = Forward(0, web.getsockname(), lambda t: None, "web")
+    fw.start()
+    threads = [srv._thread, web.thread, fw.thread]
+    srv.close()
+    web.close()
+    fw.close()
+    assert [t for t in threads if t is not None and t.is_alive()] == []
 
 
 def test_open_hands_the_browser_a_private_file(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,12 +9,8 @@ import pytest
 from hpcdesk import config
 from hpcdesk.login import login_checks
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("HPCDESK_SITE", raising=False)
+# Configuration layers from tmp_path only (the one fixture, tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
 def site(tmp_path: Path, text: str) -> str:

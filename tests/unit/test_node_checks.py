@@ -20,7 +20,8 @@ from hpcdesk.node.nvenc import NvencResult, nvenc_status_text
 H100_NVENC = NvencResult(False, 2, nvenc_status_text(2), step="nvEncOpenEncodeSessionEx")
 L40S_NVENC = NvencResult(True, 0, "NVENC H.264 encode session opened on NVIDIA L40S")
 NAMES = ["nvidia-driver", "nvml", "dev-nodes", "gpu-allocation", "nvenc", "encoder",
-         "x-driver-files", "icd-files", "shm", "xorg"]
+         "x-driver-files", "icd-files", "shm", "xorg", "sound", "x11-unix-dir", "ice-unix-dir",
+         "x-lock-files", "display-claims"]
 
 
 def by_name(checks: list[Check]) -> dict[str, Check]:

@@ -177,3 +177,30 @@ def test_silent_connections_are_limited_and_timed_out(tmp_path: Path) -> None:
         events.extend(listener.poll(1.0))
         listener.close()
     assert [e["phase"] for e in events] == ["ready"]
+
+
+def test_junk_with_a_non_ascii_tag_and_a_thousand_bad_lines(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 19 row 5: a non-ASCII tag made hmac.compare_digest raise TypeError (the waiting
+    submit died with a traceback), and each of 1,004 bad lines printed a warning."""
+    assert verify(b"k" * 32, json.dumps({"e": "{}", "m": "\u00e9" * 64}).encode()) is None
+    listener = Listener(tmp_path, "sess1", "127.0.0.1")
+    notifier = Notifier(tmp_path)
+    junk = json.dumps({"e": "{}", "m": "\u00e9\u00e9"}).encode() + b"\n"
+    with caplog.at_level("WARNING", logger="hpcdesk.notify"):
+        with socket.create_connection(("127.0.0.1", listener.sock.getsockname()[1])) as s:
+            s.sendall(junk * 4 + b"garbage\n" * 1000)
+        events = []
+        deadline = 50
+        while deadline and listener.rejected < 1004:
+            events += listener.poll(0.1)
+            deadline -= 1
+        assert notifier.send({"phase": "ready"})
+        while not events and deadline:
+            events += listener.poll(0.1)
+            deadline -= 1
+        listener.close()
+    assert listener.rejected == 1004
+    assert [e["phase"] for e in events] == ["ready"]  # the agent's event still gets through
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "1004" in warnings[0].getMessage()

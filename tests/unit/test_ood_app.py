@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from hpcdesk import cli, config
+from hpcdesk.connection import Connection
 from hpcdesk.errors import UsageError
 from hpcdesk.ood import app, form, job
-from hpcdesk.session import browser_link
 
 FORM = {"hpcdesk_partition": "gpu", "hpcdesk_account": "", "hpcdesk_hours": "2",
         "hpcdesk_gpus": "1", "hpcdesk_gpu_type": "", "hpcdesk_resolution": "1920x1080",
@@ -30,12 +30,8 @@ ood:
 """
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("HPCDESK_SITE", raising=False)
-    monkeypatch.setattr(config, "SYSTEM_DIRS", (str(tmp_path / "etc"),))
+# Configuration layers from tmp_path only (the one fixture, tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
 @pytest.fixture
@@ -156,19 +152,20 @@ def test_wait_reports_the_agents_reason(tmp_path: Path) -> None:
         job.wait(tmp_path, None)
     (tmp_path / "node.json").write_text(json.dumps({"phase": "ready"}))
     (tmp_path / "connection.json").write_text(json.dumps({"host": "n", "port": 1}))
-    assert job.wait(tmp_path, None)["port"] == 1
+    assert job.wait(tmp_path, None).port == 1
 
 
 def test_token_auth_is_refused_for_apptainer(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("runtime: {kind: apptainer, image: glx}\n")
-    with pytest.raises(UsageError, match="desktop.auth: token mode needs the host runtime"):
+    with pytest.raises(UsageError, match="desktop.auth: token mode needs Selkies 2.x"):
         config.load(str(path), {"desktop.auth": "token"})
 
 
 def test_browser_link_carries_the_token_in_the_fragment_only() -> None:
-    assert browser_link({"url": "http://n:1/", "token": "t0k"}) == "http://n:1/#token=t0k"
-    assert browser_link({"url": "http://n:1/", "token": None}) == "http://n:1/"
+    assert Connection(url="http://n:1/", token="t0k").browser_link() == "http://n:1/#token=t0k"
+    assert Connection(url="http://n:1/", token=None).browser_link() == "http://n:1/"
+    assert "t0k" not in repr(Connection(url="http://n:1/", token="t0k"))
 
 
 def test_check_command_reads_stdin_and_exits_2(site: str, monkeypatch: pytest.MonkeyPatch,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import stat
 from pathlib import Path
@@ -17,7 +16,7 @@ from hpcdesk.node.errors import StartError
 from hpcdesk.node.ports import PortLease
 from hpcdesk.node.runtime import DesktopPlan
 from hpcdesk.node.runtime.apptainer import build_invocation
-from hpcdesk.node.runtime.host import selkies_env
+from hpcdesk.node.selkies_settings import selkies_env
 from hpcdesk.node.xserver import XFiles
 from hpcdesk.request import DesktopRequest
 from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig, TurnConfig
@@ -42,6 +41,7 @@ def test_webrtc_direct_without_turn_lists_nothing() -> None:
 def test_webrtc_site_turn_with_relay_policy(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("xyz\n")
+    secret.chmod(0o640)
     turn = TurnConfig(host="turn.example.org", secret_file=str(secret),
                       ice_transport_policy="relay")
     cfg = rtc.plan(DesktopConfig(transport="webrtc"), NetworkConfig(connect="turn"), turn,
@@ -56,6 +56,7 @@ def test_webrtc_site_turn_with_relay_policy(tmp_path: Path) -> None:
 def test_site_turn_is_not_handed_out_for_direct(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("xyz\n")
+    secret.chmod(0o640)
     turn = TurnConfig(host="turn.example.org", secret_file=str(secret))
     cfg = rtc.plan(DesktopConfig(transport="webrtc"), NetworkConfig(connect="direct"), turn,
                    "alice", 7200, 100.0)
@@ -117,10 +118,9 @@ def test_port_lease_checks_loopback_too(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         taken = busy.getsockname()[1]
-        scope = f"hpcdesk-test-{tmp_path.name}-{os.getpid()}"
-        lease = PortLease("127.0.0.2", also=("127.0.0.1",), scope=scope)
+        lease = PortLease("127.0.0.2", also=("127.0.0.1",))
         assert lease._probe(taken) is None
-        assert PortLease("127.0.0.2", scope=scope)._probe(taken) == taken
+        assert PortLease("127.0.0.2")._probe(taken) == taken
         port = lease.acquire()
         assert port != taken
         lease.release()
@@ -139,15 +139,28 @@ def test_job_turn_config(tmp_path: Path) -> None:
     assert "listening-ip" not in wildcard and "relay-ip" not in wildcard
 
 
-def test_relay_blocks_are_claimed_node_wide(tmp_path: Path) -> None:
-    scope = f"hpcdesk-test-{tmp_path.name}-{os.getpid()}"  # this test's own claims
-    first, claim1 = jobturn.claim_relay_block(50000, 50031, scope)
-    second, claim2 = jobturn.claim_relay_block(50000, 50031, scope)
-    assert {first, second} == {50000, 50016}
-    with pytest.raises(RuntimeError, match="every TURN relay port block"):
-        jobturn.claim_relay_block(50000, 50031, scope)
-    claim1.close()
-    claim2.close()
+def test_relay_blocks_are_picked_by_their_real_ports_not_by_names() -> None:
+    """Issue 19 row 3: a block is free when its UDP ports are; names squat nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("0.0.0.0", 50005))  # one port of the first block is in use
+        for _ in range(10):
+            assert jobturn.pick_relay_block(50000, 50031) == 50016
+        busy2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        busy2.bind(("0.0.0.0", 50020))
+        with pytest.raises(RuntimeError, match="every TURN relay port block"):
+            jobturn.pick_relay_block(50000, 50031)
+        busy2.close()
+
+
+def test_job_turn_relays_only_to_its_own_desktop(tmp_path: Path) -> None:
+    """Issue 19 row 4: every peer but the desktop's own address is denied, no TCP relay."""
+    text = jobturn.config_text(tmp_path, 40100, "10.0.0.5", "10.0.0.5", (50000, 50015),
+                               "u", "p").splitlines()
+    assert "denied-peer-ip=0.0.0.0-255.255.255.255" in text
+    assert "denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" in text
+    assert "allowed-peer-ip=10.0.0.5" in text and "no-tcp-relay" in text
+    unknown = jobturn.config_text(tmp_path, 1, "0.0.0.0", None, (1, 2), "u", "p")
+    assert "allowed-peer-ip" not in unknown and "denied-peer-ip=0.0.0.0-255.255.255.255" in unknown
 
 
 def test_job_turn_runs_from_the_node_or_the_image(tmp_path: Path,

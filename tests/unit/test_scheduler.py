@@ -6,6 +6,7 @@ in tests/cluster against the dev cluster.
 
 from __future__ import annotations
 
+import getpass
 import os
 import stat
 import time
@@ -56,6 +57,9 @@ echo "99|RUNNING|None|N/A|gpu02"
     assert res[jobs[2]].state is JobState.CANCELLED and res[jobs[2]].exit_code == "0:15"
     assert cli.calls == {"squeue": 1, "sacct": 1}
     assert "--states=all" in (tmp_path / "args").read_text()
+    # The controller is asked for this user's jobs only (REQUEST_JOB_USER_INFO), never for
+    # the whole queue: the cost follows the user's jobs, not the cluster's.
+    assert f"--user={getpass.getuser()}" in (tmp_path / "args").read_text().split()
 
 
 def test_unreachable_controller_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hpcdesk.errors import SessionNotFound
 from hpcdesk.files import atomic_write, read_json
-from hpcdesk.session import all_sessions, create, discard, find
+from hpcdesk.scheduler import JobInfo, JobRef, JobState
+from hpcdesk.session import Session, all_sessions, create, discard, find
 
 
 def test_create_lookup_and_active_index(tmp_path: Path) -> None:
@@ -75,6 +78,79 @@ def test_list_shows_newest_first(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["list", "--all", "--json", "--set", f"session_root={root}"]) == 0
     listed = [row["session"] for row in json.loads(capsys.readouterr().out)]
     assert listed == [s.id for s in reversed(made)]
+
+
+class RecordingScheduler:
+    """A FAKE scheduler that records what it is asked (the real backends' queries are tested
+    against the dev cluster in tests/cluster/test_scheduler_contract.py)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.queries: list[list[str]] = []
+
+    def query(self, jobs: list[JobRef]) -> dict[JobRef, JobInfo]:
+        self.queries.append([j.job_id for j in jobs])
+        return {j: JobInfo(j, JobState.PENDING, reason="Priority") for j in jobs}
+
+
+def ended_and_live(root: Path, ended: int, live: int) -> list[Session]:
+    made = []
+    for n in range(ended + live):
+        s = create(root)
+        meta: dict[str, Any] = {"id": s.id, "created": 1000 + n, "job_id": str(100 + n),
+                                "cluster": None}
+        if n < ended:
+            meta["final"] = {"state": "completed", "detail": "", "at": 2000 + n}
+        s.update_meta(**meta)
+        made.append(s)
+    return made
+
+
+@pytest.mark.parametrize("argv", [["list", "--all"], ["list"], ["status"], ["status", "FIRST"],
+                                  ["cancel", "FIRST"]])
+def test_ended_sessions_are_answered_without_the_scheduler(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str]) -> None:
+    """An ended session's row comes from its final state: no backend is even made (with
+    backend auto that would import pyslurm and run `sinfo -V`), let alone asked."""
+    from hpcdesk.cli import main
+    from hpcdesk.commands import common
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    made = ended_and_live(tmp_path / "sessions", ended=30, live=0)
+    made_schedulers: list[str] = []
+
+    def get_scheduler(backend: str, **_kw: Any) -> RecordingScheduler:
+        made_schedulers.append(backend)
+        return RecordingScheduler()
+
+    monkeypatch.setattr(common, "get_scheduler", get_scheduler)
+    argv = [made[0].id if a == "FIRST" else a for a in argv]
+    rc = main([*argv, "--json", "--set", f"session_root={tmp_path / 'sessions'}",
+               "--set", "scheduler.backend=auto"])
+    assert rc == 0, capsys.readouterr().err
+    assert made_schedulers == []
+    out = json.loads(capsys.readouterr().out)
+    rows = out if isinstance(out, list) else [out]
+    assert all(r["state"] == "completed" for r in rows)
+    assert len(rows) == {"list": 30 if "--all" in argv else 0}.get(argv[0], 1)
+
+
+def test_one_query_names_only_the_live_sessions_jobs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from hpcdesk.cli import main
+    from hpcdesk.commands import common
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    made = ended_and_live(tmp_path / "sessions", ended=40, live=2)
+    recorder = RecordingScheduler()
+    monkeypatch.setattr(common, "get_scheduler", lambda *_a, **_kw: recorder)
+    assert main(["list", "--all", "--json", "--set", f"session_root={tmp_path / 'sessions'}"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 42
+    assert recorder.queries == [[s.job_id for s in made[40:]][::-1]]
+    assert [r["state"] for r in rows[:2]] == ["queued", "queued"]
 
 
 @pytest.mark.reliability("S12 session ids and paths",

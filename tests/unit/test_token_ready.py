@@ -55,7 +55,7 @@ def server() -> Iterator[ThreadingHTTPServer]:
 def plan(port: int) -> Any:
     request = SimpleNamespace(desktop=SimpleNamespace(https=False, transport="websockets"))
     return SimpleNamespace(master_token="m4ster", web_port=port, url_path="/desk/",
-                           request=request)
+                           request=request, tls_cert=None)
 
 
 def test_token_is_provisioned_once_anonymous_websockets_are_refused(

@@ -27,7 +27,7 @@ def site(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-def secret_file(tmp_path: Path, content: str = "s3cret-shared\n", mode: int = 0o644) -> Path:
+def secret_file(tmp_path: Path, content: str = "s3cret-shared\n", mode: int = 0o640) -> Path:
     path = tmp_path / "turn-secret"
     path.write_text(content)
     path.chmod(mode)
@@ -47,7 +47,7 @@ def secret_file(tmp_path: Path, content: str = "s3cret-shared\n", mode: int = 0o
     ("turn: {host: t.example.org, secret_file: /a}\nnetwork: {connect: turn}",
      "network.connect", "desktop.transport: webrtc"),
     ("turn: {ice_transport_policy: relay}\ndesktop: {transport: webrtc}",
-     "turn.ice_transport_policy", "needs a TURN server"),
+     "network.connect", "turn.ice_transport_policy is 'relay'"),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, yaml: str, key: str, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -55,6 +55,20 @@ def test_config_errors_name_the_key(tmp_path: Path, yaml: str, key: str, needle:
     assert f": {key}: " in str(err.value) and needle in str(err.value)
     assert err.value.exit_code == 2
     assert str(tmp_path / "site.yaml") in str(err.value)  # the file to fix
+
+
+def test_direct_on_a_relay_only_site_blames_the_option(tmp_path: Path) -> None:
+    """A site that sends all WebRTC media through its TURN server, and a user who asks for
+    --connect direct: the error names the option they gave, not the site file."""
+    path = site(tmp_path, "turn: {host: t.example.org, secret_file: /a, "
+                "ice_transport_policy: relay}\nnetwork: {connect: turn}\n"
+                "desktop: {transport: webrtc}")
+    assert config.load(path).config.network.connect == "turn"
+    with pytest.raises(ConfigError) as err:
+        config.load(path, {"network.connect": "direct"})
+    said = str(err.value)
+    assert said.startswith("command line: network.connect: 'direct' "), said
+    assert "--connect turn" in said and "site file" not in said
 
 
 def test_turn_keys_are_site_only(tmp_path: Path) -> None:
@@ -99,6 +113,7 @@ def test_missing_secret_file(tmp_path: Path) -> None:
 def test_long_term_file_format(tmp_path: Path) -> None:
     path = tmp_path / "creds"
     path.write_text("onlyuser\n")
+    path.chmod(0o640)
     with pytest.raises(ConfigError, match="turn.credentials_file: .* USER:PASSWORD"):
         turn.check_files(TurnConfig(host="t", credentials_file=str(path)))
     path.write_text("alice:pa:ss\n")
@@ -188,3 +203,15 @@ def test_rest_fetch(rest_service: tuple[str, list[str]]) -> None:
 def test_rest_service_down() -> None:
     with pytest.raises(turn.TurnError, match="gave no credentials"):
         turn.fetch_rest("http://127.0.0.1:9/turn", "alice", "udp", False, timeout=2)
+
+
+def test_a_world_readable_secret_is_refused_with_a_right_hint(tmp_path: Path) -> None:
+    """Issue 19 row 8: 0644 let every account mint TURN credentials, and the hint for a
+    missing file even suggested it."""
+    path = secret_file(tmp_path, mode=0o644)
+    with pytest.raises(ConfigError, match="world-readable") as err:
+        turn.check_files(TurnConfig(host="t", secret_file=str(path)))
+    assert "chmod 0640" in str(err.value)
+    with pytest.raises(ConfigError) as missing:
+        turn.check_files(TurnConfig(host="t", secret_file=str(tmp_path / "nope")))
+    assert "0644" not in str(missing.value) and "never world-readable" in str(missing.value)

@@ -10,7 +10,8 @@ import pytest
 
 from hpcdesk.login.waiting import JobCannotStart, Progress, Waiter
 from hpcdesk.scheduler import JobInfo, JobRef, JobState
-from hpcdesk.scheduler.unstartable import check_request, parse_partitions, why_unstartable
+from hpcdesk.scheduler.slurm_cli import parse_partitions
+from hpcdesk.scheduler.unstartable import check_request, why_unstartable
 from hpcdesk.schema import TimeoutsConfig
 from hpcdesk.session import Session
 
@@ -91,3 +92,15 @@ def test_the_wait_ends_at_the_first_hopeless_reason(tmp_path: Path) -> None:
     with pytest.raises(JobCannotStart, match="PartitionTimeLimit") as exc:
         w.wait()
     assert sched.queries == 1 and "-t" in exc.value.hint
+
+
+def test_no_side_door_to_slurm() -> None:
+    """unstartable.py decides; the scheduler backend asks Slurm (its commands or its API)."""
+    import ast
+
+    import hpcdesk.scheduler.unstartable as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "subprocess" not in imported and "hpcdesk.scheduler.slurm_cli" not in imported

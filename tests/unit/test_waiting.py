@@ -65,7 +65,7 @@ def test_ready_by_push_without_any_scheduler_query(tmp_path: Path) -> None:
     n.send({"phase": "ready", "detail": "desktop ready", "node": "n1"})
     conn = w.wait()
     listener.close()
-    assert conn == {"url": "http://n1:1/", "password": "pw"}
+    assert (conn.url, conn.password) == ("http://n1:1/", "pw")
     assert sched.queries == 0 and "launching" in seen
 
 
@@ -88,7 +88,7 @@ def test_node_json_fallback_and_failure_reason(tmp_path: Path) -> None:
     write_json(tmp_path / "node.json", {"phase": "ready", "node": "n1"})
     write_json(tmp_path / "connection.json", {"url": "http://n1:2/"})
     w2, _ = make(tmp_path, sched, poll_min=5.0)
-    assert w2.wait() == {"url": "http://n1:2/"}
+    assert w2.wait().url == "http://n1:2/"
     assert sched.queries == 0
 
 
@@ -132,7 +132,7 @@ def test_ready_before_connection_json_is_visible(tmp_path: Path) -> None:
     Notifier(tmp_path).send({"phase": "ready", "detail": "desktop ready", "node": "n1"})
     threading.Timer(0.3, write_json, (tmp_path / "connection.json", {"url": "u"})).start()
     try:
-        assert w.wait() == {"url": "u"}
+        assert w.wait().url == "u"
     finally:
         listener.close()
 
@@ -157,4 +157,4 @@ def test_two_phases_within_one_timestamp_tick_are_both_seen(tmp_path: Path) -> N
     w2, _ = make(tmp_path, sched)
     assert w2._check_files() is None  # ready, but connection.json is not visible yet
     write_json(tmp_path / "connection.json", {"url": "u"})
-    assert w2._check_files() == {"url": "u"}
+    assert w2._check_files() .url == "u"

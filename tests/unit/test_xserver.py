@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,25 @@ def test_impossible_screen_is_a_start_error(tmp_path: Path) -> None:
     spec = XorgSpec(3840, 2160, driver="nvidia", bus_id="PCI:1:0:0", video_port="DFP")
     with pytest.raises(StartError, match="DP-0"):
         write_x_files(tmp_path, spec)
+
+
+def test_x11_socket_dir_rules(tmp_path: Path) -> None:
+    """Issue 19 row 2: only a directory this user cannot use (or that others can empty)
+    makes Xorg drop its filesystem socket; doctor --node names a foreign owner."""
+    from hpcdesk.node.xserver import socket_dir_problem, socket_dir_unusable
+
+    d = tmp_path / ".X11-unix"
+    assert socket_dir_unusable(d) is None and socket_dir_problem(d) is None  # missing: fine
+    d.mkdir()
+    d.chmod(0o1777)
+    assert socket_dir_unusable(d) is None and socket_dir_problem(d) is None
+    d.chmod(0o777)
+    assert "sticky" in (socket_dir_unusable(d) or "") and socket_dir_problem(d)
+    d.chmod(0o1777)
+    if os.getuid() == 0:  # as root (the test runner), give it to another user
+        os.chown(d, 65534, -1)
+        assert "belongs to" in (socket_dir_problem(d) or "")
+        d.chmod(0o755)
+        assert socket_dir_unusable(d) is None  # root may write anywhere; a user may not
+    else:
+        assert "belongs to" in (socket_dir_problem(d, uid=os.getuid() + 4242) or "")

@@ -6,7 +6,7 @@ token), the plan's display settings."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -38,6 +38,11 @@ class DesktopPlan:
     # path the web UI is served under (desktop.url_path with {host} and {port} filled in).
     master_token: str | None = None
     url_path: str = "/"
+    # The session's sound server (node/sound.py): PULSE_SERVER and PULSE_COOKIE for Selkies
+    # and the desktop; empty when sound is off. `audio`/`microphone`: what Selkies is told.
+    sound_env: dict[str, str] = field(default_factory=dict)
+    audio: bool = False
+    microphone: bool = False
     audit: AuditSink | None = None  # where Selkies posts its audit events (node/audit.py)
 
     def xorg_spec(self, driver: Literal["dummy", "nvidia"]) -> XorgSpec:
@@ -63,13 +68,3 @@ class Runtime(Protocol):
     name: str
 
     def start(self, plan: DesktopPlan, timeout: float) -> Started: ...
-
-
-def get_runtime(kind: str) -> Runtime:
-    if kind == "apptainer":
-        from hpcdesk.node.runtime.apptainer import ApptainerRuntime
-
-        return ApptainerRuntime()
-    from hpcdesk.node.runtime.host import HostRuntime
-
-    return HostRuntime()

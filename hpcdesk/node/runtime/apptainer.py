@@ -16,14 +16,18 @@ Invocation choices (pinned by tests/unit/test_apptainer_cmd.py):
 - `--cleanenv` plus APPTAINERENV_* in apptainer's own environment: the container sees exactly
   the contract below, and nothing reaches a command line (`ps` shows no setting, no secret).
   The password goes in by file (HPCDESK_PASSWORD_FILE, 0600, in the private /tmp) for every
-  image: all of hpcdesk's entrypoints read it, so no environment holds it.
+  image: all of hpcdesk's entrypoints read it, so no environment holds it. So does Selkies'
+  master token in token mode (HPCDESK_MASTER_TOKEN_FILE, hpcdesk's images).
+- hpcdesk's images (debian, kde) get every SELKIES_* value that the host runtime's Selkies
+  gets, from the one mapping (node/selkies_settings.py), less the secrets.
 - `--ipc`: a private IPC namespace, so the X server's shared-memory segments are not visible
   to other desktops on the node.
 - The agent's rtc file (Selkies' ICE servers, connect/rtc.py) lies in the work directory,
   which is bound in read-only (so a renewed file, replaced by rename, is seen at once), and
   is named in SELKIES_RTC_CONFIG_JSON for every image.
-- `--nv` with a bound GPU; for the GLX flavour the host's NVIDIA X driver and GLX server
-  module are bound where the image's Xorg looks for them, so nothing is downloaded at start.
+- `--nv` with a bound GPU; where the image's Xorg drives the GPU (the GLX flavour, and
+  hpcdesk's images when the binding chose the nvidia driver) the host's NVIDIA X driver and GLX
+  server module are bound where that Xorg looks for them, so nothing is downloaded at start.
 - The agent's node-local work directory is bound read-only at its own path: it holds the X
   cookie file and the xorg.conf (xserver.write_x_files: the dummy driver for the Debian
   image, the bound GPU for GLX; the EGL image's Xvfb needs none) and the TLS files. The
@@ -37,6 +41,7 @@ import os
 import shlex
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,7 +50,7 @@ from hpcdesk.node.displays import DisplayLease
 from hpcdesk.node.errors import StartError
 from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
-from hpcdesk.node.runtime.host import ice_env, selkies_env
+from hpcdesk.node.selkies_settings import ice_env, image_env
 from hpcdesk.node.xserver import XFiles, write_x_files
 
 # Where the upstream images' Xorg looks for the NVIDIA modules.
@@ -59,21 +64,24 @@ ICD_TARGETS = {
 }
 log = logging.getLogger(__name__)
 PASSWORD_IN_CONTAINER = "/tmp/.hpcdesk-password"  # noqa: S105 - a path, not a secret
+TOKEN_IN_CONTAINER = "/tmp/.hpcdesk-master-token"  # noqa: S105 - a path, not a secret
 
 
 @dataclass(frozen=True)
 class ImageKind:
     """How an image is started and which environment contract it reads."""
 
-    flavor: str       # debian | glx | egl
+    flavor: str       # debian | kde | glx | egl
     upstream: bool    # the selkies-project images (supervisord, nginx, PASSWD)
 
-    @property
-    def xorg_driver(self) -> Literal["dummy", "nvidia"] | None:
-        """The driver of the image's Xorg (None: its X server, Xvfb, needs no xorg.conf)."""
+    def xorg_driver(self, planned: Literal["dummy", "nvidia"]
+                    ) -> Literal["dummy", "nvidia"] | None:
+        """The driver of the image's Xorg (None: its X server, Xvfb, needs no xorg.conf).
+        hpcdesk's images run the one the GPU binding chose (`planned`: nvidia on a GPU node
+        whose driver has the X module, bound in; else dummy); the GLX image needs nvidia."""
         if self.flavor == "glx":
             return "nvidia"
-        return "dummy" if self.flavor == "debian" else None
+        return None if self.flavor == "egl" else planned
 
     @classmethod
     def detect(cls, image: str) -> ImageKind:
@@ -81,7 +89,7 @@ class ImageKind:
         for flavor in ("glx", "egl"):
             if flavor in name:
                 return cls(flavor, True)
-        return cls("debian", False)
+        return cls("kde" if name.startswith("kde") else "debian", False)
 
 
 @dataclass
@@ -89,6 +97,7 @@ class Invocation:
     argv: list[str]
     env: dict[str, str]   # apptainer's own environment (APPTAINERENV_* and the basics)
     password_file: Path   # written 0600 before start; the container reads it from its /tmp
+    token_file: Path      # the same for Selkies' master token (desktop.auth token)
 
 
 def contract_env(plan: DesktopPlan, display: str, kind: ImageKind, x: XFiles,
@@ -105,10 +114,9 @@ def contract_env(plan: DesktopPlan, display: str, kind: ImageKind, x: XFiles,
         "SELKIES_VIDEO_BITRATE": str(d.video_bitrate),
         "SELKIES_FRAMERATE": str(d.framerate),
         "SELKIES_AUDIO_BITRATE": str(d.audio_bitrate),
-        "SELKIES_AUDIO_ENABLED": "true" if d.audio else "false",
+        "SELKIES_AUDIO_ENABLED": "true" if plan.audio else "false",
+        **plan.sound_env,  # the session's sound server: its socket lies in the bound work dir
         "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
-        "SELKIES_ENABLE_BASIC_AUTH": "true",
-        "SELKIES_BASIC_AUTH_USER": plan.user,
         "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
         "NGINX_PORT": str(plan.web_port),
         "KASMVNC_ENABLE": "true" if d.interface == "vnc" else "false",
@@ -125,12 +133,15 @@ def contract_env(plan: DesktopPlan, display: str, kind: ImageKind, x: XFiles,
         # Upstream images: selkies-gstreamer listens on 127.0.0.1 behind nginx; the entrypoint
         # picks a free internal port itself. Metrics stay off (they have no authentication).
         env["SELKIES_METRICS_HTTP_PORT"] = "0"
+        env.update(SELKIES_ENABLE_BASIC_AUTH="true", SELKIES_BASIC_AUTH_USER=plan.user)
         if plan.rtc_config:  # the agent's ICE servers, never the image's STUN default
             env["SELKIES_RTC_CONFIG_JSON"] = ice_env(plan)["SELKIES_RTC_CONFIG_JSON"]
     else:
-        env.update({k: v for k, v in selkies_env(plan, display).items()
-                    if k.startswith("SELKIES_") and k not in (
-                        "SELKIES_BASIC_AUTH_PASSWORD", "SELKIES_ADDR", "SELKIES_PORT")})
+        # hpcdesk's images: every Selkies setting the host runtime's Selkies gets (the one
+        # mapping), less the secrets, which come from files.
+        env.update({k: v for k, v in image_env(plan, display).items() if k.startswith("SELKIES_")})
+        if plan.master_token:
+            env["HPCDESK_MASTER_TOKEN_FILE"] = TOKEN_IN_CONTAINER
     env["HPCDESK_PASSWORD_FILE"] = PASSWORD_IN_CONTAINER
     if x.conf:
         env["HPCDESK_XORG_CONF"] = str(x.conf)
@@ -159,7 +170,7 @@ def build_invocation(plan: DesktopPlan, image: str, display: str, x: XFiles,
     if plan.bus_id:
         argv.append("--nv")
         targets = dict(ICD_TARGETS)
-        if kind.flavor == "glx":
+        if kind.xorg_driver(plan.xorg_driver) == "nvidia":
             targets.update(XORG_MODULE_TARGETS)
         for name, target in targets.items():
             host = driver_files.get(name)
@@ -173,8 +184,9 @@ def build_invocation(plan: DesktopPlan, image: str, display: str, x: XFiles,
     contract = contract_env(plan, display, kind, x, driver_version)
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "LOGNAME", "LANG")}
     env.update({f"APPTAINERENV_{k}": v for k, v in contract.items()})
-    password_file = workdir / "tmp" / Path(PASSWORD_IN_CONTAINER).name
-    return Invocation(argv, env, password_file)
+    tmp = workdir / "tmp"
+    return Invocation(argv, env, tmp / Path(PASSWORD_IN_CONTAINER).name,
+                      tmp / Path(TOKEN_IN_CONTAINER).name)
 
 
 def detect_version(command: str) -> tuple[str, str]:
@@ -218,8 +230,10 @@ class ApptainerRuntime:
             raise StartError(f"the apptainer command {command!r} was not found on this node "
                              f"(PATH={os.environ.get('PATH', '')}); load the Apptainer module in "
                              "runtime.setup or set runtime.apptainer to its full path")
-        flavour, version = detect_version(req.runtime.apptainer)
-        log.info("container runtime: %s %s", flavour, version)
+        # `apptainer --version` (0.1-0.3 s) runs while the X files and secrets are prepared.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="apptainer-version")
+        version_check = pool.submit(detect_version, req.runtime.apptainer)
+        pool.shutdown(wait=False)
         try:
             image = resolve_image(req.runtime.image or "", req.runtime.image_dir)
         except ImageError as exc:
@@ -230,18 +244,25 @@ class ApptainerRuntime:
         except RuntimeError as exc:
             raise StartError(str(exc)) from None
         kind = ImageKind.detect(image)
-        if kind.xorg_driver == "nvidia" and not plan.bus_id:
+        driver = kind.xorg_driver(plan.xorg_driver)
+        if driver == "nvidia" and not plan.bus_id:
             raise StartError(f"the {kind.flavor} image runs Xorg on an NVIDIA GPU, and this job "
-                             "has none: ask for a GPU, or use the egl or debian image")
-        x = write_x_files(plan.workdir, plan.xorg_spec(kind.xorg_driver)
-                          if kind.xorg_driver else None)
+                             "has none: ask for a GPU, or use the egl, debian or kde image")
+        x = write_x_files(plan.workdir, plan.xorg_spec(driver) if driver else None)
         driver_version = inventory().driver_version if plan.bus_id else None
         inv = build_invocation(plan, image, display, x, driver_file_paths(), driver_version,
                                req.runtime.apptainer)
         for sub in ("tmp", "var_tmp"):
             (plan.workdir / "apptainer" / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(inv.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(plan.password + "\n")
+        secrets = [(inv.password_file, plan.password)]
+        if plan.master_token and not kind.upstream:
+            secrets.append((inv.token_file, plan.master_token))
+        for path, secret in secrets:
+            path.unlink(missing_ok=True)  # a start again on another port
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secret + "\n")
+        flavour, version = version_check.result()
+        log.info("container runtime: %s %s", flavour, version)
         child: Child = spawn("apptainer", inv.argv, inv.env, plan.session_dir / "container.log")
         return Started([child], display, x.xauthority, on_stop=self.display_lease.release)

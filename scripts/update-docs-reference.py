@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the configuration reference in README.md from the schema."""
+"""Regenerate the configuration reference in docs/reference.md from the schema."""
 
 from __future__ import annotations
 
@@ -21,5 +21,5 @@ def updated(text: str) -> str:
 
 
 if __name__ == "__main__":
-    readme = ROOT / "README.md"
-    readme.write_text(updated(readme.read_text()))
+    page = ROOT / "docs" / "reference.md"
+    page.write_text(updated(page.read_text()))

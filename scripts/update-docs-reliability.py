@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write README.md's "Reliability" table from the last test run's build/reliability.json
+"""Write docs/reliability.md's table from the last test run's build/reliability.json
 (tests/reliability.py collects it from the tests marked `reliability`)."""
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ def main() -> int:
         rows.setdefault(scenario, {"scenario": scenario, "expected": expected, "tests": {},
                                    "result": "NOT RUN", "at": "-"})
     rows = {k: v for k, v in rows.items() if k in marked_scenarios(REPO)}  # renamed ones go
-    readme = REPO / "README.md"
-    text = readme.read_text()
+    page = REPO / "docs" / "reliability.md"
+    text = page.read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    readme.write_text(text[:start] + "\n" + table(rows) + "\n" + text[end:])
-    print(f"README.md: {len(rows)} reliability rows from {src}")
+    page.write_text(text[:start] + "\n" + table(rows) + "\n" + text[end:])
+    print(f"docs/reliability.md: {len(rows)} reliability rows from {src}")
     return 0
 
 
