@@ -33,21 +33,19 @@ from typing import Any
 import browser
 import pytest
 import test_tunnel
-import test_webrtc
-from conftest import User, colour_fraction, node_exec, place_window
+from conftest import User, colour_fraction, node_exec, place_window, write_site
 from sshnet import LOGIN_IP, NS_LAPTOP
 from test_faults import child_named
 from test_tunnel import Net, TunnelProc, tunnel
-from test_webrtc import Coturn, _relayed_bytes, ice_urls, secret_file, write_site
+from test_webrtc import Coturn, _relayed_bytes, ice_urls, secret_file
 from tooling import require
 
 pytestmark = pytest.mark.cluster
 GREEN = (0x13, 0xA8, 0x6B)
 RED = (0xC8, 0x1E, 0x1E)
-# The laptop, bastion and SSH servers of the tunnel tests, and a site-file directory the
-# dev user can read: the same fixtures (sshnet.py's names carry HPCDESK_TEST_NET_TAG).
+# The laptop, bastion and SSH servers of the tunnel tests: the same fixture (sshnet.py's
+# names carry HPCDESK_TEST_NET_TAG).
 net = test_tunnel.net
-site_dir = test_webrtc.site_dir
 
 
 def shows(colour: tuple[int, int, int]) -> Any:
