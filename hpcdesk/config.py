@@ -235,15 +235,19 @@ def user_config_path() -> Path:
 
 
 def load(site: str | None = None, overrides: Mapping[str, Any] | None = None,
-         override_source: str = "command line") -> LoadedConfig:
-    """Merge all layers; `overrides` maps dotted keys to already-parsed CLI values."""
+         override_source: str = "command line", user_file: bool = True) -> LoadedConfig:
+    """Merge all layers; `overrides` maps dotted keys to already-parsed CLI values.
+
+    user_file=False leaves the user's ~/.config/hpcdesk/config.yaml out: the Open OnDemand
+    form is limited by the site file alone, nothing the user controls may widen it.
+    """
     flat: dict[str, Any] = {}
     sources: dict[str, str] = {}
     defaults = dict(_flatten(dataclasses.asdict(SiteConfig())))
     for k, v in defaults.items():
         flat[k], sources[k] = v, DEFAULT_SOURCE
     site_path = find_site(site)
-    for source, layer in _file_layers(site_path, user_config_path()):
+    for source, layer in _file_layers(site_path, user_config_path() if user_file else None):
         for k, v in layer.items():
             flat[k], sources[k] = v, source
     for k, v in (overrides or {}).items():
@@ -301,7 +305,8 @@ def cache_path() -> Path:
     return Path(base) / "hpcdesk" / "config.json"
 
 
-def _file_layers(site_path: Path | None, upath: Path) -> list[tuple[str, dict[str, Any]]]:
+def _file_layers(site_path: Path | None,
+                 upath: Path | None) -> list[tuple[str, dict[str, Any]]]:
     """The validated site and user layers, from a cache keyed by the files' identity.
 
     Parsing and validating YAML costs a third of `hpcdesk list`'s cold start; the cache holds
@@ -309,7 +314,7 @@ def _file_layers(site_path: Path | None, upath: Path) -> list[tuple[str, dict[st
     hpcdesk version are unchanged.
     """
     files = [(f"site file {site_path}", site_path)] if site_path else []
-    if upath.is_file():
+    if upath is not None and upath.is_file():
         files.append((f"user file {upath}", upath))
     try:
         key: list[Any] = [__version__]

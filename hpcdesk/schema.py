@@ -193,6 +193,11 @@ class DesktopConfig:
         "/", "Path the web UI is served under; {host} and {port} stand for the published "
         "address and port (Open OnDemand's /node/{host}/{port}/ proxy keeps its prefix).",
         pattern=r"/([A-Za-z0-9_.-]+/|\{host\}/|\{port\}/)*")
+    allowed_origins: list[str] = opt(
+        [], "Browser origins (scheme://host[:port]) besides the desktop's own whose pages may "
+        "open its WebSocket: the Open OnDemand portal's, whose proxy does not keep the Host "
+        "header (Selkies refuses a WebSocket from any other origin). Never '*'. Site file only.",
+        item_pattern=r"https?://[A-Za-z0-9.-]+(:\d{1,5})?", admin=True)
 
 
 @dataclass
@@ -279,9 +284,15 @@ class OodConfig:
 
     title: str = opt("GPU Desktop", "Name of the app in Open OnDemand's menus.", admin=True,
                      pattern=r"[A-Za-z0-9 _.()-]{1,64}")
-    proxy: Literal["rnode", "node"] = opt(
-        "rnode", "OOD proxy route: rnode (/rnode/HOST/PORT/, prefix stripped) or node "
-        "(/node/HOST/PORT/, prefix kept; Selkies is told its subfolder).", admin=True)
+    proxy: Literal["secure-rnode", "secure-node", "rnode", "node"] = opt(
+        "secure-rnode", "OOD proxy route, as ood_portal.yml names it: secure-rnode "
+        "(secure_rnode_uri: the portal speaks https/wss to the node, prefix stripped; "
+        "recommended), secure-node (secure_node_uri, prefix kept), rnode or node (rnode_uri, "
+        "node_uri: plain HTTP from the portal to the node, token and keystrokes in clear on "
+        "the cluster network).", admin=True)
+    proxy_uri: str | None = opt(
+        None, "The route's URI in ood_portal.yml (default: /secure-rnode, /secure-node, "
+        "/rnode or /node after ood.proxy).", pattern=r"(/[A-Za-z0-9_.-]+)+", admin=True)
     partitions: list[str] = opt(
         [], "Partitions offered in the form (default: scheduler.partition alone).",
         item_pattern=r"[A-Za-z0-9_.+-]+", admin=True)
@@ -295,6 +306,10 @@ class OodConfig:
                         admin=True)
     max_hours: int = opt(8, "Longest time limit offered in the form, in hours.", min=1,
                          max=720, admin=True)
+    max_cores: int = opt(0, "Most CPU cores a user may ask for in the form (0: "
+                         "scheduler.cpus, not a choice).", min=0, max=1024, admin=True)
+    max_memory_gb: int = opt(0, "Most memory a user may ask for in the form, in GB (0: "
+                             "scheduler.memory, not a choice).", min=0, max=65536, admin=True)
     resolutions: list[str] = opt(
         ["1280x720", "1920x1080", "2560x1440", "3840x2160"],
         "Screen sizes offered in the form (WIDTHxHEIGHT).", item_pattern=r"\d{3,4}x\d{3,4}",

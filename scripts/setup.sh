@@ -27,6 +27,11 @@ APT_PACKAGES=(
   openssh-server openssh-client libpam-oath oathtool
   coturn socat   # TURN: the site's server and the in-job one (tests start their own); tunnels
   ruby        # `hpcdesk ood generate` tests: the real ood_core renders the batch connect app
+  # The OOD tests' portal: Apache httpd (mod_lua, mod_proxy*, mod_ssl ship in apache2-bin)
+  # running ood-portal-generator's config (Ruby: dotenv, bcrypt for htpasswd) and
+  # mod_ood_proxy's Lua (posix.pwd from lua-posix); tests start their own instance.
+  apache2 apache2-utils ruby-dotenv ruby-bcrypt lua-posix
+  ruby-redcarpet  # OodAppkit.markdown: the dashboard renders view.html.erb through it
   # Sound (docs/sound.md): each desktop's own PulseAudio server on the node (host runtime),
   # paplay/parecord/pactl for the sound tests and `doctor --node`.
   pulseaudio pulseaudio-utils

@@ -27,20 +27,31 @@ def table(rows: dict[str, dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def earlier_rows(block: str) -> dict[str, str]:
+    """The table's rows as they are, by scenario."""
+    return {line.split("|")[1].strip(): line for line in block.splitlines()
+            if line.startswith("| ") and not line.startswith("| scenario")}
+
+
 def main() -> int:
     src = Path(os.environ.get("HPCDESK_RELIABILITY_OUT", REPO / "build" / "reliability.json"))
     if not src.exists():
         print(f"{src} does not exist: run the tests first (make test)", file=sys.stderr)
         return 1
     rows = json.loads(src.read_text())["rows"]
-    for scenario, expected in marked_scenarios(REPO).items():
-        rows.setdefault(scenario, {"scenario": scenario, "expected": expected, "tests": {},
-                                   "result": "NOT RUN", "at": "-"})
-    rows = {k: v for k, v in rows.items() if k in marked_scenarios(REPO)}  # renamed ones go
     page = REPO / "docs" / "reliability.md"
     text = page.read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    page.write_text(text[:start] + "\n" + table(rows) + "\n" + text[end:])
+    kept = earlier_rows(text[start:end])  # a partial run keeps the others' last results
+    lines = [kept[k] for k in sorted(kept) if k not in rows and k in marked_scenarios(REPO)]
+    for scenario, expected in marked_scenarios(REPO).items():
+        if scenario not in kept:
+            rows.setdefault(scenario, {"scenario": scenario, "expected": expected, "tests": {},
+                                       "result": "NOT RUN", "at": "-"})
+    rows = {k: v for k, v in rows.items() if k in marked_scenarios(REPO)}  # renamed ones go
+    body = sorted([*table(rows).splitlines()[2:], *lines])
+    page.write_text(text[:start] + "\n" + "\n".join([*table({}).splitlines(), *body]) + "\n"
+                    + text[end:])
     print(f"docs/reliability.md: {len(rows)} reliability rows from {src}")
     return 0
 

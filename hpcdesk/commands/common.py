@@ -27,11 +27,11 @@ def overrides_from_sets(sets: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None
-                ) -> config.LoadedConfig:
+def load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
+                user_file: bool = True) -> config.LoadedConfig:
     if overrides is None:
         overrides = overrides_from_sets(getattr(args, "set", []))
-    return config.load(getattr(args, "site", None), overrides)
+    return config.load(getattr(args, "site", None), overrides, user_file=user_file)
 
 
 def root_of(loaded: config.LoadedConfig) -> Path:

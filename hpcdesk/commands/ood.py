@@ -28,14 +28,17 @@ def run(args: argparse.Namespace) -> int:
     if action == "generate":
         from hpcdesk.ood.app import generate
 
-        loaded = load_config(args)
+        # The form offers what the site file offers: the admin's own config file stays out.
+        loaded = load_config(args, user_file=False)
         site_arg = args.site or (str(loaded.site_path) if loaded.site_path else "")
         if not site_arg:
             raise UsageError("name the site: --site NAME or --site /path/to/site.yaml")
         done = generate(loaded, site_arg, Path(args.out), cluster=args.cluster,
                         hpcdesk_command=args.hpcdesk, force=args.force)
+        for warning in done.warnings:
+            print(f"hpcdesk: warning: {warning}", file=sys.stderr)
         if args.json:
-            emit_json({"out": str(done.out), "files": done.files})
+            emit_json({"out": str(done.out), "files": done.files, "warnings": done.warnings})
         else:
             say(f"hpcdesk: wrote the Open OnDemand app to {done.out}: " + ", ".join(done.files))
             say(f"  install it:  sudo cp -r {done.out} /var/www/ood/apps/sys/hpcdesk")
@@ -53,12 +56,13 @@ def run(args: argparse.Namespace) -> int:
                         Path(args.job_script) if args.job_script else None)
         print(session.dir, flush=True)
         return EXIT_OK
-    from hpcdesk.ood.job import NotReady, shell_assignments, wait
+    from hpcdesk.ood.job import NotReady, card, shell_assignments, wait
 
     try:
         conn = wait(Path(args.session), args.pid)
     except NotReady as exc:
         print(f"hpcdesk: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    sys.stdout.write(shell_assignments(conn.to_dict()))
+    record = conn.to_dict()
+    sys.stdout.write(shell_assignments(record, card(Path(args.session), record)))
     return EXIT_OK

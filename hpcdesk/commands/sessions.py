@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 from hpcdesk import shares, states
@@ -173,8 +174,13 @@ def _wait_agent_stopped(session: Session, scheduler: Scheduler, ref: JobRef,
 def logs(args: argparse.Namespace) -> int:
     session, _ = _pick(args)
     shown = 0
-    for name in LOG_FILES:
-        path = session.path(name)
+    paths = [session.path(name) for name in LOG_FILES]
+    # An Open OnDemand session: the batch job's own output (before.sh, after.sh, create_yml)
+    # is OOD's output.log in the dashboard's work directory.
+    ood_dir = session.meta.get("ood_work_dir")
+    if ood_dir:
+        paths.insert(0, Path(str(ood_dir)) / "output.log")
+    for path in paths:
         if path.exists():
             print(f"==> {path} <==")
             print(tail_lines(path, args.lines))

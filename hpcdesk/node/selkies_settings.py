@@ -10,6 +10,7 @@ reaches both (tests/unit/test_selkies_settings.py, tests/cluster/test_image_sett
 
 from __future__ import annotations
 
+from hpcdesk.node.address import WILDCARDS
 from hpcdesk.node.runtime import DesktopPlan
 from hpcdesk.node.selkies_policy import policy_env
 
@@ -36,7 +37,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
     dpi = min(_SELKIES_DPIS, key=lambda x: abs(x - d.dpi))
     webrtc = d.transport == "webrtc"
     addr = plan.bind_addr
-    if webrtc and addr not in ("0.0.0.0", "::"):  # noqa: S104
+    if webrtc and addr not in WILDCARDS:
         addr += ",127.0.0.1"  # Selkies' webrtc mode dials itself on localhost:PORT
     env = {
         "DISPLAY": display,
@@ -47,12 +48,12 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_USE_CPU": use_cpu,
         "SELKIES_FRAMERATE": str(d.framerate),
         "SELKIES_VIDEO_BITRATE": str(d.video_bitrate),
-        "SELKIES_AUDIO_ENABLED": "true" if d.audio else "false",
-        "SELKIES_AUDIO_BITRATE": str(d.audio_bitrate),
+        **audio_env(plan),
         "SELKIES_ENABLE_RESIZE": "true" if d.enable_resize else "false",
         "SELKIES_SCALING_DPI": str(dpi),
         "SELKIES_ENABLE_HTTPS": "true" if plan.tls_cert else "false",
-        # The tuning knobs measured by benchmarks/stream.py (README "Performance").
+        **origin_env(plan),
+        # The tuning knobs measured by benchmarks/stream.py (docs/performance.md).
         "SELKIES_RATE_CONTROL_MODE": d.rate_control,
         "SELKIES_VIDEO_CRF": str(d.video_crf),
         "SELKIES_JPEG_QUALITY": str(d.jpeg_quality),
@@ -66,10 +67,22 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
     return env
 
 
+def audio_env(plan: DesktopPlan) -> dict[str, str]:
+    """Sound and microphone (docs/sound.md): the session's own sound server (PULSE_SERVER,
+    PULSE_COOKIE: paths), audio on only when it runs. Off is locked, so that the page cannot
+    turn on what the site or the node does not give; the microphone is asked for only while
+    an application in the desktop records (Selkies' "demand")."""
+    mic = plan.audio and plan.microphone
+    return {"SELKIES_AUDIO_ENABLED": "true" if plan.audio else "false|locked",
+            "SELKIES_AUDIO_BITRATE": str(plan.request.desktop.audio_bitrate),
+            "SELKIES_MICROPHONE_ENABLED": "true" if mic else "false|locked",
+            "SELKIES_MICROPHONE_ON_START": "demand" if mic else "false",
+            **plan.sound_env}
+
+
 def threaded(setting: str, encoder_threads: int) -> bool:
     """desktop.encode_threading: always, never, or auto (threads only when the allocation gives
-    the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, README
-    "Performance")."""
+    the encoder 2 or more; on 2 CPUs one thread had lower latency and CPU, docs/performance.md)."""
     return setting == "always" or (setting == "auto" and encoder_threads >= 2)
 
 
@@ -89,6 +102,14 @@ def auth_env(plan: DesktopPlan) -> dict[str, str]:
     env.update({"SELKIES_ENABLE_BASIC_AUTH": "true", "SELKIES_BASIC_AUTH_USER": plan.user,
                 "SELKIES_BASIC_AUTH_PASSWORD": plan.password})
     return env
+
+
+def origin_env(plan: DesktopPlan) -> dict[str, str]:
+    """desktop.allowed_origins (site file only): the portal origins whose pages may open the
+    WebSocket (Open OnDemand's proxy does not keep the Host header). Empty: Selkies'
+    same-origin rule alone. Never '*' (the schema refuses it)."""
+    origins = plan.request.desktop.allowed_origins
+    return {"SELKIES_ALLOWED_ORIGINS": ",".join(origins)} if origins else {}
 
 
 def ice_env(plan: DesktopPlan) -> dict[str, str]:

@@ -80,10 +80,9 @@ SOCKET_DIRS = (X11_UNIX, Path("/tmp/.ICE-unix"))  # node-wide, shared by every u
 XORG_LOG_LIMIT = 16 << 20  # bytes: a failing Xorg once wrote 50 MB of logs per start
 
 
-def socket_dir_problem(path: Path, uid: int | None = None) -> str | None:
-    """Why the node-wide socket directory `path` is unsafe or unusable for this user, or None
-    (missing, or root's or this user's with the sticky bit: X servers make it as needed)."""
-    me = os.getuid() if uid is None else uid
+def _dir_stat(path: Path) -> os.stat_result | str | None:
+    """`path`'s own status when it is a directory; why not when it cannot be one; None when
+    it is missing."""
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -92,6 +91,16 @@ def socket_dir_problem(path: Path, uid: int | None = None) -> str | None:
         return f"{path} cannot be checked: {exc.strerror}"
     if not stat.S_ISDIR(st.st_mode):
         return f"{path} is not a directory"
+    return st
+
+
+def socket_dir_problem(path: Path, uid: int | None = None) -> str | None:
+    """Why the node-wide socket directory `path` is unsafe or unusable for this user, or None
+    (missing, or root's or this user's with the sticky bit: X servers make it as needed)."""
+    me = os.getuid() if uid is None else uid
+    st = _dir_stat(path)
+    if not isinstance(st, os.stat_result):
+        return st
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid not in (0, me):
         return f"{path} belongs to {describe_owner(path)} (mode {mode:04o})"
@@ -107,15 +116,10 @@ def socket_dir_unusable(path: Path) -> str | None:
     Xorg makes it; or a directory this user may create entries in, that nobody else can
     empty: sticky, like /tmp). A sticky 1777 directory of another user still works (they
     cannot remove our socket), so the filesystem socket, which some clients need, stays."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"{path} cannot be checked: {exc.strerror}"
+    st = _dir_stat(path)
+    if not isinstance(st, os.stat_result):
+        return st
     mode = stat.S_IMODE(st.st_mode)
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{path} is not a directory"
     if not os.access(path, os.W_OK | os.X_OK):
         return f"{path} belongs to {describe_owner(path)} (mode {mode:04o}), not writable here"
     if mode & 0o022 and not mode & stat.S_ISVTX:

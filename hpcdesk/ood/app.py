@@ -19,7 +19,7 @@ from hpcdesk import __version__
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import UsageError
 from hpcdesk.login.jobscript import agent_argv
-from hpcdesk.ood.form import FIELDS, offer
+from hpcdesk.ood.form import FIELDS, check, offer, portal_warnings, route_uri
 from hpcdesk.quoting import shq
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -46,6 +46,18 @@ def yaml_string(value: object) -> str:
     return json.dumps(str(value))
 
 
+# What connection.yml holds (OOD's create_yml writes these names; the view reads them).
+CONN_PARAMS = ("token", "hpcdesk_session", "hpcdesk_node", "hpcdesk_resolution",
+               "hpcdesk_encoder", "hpcdesk_encoder_note", "hpcdesk_ends")
+
+
+@dataclass
+class Generated:
+    out: Path
+    files: list[str]
+    warnings: list[str]
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
@@ -55,18 +67,12 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-@dataclass
-class Generated:
-    out: Path
-    files: list[str]
-
-
 def generate(loaded: LoadedConfig, site_arg: str, out: Path, cluster: str | None = None,
              hpcdesk_command: str | None = None, force: bool = False) -> Generated:
     cfg = loaded.config
-    if cfg.runtime.kind != "host":
-        raise UsageError("the Open OnDemand app needs runtime.kind: host: Selkies 2.x token "
-                         "mode is what passes OOD's proxy (the images' Selkies has none)")
+    # An OOD session as the form would make it must be valid: token mode needs Selkies 2.x
+    # (the host runtime, or one of hpcdesk's images).
+    check(site_arg, {})
     off = offer(cfg)
     if not off.partitions:
         raise UsageError("the form needs at least one partition: set ood.partitions or "
@@ -82,7 +88,8 @@ def generate(loaded: LoadedConfig, site_arg: str, out: Path, cluster: str | None
     context = {
         "version": __version__, "site": cfg.name, "site_arg": site_arg,
         "title": cfg.ood.title, "cluster": cluster or cfg.scheduler.cluster or cfg.name,
-        "fields": FIELDS, "offer": off, "proxy": cfg.ood.proxy, "hpcdesk_argv": argv,
+        "fields": FIELDS, "offer": off, "route": route_uri(cfg), "hpcdesk_argv": argv,
+        "conn_params": CONN_PARAMS,
         "setup": cfg.runtime.setup,
     }
     env = _environment()
@@ -96,7 +103,7 @@ def generate(loaded: LoadedConfig, site_arg: str, out: Path, cluster: str | None
     (out / "icon.png").write_bytes(icon_png())
     (out / "icon.png").chmod(0o644)
     written.append("icon.png")
-    return Generated(out, written)
+    return Generated(out, written, [f"{what}; {fix}" for what, fix in portal_warnings(cfg)])
 
 
 def icon_png(size: int = 64) -> bytes:

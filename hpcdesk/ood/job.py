@@ -9,6 +9,8 @@ session behind.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -80,8 +82,47 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def shell_assignments(conn: Mapping[str, Any]) -> str:
+def screen_size(node: Mapping[str, Any]) -> str:
+    """The desktop's real screen size (the dummy driver may not give the mode asked for)."""
+    display, xauth = node.get("display"), node.get("xauthority")
+    if not display:
+        return ""
+    env = {**os.environ, "DISPLAY": str(display)}
+    if xauth:
+        env["XAUTHORITY"] = str(xauth)
+    try:
+        out = subprocess.run(["xdpyinfo"], capture_output=True, text=True, timeout=10,
+                             env=env, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    m = re.search(r"dimensions:\s+(\d+x\d+) pixels", out)
+    return m.group(1) if m else ""
+
+
+def _card_text(value: object) -> str:
+    """A value connection.yml can carry as a single-quoted YAML scalar through OOD's
+    `echo -e`: no quote, no backslash, no control character."""
+    return "'" + re.sub(r"[^A-Za-z0-9 .,;:()/_+=@%<>-]", " ", str(value or "")).strip() + "'"
+
+
+def card(session_dir: Path, conn: Mapping[str, Any]) -> dict[str, str]:
+    """What the OOD card shows: node, screen size, encoder (and why), when the job ends."""
+    session = Session(session_dir)
+    request = read_json(session.path("request.json")) or {}
+    limit = int(request.get("time_limit") or 0)
+    started = float(conn.get("started_at") or 0)
+    return {
+        "hpcdesk_node": _card_text(conn.get("node")),
+        "hpcdesk_resolution": _card_text(screen_size(session.node_state())),
+        "hpcdesk_encoder": _card_text(conn.get("encoder")),
+        "hpcdesk_encoder_note": _card_text(conn.get("encoder_reason")),
+        "hpcdesk_ends": str(int(started + limit)) if limit and started else "0",
+    }
+
+
+def shell_assignments(conn: Mapping[str, Any], extra: Mapping[str, str] | None = None) -> str:
     """What after.sh evals: the names OOD's create_yml writes to connection.yml."""
-    return "".join(f"{name}={shq(conn.get(key) or '')}\n"
-                   for name, key in (("host", "host"), ("port", "port"), ("token", "token"),
-                                     ("hpcdesk_session", "session")))
+    pairs = [(name, str(conn.get(key) or "")) for name, key in (
+        ("host", "host"), ("port", "port"), ("token", "token"), ("hpcdesk_session", "session"))]
+    pairs += list((extra or {}).items())
+    return "".join(f"{name}={shq(value)}\n" for name, value in pairs)

@@ -7,11 +7,15 @@ the checkout under test (so the nodes run exactly this code).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import queue
+import secrets
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -268,3 +272,24 @@ def read_until(proc: subprocess.Popen[str], needle: str, timeout: float,
         if needle in seen[-1]:
             return "".join(seen)
     raise AssertionError(f"{needle!r} never came; output so far:\n{''.join(seen)}")
+
+
+def ws_upgrade_status(host: str, port: int, path: str, token: str | None,
+                      headers: tuple[str, ...] = (), tls: bool = True) -> int:
+    """The HTTP status of a WebSocket upgrade (101: it would stream). The token goes where the
+    Selkies page puts a fragment token: a subprotocol, never the URL."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+             "Sec-WebSocket-Key: " + base64.b64encode(secrets.token_bytes(16)).decode(),
+             *headers]
+    if token:
+        enc = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+        lines.append(f"Sec-WebSocket-Protocol: selkies, selkies.token.{enc}")
+    with socket.create_connection((host, port), timeout=20) as raw:
+        s: socket.socket = raw
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            s = ctx.wrap_socket(raw, server_hostname=host)
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return int(s.recv(4096).decode(errors="replace").split()[1])

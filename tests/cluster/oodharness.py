@@ -1,6 +1,7 @@
-"""The Open OnDemand side of the OOD tests: the dashboard's steps (tests/cluster/ood_dashboard.rb
-with the real ood_core) and the job's submission, as the test user. Used by test_ood.py and by
-test_tunnel.py (a tunnel to an OOD-started desktop)."""
+"""The Open OnDemand side of the OOD tests: the dashboard's steps (tests/cluster/ood_dashboard.rb,
+which mirrors the dashboard's session.rb / session_context.rb and runs the real ood_core) and
+the job's submission exactly as OOD's Slurm adapter makes it, as the test user. Used by
+test_ood.py and by test_tunnel.py (a tunnel to an OOD-started desktop)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,35 @@ import pytest
 import yaml
 from conftest import REPO, VENV, User, _run
 
-OOD_CORE = Path(os.environ.get("OOD_CORE_DIR") or REPO.parent / "shared/vendor/ood_core")
 DASHBOARD = REPO / "tests/cluster/ood_dashboard.rb"
-FORM = {"hpcdesk_partition": "gpu", "hpcdesk_account": "", "hpcdesk_hours": "1",
-        "hpcdesk_gpus": "1", "hpcdesk_gpu_type": "", "hpcdesk_resolution": "1280x720",
-        "hpcdesk_interface": "selkies", "hpcdesk_encoder": "auto"}
+# The POSTed form with its defaults (the devcluster site's offer).
+FORM = {"bc_queue": "gpu", "bc_account": "", "bc_num_hours": "1", "hpcdesk_cores": "2",
+        "hpcdesk_memory": "2", "hpcdesk_gpus": "1", "hpcdesk_gpu_type": "",
+        "hpcdesk_resolution": "1280x720", "hpcdesk_encoder": "auto", "bc_email_on_started": "0"}
+
+
+def vendor_dir() -> Path:
+    """The vendored OOD sources: $OOD_VENDOR_DIR, else shared/vendor beside the checkout (or
+    beside the worktrees' parent)."""
+    env = os.environ.get("OOD_VENDOR_DIR")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO.parent / "shared/vendor", REPO.parent.parent / "shared/vendor"]
+    for c in candidates:
+        if (c / "ondemand/ood-portal-generator").is_dir() and (c / "ood_core/lib").is_dir():
+            return c
+    pytest.fail("OOD's vendored sources not found (set OOD_VENDOR_DIR): tried "
+                + ", ".join(map(str, candidates)))
+
+
+def site_file(user: User, name: str, **changes: Any) -> Path:
+    """The devcluster site with `changes` ({"ood": {...}, "desktop": {...}}) merged in."""
+    site = yaml.safe_load((REPO / "site-configs/devcluster.yaml").read_text())
+    for section, values in changes.items():
+        site.setdefault(section, {}).update(values)
+    path = user.home / f"ood-site-{name}.yaml"
+    path.write_text(yaml.safe_dump(site))
+    _run(["chown", f"{user.name}:", str(path)])
+    return path
 
 
 def generate_app(user: User, out: Path, site: str = "devcluster") -> Path:
@@ -33,11 +58,10 @@ def generate_app(user: User, out: Path, site: str = "devcluster") -> Path:
 
 def copy_ood_core(user: User) -> Path:
     """The harness and ood_core where the test user can read them."""
-    if not (OOD_CORE / "lib/ood_core").is_dir():
-        pytest.fail(f"ood_core sources not found at {OOD_CORE} (set OOD_CORE_DIR)")
+    core = vendor_dir() / "ood_core"
     where = user.home / "ood-core-test"
     shutil.rmtree(where, ignore_errors=True)
-    shutil.copytree(OOD_CORE, where / "ood_core")
+    shutil.copytree(core, where / "ood_core")
     shutil.copy(DASHBOARD, where / "ood_dashboard.rb")
     _run(["chown", "-R", f"{user.name}:", str(where)])
     return where
@@ -59,19 +83,23 @@ def dashboard(user: User, core: Path, action: str, app: Path, work: Path,
 
 
 def new_work_dir(user: User) -> Path:
-    # Where the dashboard stages a session: ~/ondemand/data/sys/dashboard/batch_connect/...
-    return (user.home / "ondemand/data/sys/dashboard/batch_connect/sys/hpcdesk/output"
+    # Where the dashboard stages a session (its dataroot .../batch_connect/sys/APP/output/ID),
+    # here under a directory whose name has a space: the batch script's unquoted `cd` fails
+    # there, and the job still runs in it because the adapter passes -D.
+    return (user.home / "ondemand data/sys/dashboard/batch_connect/sys/hpcdesk/output"
             / str(uuid.uuid4()))
 
 
-def sbatch(user: User, script: Path, native: list[str], work: Path) -> str:
-    # ood_core's Slurm adapter puts the shell line in front of the template's content and
-    # passes the app's native arguments to sbatch; the script goes in on stdin.
-    content = "#!/bin/bash\n" + script.read_text()
-    proc = as_user(user, "sbatch", "--parsable", f"--output={work}/output.log",
-                   "--job-name=sys/dashboard/sys/hpcdesk", *native, stdin=content)
+def submit(user: User, core: Path, app: Path, work: Path,
+           form: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+    """The dashboard's submit: render, stage, build the script, then sbatch exactly as OOD's
+    Slurm adapter runs it (its arguments, the script on stdin). (job id, dashboard output)"""
+    rendered = dashboard(user, core, "submit", app, work, form or FORM)
+    assert rendered.returncode == 0, rendered.stderr
+    out = json.loads(rendered.stdout)
+    proc = as_user(user, *out["argv"], stdin=Path(out["script"]).read_text())
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip().split(";")[0]
+    return proc.stdout.strip().split(";")[0], out
 
 
 def wait_for_file(path: Path, job: str, timeout: float = 240) -> None:
@@ -85,15 +113,10 @@ def wait_for_file(path: Path, job: str, timeout: float = 240) -> None:
         time.sleep(0.5)
 
 
-
-
 def start_session(user: User, app: Path, core: Path) -> tuple[str, Path, dict[str, Any]]:
     """Submit the form with the defaults as the dashboard would: (job, work dir, connection)."""
     work = new_work_dir(user)
-    rendered = dashboard(user, core, "submit", app, work, FORM)
-    assert rendered.returncode == 0, rendered.stderr
-    submit = json.loads(rendered.stdout)
-    job = sbatch(user, Path(submit["script"]), submit["native"], work)
+    job, _out = submit(user, core, app, work)
     try:
         wait_for_file(work / "connection.yml", job)
     except BaseException:

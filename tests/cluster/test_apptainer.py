@@ -34,6 +34,7 @@ def debian_image(user: User) -> str:
     assert setup.returncode == 0, setup.stderr[-3000:]
     IMAGE_DIR.mkdir(parents=True, exist_ok=True)
     subprocess.run(["chown", f"{user.name}:", str(IMAGE_DIR)], check=True)
+    IMAGE_DIR.chmod(0o755)  # the user's own image directory: hpcdesk refuses one others can write
     t0 = time.monotonic()
     built = user.run("image", "build", "--flavor", "debian", *SITE, "--json", timeout=2400)
     assert built.returncode == 0, built.stderr[-3000:]

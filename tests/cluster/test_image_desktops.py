@@ -6,17 +6,22 @@ the host runtime's Selkies receives."""
 
 from __future__ import annotations
 
-import base64
 import json
-import secrets
-import socket
-import ssl
 import time
 from pathlib import Path
 
 import browser
 import pytest
-from conftest import REPO, User, _run, colour_fraction, http_status, node_exec, node_user_pids
+from conftest import (
+    REPO,
+    User,
+    _run,
+    colour_fraction,
+    http_status,
+    node_exec,
+    node_user_pids,
+    ws_upgrade_status,
+)
 from test_apptainer import SITE, debian_image, image_xorg_screen
 from tooling import require
 
@@ -114,21 +119,6 @@ def test_kde_session_live_in_the_browser(user: User, kde_image: str, interface: 
         assert configs, "the page made no WebRTC connection"
 
 
-def _ws_status(host: str, port: int, path: str, token: str | None) -> int:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
-             "Connection: Upgrade", "Sec-WebSocket-Version: 13",
-             "Sec-WebSocket-Key: " + base64.b64encode(secrets.token_bytes(16)).decode()]
-    if token:
-        enc = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
-        lines.append(f"Sec-WebSocket-Protocol: selkies, selkies.token.{enc}")
-    with socket.create_connection((host, port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname=host) as s:
-        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        return int(s.recv(4096).decode(errors="replace").split()[1])
-
-
 @pytest.mark.parametrize("flavor", ["debian", "kde"])
 def test_token_mode_inside_the_image(user: User, request: pytest.FixtureRequest, flavor: str,
                                      tmp_path: Path, cleanup_jobs: list[str]) -> None:
@@ -146,8 +136,8 @@ def test_token_mode_inside_the_image(user: User, request: pytest.FixtureRequest,
     assert url.endswith(f"/#token={token}")
     host, port = str(data["host"]), int(data["port"])
     assert http_status(url.split("#")[0], None) == 200
-    assert _ws_status(host, port, "/api/websockets", None) == 401
-    assert _ws_status(host, port, "/api/websockets", token) == 101
+    assert ws_upgrade_status(host, port, "/api/websockets", None) == 401
+    assert ws_upgrade_status(host, port, "/api/websockets", token) == 101
     agent_log = (user.sessions_root() / sid / "agent.log").read_text()
     # No process of the session holds the master token in its command line, and apptainer's
     # own environment holds no secret (the entrypoint read it from a 0600 file).

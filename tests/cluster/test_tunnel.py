@@ -571,7 +571,7 @@ def test_tunnel_to_an_ood_started_desktop(user: User, net: Net, tmp_path: Path) 
         with tunnel(net, sid, "--login", "login", "--json") as tun:
             info = tun.ready()
             assert info["session"] == sid and not info["password"]
-            assert re.fullmatch(rf"http://127\.0\.0\.1:\d+/#token={re.escape(token)}",
+            assert re.fullmatch(rf"https?://127\.0\.0\.1:\d+/#token={re.escape(token)}",
                                 str(info["url"]))
             with browser.Chromium(NS_LAPTOP) as chrome:
                 chrome.open(str(info["url"]))

@@ -27,7 +27,9 @@ NOT_SELKIES = {"interface", "width", "height", "refresh", "depth", "video_port",
                "https", "https_cert", "https_key", "user"}
 # Settings the agent turns into plan values first (encoder -> the probed encoder, auth ->
 # a master token, url_path -> the filled-in path): test_plan_settings_reach_the_image_too.
-VIA_PLAN = {"encoder", "auth", "url_path"}
+# audio, microphone -> plan.audio/plan.microphone: on only when the session's sound server runs
+# (node/sound.py): test_sound_settings_reach_the_image_too.
+VIA_PLAN = {"encoder", "auth", "url_path", "audio", "microphone"}
 
 
 def _values(field: dataclasses.Field[Any]) -> list[Any]:
@@ -42,6 +44,8 @@ def _values(field: dataclasses.Field[Any]) -> list[Any]:
         return [max(lo, field.default // 2), min(hi, field.default * 2)]
     if field.name == "url_path":
         return ["/node/{host}/{port}/", "/rnode/x/"]
+    if field.name == "allowed_origins":
+        return [["https://ondemand.example.org"], ["https://a.example", "http://b.example:8080"]]
     return []
 
 
@@ -102,6 +106,19 @@ def test_plan_settings_reach_the_image_too(tmp_path: Path, encoder: str, threads
     _assert_same(_plan(tmp_path, DesktopConfig(), encoder=encoder, encoder_threads=threads))
     _assert_same(_plan(tmp_path, DesktopConfig(), tls_cert=None, tls_key=None, rtc_config=None,
                        url_path="/node/n/1/"))
+
+
+@pytest.mark.parametrize(("audio", "microphone"), [(True, True), (True, False), (False, False)])
+def test_sound_settings_reach_the_image_too(tmp_path: Path, audio: bool,
+                                            microphone: bool) -> None:
+    sound = {"PULSE_SERVER": f"unix:{tmp_path}/w/pulse/native",
+             "PULSE_COOKIE": f"{tmp_path}/w/pulse/cookie"} if audio else {}
+    plan = _plan(tmp_path, DesktopConfig(microphone=microphone), audio=audio,
+                 microphone=microphone, sound_env=sound)
+    _assert_same(plan)
+    inv = build_invocation(plan, IMAGES[0], ":7", XFiles(plan.workdir / "Xauthority", None),
+                           {}, None)
+    assert {k: inv.env[f"APPTAINERENV_{k}"] for k in sound} == sound
 
 
 def test_token_mode_reaches_the_image_without_the_token(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from hpcdesk.node import sound
 from hpcdesk.node.node_checks import node_checks
 from hpcdesk.node.runtime import DesktopPlan
 from hpcdesk.node.runtime.apptainer import ImageKind, contract_env
-from hpcdesk.node.runtime.host import selkies_env
+from hpcdesk.node.selkies_settings import selkies_env
 from hpcdesk.node.xserver import XFiles
 from hpcdesk.request import DesktopRequest
 from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig
