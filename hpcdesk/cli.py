@@ -90,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session")
     p.add_argument("--no-wait", action="store_true", help="don't wait for the job to end")
 
+    p = sub.add_parser("share", parents=both,
+                       help="a link for someone else to watch (or control) a desktop",
+                       description="Print a link that lets someone else watch your running "
+                       "desktop (--view-only, the default) or control it (--control, where "
+                       "the site allows it); --list shows the shares, --revoke ID ends one. "
+                       "Shares end with the desktop.")
+    p.add_argument("session")
+    role = p.add_mutually_exclusive_group()
+    role.add_argument("--view-only", action="store_true", help="watch only (the default)")
+    role.add_argument("--control", action="store_true", help="keyboard and mouse too")
+    role.add_argument("--list", action="store_true", help="list the shares and their state")
+    role.add_argument("--revoke", metavar="ID", help="end a share now")
+    p.add_argument("--expires", metavar="DURATION", help="lifetime, e.g. 30m, 2h, 1d "
+                   "(default and longest: the site's policy.share_max)")
+
     p = sub.add_parser("logs", parents=[site], help="show a session's logs (job, agent, desktop)")
     p.add_argument("session")
     p.add_argument("-n", "--lines", type=int, default=40, help="lines per log (0: all)")
@@ -186,6 +201,7 @@ COMMANDS = {
     "list": ("hpcdesk.commands.sessions", "list_sessions"),
     "cancel": ("hpcdesk.commands.sessions", "cancel"),
     "logs": ("hpcdesk.commands.sessions", "logs"),
+    "share": ("hpcdesk.commands.share", "run"),
     "config": ("hpcdesk.commands.config_cmd", "run"),
     "doctor": ("hpcdesk.commands.doctor", "run"),
     "image": ("hpcdesk.commands.image", "run"),

@@ -263,8 +263,32 @@ def load(site: str | None = None, overrides: Mapping[str, Any] | None = None,
             raise ConfigError(f"{override_source}: {k}: {exc}") from None
         sources[k] = override_source
     cfg: SiteConfig = _build(SiteConfig, flat)
+    cfg.desktop.auth = resolved_auth(cfg.desktop.auth, cfg)
     _cross_checks(cfg, sources)
     return LoadedConfig(cfg, sources, site_path)
+
+
+Auth = Literal["auto", "basic", "token"]
+
+
+def token_capable(cfg: SiteConfig) -> bool:
+    """Whether the desktop's Selkies has token mode (Selkies 2.x): the host runtime, or one of
+    hpcdesk's images serving the Selkies interface (not the upstream images' 1.6)."""
+    if cfg.runtime.kind == "host":
+        return True
+    from hpcdesk.images import is_upstream
+
+    return not is_upstream(cfg.runtime.image or "") and cfg.desktop.interface == "selkies"
+
+
+def resolved_auth(auth: Auth, cfg: SiteConfig) -> Auth:
+    """desktop.auth as the desktop gets it: auto means token wherever the runtime can (a link
+    with the token in its fragment works as printed in every browser and for every transport;
+    a URL with a user and password does not: Chromium then refuses the page's own fetch()
+    calls, and a WebRTC desktop never gets its ICE servers), basic elsewhere."""
+    if auth != "auto":
+        return auth
+    return "token" if token_capable(cfg) else "basic"
 
 
 def _validated(source: str, path: Path) -> dict[str, Any]:
@@ -342,18 +366,10 @@ def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
     if cfg.runtime.kind == "apptainer" and not cfg.runtime.image:
         fail("runtime.image", "must name an image (a .sif path or a flavour) for apptainer",
              "runtime.kind")
-    if cfg.desktop.auth == "token" and cfg.runtime.kind != "host":
-        from hpcdesk.images import is_upstream
-
-        if is_upstream(cfg.runtime.image or "") or cfg.desktop.interface != "selkies":
-            fail("desktop.auth", "token mode needs Selkies 2.x: the host runtime or one of "
-                 "hpcdesk's images (debian, kde) with desktop.interface: selkies",
-                 "runtime.kind", "runtime.image", "desktop.interface")
-    if cfg.desktop.auth == "token" and cfg.desktop.transport != "websockets":
-        # webrtc's signaling socket refuses a token-less client only after accepting it, so
-        # the agent could not prove before publishing that anonymous clients get nothing.
-        fail("desktop.auth", "token mode needs desktop.transport: websockets",
-             "desktop.transport")
+    if cfg.desktop.auth == "token" and not token_capable(cfg):
+        fail("desktop.auth", "token mode needs Selkies 2.x: the host runtime or one of "
+             "hpcdesk's images (debian, kde) with desktop.interface: selkies",
+             "runtime.kind", "runtime.image", "desktop.interface")
     if cfg.timeouts.poll_max < cfg.timeouts.poll_min:
         fail("timeouts.poll_max", "must not be below timeouts.poll_min", "timeouts.poll_min")
     if (cfg.turn != TurnConfig() or cfg.desktop.transport != "websockets"

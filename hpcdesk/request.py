@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcdesk.schema import DesktopConfig, NetworkConfig, RuntimeConfig, TurnConfig
+from hpcdesk.schema import DesktopConfig, NetworkConfig, PolicyConfig, RuntimeConfig, TurnConfig
 
 
 @dataclass
@@ -29,6 +29,7 @@ class DesktopRequest:
     warn_before: int = 0  # warn the user this many seconds before the desktop stops (0: never)
     signal_lead: int = 0  # Slurm's stop signal comes this many seconds before the time limit
     idle_timeout: int = 0  # end the desktop after this many seconds without a viewer
+    policy: PolicyConfig = field(default_factory=PolicyConfig)  # the site's data policy
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -49,6 +50,7 @@ class DesktopRequest:
             warn_before=int(data.get("warn_before", 0)),
             signal_lead=int(data.get("signal_lead", 0)),
             idle_timeout=int(data.get("idle_timeout", 0)),
+            policy=PolicyConfig(**data.get("policy", {})),
         )
 
     @classmethod

@@ -182,11 +182,13 @@ class DesktopConfig:
         "address, the site's TURN server or the in-job TURN). Switching in the UI is offered "
         "only with webrtc.",
     )
-    auth: Literal["basic", "token"] = opt(
-        "basic", "How the browser proves itself to Selkies: basic (user and password) or token "
-        "(a per-session token in the URL fragment, `#token=...`; works through proxies that "
-        "drop the Authorization header, such as Open OnDemand's). Token needs Selkies 2.x: "
-        "the host runtime or hpcdesk's images (debian, kde).")
+    auth: Literal["auto", "basic", "token"] = opt(
+        "auto", "How the browser proves itself to Selkies: token (a per-session token in the "
+        "URL fragment, `#token=...`: one link that works as printed for every transport, "
+        "through proxies that drop the Authorization header such as Open OnDemand's, and the "
+        "only mode with `hpcdesk share`), basic (user and password, typed into the browser's "
+        "prompt) or auto (token wherever Selkies 2.x runs: the host runtime or hpcdesk's "
+        "images (debian, kde); basic elsewhere).")
     url_path: str = opt(
         "/", "Path the web UI is served under; {host} and {port} stand for the published "
         "address and port (Open OnDemand's /node/{host}/{port}/ proxy keeps its prefix).",
@@ -314,6 +316,36 @@ class OodConfig:
         admin=True)
 
 
+SHARE_ROLES = ("view-only", "control")
+
+
+@dataclass
+class PolicyConfig:
+    """The site's data policy for every desktop (site file only: a user file or --set cannot
+    widen it). The defaults are what a cautious HPC site expects (docs/access.md says why)."""
+
+    clipboard: Literal["both", "in", "out", "off"] = opt(
+        "both", "Clipboard direction: both, in (browser to desktop only), out (desktop to "
+        "browser only) or off. Text only; every transfer is an audit line.", admin=True)
+    file_transfers: Literal["none", "upload", "download", "both"] = opt(
+        "none", "Files through the browser: none (use the site's own data-transfer path), "
+        "upload, download or both.", admin=True)
+    transfer_limit_mbps: float = opt(
+        0.0, "Rate cap for browser file transfers in Mbit/s (0: no cap).", min=0, max=100000,
+        admin=True)
+    printing: bool = opt(False, "Hand documents printed in the desktop to the browser.",
+                         admin=True)
+    audit_url: str | None = opt(
+        None, "Also forward every audit event (JSON, metadata only) to this URL; the session "
+        "directory's audit.jsonl always gets them.", pattern=r"https?://\S+", admin=True)
+    sharing: Literal["off", "view-only", "control"] = opt(
+        "view-only", "What `hpcdesk share` may hand out: off, view-only links, or control "
+        "links as well (someone else acting as the owner).", admin=True)
+    share_max: str = opt(
+        "8:00:00", "Longest a share link lives (Slurm time syntax, e.g. 2:00:00); shares "
+        "always end with the desktop.", check="slurm_time", admin=True)
+
+
 @dataclass
 class SiteConfig:
     name: str = opt("default", "Site name shown to users.", pattern=r"[A-Za-z0-9_.-]+")
@@ -328,6 +360,7 @@ class SiteConfig:
     turn: TurnConfig = field(default_factory=TurnConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     ood: OodConfig = field(default_factory=OodConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 CHECKS = {"slurm_time": slurm_time_seconds}

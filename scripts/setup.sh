@@ -35,6 +35,7 @@ APT_PACKAGES=(
   # Sound (docs/sound.md): each desktop's own PulseAudio server on the node (host runtime),
   # paplay/parecord/pactl for the sound tests and `doctor --node`.
   pulseaudio pulseaudio-utils
+  xclip       # Selkies' X clipboard fallback; the data-policy test reads the desktop's clipboard
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -6,13 +6,15 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
-from hpcdesk import states
+from hpcdesk import shares, states
 from hpcdesk.commands.common import emit_json, lazy_scheduler, load_config, root_of, say
 from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
 from hpcdesk.files import tail_lines
-from hpcdesk.login.status import collect, job_ref
+from hpcdesk.login.status import collect, job_ref, policy_of
+from hpcdesk.node.selkies_policy import describe as describe_policy
 from hpcdesk.phases import desktop_state
 from hpcdesk.scheduler import JobRef, Scheduler
 from hpcdesk.session import Session, all_sessions, find, now
@@ -48,19 +50,29 @@ def status(args: argparse.Namespace) -> int:
             return wait_and_report(session, scheduler(), ref, loaded, None, args.json,
                                    time.monotonic())
     st = collect([session], scheduler)[0]
+    policy = policy_of(session)
     if args.json:
-        emit_json(st.as_json(with_secrets=True))
+        emit_json({**st.as_json(with_secrets=True),
+                   "policy": dataclasses.asdict(policy) if policy else None})
         return EXIT_OK
     conn = session.connection() if st.state == states.READY else None
     if conn and ref:
         if st.node.get("sound"):  # the agent's latest word (a sound server can stop)
             conn = dataclasses.replace(conn, sound=st.node["sound"])
         print_connection(session, ref, conn, quiet=False)
+    else:
+        node = st.as_json()["node"]
+        print(f"session {session.id}: {st.state}" + (f" ({st.detail})" if st.detail else ""))
+        print(f"  job {ref or '-'}" + (f" on {node}" if node else "")
+              + f"; files in {session.dir}")
+    if policy:
+        print(f"  policy:   {describe_policy(policy)}")
+    live = shares.read_state(session.dir).get("live", []) if conn else []
+    if live:
+        print(f"  shares:   {len(live)} live (hpcdesk share {session.id} --list)")
+    if conn and ref:
         return EXIT_OK
-    node = st.as_json()["node"]
-    print(f"session {session.id}: {st.state}" + (f" ({st.detail})" if st.detail else ""))
-    print(f"  job {ref or '-'}" + (f" on {node}" if node else "") + f"; files in {session.dir}")
-    if isinstance(st.node.get("sound"), dict):
+    if isinstance(st.node.get("sound"), dict) and not (conn and ref):
         print(f"  sound: {st.node['sound'].get('reason')}")
     return EXIT_OK if st.state != states.FAILED else EXIT_FAILED
 
@@ -85,8 +97,17 @@ def list_sessions(args: argparse.Namespace) -> int:
         j = r.as_json()
         age = _age(now() - float(r.session.meta.get("created", now())))
         print(f"{r.session.id:<8} {j['job_id'] or '-':<10} {r.state:<10} {j['node'] or '-':<12} "
-              f"{age:>6}  {j.get('url') or r.detail}")
+              f"{age:>6}  {_where(j, r.session.id) or r.detail}")
     return EXIT_OK
+
+
+def _where(row: dict[str, Any], sid: str) -> str:
+    """The address column: a token desktop's address alone opens nothing, so it says where
+    the whole link is (no secrets in a listing)."""
+    url = str(row.get("url") or "")
+    if url and row.get("auth") == "token":
+        return f"{url} (link: hpcdesk status {sid})"
+    return url
 
 
 def _age(seconds: float) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from hpcdesk.errors import Unreachable
 
@@ -53,10 +53,11 @@ class Endpoint:
     def target(self) -> tuple[str, int]:
         return (self.host, self.port)
 
-    def local_url(self, port: int, with_credentials: bool = False) -> str:
-        creds = (f"{quote(self.user, safe='')}:{quote(self.password, safe='')}@"
-                 if with_credentials and self.user else "")
-        return f"{self.scheme}://{creds}{LOCAL_HOST}:{port}{self.path}"
+    def local_url(self, port: int) -> str:
+        """The desktop through the tunnel: a token rides in the fragment; a password is never
+        put into the URL (Chromium then refuses the page's own fetch() calls, and a WebRTC
+        desktop never gets its ICE servers): the browser asks for it."""
+        return f"{self.scheme}://{LOCAL_HOST}:{port}{self.path}"
 
 
 def _opt_str(value: object) -> str | None:

@@ -208,8 +208,8 @@ def announce(ep: Endpoint, local_port: int, login: str, opts: Options) -> None:
             if ep.turn_port else "")
     print(f"\nYour desktop is ready, tunnelled through {login}:\n"
           f"  URL:      {url}\n"
-          f"  user:     {ep.user}\n"
-          f"  password: {ep.password}\n"
+          + (f"  user:     {ep.user}\n  password: {ep.password}\n" if ep.password else
+             "  (the token after # is your key: share the link with no one)\n") +
           f"  session:  {ep.session} (job {ep.job_id}) on {ep.node}\n{turn}{cert}"
           f"  Ctrl-C closes the tunnel" +
           (" and cancels the job" if opts.cancel_on_exit else "; the desktop keeps running"),
@@ -217,11 +217,12 @@ def announce(ep: Endpoint, local_port: int, login: str, opts: Options) -> None:
 
 
 def open_in_browser(ep: Endpoint, local_port: int) -> Path:
-    """Open the desktop with its credentials, without putting them on a command line: the
-    browser gets a private file (0600, removed when the tunnel ends) that forwards to it."""
+    """Open the desktop without putting its token on a command line: the browser gets a
+    private file (0600, removed when the tunnel ends) that forwards to the link (token in
+    the fragment; with a password, the browser's prompt asks for what the terminal shows)."""
     folder = Path(tempfile.mkdtemp(prefix="hpcdesk-open-"))
     page = folder / "open.html"
-    target = ep.local_url(local_port, with_credentials=True)
+    target = ep.local_url(local_port)
     fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(f'<!doctype html><meta charset="utf-8"><title>hpcdesk</title>'

@@ -26,7 +26,7 @@ def build_request(loaded: LoadedConfig, session_id: str) -> DesktopRequest:
                           desktop=c.desktop, runtime=c.runtime, network=c.network, turn=c.turn,
                           time_limit=slurm_time_seconds(c.scheduler.time),
                           warn_before=c.timeouts.warn_before, idle_timeout=c.timeouts.idle,
-                          signal_lead=c.scheduler.signal_lead)
+                          signal_lead=c.scheduler.signal_lead, policy=c.policy)
 
 def prepare(loaded: LoadedConfig, job_script: Path | None = None, render: bool = True,
             **meta: Any) -> Session:

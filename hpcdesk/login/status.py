@@ -10,6 +10,7 @@ from typing import Any
 from hpcdesk import states
 from hpcdesk.phases import FAILED, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
+from hpcdesk.schema import PolicyConfig
 from hpcdesk.session import Session, now
 
 
@@ -34,6 +35,7 @@ class SessionStatus:
         conn = self.session.connection() if self.state == states.READY else None
         if conn:
             out["url"] = conn.url
+            out["auth"] = conn.auth  # token: the link is `url` plus its #token=...
             out["tls_fingerprint"] = conn.tls_fingerprint
             # What `hpcdesk tunnel` forwards besides the web port (see connect/rtc.py).
             out.update(transport=conn.transport, turn_port=conn.turn_port,
@@ -43,6 +45,16 @@ class SessionStatus:
                 out.update(user=conn.user, password=conn.password, url=conn.browser_link(),
                            token=conn.token)
         return out
+
+
+def policy_of(session: Session) -> PolicyConfig | None:
+    """The data policy the desktop runs under (recorded in its request at submit)."""
+    from hpcdesk.request import DesktopRequest
+
+    try:
+        return DesktopRequest.load(session.path("request.json")).policy
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def job_ref(session: Session) -> JobRef | None:

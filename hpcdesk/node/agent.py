@@ -23,12 +23,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from hpcdesk import shares
 from hpcdesk.connect import rtc
 from hpcdesk.connect.turn import TurnError
 from hpcdesk.connection import Connection
 from hpcdesk.errors import ConfigError
 from hpcdesk.files import write_json
-from hpcdesk.node import address, health, janitor, jobturn, sound, tls, viewers
+from hpcdesk.node import address, health, janitor, jobturn, sound, tls, token_gate, viewers
+from hpcdesk.node.audit import AuditReceiver
 from hpcdesk.node.binding import bind_gpu
 from hpcdesk.node.encoder import EncoderChoice, stream_encoder
 from hpcdesk.node.errors import PortTaken, StartError, Stop
@@ -98,6 +100,10 @@ class Agent:
         self.viewer_path = "/"
         self.next_viewer_check = 0.0
         self.sound: sound.Sound | None = None
+        self.audit: AuditReceiver | None = None
+        self.plan: DesktopPlan | None = None
+        self.owner_token: str | None = None
+        self.shares_seen: tuple[object, ...] | None = None  # shares.json's identity, expiry
 
     # -- state and events -------------------------------------------------------------
     def phase(self, phase: str, detail: str = "", **fields: Any) -> None:
@@ -173,6 +179,7 @@ class Agent:
         side = [*turn_children, *([sound_.child] if sound_.child else [])]
         self.children = list(side)
         self.rtc_path = self.write_rtc(host)
+        self.audit = AuditReceiver(self.dir, req.session_id, req.policy.audit_url).start()
         tls_files = (tls.prepare(self.workdir, [host, bind_addr], req.desktop.https_cert,
                                  req.desktop.https_key) if req.desktop.https else None)
         self.tls_pin = tls_files.fingerprint if tls_files else None
@@ -195,7 +202,8 @@ class Agent:
                                master_token=master_token, url_path=url_path,
                                rtc_config=self.rtc_path, sound_env=sound_.env(),
                                audio=sound_.on,
-                               microphone=sound_.on and sound_.microphone)
+                               microphone=sound_.on and sound_.microphone,
+                               audit=self.audit.sink if self.audit else None)
             self.phase(LAUNCHING, f"starting the desktop ({req.runtime.kind} runtime)",
                        port=port, host=host)
             try:
@@ -208,6 +216,7 @@ class Agent:
                            display=started.display, xauthority=str(started.xauthority)
                            if started.xauthority else None)
                 session_token = self.wait_healthy(plan, started, deadline)
+                self.plan, self.owner_token = plan, session_token
                 break
             except PortTaken as taken:
                 # A neighbour (or a desktop starting at the same moment) listens on the port:
@@ -371,6 +380,49 @@ class Agent:
             # published within 0.1 s of answering (a 0.5 s cap lost up to 0.5 s of the start).
             delay = min(delay * 1.5, 0.1)
 
+    def provision_tokens(self, plan: DesktopPlan, owner: str, probe_host: str) -> int | None:
+        """Selkies' token table: the owner and the shares the site's policy lets live now;
+        shares.state.json tells `hpcdesk share` which are live and why others are not."""
+        assert plan.master_token is not None
+        req = self.request
+        found = shares.load(self.dir)
+        t = time.time()
+        live, refused = shares.granted(found, req.policy, t)
+        status = health.provision_tokens(probe_host, plan.web_port,
+                                         plan.url_path + "api/tokens", plan.master_token,
+                                         token_gate.table(owner, live), https=req.desktop.https,
+                                         pin=self.tls_pin)
+        if status == 200:
+            shares.write_state(self.dir, live, refused, t)
+            self.shares_seen = self._shares_identity(found)
+        return status
+
+    def _shares_identity(self, found: list[shares.Share]) -> tuple[object, ...]:
+        """What changes when shares.json changes or a share reaches its end."""
+        try:
+            st = (self.dir / shares.SHARES_FILE).stat()
+            stamp: tuple[object, ...] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = ()
+        return (*stamp, shares.next_expiry(found, self.request.policy, time.time()))
+
+    def sync_shares(self) -> None:
+        """Once a second: a new, revoked or expired share reaches Selkies' token table
+        (Selkies then disconnects the pages whose token left it)."""
+        plan, owner = self.plan, self.owner_token
+        if plan is None or owner is None or plan.master_token is None:
+            return
+        found = shares.load(self.dir)
+        seen = self.shares_seen
+        ends = seen[-1] if seen else None
+        due = isinstance(ends, float) and time.time() >= ends
+        if seen == self._shares_identity(found) and not due:
+            return
+        probe_host = plan.bind_addr if plan.bind_addr not in address.WILDCARDS else "127.0.0.1"
+        status = self.provision_tokens(plan, owner, probe_host)
+        if status is not None and status != 200:  # None: a restarted Selkies not up yet
+            log.warning("updating the token table failed (HTTP %s); trying again", status)
+
     def supervise(self) -> None:
         while True:
             if self.rtc_refresh_at and time.monotonic() > self.rtc_refresh_at and self.rtc_path:
@@ -390,6 +442,7 @@ class Agent:
                                      + more)
                 self.restart(dead)
             reap_orphans(self.children)
+            self.sync_shares()
             self.check_sound()
             self.warn_time_limit()
             self.check_idle()
@@ -467,6 +520,9 @@ class Agent:
         fresh = dead.again()
         fresh.restarts = dead.restarts + 1
         self.children[self.children.index(dead)] = fresh
+        # A restarted Selkies starts with an empty token table (and serves no one until it
+        # has one): the next supervise ticks provision the owner's token and the shares again.
+        self.shares_seen = None
         self.state.setdefault("restarts", []).append({"child": dead.name, "why": why,
                                                       "at": now()})
         self.phase(READY, f"{why}; started again ({fresh.restarts} of {MAX_RESTARTS}), same "
@@ -483,6 +539,13 @@ class Agent:
             self.ports.release()
         if self.job_turn:
             self.job_turn.release()
+        if self.audit:
+            self.audit.stop()
+        if self.owner_token:  # the desktop is gone, and every share with it
+            ended = shares.read_state(self.dir).get("refused", {})  # revoked, expired...
+            shares.write_state(self.dir, [], {
+                s.id: ended.get(s.id) or ("revoked" if s.revoked else "the desktop ended")
+                for s in shares.load(self.dir)}, time.time())
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         with contextlib.suppress(OSError):

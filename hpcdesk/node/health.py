@@ -1,7 +1,9 @@
 """Readiness: an authenticated HTTP 200 from the web UI (and a 401 without credentials).
 
 In token mode (desktop.auth: token) the page itself loads without credentials; there, ready
-means the page answers 200 and a WebSocket upgrade without a token is refused (401).
+means the page answers 200 and a client without a valid token gets nothing
+(`anonymous_refused`: the WebSocket for websockets; the ICE servers and the signalling for
+webrtc).
 
 Before any probe carries a secret, :func:`who_listens` proves whose socket listens on the
 port (the one readiness proof for every runtime): a neighbour on a shared node can bind a
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpcdesk.node import token_gate
 from hpcdesk.node.errors import PortTaken, StartError
 from hpcdesk.trust import owner_name
 
@@ -189,14 +192,13 @@ def anonymous_websocket_status(host: str, port: int, path: str, https: bool = Fa
         conn.close()
 
 
-def provision_token(host: str, port: int, path: str, master_token: str, session_token: str,
-                    https: bool = False, timeout: float = 5.0, pin: str | None = None
-                    ) -> int | None:
-    """POST Selkies' token table (one controller token) with the master token as bearer."""
+def provision_tokens(host: str, port: int, path: str, master_token: str,
+                     tokens: dict[str, dict[str, object]], https: bool = False,
+                     timeout: float = 5.0, pin: str | None = None) -> int | None:
+    """Replace Selkies' token table (POST api/tokens, the master token as bearer)."""
     conn = connection(host, port, https, timeout, pin)
-    body = json.dumps({session_token: {"role": "controller", "mk_control": True}})
     try:
-        conn.request("POST", path, body=body, headers={
+        conn.request("POST", path, body=json.dumps(tokens), headers={
             "Authorization": f"Bearer {master_token}", "Content-Type": "application/json",
             "Connection": "close"})
         return conn.getresponse().status
@@ -246,21 +248,54 @@ def probe(plan: DesktopPlan, probe_host: str) -> tuple[bool, str | None, int | N
     return True, None, status
 
 
+def anonymous_refused(host: str, port: int, prefix: str, transport: str, https: bool,
+                      timeout: float = 3.0) -> bool | None:
+    """Token mode: True when every way in refused a client without a valid token; None while
+    the web UI is not serving yet. StartError when something answered such a client.
+    - websockets: the streaming WebSocket refuses an upgrade without a token (401);
+    - webrtc: `api/turn` (the ICE servers, with TURN credentials) answers 401, and the
+      signalling socket closes a client's HELLO without a token, or with a wrong one, with
+      4001 before it says anything (no session, no SDP, no media)."""
+    refuse = "refusing to publish a desktop that streams to anyone"
+    if transport != "webrtc":
+        ws = anonymous_websocket_status(host, port, prefix + "api/websockets", https=https,
+                                        timeout=timeout)
+        if ws == 101:
+            raise StartError(f"the web UI accepted a WebSocket without a token: {refuse}")
+        return True if ws == 401 else None
+    turn = http_status(host, port, None, None, https=https, timeout=timeout,
+                       path=prefix + "api/turn")
+    if turn == 200:
+        raise StartError("the web UI handed its ICE servers (api/turn) to a client without "
+                         f"a token: {refuse}")
+    if turn != 401:
+        return None
+    # As the page says it (a slot-1 controller), so that only the token can be missing.
+    for hello in ({"client_type": "controller", "client_slot": 1},
+                  {"client_type": "controller", "client_slot": 1, "client_token": "not-a-token"}):
+        verdict = token_gate.signalling_verdict(host, port, prefix + "api/webrtc/signaling",
+                                                hello, https, timeout)
+        if verdict == "answered":
+            raise StartError("the WebRTC signalling socket answered a client without a valid "
+                             f"token: {refuse}")
+        if verdict != "refused":
+            return None
+    return True
+
+
 def token_ready(plan: DesktopPlan, probe_host: str) -> str | None:
-    """Token mode, once the page answers: an anonymous WebSocket must be refused (401),
-    then a session token is provisioned. None: not ready yet (Selkies still starting)."""
+    """Token mode, once the page answers: a client without a valid token must get nothing
+    (anonymous_refused), then the owner's session token is provisioned (shares join the
+    table later, node/agent.py). None: not ready yet (Selkies still starting)."""
     assert plan.master_token is not None
     https = plan.request.desktop.https
-    ws = anonymous_websocket_status(probe_host, plan.web_port,
-                                    plan.url_path + "api/websockets", https=https)
-    if ws == 101:
-        raise StartError("the web UI accepted a WebSocket without a token: refusing to "
-                         "publish a desktop that streams to anyone")
-    if ws != 401:
+    if not anonymous_refused(probe_host, plan.web_port, plan.url_path,
+                             plan.request.desktop.transport, https):
         return None
     token = secrets.token_urlsafe(24)
-    status = provision_token(probe_host, plan.web_port, plan.url_path + "api/tokens",
-                             plan.master_token, token, https=https, pin=session_pin(plan))
+    status = provision_tokens(probe_host, plan.web_port, plan.url_path + "api/tokens",
+                              plan.master_token, token_gate.table(token, []), https=https,
+                              pin=session_pin(plan))
     if status != 200:
         raise StartError(f"Selkies refused the session token (HTTP {status}); is it "
                          "Selkies 2.x with token support?")

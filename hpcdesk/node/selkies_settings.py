@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from hpcdesk.node.address import WILDCARDS
 from hpcdesk.node.runtime import DesktopPlan
+from hpcdesk.node.selkies_policy import policy_env
 
 # Settings that are secrets: they reach Selkies only through its own environment (host), or
 # from a 0600 file that the image's entrypoint reads (HPCDESK_PASSWORD_FILE,
 # HPCDESK_MASTER_TOKEN_FILE); never through apptainer's environment or a command line.
-SECRETS = ("SELKIES_BASIC_AUTH_PASSWORD", "SELKIES_MASTER_TOKEN")
+SECRETS = ("SELKIES_BASIC_AUTH_PASSWORD", "SELKIES_MASTER_TOKEN", "SELKIES_AUDIT_WEBHOOK_TOKEN")
 
 # hpcdesk's encoder names (those of the upstream GLX image) -> PyPI selkies' settings.
 _SELKIES_ENCODER = {
@@ -59,6 +60,7 @@ def selkies_env(plan: DesktopPlan, display: str) -> dict[str, str]:
         "SELKIES_CPU_ENCODE_THREADING": "true" if threaded(d.encode_threading,
                                                           plan.encoder_threads) else "false",
         **ice_env(plan),
+        **policy_env(plan.request.policy, plan.audit),  # the site's data policy, audit sink
     }
     if plan.tls_cert and plan.tls_key:
         env["SELKIES_HTTPS_CERT"], env["SELKIES_HTTPS_KEY"] = str(plan.tls_cert), str(plan.tls_key)

@@ -298,6 +298,44 @@ class Chromium:
                                 button="left", clickCount=1)
         self._run(steps)
 
+    def paste(self, text: str, at: tuple[int, int] = (300, 300)) -> None:
+        """What a person does to paste: `text` on the browser's clipboard (the page's origin
+        may read it), a click into the page, Ctrl+V."""
+        async def steps(page: _Page) -> None:
+            got = await page.call("Runtime.evaluate", expression="location.origin",
+                                  returnByValue=True)
+            await page.call("Browser.grantPermissions", origin=_value(got), permissions=[
+                "clipboardReadWrite", "clipboardSanitizedWrite"])
+            await page.call("Emulation.setFocusEmulationEnabled", enabled=True)
+            wrote = await page.call("Runtime.evaluate", awaitPromise=True, returnByValue=True,
+                                    expression=f"navigator.clipboard.writeText({json.dumps(text)})"
+                                               ".then(() => 'ok', e => String(e))")
+            if _value(wrote) != "ok":
+                raise RuntimeError(f"the browser's clipboard refused the text: {wrote}")
+            for kind in ("mousePressed", "mouseReleased"):
+                await page.call("Input.dispatchMouseEvent", type=kind, x=at[0], y=at[1],
+                                button="left", clickCount=1)
+            ctrl_v = {"key": "v", "code": "KeyV", "windowsVirtualKeyCode": 86, "modifiers": 2}
+            await page.call("Input.dispatchKeyEvent", type="keyDown", commands=["paste"],
+                            **ctrl_v)
+            await page.call("Input.dispatchKeyEvent", type="keyUp", **ctrl_v)
+        self._run(steps)
+
+    def choose_file(self, path: Path, selector: str = "#globalFileInput") -> None:
+        """A file chosen in the page's file picker (`selector`), as a person picks one: the
+        page's own change handler does the rest (Selkies: its upload)."""
+        async def steps(page: _Page) -> None:
+            doc = await page.call("DOM.getDocument")
+            root = doc["root"]
+            assert isinstance(root, dict)
+            found = await page.call("DOM.querySelector", nodeId=root["nodeId"],
+                                    selector=selector)
+            if not found.get("nodeId"):
+                raise RuntimeError(f"the page has no {selector}")
+            await page.call("DOM.setFileInputFiles", files=[str(path)],
+                            nodeId=found["nodeId"])
+        self._run(steps)
+
     @property
     def pids(self) -> list[int]:
         """The browser's processes (its own session: renderer, GPU, network helpers)."""

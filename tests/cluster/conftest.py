@@ -189,14 +189,15 @@ def node_exec(node: str, *argv: str, timeout: float = 60) -> subprocess.Complete
 
 
 def place_window(user: User, session: str, colour: str = "#13a86b", where: str = "+0+0",
-                 root: Path | None = None) -> None:
+                 root: Path | None = None, command: tuple[str, ...] = ()) -> None:
     """An xterm of a known colour on a session's display, started on its node as the user
-    (the pixel checks look for it in the browser)."""
+    (the pixel checks look for it in the browser); `command` runs in it (xterm -e)."""
     state = json.loads(((root or user.sessions_root()) / session / "node.json").read_text())
     xterm = node_exec(str(state["node"]), "runuser", "-u", user.name, "--", "env",
                       f"DISPLAY={state['display']}", f"XAUTHORITY={state['xauthority']}",
                       "sh", "-c", 'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
-                      "xterm", "-bg", colour, "-geometry", f"200x80{where}")
+                      "xterm", "-bg", colour, "-geometry", f"200x80{where}",
+                      *(["-e", *command] if command else []))
     assert xterm.returncode == 0, xterm.stderr
 
 

@@ -66,9 +66,9 @@ def test_apptainer_desktop_in_browser(user: User, debian_image: str, interface: 
     assert http_status(url, None) == 401
     sdir = user.sessions_root() / sid
     _place_window(node, user, sdir, "#13a86b")
-    authed = url.replace("https://", f"https://{data['user']}:{data['password']}@")
     shot = tmp_path / f"{interface}.png"
-    assert browser.watch(authed, shot, lambda p: colour_fraction(p, GREEN) > 0.05, timeout=60), \
+    assert browser.watch(url, shot, lambda p: colour_fraction(p, GREEN) > 0.05, timeout=60,
+                         login=(str(data["user"]), str(data["password"]))), \
         f"the desktop is not visible in the browser ({shot})"
 
 

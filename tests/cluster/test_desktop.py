@@ -47,9 +47,9 @@ def test_submit_browser_cancel(user: User, tmp_path: Path, cleanup_jobs: list[st
 
     # A window of a known colour, placed on the desktop's display from the node itself.
     place_window(user, str(data["session"]))
-    authed = url.replace("https://", f"https://{data['user']}:{data['password']}@")
     shot = tmp_path / "desktop.png"
-    seen = browser.watch(authed, shot, lambda png: colour_fraction(png, GREEN) > 0.10)
+    seen = browser.watch(url, shot, lambda png: colour_fraction(png, GREEN) > 0.10,
+                         login=(str(data["user"]), str(data["password"])))
     assert seen, f"the placed window is not visible in the browser (last screenshot: {shot})"
 
     cancel = user.json("cancel", str(data["session"]), *SITE)

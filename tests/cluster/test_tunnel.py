@@ -264,8 +264,9 @@ def tunnel(net: Net, *args: str, terminal: bool = False,
         proc.close()
 
 
-def authed(info: dict[str, object]) -> str:
-    return str(info["url"]).replace("https://", f"https://{info['user']}:{info['password']}@")
+def login_of(info: dict[str, object]) -> tuple[str, str]:
+    """What a person types into the browser's prompt (the tunnel prints it)."""
+    return str(info["user"]), str(info["password"])
 
 
 def laptop_http(url: str, user: str, password: str) -> int:
@@ -334,8 +335,9 @@ def test_desktop_through_the_tunnel_and_recovery(user: User, net: Net, desktop: 
         deadline = time.monotonic() + 30
         while not opened.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert authed(info) in opened.read_text()
-        chrome.open(opened.as_uri())
+        page = opened.read_text()
+        assert str(info["url"]) in page and str(info["password"]) not in page
+        chrome.open(opened.as_uri(), login=login_of(info))
         shot = tmp_path / "desktop.png"
         assert chrome.wait_for(shot, shows(GREEN)), f"no desktop in the browser: {shot}"
 
@@ -372,7 +374,8 @@ def test_submit_through_the_tunnel_then_cancel_on_exit(user: User, net: Net,
             assert re.search(r"\[\s*[\d.]+s\] .*(queued|running|desktop)", tun.stderr)
             place_window(user, session, "#1e3cc8", "+0+0")
             shot = tmp_path / "submitted.png"
-            assert browser.watch(authed(info), shot, shows(BLUE), netns=NS_LAPTOP), shot
+            assert browser.watch(str(info["url"]), shot, shows(BLUE), netns=NS_LAPTOP,
+                                 login=login_of(info)), shot
             assert tun.interrupt() == 130
             assert f"cancelling session {session}" in tun.stderr
             assert "Traceback" not in tun.stderr

@@ -159,16 +159,17 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
 # ----------------------------------------------------------------- the site's TURN server
 
 class Coturn:
-    def __init__(self, directory: Path, auth: list[str]) -> None:
+    def __init__(self, directory: Path, auth: list[str], ip: str = TURN_IP) -> None:
         require("turnserver", "turnutils_uclient", "turnutils_peer", package="coturn")
         self.dir = directory
         self.dir.mkdir(mode=0o700)
         shutil.chown(self.dir, "nobody")
-        self.port = _free_port(TURN_IP)
+        self.ip = ip
+        self.port = _free_port(ip)
         relay = random.randrange(50000, 59000, 16)
         conf = self.dir / "turnserver.conf"
         conf.write_text("\n".join([
-            f"listening-ip={TURN_IP}", f"listening-port={self.port}", f"relay-ip={TURN_IP}",
+            f"listening-ip={ip}", f"listening-port={self.port}", f"relay-ip={ip}",
             f"min-port={relay}", f"max-port={relay + 15}", f"realm={REALM}", "fingerprint",
             "no-cli", "no-tls", "no-dtls", "verbose", f"log-file={self.dir}/turn.log",
             "simple-log", f"pidfile={self.dir}/turn.pid", f"userdb={self.dir}/turndb", *auth,
@@ -183,7 +184,7 @@ class Coturn:
     def _listening(self) -> bool:
         assert self.proc.poll() is None, "coturn exited: " + self.log()
         with contextlib.suppress(OSError):
-            socket.create_connection((TURN_IP, self.port), timeout=1).close()
+            socket.create_connection((self.ip, self.port), timeout=1).close()
             return True
         return False
 

@@ -218,9 +218,10 @@ def test_check_command_reads_stdin_and_exits_2(site: str, monkeypatch: pytest.Mo
     assert "is not a whole number of hours" in capsys.readouterr().err
 
 
-def test_token_auth_needs_the_websockets_transport(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="token mode needs desktop.transport: websockets"):
-        config.load(None, {"desktop.auth": "token", "desktop.transport": "webrtc"})
+def test_token_auth_serves_webrtc_too(tmp_path: Path) -> None:
+    """The agent proves for webrtc too that a token-less client gets nothing (token_gate)."""
+    loaded = config.load(None, {"desktop.auth": "token", "desktop.transport": "webrtc"})
+    assert loaded.config.desktop.auth == "token"
 
 
 def test_ood_sessions_use_websockets_whatever_the_site_default(tmp_path: Path) -> None:

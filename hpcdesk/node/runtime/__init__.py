@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 from hpcdesk.node.errors import StartError
 from hpcdesk.node.procs import Child
+from hpcdesk.node.selkies_policy import AuditSink
 from hpcdesk.node.xorg_conf import XorgSpec
 from hpcdesk.request import DesktopRequest
 
@@ -42,6 +43,7 @@ class DesktopPlan:
     sound_env: dict[str, str] = field(default_factory=dict)
     audio: bool = False
     microphone: bool = False
+    audit: AuditSink | None = None  # where Selkies posts its audit events (node/audit.py)
 
     def xorg_spec(self, driver: Literal["dummy", "nvidia"]) -> XorgSpec:
         """The X server the request asks for, on `driver` (nvidia: the bound GPU)."""
