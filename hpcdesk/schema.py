@@ -160,10 +160,6 @@ class DesktopConfig:
         True, "Sound: what plays in the desktop plays in the browser (Opus, over websockets "
         "and webrtc), from the desktop's own PulseAudio server. Where the node has no sound "
         "server the desktop starts without sound, and submit/status say so.")
-    microphone: bool = opt(
-        False, "Allow the browser's microphone into the desktop (as its default recording "
-        "source; asked for only while an application there records). Needs audio. "
-        "Site file only: a user file or the command line cannot set it.", admin=True)
     audio_bitrate: int = opt(128000, "Audio bitrate in bit/s.", min=6000, max=510000)
     enable_resize: bool = opt(False, "Resize the remote screen to the browser window.")
     timezone: str = opt("UTC", "TZ inside the desktop.", pattern=r"[A-Za-z0-9_+/-]+")
@@ -341,6 +337,10 @@ class PolicyConfig:
     sharing: Literal["off", "view-only", "control"] = opt(
         "view-only", "What `hpcdesk share` may hand out: off, view-only links, or control "
         "links as well (someone else acting as the owner).", admin=True)
+    microphone: bool = opt(
+        False, "Allow the browser's microphone into the desktop (as its default recording "
+        "source; asked for only while an application there records). Needs desktop.audio.",
+        admin=True)
     share_max: str = opt(
         "8:00:00", "Longest a share link lives (Slurm time syntax, e.g. 2:00:00); shares "
         "always end with the desktop.", check="slurm_time", admin=True)

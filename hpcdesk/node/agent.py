@@ -290,7 +290,7 @@ class Agent:
             result = sound.off("off (the VNC interface carries no sound; use selkies)")
         else:
             result = sound.start(self.workdir, os.environ, self.dir / "sound.log",
-                                 req.desktop.microphone, command=req.runtime.sound_server,
+                                 req.policy.microphone, command=req.runtime.sound_server,
                                  image=self.sound_in_image())
             if not result.on:
                 result.reason = f"off: {result.reason}"

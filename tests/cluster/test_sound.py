@@ -227,7 +227,7 @@ def test_microphone_allowed_by_the_site_reaches_the_desktop(
         user: User, site_dir: Path, tmp_path: Path, cleanup_jobs: list[str],
         transport: str) -> None:
     site = write_site(site_dir, f"microphone-{transport}",
-                      desktop={"microphone": True, "transport": transport})
+                      desktop={"transport": transport}, policy={"microphone": True})
     conn = submit(user, cleanup_jobs, "--site", str(site))
     assert conn["sound"]["on"] is True and conn["sound"]["microphone"] is True, conn["sound"]
     with browser.Chromium(flags=tuple(browser.FAKE_MICROPHONE)) as tools:

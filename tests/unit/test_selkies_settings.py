@@ -27,9 +27,9 @@ NOT_SELKIES = {"interface", "width", "height", "refresh", "depth", "video_port",
                "https", "https_cert", "https_key", "user"}
 # Settings the agent turns into plan values first (encoder -> the probed encoder, auth ->
 # a master token, url_path -> the filled-in path): test_plan_settings_reach_the_image_too.
-# audio, microphone -> plan.audio/plan.microphone: on only when the session's sound server runs
-# (node/sound.py): test_sound_settings_reach_the_image_too.
-VIA_PLAN = {"encoder", "auth", "url_path", "audio", "microphone"}
+# audio -> plan.audio (and policy.microphone -> plan.microphone): on only when the session's
+# sound server runs (node/sound.py): test_sound_settings_reach_the_image_too.
+VIA_PLAN = {"encoder", "auth", "url_path", "audio"}
 
 
 def _values(field: dataclasses.Field[Any]) -> list[Any]:
@@ -113,7 +113,7 @@ def test_sound_settings_reach_the_image_too(tmp_path: Path, audio: bool,
                                             microphone: bool) -> None:
     sound = {"PULSE_SERVER": f"unix:{tmp_path}/w/pulse/native",
              "PULSE_COOKIE": f"{tmp_path}/w/pulse/cookie"} if audio else {}
-    plan = _plan(tmp_path, DesktopConfig(microphone=microphone), audio=audio,
+    plan = _plan(tmp_path, DesktopConfig(), audio=audio,
                  microphone=microphone, sound_env=sound)
     _assert_same(plan)
     inv = build_invocation(plan, IMAGES[0], ":7", XFiles(plan.workdir / "Xauthority", None),

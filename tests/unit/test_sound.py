@@ -144,7 +144,7 @@ def test_doctor_node_finds_a_working_server() -> None:
 def plan(tmp_path: Path, audio: bool, microphone: bool,
          env: dict[str, str] | None = None) -> DesktopPlan:
     req = DesktopRequest(session_id="abc123", user="alice", cpus=2, gpus=0, start_timeout=300,
-                         desktop=DesktopConfig(audio=True, microphone=microphone),
+                         desktop=DesktopConfig(audio=True),
                          runtime=RuntimeConfig(), network=NetworkConfig())
     return DesktopPlan(request=req, session_dir=tmp_path / "s", workdir=tmp_path / "w",
                        bind_addr="10.0.0.5", web_port=40001, user="alice", password="pw",
@@ -182,18 +182,18 @@ def test_the_image_gets_the_same_server(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("isolated_config")
 def test_microphone_is_site_only(tmp_path: Path) -> None:
-    assert config.load(None).config.desktop.microphone is False  # default: off
+    assert config.load(None).config.policy.microphone is False  # default: off
     with pytest.raises(ConfigError, match="only the site file may set this"):
-        config.load(None, {"desktop.microphone": True})
+        config.load(None, {"policy.microphone": True})
     user_file = tmp_path / "xdg/hpcdesk/config.yaml"
     user_file.parent.mkdir(parents=True)
-    user_file.write_text("desktop:\n  microphone: true\n")
+    user_file.write_text("policy:\n  microphone: true\n")
     with pytest.raises(ConfigError, match="only the site file may set this"):
         config.load(None)
     user_file.unlink()
     site = tmp_path / "site.yaml"
-    site.write_text("desktop:\n  microphone: true\n")
-    assert config.load(str(site)).config.desktop.microphone is True
+    site.write_text("policy:\n  microphone: true\n")
+    assert config.load(str(site)).config.policy.microphone is True
 
 
 @pytest.mark.usefixtures("isolated_config")
