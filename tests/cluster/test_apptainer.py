@@ -26,22 +26,29 @@ APPTAINER = ("--runtime", "apptainer", "--image", "debian")
 GREEN = (0x13, 0xA8, 0x6B)
 
 
-@pytest.fixture(scope="module")
-def debian_image(user: User) -> str:
-    """Real apptainer (tests/cluster/apptainer-setup.sh) and the Debian image, built once as
-    the test user with `hpcdesk image build` and reused while its recipe is unchanged."""
+def build_image(user: User, flavor: str, timeout: float) -> str:
+    """Real apptainer (tests/cluster/apptainer-setup.sh) and an hpcdesk image, built as the
+    test user with `hpcdesk image build` (offline from the Debian and PyPI registries) and
+    reused while its recipe is unchanged (cached by content)."""
     setup = _run(["bash", str(REPO / "tests/cluster/apptainer-setup.sh")], timeout=1800)
     assert setup.returncode == 0, setup.stderr[-3000:]
     IMAGE_DIR.mkdir(parents=True, exist_ok=True)
     subprocess.run(["chown", f"{user.name}:", str(IMAGE_DIR)], check=True)
     IMAGE_DIR.chmod(0o755)  # the user's own image directory: hpcdesk refuses one others can write
     t0 = time.monotonic()
-    built = user.run("image", "build", "--flavor", "debian", *SITE, "--json", timeout=2400)
+    built = user.run("image", "build", "--flavor", flavor, *SITE, "--json", timeout=timeout)
     assert built.returncode == 0, built.stderr[-3000:]
     info = json.loads(built.stdout)
-    print(f"debian image: {info['image']} (built now: {info['built']}, "
-          f"{time.monotonic() - t0:.0f}s)")
+    size = Path(info["image"]).stat().st_size
+    print(f"{flavor} image: {info['image']} ({size / 2**20:.0f} MiB; built now: "
+          f"{info['built']}, {info.get('seconds', time.monotonic() - t0):.0f}s)")
     return str(info["image"])
+
+
+@pytest.fixture(scope="module")
+def debian_image(user: User) -> str:
+    """The Debian (Xfce) image."""
+    return build_image(user, "debian", timeout=2400)
 
 
 def _place_window(node: str, user: User, sdir: Path, colour: str) -> None:

@@ -7,24 +7,21 @@ the host runtime's Selkies receives."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import browser
 import pytest
 from conftest import (
-    REPO,
     VENV,
     User,
-    _run,
     colour_fraction,
     http_status,
     node_exec,
     node_user_pids,
     ws_upgrade_status,
 )
-from test_apptainer import IMAGE_DIR, SITE, debian_image, image_xorg_screen
+from test_apptainer import SITE, build_image, debian_image, image_xorg_screen
 from tooling import require
 
 pytestmark = [pytest.mark.cluster, pytest.mark.apptainer]
@@ -35,21 +32,8 @@ KDE = ("--runtime", "apptainer", "--image", "kde")
 
 @pytest.fixture(scope="module")
 def kde_image(user: User) -> str:
-    """The KDE Plasma image, built once as the test user with `hpcdesk image build` (offline
-    from the Debian and PyPI registries) and reused while its recipe is unchanged."""
-    setup = _run(["bash", str(REPO / "tests/cluster/apptainer-setup.sh")], timeout=1800)
-    assert setup.returncode == 0, setup.stderr[-3000:]
-    IMAGE_DIR.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["chown", f"{user.name}:", str(IMAGE_DIR)], check=True)
-    IMAGE_DIR.chmod(0o755)  # the user's own image directory: hpcdesk refuses one others can write
-    t0 = time.monotonic()
-    built = user.run("image", "build", "--flavor", "kde", *SITE, "--json", timeout=5400)
-    assert built.returncode == 0, built.stderr[-3000:]
-    info = json.loads(built.stdout)
-    size = Path(info["image"]).stat().st_size
-    print(f"kde image: {info['image']} ({size / 2**20:.0f} MiB; built now: {info['built']}, "
-          f"{info.get('seconds', time.monotonic() - t0):.0f}s)")
-    return str(info["image"])
+    """The KDE Plasma image."""
+    return build_image(user, "kde", timeout=5400)
 
 
 @pytest.mark.parametrize(("width", "height"), [(1280, 720), (1920, 1080), (2560, 1440)])
