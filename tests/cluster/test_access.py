@@ -292,15 +292,28 @@ def test_share_view_only_control_revoke_and_cancel(user: User, site_dir: Path, t
 
         controller.open(control["url"])
         assert controller.wait_for(tmp_path / "controller.png", shows(GREEN))
-        controller.click(200, 200)
-        controller.type_text("control\r")
+        # Nothing of the viewer's click, keys or paste reached the desktop before the
+        # controller acts (its input went out seconds ago).
+        before = input_log.read_text(errors="replace")
+        assert "viewer" not in before and "\x1b[M" not in before, repr(before)
+        # A person whose first click lands while the page is still joining clicks again: input
+        # sent in the moment between the first frame and the page's input channel may be lost
+        # (seen in a CI run). Try again every 10 s, count what was sent.
+        clicks = 0
         deadline = time.monotonic() + 60
         while "control" not in input_log.read_text(errors="replace"):
             assert time.monotonic() < deadline, "the control link's keys never arrived"
-            time.sleep(0.2)
+            controller.click(200, 200)
+            controller.type_text("control\r")
+            clicks += 1
+            retry = time.monotonic() + 10
+            while ("control" not in input_log.read_text(errors="replace")
+                   and time.monotonic() < retry):
+                time.sleep(0.2)
         recorded = input_log.read_text(errors="replace")
         assert "viewer" not in recorded, recorded
-        assert recorded.count("\x1b[M") == 2, repr(recorded)  # one click: press + release
+        presses = recorded.count("\x1b[M")  # each click: press + release
+        assert presses % 2 == 0 and 2 <= presses <= 2 * clicks, repr(recorded)
         assert desktop_clipboard(user, sid) != "h20 viewer clip"
         assert not [e for e in audit_events(user, sid) if e["event"] == "clipboard.receive"]
 

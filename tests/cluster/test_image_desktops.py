@@ -153,7 +153,9 @@ SETTINGS = ("desktop.framerate=24", "desktop.video_bitrate=3000", "desktop.rate_
 # (SELKIES_APP_WAIT_READY, SELKIES_APP_READY_FILE): start-up order, not a desktop setting.
 PER_SESSION = {"SELKIES_PORT", "SELKIES_HTTPS_CERT", "SELKIES_HTTPS_KEY",
                "SELKIES_RTC_CONFIG_JSON", "SELKIES_WEB_ROOT", "SELKIES_BASIC_AUTH_PASSWORD",
-               "SELKIES_MASTER_TOKEN", "SELKIES_APP_WAIT_READY", "SELKIES_APP_READY_FILE"}
+               "SELKIES_MASTER_TOKEN", "SELKIES_APP_WAIT_READY", "SELKIES_APP_READY_FILE",
+               # each desktop's own audit receiver (node/audit.py): its port and bearer secret
+               "SELKIES_AUDIT_WEBHOOK_URL", "SELKIES_AUDIT_WEBHOOK_TOKEN"}
 
 
 def _selkies_environment(node: str, port: int) -> dict[str, str]:
@@ -195,11 +197,13 @@ def test_image_selkies_receives_the_hosts_settings(user: User, debian_image: str
         assert env["SELKIES_RTC_CONFIG_JSON"].endswith("/rtc/rtc.json")
     same = {n: {k: v for k, v in env.items() if k not in PER_SESSION} for n, env in got.items()}
     assert same["image"] == same["host"]
+    # Both get an audit receiver and its secret (the image's by --env-file).
+    assert {k for k in PER_SESSION if k.startswith("SELKIES_AUDIT")} <= set(got["image"])
     # The settings really arrived (not two identical defaults).
     h = same["host"]
     assert (h["SELKIES_FRAMERATE"], h["SELKIES_VIDEO_BITRATE"], h["SELKIES_RATE_CONTROL_MODE"],
             h["SELKIES_VIDEO_CRF"], h["SELKIES_JPEG_QUALITY"]) == ("24", "3000", "crf", "31", "71")
-    assert h["SELKIES_CPU_ENCODE_THREADING"] == "true" and h["SELKIES_AUDIO_ENABLED"] == "false"
+    assert h["SELKIES_CPU_ENCODE_THREADING"] == "true" and h["SELKIES_AUDIO_ENABLED"] == "false|locked"
     assert h["SELKIES_ENABLE_RESIZE"] == "true" and h["SELKIES_SCALING_DPI"] == "144"
     assert h["SELKIES_SUBFOLDER"] == "/desk/" and h["SELKIES_ENCODER"] == "h264enc-striped"
     assert h["SELKIES_AUDIO_BITRATE"] == "64000"

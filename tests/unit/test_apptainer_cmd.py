@@ -183,3 +183,27 @@ def test_too_old_singularity_is_refused(tmp_path: Path) -> None:
     fake.chmod(0o755)
     with pytest.raises(StartError, match="too old"):
         detect_version(str(fake))
+
+
+def test_the_audit_token_reaches_the_images_selkies_by_env_file(tmp_path: Path) -> None:
+    """Selkies reads its audit bearer secret from its environment only: hpcdesk's images get
+    it through an --env-file (0600, in the work directory), never in apptainer's argv or
+    environment; the upstream images (no audit) get none."""
+    from hpcdesk.node.selkies_policy import AuditSink
+
+    p = plan(tmp_path, gpu=False)
+    p.audit = AuditSink("http://127.0.0.1:45678/audit", "aud1t-T0ken")
+    inv = build_invocation(p, "/img/debian-bookworm-c.sif", ":24", xfiles(tmp_path), {}, None)
+    assert inv.env_file == tmp_path / "w/apptainer/selkies-secrets.env"
+    assert inv.argv[inv.argv.index("--env-file") + 1] == str(inv.env_file)
+    assert inv.argv.index("--env-file") < inv.argv.index("/img/debian-bookworm-c.sif")
+    assert inv.env["APPTAINERENV_SELKIES_AUDIT_WEBHOOK_URL"] == "http://127.0.0.1:45678/audit"
+    assert not any("aud1t" in v for v in [*inv.env.values(), *inv.argv])
+    inv.password_file.parent.mkdir(parents=True)
+    inv.write_secrets("s3cret!", "m4ster")
+    assert inv.env_file.read_text() == "SELKIES_AUDIT_WEBHOOK_TOKEN=aud1t-T0ken\n"
+    assert inv.env_file.stat().st_mode & 0o777 == 0o600
+    assert inv.password_file.read_text() == "s3cret!\n"
+    assert inv.token_file.read_text() == "m4ster\n"
+    upstream = build_invocation(p, "/img/glx-24.04-b.sif", ":24", xfiles(tmp_path), {}, None)
+    assert upstream.env_file is None and "--env-file" not in upstream.argv

@@ -50,7 +50,7 @@ from hpcdesk.node.displays import DisplayLease
 from hpcdesk.node.errors import StartError
 from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
-from hpcdesk.node.selkies_settings import ice_env, image_env
+from hpcdesk.node.selkies_settings import SECRETS, ice_env, image_env, selkies_env
 from hpcdesk.node.xserver import XFiles, write_x_files
 
 # Where the upstream images' Xorg looks for the NVIDIA modules.
@@ -98,6 +98,23 @@ class Invocation:
     env: dict[str, str]   # apptainer's own environment (APPTAINERENV_* and the basics)
     password_file: Path   # written 0600 before start; the container reads it from its /tmp
     token_file: Path      # the same for Selkies' master token (desktop.auth token)
+    # Secrets Selkies reads only from its environment (the audit bearer token): an
+    # `--env-file` in the 0700 work directory, never in apptainer's own argv or environment.
+    env_file: Path | None = None
+    file_env: dict[str, str] | None = None
+
+    def write_secrets(self, password: str, master_token: str | None) -> None:
+        """The secret files the container reads, each 0600 (again on a start on another port)."""
+        files = [(self.password_file, password + "\n")]
+        if master_token:
+            files.append((self.token_file, master_token + "\n"))
+        if self.env_file and self.file_env:
+            files.append((self.env_file, "".join(f"{k}={v}\n" for k, v in self.file_env.items())))
+        for path, text in files:
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
 
 
 def contract_env(plan: DesktopPlan, display: str, kind: ImageKind, x: XFiles,
@@ -178,6 +195,14 @@ def build_invocation(plan: DesktopPlan, image: str, display: str, x: XFiles,
                 argv += ["--bind", f"{host}:{target}:ro"]
     for bind in r.binds:
         argv += ["--bind", bind]
+    # The passwords and tokens come from files (the entrypoint reads them); what else Selkies
+    # takes only from its environment goes in by --env-file (hpcdesk's images only).
+    file_env = {} if kind.upstream else {
+        k: v for k, v in selkies_env(plan, display).items()
+        if k in SECRETS and k not in ("SELKIES_BASIC_AUTH_PASSWORD", "SELKIES_MASTER_TOKEN")}
+    env_file = workdir / "selkies-secrets.env" if file_env else None
+    if env_file:
+        argv += ["--env-file", str(env_file)]
     argv.append(image)
     if not kind.upstream:
         argv.append("/opt/hpcdesk/entrypoint.sh")
@@ -186,7 +211,7 @@ def build_invocation(plan: DesktopPlan, image: str, display: str, x: XFiles,
     env.update({f"APPTAINERENV_{k}": v for k, v in contract.items()})
     tmp = workdir / "tmp"
     return Invocation(argv, env, tmp / Path(PASSWORD_IN_CONTAINER).name,
-                      tmp / Path(TOKEN_IN_CONTAINER).name)
+                      tmp / Path(TOKEN_IN_CONTAINER).name, env_file, file_env)
 
 
 def detect_version(command: str) -> tuple[str, str]:
@@ -254,14 +279,7 @@ class ApptainerRuntime:
                                req.runtime.apptainer)
         for sub in ("tmp", "var_tmp"):
             (plan.workdir / "apptainer" / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        secrets = [(inv.password_file, plan.password)]
-        if plan.master_token and not kind.upstream:
-            secrets.append((inv.token_file, plan.master_token))
-        for path, secret in secrets:
-            path.unlink(missing_ok=True)  # a start again on another port
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secret + "\n")
+        inv.write_secrets(plan.password, None if kind.upstream else plan.master_token)
         flavour, version = version_check.result()
         log.info("container runtime: %s %s", flavour, version)
         child: Child = spawn("apptainer", inv.argv, inv.env, plan.session_dir / "container.log")
