@@ -93,6 +93,23 @@ def image_name(flavor: Flavor, tag: str) -> str:
     return f"{flavor.name}-{tag}-{digest[:16]}.sif"
 
 
+# hpcdesk's own images install Selkies into /opt/hpcdesk/venv with Debian's python3 of the
+# release they are built from (images/debian/build.sh).
+IMAGE_VENV = "/opt/hpcdesk/venv"
+RELEASE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
+_OWN_IMAGE = re.compile(r"^(?:debian|kde)-([a-z]+)-[0-9a-f]{16}\.sif$")
+
+
+def web_root_in_image(image: str) -> str | None:
+    """Where the Selkies web client lies inside one of hpcdesk's own images, from the image's
+    name (FLAVOR-RELEASE-HASH.sif, as `image_name` makes it); None for any other name."""
+    found = _OWN_IMAGE.match(Path(image).name)
+    python = RELEASE_PYTHON.get(found.group(1)) if found else None
+    if python is None:
+        return None
+    return f"{IMAGE_VENV}/lib/python{python}/site-packages/selkies/selkies_web"
+
+
 def is_path(spec: str) -> bool:
     return "/" in spec or spec.endswith(".sif")
 

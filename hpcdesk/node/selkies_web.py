@@ -4,13 +4,17 @@ Selkies 2.x copies its packaged web client (about 11 MB, hundreds of files) into
 temporary directory on every start unless ``web_root`` names a directory with an
 ``index.html``; on a busy 2-core node the copy alone took 0.2-1.5 s of the desktop's start.
 The files are the installed package's own and never change at run time, so serving them from
-where pip put them is the same content without the copy.
+where pip put them is the same content without the copy. Inside hpcdesk's images, whose
+files come from a squashfuse mount, the copy cost 1.4 s of every start (py-spy, quiet 2-core
+machine).
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+
+from hpcdesk.images import web_root_in_image
 
 __all__ = ["packaged_web_root", "web_root_setting"]
 
@@ -40,13 +44,17 @@ def packaged_web_root(selkies: str) -> Path | None:
     return None
 
 
-def web_root_setting(configured: str, selkies: str) -> str | None:
+def web_root_setting(configured: str, selkies: str, image: str | None = None) -> str | None:
     """SELKIES_WEB_ROOT for ``runtime.selkies_web_root``: ``auto`` serves the packaged
-    client in place (None if it is not found: Selkies then copies as usual), ``copy`` keeps
-    Selkies' own default, anything else is a directory given by the site."""
+    client in place (the host's Selkies: found next to `selkies`; one of hpcdesk's images:
+    where the image has it, by the image's name), None if it is not found: Selkies then copies
+    as usual; ``copy`` keeps Selkies' own default, anything else is a directory given by the
+    site."""
     if configured == "copy":
         return None
     if configured == "auto":
+        if image is not None:
+            return web_root_in_image(image)
         found = packaged_web_root(selkies)
         return str(found) if found else None
     return configured

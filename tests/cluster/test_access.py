@@ -298,18 +298,27 @@ def test_share_view_only_control_revoke_and_cancel(user: User, site_dir: Path, t
         assert "viewer" not in before and "\x1b[M" not in before, repr(before)
         # A person whose first click lands while the page is still joining clicks again: input
         # sent in the moment between the first frame and the page's input channel may be lost
-        # (seen in a CI run). Try again every 10 s, count what was sent.
+        # (seen in CI runs: once the keys, once the click while the keys arrived). Click and type
+        # again every 10 s until both a mouse report and the keys arrived; count what was sent.
+        def arrived() -> bool:
+            text = input_log.read_text(errors="replace")
+            return "control" in text and "\x1b[M" in text
+
         clicks = 0
         deadline = time.monotonic() + 60
-        while "control" not in input_log.read_text(errors="replace"):
-            assert time.monotonic() < deadline, "the control link's keys never arrived"
+        while not arrived():
+            assert time.monotonic() < deadline, (
+                "the control link's click and keys never both arrived: "
+                + repr(input_log.read_text(errors="replace")))
             controller.click(200, 200)
             controller.type_text("control\r")
             clicks += 1
             retry = time.monotonic() + 10
-            while ("control" not in input_log.read_text(errors="replace")
-                   and time.monotonic() < retry):
+            while not arrived() and time.monotonic() < retry:
                 time.sleep(0.2)
+        settle = time.monotonic() + 5  # a click's release report follows its press
+        while input_log.read_text(errors="replace").count("\x1b[M") % 2 and time.monotonic() < settle:
+            time.sleep(0.1)
         recorded = input_log.read_text(errors="replace")
         assert "viewer" not in recorded, recorded
         presses = recorded.count("\x1b[M")  # each click: press + release

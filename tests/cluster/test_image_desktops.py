@@ -207,3 +207,12 @@ def test_image_selkies_receives_the_hosts_settings(user: User, debian_image: str
     assert h["SELKIES_ENABLE_RESIZE"] == "true" and h["SELKIES_SCALING_DPI"] == "144"
     assert h["SELKIES_SUBFOLDER"] == "/desk/" and h["SELKIES_ENCODER"] == "h264enc-striped"
     assert h["SELKIES_AUDIO_BITRATE"] == "64000"
+    # Both serve Selkies' web client in place: the image's Selkies from the image's own copy
+    # (node/selkies_web.py), so no 11 MB copy lands in the container's /tmp on each start.
+    web_root = got["image"]["SELKIES_WEB_ROOT"]
+    assert node_exec(str(image["node"]), "runuser", "-u", user.name, "--", "apptainer", "exec",
+                     debian_image, "test", "-f", f"{web_root}/index.html").returncode == 0
+    state = json.loads((user.sessions_root() / str(image["session"]) / "node.json").read_text())
+    container_tmp = Path(state["workdir"]) / "apptainer/tmp"
+    listing = node_exec(str(image["node"]), "ls", "-a", str(container_tmp)).stdout.split()
+    assert listing and not [n for n in listing if n.startswith("selkies_web")], listing

@@ -207,3 +207,15 @@ def test_the_audit_token_reaches_the_images_selkies_by_env_file(tmp_path: Path) 
     assert inv.token_file.read_text() == "m4ster\n"
     upstream = build_invocation(p, "/img/glx-24.04-b.sif", ":24", xfiles(tmp_path), {}, None)
     assert upstream.env_file is None and "--env-file" not in upstream.argv
+
+
+def test_own_images_serve_their_web_client_in_place(tmp_path: Path) -> None:
+    """hpcdesk's images: Selkies serves the image's own client (no 11 MB copy out of the
+    squashfuse mount per start); an upstream image's nginx serves its own, so none there."""
+    own = build_invocation(plan(tmp_path, gpu=False), "/img/kde-bookworm-0123456789abcdef.sif",
+                           ":24", xfiles(tmp_path), DRIVER_FILES, None)
+    assert own.env["APPTAINERENV_SELKIES_WEB_ROOT"] == (
+        "/opt/hpcdesk/venv/lib/python3.11/site-packages/selkies/selkies_web")
+    upstream = build_invocation(plan(tmp_path, gpu=True), "/img/glx-24.04-b.sif", ":24",
+                                xfiles(tmp_path), DRIVER_FILES, None)
+    assert "APPTAINERENV_SELKIES_WEB_ROOT" not in upstream.env

@@ -19,7 +19,9 @@ Invocation choices (pinned by tests/unit/test_apptainer_cmd.py):
   image: all of hpcdesk's entrypoints read it, so no environment holds it. So does Selkies'
   master token in token mode (HPCDESK_MASTER_TOKEN_FILE, hpcdesk's images).
 - hpcdesk's images (debian, kde) get every SELKIES_* value that the host runtime's Selkies
-  gets, from the one mapping (node/selkies_settings.py), less the secrets.
+  gets, from the one mapping (node/selkies_settings.py), less the secrets; and, as the host's,
+  SELKIES_WEB_ROOT naming the image's own web client (node/selkies_web.py), so Selkies does not
+  copy 11 MB out of the squashfuse mount on every start.
 - `--ipc`: a private IPC namespace, so the X server's shared-memory segments are not visible
   to other desktops on the node.
 - The agent's rtc file (Selkies' ICE servers, connect/rtc.py) lies in the work directory,
@@ -51,6 +53,7 @@ from hpcdesk.node.errors import StartError
 from hpcdesk.node.procs import Child, spawn
 from hpcdesk.node.runtime import DesktopPlan, Started
 from hpcdesk.node.selkies_settings import SECRETS, ice_env, image_env, selkies_env
+from hpcdesk.node.selkies_web import web_root_setting
 from hpcdesk.node.xserver import XFiles, write_x_files
 
 # Where the upstream images' Xorg looks for the NVIDIA modules.
@@ -207,6 +210,10 @@ def build_invocation(plan: DesktopPlan, image: str, display: str, x: XFiles,
     if not kind.upstream:
         argv.append("/opt/hpcdesk/entrypoint.sh")
     contract = contract_env(plan, display, kind, x, driver_version)
+    if not kind.upstream:
+        web_root = web_root_setting(r.selkies_web_root, "selkies", image=image)
+        if web_root:
+            contract["SELKIES_WEB_ROOT"] = web_root
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "LOGNAME", "LANG")}
     env.update({f"APPTAINERENV_{k}": v for k, v in contract.items()})
     tmp = workdir / "tmp"
