@@ -40,7 +40,7 @@ demo-container: cluster-up
 		$(VENV)/bin/hpcdesk submit --site devcluster --runtime apptainer --image $(FLAVOR)
 
 lint: setup-base
-	$(VENV)/bin/ruff check hpcdesk tests benchmarks
+	$(VENV)/bin/ruff check hpcdesk harness tests benchmarks
 	$(VENV)/bin/mypy hpcdesk
 
 test-unit: setup-base
@@ -59,10 +59,10 @@ test: setup lint cluster-up
 	$(VENV)/bin/python scripts/update-docs-reliability.py; exit $$status
 
 bench: cluster-up
-	$(VENV)/bin/python benchmarks/run.py
-	$(VENV)/bin/python benchmarks/scale.py $(if $(SHORT),--short)
+	$(VENV)/bin/python -m benchmarks.run
+	$(VENV)/bin/python -m benchmarks.scale $(if $(SHORT),--short)
 
 ## Cost at scale (docs/performance.md "Scale"): a busy queue, many sessions, many waiting
 ## submits, idle desktops per node. SHORT=1 keeps it short.
 bench-scale: cluster-up
-	$(VENV)/bin/python benchmarks/scale.py $(if $(SHORT),--short)
+	$(VENV)/bin/python -m benchmarks.scale $(if $(SHORT),--short)
