@@ -3,17 +3,23 @@ VENV ?= /opt/hpcdesk/venv
 export HPCDESK_VENV := $(VENV)
 DEV_USER ?= hpcuser
 
-.PHONY: setup setup-base cluster-up cluster-down demo demo-container test test-unit lint docs bench bench-scale
+.PHONY: setup setup-base setup-runtime cluster-up cluster-down demo demo-container test test-unit lint docs bench bench-scale
 
 ## Everything the tests need, pyslurm included (built once per Slurm release; minutes).
 setup:
 	bash scripts/setup.sh
 
-## Packages, the venv and hpcdesk, without pyslurm: what the dev cluster and the demo need.
+## Packages, the venv with the test and docs tools, and hpcdesk, without pyslurm: what lint,
+## the unit tests and the docs build need.
 setup-base:
 	bash scripts/setup.sh --no-pyslurm
 
-cluster-up: setup-base
+## Packages, the venv with hpcdesk's runtime pins only (requirements/runtime.txt), and hpcdesk:
+## what the dev cluster and the demo run. A venv made by `make setup` already serves.
+setup-runtime:
+	bash scripts/setup.sh --no-pyslurm --runtime-only
+
+cluster-up: setup-runtime
 	bash tests/cluster/devcluster.sh up
 
 cluster-down:
@@ -34,7 +40,7 @@ demo-container: cluster-up
 		$(VENV)/bin/hpcdesk submit --site devcluster --runtime apptainer --image $(FLAVOR)
 
 lint: setup-base
-	$(VENV)/bin/ruff check hpcdesk tests benchmarks
+	$(VENV)/bin/ruff check hpcdesk harness tests benchmarks
 	$(VENV)/bin/mypy hpcdesk
 
 test-unit: setup-base
@@ -53,10 +59,10 @@ test: setup lint cluster-up
 	$(VENV)/bin/python scripts/update-docs-reliability.py; exit $$status
 
 bench: cluster-up
-	$(VENV)/bin/python benchmarks/run.py
-	$(VENV)/bin/python benchmarks/scale.py $(if $(SHORT),--short)
+	$(VENV)/bin/python -m benchmarks.run
+	$(VENV)/bin/python -m benchmarks.scale $(if $(SHORT),--short)
 
 ## Cost at scale (docs/performance.md "Scale"): a busy queue, many sessions, many waiting
 ## submits, idle desktops per node. SHORT=1 keeps it short.
 bench-scale: cluster-up
-	$(VENV)/bin/python benchmarks/scale.py $(if $(SHORT),--short)
+	$(VENV)/bin/python -m benchmarks.scale $(if $(SHORT),--short)

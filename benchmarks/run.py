@@ -2,7 +2,7 @@
 """hpcdesk benchmarks on the dev cluster (not a test: prints numbers, asserts nothing).
 
 Run as root after `make cluster-up` (docs/performance.md):
-    /opt/hpcdesk/venv/bin/python benchmarks/run.py [--runs 10] [--only NAME ...]
+    /opt/hpcdesk/venv/bin/python -m benchmarks.run [--runs 10] [--only NAME ...]
 
 Figures (median, p10..p90 and min..max over the runs):
   a) desktop healthy on the node -> URL printed by `hpcdesk submit`
@@ -30,21 +30,18 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-VENV = Path(os.environ.get("HPCDESK_VENV", "/opt/hpcdesk/venv"))
-USER = os.environ.get("HPCDESK_DEV_USER", "hpcuser")
-HOME = Path(f"/home/{USER}")
-SITE = ["--site", "devcluster"]
+from harness import devcluster
+from harness.devcluster import SITE, USER, VENV, home
+
+HOME = home(USER)
 JOB_INFO = ("REQUEST_JOB_INFO", "REQUEST_JOB_USER_INFO", "REQUEST_JOB_INFO_SINGLE")
 
 
 def as_user(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    argv = ["runuser", "-u", USER, "--", "env", f"HOME={HOME}", f"USER={USER}",
-            f"PATH={VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/",
-                          check=False)
+    return subprocess.run(devcluster.as_user(USER, *args), capture_output=True, text=True,
+                          timeout=timeout, cwd="/", check=False)
 
 
 def hpcdesk(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -158,8 +155,7 @@ def bench_list(n: int) -> tuple[dict[str, float], Callable[[], None]]:
 def bench_pending_wait(seconds: float, clients: int = 1) -> dict[str, float]:
     cmd = [str(VENV / "bin/hpcdesk"), "submit", *SITE, "--set",
            "scheduler.extra_args=['--hold']"]
-    argv = ["runuser", "-u", USER, "--", "env", f"HOME={HOME}", f"USER={USER}",
-            f"PATH={VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin", *cmd]
+    argv = devcluster.as_user(USER, *cmd)
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(clients)]
     time.sleep(2)  # submitted and waiting

@@ -3,7 +3,7 @@
 
 Run as root with the dev cluster up (docs/performance.md, "Scale"):
     make bench-scale                  # the full run; SHORT=1 keeps it short
-    $HPCDESK_VENV/bin/python benchmarks/scale.py [--short] [--only queue sessions waiting desktops]
+    $HPCDESK_VENV/bin/python -m benchmarks.scale [--short] [--only queue sessions waiting desktops]
 
 What it measures (the user is $HPCDESK_DEV_USER; "other users" is $HPCDESK_DEV_USER2):
   queue     `hpcdesk list` and `hpcdesk status ID` with 0, 1,000 and 10,000 other users' held
@@ -47,15 +47,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests/cluster")]
+from benchmarks.run import HOME, hpcdesk, user_rpcs
+from benchmarks.stream import TICK, session_pids, socket_bytes
+from harness import browser
+from harness.devcluster import DEVCLUSTER, SITE, USER, USER2, VENV, login_env, run
 
-import browser  # noqa: E402  (tests/cluster/browser.py: the one Chromium driver)
-from run import HOME, SITE, USER, VENV, hpcdesk, user_rpcs  # noqa: E402
-from stream import TICK, session_pids, socket_bytes  # noqa: E402
-
-USER2 = os.environ.get("HPCDESK_DEV_USER2", f"{USER}b")
-DEVCLUSTER = HERE.parent / "tests/cluster/devcluster.sh"
 SESSIONS = HOME / ".hpcdesk/sessions"
 HELD = ["--set", "scheduler.extra_args=['--hold']"]
 BACKENDS = ("slurm-cli", "pyslurm")
@@ -116,10 +112,6 @@ for n in range(ended):
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def run(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-
-
 def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -132,16 +124,11 @@ def spread(values: list[float], unit: str = "ms", digits: int = 0) -> str:
             if len(v) > 1 else f"{v[0]:.{digits}f} {unit}")
 
 
-def user_env(name: str) -> dict[str, str]:
-    return {"HOME": f"/home/{name}", "USER": name, "LOGNAME": name,
-            "PATH": f"{VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin"}
-
-
 def as_uid(name: str, argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`argv` as user `name`, started straight under its uid: no runuser (its PAM session
     costs ~100 ms, more than what is measured, and varies with the machine's load)."""
     uid, gid = user_ids(name)
-    return subprocess.run(argv, user=uid, group=gid, extra_groups=[], env=user_env(name),
+    return subprocess.run(argv, user=uid, group=gid, extra_groups=[], env=login_env(name),
                           cwd="/", capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -334,7 +321,7 @@ def bench_waiting(counts: list[int], seconds: float, warmup: float,
         argv = [str(VENV / "bin/hpcdesk"), "submit", *SITE, *HELD, "--set", "scheduler.gpus=0",
                 "--set", f"scheduler.backend={backend}"]
         procs = [subprocess.Popen(argv, user=uid, group=gid, extra_groups=[],
-                                  env=user_env(USER), cwd="/", stdout=subprocess.DEVNULL,
+                                  env=login_env(USER), cwd="/", stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
                  for _ in range(n)]
         try:

@@ -3,7 +3,7 @@
 (issue 21; not a test: prints numbers, asserts nothing). Run as root after `make cluster-up`,
 with both images built (`hpcdesk image build --flavor debian|kde`):
 
-    $HPCDESK_VENV/bin/python benchmarks/start_time.py [--runs 5] [--only host debian kde]
+    $HPCDESK_VENV/bin/python -m benchmarks.start_time [--runs 5] [--only host debian kde]
 
 For each desktop it prints submit -> URL (what a person waits for) and where the time goes:
   queue+launch   sbatch accepted -> the node agent starts (Slurm, job script)
@@ -26,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import HOME, SITE, as_user, hpcdesk
+from benchmarks.run import HOME, as_user, hpcdesk
+from harness.devcluster import SITE
 
 IMAGE_DIR = "/var/cache/hpcdesk/images"
 DESKTOPS = {

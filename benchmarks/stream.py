@@ -4,13 +4,13 @@ desktop stream, measured in a real headless Chromium (not a test: prints numbers
 
 Run as root with the dev cluster up (docs/performance.md):
     HPCDESK_DEV_USER=hpcuser HPCDESK_VENV=/opt/hpcdesk/venv \\
-        /opt/hpcdesk/venv/bin/python benchmarks/stream.py [--seconds 20] [--only NAME ...]
+        /opt/hpcdesk/venv/bin/python -m benchmarks.stream [--seconds 20] [--only NAME ...]
         [--image-dir DIR] [--startup-runs 10] [--node gpu01]
 
 For each configuration it submits a desktop with `hpcdesk submit`, starts
 benchmarks/stream_clock.py on the desktop's display (the wall-clock time in milliseconds as
 big black/white blocks, and with "motion" a full-screen animation), opens the session URL in
-headless Chromium (tests/cluster/browser.py) and injects a reader over DevTools: on every
+headless Chromium (harness/browser.py) and injects a reader over DevTools: on every
 animation frame it copies the top-left corner of the element the client paints into (the
 largest canvas, or a video element), decodes the time and records Date.now() - time for each
 new code. Browser and node run on this machine and share its CLOCK_REALTIME; the benchmark
@@ -38,14 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests/cluster")]
+from benchmarks.run import HOME, hpcdesk
+from harness import browser
+from harness.devcluster import DEVCLUSTER, SITE, USER, on_display
 
-import browser  # noqa: E402  (tests/cluster/browser.py: the one Chromium driver)
-from run import HOME, USER, hpcdesk  # noqa: E402
-
-DEVCLUSTER = HERE.parent / "tests/cluster/devcluster.sh"
-CLOCK = HERE / "stream_clock.py"
+CLOCK = Path(__file__).resolve().parent / "stream_clock.py"
 BLOCK = 32
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -315,7 +312,7 @@ def pct(values: list[float], p: int) -> float:
 
 # -- one configuration ----------------------------------------------------------------------
 def measure(cfg: Config, node: str, seconds: float, warmup: float) -> dict[str, Any]:
-    submit = hpcdesk("submit", "--site", "devcluster", "--json", "--resolution",
+    submit = hpcdesk("submit", *SITE, "--json", "--resolution",
                      f"{cfg.width}x{cfg.height}", "--set",
                      f"scheduler.extra_args=['--nodelist={node}']", *cfg.submit, timeout=600)
     if submit.returncode != 0:
@@ -325,9 +322,9 @@ def measure(cfg: Config, node: str, seconds: float, warmup: float) -> dict[str, 
     clock: subprocess.Popen[bytes] | None = None
     try:
         state = json.loads((HOME / ".hpcdesk/sessions" / sid / "node.json").read_text())
-        argv = ["bash", str(DEVCLUSTER), "exec", node, "runuser", "-u", USER, "--", "env",
-                f"DISPLAY={state['display']}", f"XAUTHORITY={state['xauthority']}",
-                "python3", str(CLOCK), "--block", str(BLOCK), *(["--motion"] if cfg.motion else [])]
+        argv = ["bash", str(DEVCLUSTER), "exec", node, *on_display(
+            USER, state, "python3", str(CLOCK), "--block", str(BLOCK),
+            *(["--motion"] if cfg.motion else []))]
         clock = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  start_new_session=True)
         uid = int(subprocess.run(["id", "-u", USER], capture_output=True, text=True,
@@ -366,7 +363,7 @@ def measure(cfg: Config, node: str, seconds: float, warmup: float) -> dict[str, 
         if clock is not None:
             os.killpg(clock.pid, 15)
             clock.wait(10)
-        hpcdesk("cancel", sid, "--site", "devcluster")
+        hpcdesk("cancel", sid, *SITE)
     lat = [float(v) for v in got["lat"]]
     node_cpu = {r: (c1.get(r, 0) - c0.get(r, 0)) / TICK / dt for r in c1}
     return {
@@ -394,14 +391,14 @@ def startup(runs: int, node: str) -> None:
     series: dict[str, dict[str, list[float]]] = {k: {} for k in STARTUP_VARIANTS}
     for i in range(runs):
         for label, opts in STARTUP_VARIANTS.items():
-            proc = hpcdesk("submit", "--site", "devcluster", "--json", "--set",
+            proc = hpcdesk("submit", *SITE, "--json", "--set",
                            f"scheduler.extra_args=['--nodelist={node}']", *opts, timeout=300)
             if proc.returncode != 0:
                 print(f"  startup run {i + 1} {label}: submit failed: {proc.stderr[-300:]}")
                 continue
             sid = json.loads(proc.stdout)["session"]
             t = json.loads((HOME / ".hpcdesk/sessions" / sid / "node.json").read_text())["times"]
-            hpcdesk("cancel", sid, "--site", "devcluster")
+            hpcdesk("cancel", sid, *SITE)
             for name, a, b in (("agent start -> processes launched", "agent_start",
                                 "desktop_launched"),
                                ("launched -> healthy", "desktop_launched", "healthy"),

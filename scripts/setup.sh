@@ -2,12 +2,25 @@
 # Install what hpcdesk's dev cluster and tests need on a fresh Debian 12/13 machine (as root):
 # Debian packages (Slurm, munge, Xorg + dummy driver, a window manager, a terminal, Chromium),
 # and a shared virtual environment at $HPCDESK_VENV (readable by the unprivileged test user)
-# holding the pinned Python dependencies and this checkout's hpcdesk, and pyslurm unless
-# --no-pyslurm is given.
+# holding the pinned Python dependencies and this checkout's hpcdesk, and pyslurm.
+#   --no-pyslurm          leave pyslurm out (minutes of building; only its backend uses it)
+#   --runtime-only        the venv gets requirements/runtime.txt only, not the test and docs
+#                         tools of requirements/dev.txt (what `make demo` needs)
+#   --print-requirements  print the requirements file this run would install, and stop
 # Idempotent; downloads are cached under $HPCDESK_CACHE, the venv is keyed by content.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
+pyslurm=1
+requirements=$HERE/requirements/dev.txt
+for arg in "$@"; do
+  case $arg in
+    --no-pyslurm) pyslurm=0 ;;
+    --runtime-only) requirements=$HERE/requirements/runtime.txt ;;
+    --print-requirements) echo "$requirements"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg (see the comment at its top)" >&2; exit 2 ;;
+  esac
+done
 VENV=${HPCDESK_VENV:-/opt/hpcdesk/venv}
 CACHE=${HPCDESK_CACHE:-/var/cache/hpcdesk}
 # Every tool a test uses is listed here, never left to arrive as someone's dependency: under
@@ -66,25 +79,41 @@ if ((${#missing[@]})); then
   fi
 fi
 
-# The venv is rebuilt only when the pinned requirements or the Python version change.
-key=$( { cat "$HERE/requirements/dev.txt"; /usr/bin/python3 -V; } | sha256sum | cut -c1-16)
-if [[ "$(cat "$VENV/.hpcdesk-key" 2>/dev/null)" != "$key" ]]; then
-  log "creating $VENV (key $key)"
+# The venv is keyed by content: the runtime pins and the Python version, then the tools' pins
+# once dev.txt was installed. A runtime-only venv gets the tools on top (no rebuild); a full
+# venv serves a runtime-only run as it is; any other change of pins rebuilds it.
+pip_install() {
+  PIP_CACHE_DIR="$CACHE/pip" "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "^WARNING: Location" || true; }
+}
+runtime_key=$( { cat "$HERE/requirements/runtime.txt"; /usr/bin/python3 -V; } | sha256sum | cut -c1-16)
+tools_key=$(sha256sum <"$HERE/requirements/dev.txt" | cut -c1-16)
+want=$runtime_key
+[[ $requirements == */dev.txt ]] && want=$runtime_key+$tools_key
+have=$(cat "$VENV/.hpcdesk-key" 2>/dev/null || true)
+if [[ $have == "$want" || $have == "$want+"* ]]; then
+  :
+elif [[ $want == "$have+"* ]]; then
+  log "adding the test and docs tools to $VENV (key $want)"
+  pip_install -r "$requirements"
+  echo "$want" > "$VENV/.hpcdesk-key"
+else
+  log "creating $VENV (key $want) from ${requirements#"$HERE"/}"
   rm -rf "$VENV"
   mkdir -p "$(dirname "$VENV")"
   /usr/bin/python3 -m venv "$VENV"
-  PIP_CACHE_DIR="$CACHE/pip" "$VENV/bin/pip" install -q --disable-pip-version-check \
-    -r "$HERE/requirements/dev.txt" 2>&1 | { grep -v "^WARNING: Location" || true; }
-  echo "$key" > "$VENV/.hpcdesk-key"
+  pip_install -r "$requirements"
+  echo "$want" > "$VENV/.hpcdesk-key"
 fi
 # This checkout's hpcdesk, as a real (non-editable) install: the test user cannot read /root.
-PIP_CACHE_DIR="$CACHE/pip" "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
-  --no-build-isolation --force-reinstall "$HERE" 2>&1 | { grep -v "^WARNING: Location" || true; }
+pip_install --no-deps --no-build-isolation --force-reinstall "$HERE"
 # pyslurm for this Slurm, from the vendored release source (built once, cached by content):
 # minutes on a fresh machine, and only `scheduler.backend: pyslurm` (and its tests) use it,
 # so `make demo` leaves it out (--no-pyslurm).
-if [[ ${1:-} != --no-pyslurm ]]; then
+if ((pyslurm)); then
   bash "$HERE/scripts/build-pyslurm.sh" "$VENV" "$CACHE"
 fi
-chmod -R a+rX "$(dirname "$VENV")"
+# Readable by the dev users, who run hpcdesk from it on the login side and on the nodes.
+chmod a+rX "$(dirname "$VENV")"
+chmod -R a+rX "$VENV"
 log "ready: $VENV ($("$VENV/bin/hpcdesk" --version))"

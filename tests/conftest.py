@@ -1,12 +1,10 @@
-"""Tests import hpcdesk from this checkout (the cluster harness installs the same checkout
-into the shared venv for the nodes). Under `make test` only GPU skips are allowed (tooling.py)."""
+"""Tests import hpcdesk from this checkout (pyproject.toml's pytest `pythonpath`; the cluster
+harness installs the same checkout into the shared venv for the nodes) and the shared
+harness/ beside it. Under `make test` only GPU skips are allowed (tooling.py)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest
 from reliability import ReliabilityTable

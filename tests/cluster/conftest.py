@@ -27,26 +27,30 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-DEVCLUSTER = REPO / "tests/cluster/devcluster.sh"
-VENV = Path(os.environ.get("HPCDESK_VENV", "/opt/hpcdesk/venv"))
-USER = os.environ.get("HPCDESK_DEV_USER", "hpcuser")
-# A second unprivileged user for two-user tests (devcluster.sh up creates it when named).
-USER2 = os.environ.get("HPCDESK_DEV_USER2", f"{USER}b")
-NODE_IPS = {"gpu01": "10.77.0.11", "gpu02": "10.77.0.12"}
+from harness.devcluster import (
+    DEVCLUSTER,
+    REPO,
+    SITE,
+    SITE_NAME,
+    USER,
+    USER2,
+    VENV,
+    as_user,
+    home,
+    node_exec,
+    on_display,
+    run,
+)
+
 CTLD_PIDFILE = Path("/run/slurmctld-hpcdesk-devcluster.pid")
-
-
-def _run(argv: list[str], timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
 
 
 @pytest.fixture(scope="session")
 def devcluster() -> None:
     if os.geteuid() != 0:
         pytest.fail("cluster tests run as root (they drive the dev cluster); see README")
-    if _run(["bash", str(DEVCLUSTER), "status"]).returncode != 0:
-        up = _run(["bash", str(DEVCLUSTER), "up"], timeout=300)
+    if run(["bash", str(DEVCLUSTER), "status"]).returncode != 0:
+        up = run(["bash", str(DEVCLUSTER), "up"], timeout=300)
         if up.returncode != 0:
             pytest.fail(f"devcluster up failed:\n{up.stdout}\n{up.stderr}")
 
@@ -57,12 +61,12 @@ def installed(devcluster: None, tmp_path_factory: pytest.TempPathFactory) -> Pat
     if not (VENV / "bin/python").exists():
         pytest.fail(f"{VENV} is missing: run `make setup` (see README)")
     dist = tmp_path_factory.mktemp("dist")
-    build = _run([str(VENV / "bin/python"), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                  "-w", str(dist), str(REPO)], timeout=300)
+    build = run([str(VENV / "bin/python"), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                 "-w", str(dist), str(REPO)], timeout=300)
     assert build.returncode == 0, build.stderr
     wheel = next(dist.glob("hpcdesk-*.whl"))
-    inst = _run([str(VENV / "bin/python"), "-m", "pip", "install", "--no-deps",
-                 "--force-reinstall", str(wheel)], timeout=300)
+    inst = run([str(VENV / "bin/python"), "-m", "pip", "install", "--no-deps",
+                "--force-reinstall", str(wheel)], timeout=300)
     assert inst.returncode == 0, inst.stderr
     return VENV / "bin/hpcdesk"
 
@@ -75,10 +79,8 @@ class User:
 
     def run(self, *args: str, timeout: float = 240, env: dict[str, str] | None = None,
             check: bool = False) -> subprocess.CompletedProcess[str]:
-        argv = ["runuser", "-u", self.name, "--", "env", f"HOME={self.home}", f"USER={self.name}",
-                f"LOGNAME={self.name}", f"PATH={VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-                *(f"{k}={v}" for k, v in (env or {}).items()), str(self.hpcdesk), *args]
-        proc = _run(argv, timeout=timeout, cwd="/")
+        proc = run(as_user(self.name, str(self.hpcdesk), *args, env=env), timeout=timeout,
+                   cwd="/")
         if check and proc.returncode != 0:
             raise AssertionError(f"hpcdesk {' '.join(args)} -> {proc.returncode}\n"
                                  f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
@@ -89,10 +91,8 @@ class User:
         return json.loads(proc.stdout)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        argv = ["runuser", "-u", self.name, "--", "env", f"HOME={self.home}", f"USER={self.name}",
-                f"PATH={VENV / 'bin'}:/usr/bin:/bin", str(self.hpcdesk), *args]
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd="/")
+        return subprocess.Popen(as_user(self.name, str(self.hpcdesk), *args),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
 
     def sessions_root(self) -> Path:
         return self.home / ".hpcdesk/sessions"
@@ -100,11 +100,10 @@ class User:
 
 @pytest.fixture(scope="session")
 def user(installed: Path) -> Iterator[User]:
-    home = Path(f"/home/{USER}")
-    u = User(USER, home, installed)
+    u = User(USER, home(USER), installed)
     yield u
     # Leave no job behind, whatever the tests did.
-    _run(["scancel", "-u", USER])
+    run(["scancel", "-u", USER])
 
 
 @contextlib.contextmanager
@@ -119,20 +118,20 @@ def controller_stopped() -> Iterator[None]:
     try:
         yield
     finally:
-        up = _run(["bash", str(DEVCLUSTER), "up"], timeout=300)
+        up = run(["bash", str(DEVCLUSTER), "up"], timeout=300)
         assert up.returncode == 0, up.stderr
 
 
 @pytest.fixture(scope="session")
 def second_user(installed: Path) -> Iterator[User]:
     """Another researcher on the same cluster (created on demand, like the first)."""
-    if _run(["id", USER2]).returncode != 0:
-        up = _run(["bash", str(DEVCLUSTER), "up"], timeout=300,
-                  env={**os.environ, "HPCDESK_DEV_USER": USER2})
+    if run(["id", USER2]).returncode != 0:
+        up = run(["bash", str(DEVCLUSTER), "up"], timeout=300,
+                 env={**os.environ, "HPCDESK_DEV_USER": USER2})
         assert up.returncode == 0, up.stderr
-    u = User(USER2, Path(f"/home/{USER2}"), installed)
+    u = User(USER2, home(USER2), installed)
     yield u
-    _run(["scancel", "-u", USER2])
+    run(["scancel", "-u", USER2])
 
 
 @pytest.fixture
@@ -154,7 +153,7 @@ def cleanup_jobs(user: User) -> Iterator[list[str]]:
     started: list[str] = []
     yield started
     for sid in started:
-        user.run("cancel", sid, "--site", "devcluster", timeout=90)
+        user.run("cancel", sid, *SITE, timeout=90)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +174,7 @@ def write_site(site_dir: Path, name: str, **sections: dict[str, Any]) -> Path:
     (readable by the dev users)."""
     import yaml
 
-    data = yaml.safe_load((REPO / "site-configs/devcluster.yaml").read_text())
+    data = yaml.safe_load((REPO / f"site-configs/{SITE_NAME}.yaml").read_text())
     for key, value in sections.items():
         data.setdefault(key, {}).update(value)
     path = site_dir / f"{name}.yaml"
@@ -184,27 +183,22 @@ def write_site(site_dir: Path, name: str, **sections: dict[str, Any]) -> Path:
     return path
 
 
-def node_exec(node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return _run(["bash", str(DEVCLUSTER), "exec", node, *argv], timeout=timeout)
-
-
 def place_window(user: User, session: str, colour: str = "#13a86b", where: str = "+0+0",
                  root: Path | None = None, command: tuple[str, ...] = ()) -> None:
     """An xterm of a known colour on a session's display, started on its node as the user
     (the pixel checks look for it in the browser); `command` runs in it (xterm -e)."""
     state = json.loads(((root or user.sessions_root()) / session / "node.json").read_text())
-    xterm = node_exec(str(state["node"]), "runuser", "-u", user.name, "--", "env",
-                      f"DISPLAY={state['display']}", f"XAUTHORITY={state['xauthority']}",
-                      "sh", "-c", 'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
-                      "xterm", "-bg", colour, "-geometry", f"200x80{where}",
-                      *(["-e", *command] if command else []))
+    xterm = node_exec(str(state["node"]), *on_display(
+        user.name, state, "sh", "-c", 'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
+        "xterm", "-bg", colour, "-geometry", f"200x80{where}",
+        *(["-e", *command] if command else [])))
     assert xterm.returncode == 0, xterm.stderr
 
 
 def node_user_pids(node: str, user: str = USER) -> list[str]:
     """The dev user's processes inside a node's network namespace (compared by ns inode)."""
     ns = os.stat(f"/run/netns/{node}").st_ino
-    uid = int(_run(["id", "-u", user]).stdout)
+    uid = int(run(["id", "-u", user]).stdout)
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

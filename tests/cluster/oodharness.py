@@ -16,7 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, VENV, User, _run
+from conftest import User
+
+from harness import devcluster
+from harness.devcluster import REPO, SITE_NAME, VENV, run
 
 DASHBOARD = REPO / "tests/cluster/ood_dashboard.rb"
 # The POSTed form with its defaults (the devcluster site's offer).
@@ -45,11 +48,11 @@ def site_file(user: User, name: str, **changes: Any) -> Path:
         site.setdefault(section, {}).update(values)
     path = user.home / f"ood-site-{name}.yaml"
     path.write_text(yaml.safe_dump(site))
-    _run(["chown", f"{user.name}:", str(path)])
+    run(["chown", f"{user.name}:", str(path)])
     return path
 
 
-def generate_app(user: User, out: Path, site: str = "devcluster") -> Path:
+def generate_app(user: User, out: Path, site: str = SITE_NAME) -> Path:
     proc = user.run("ood", "generate", "--site", site, "--out", str(out), "--force",
                     "--hpcdesk", str(VENV / "bin/hpcdesk"), "--json", check=True)
     assert json.loads(proc.stdout)["out"] == str(out)
@@ -63,17 +66,14 @@ def copy_ood_core(user: User) -> Path:
     shutil.rmtree(where, ignore_errors=True)
     shutil.copytree(core, where / "ood_core")
     shutil.copy(DASHBOARD, where / "ood_dashboard.rb")
-    _run(["chown", "-R", f"{user.name}:", str(where)])
+    run(["chown", "-R", f"{user.name}:", str(where)])
     return where
 
 
 def as_user(user: User, *argv: str, stdin: str | None = None, timeout: float = 120,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    extra = [f"{k}={v}" for k, v in (env or {}).items()]
-    return _run(["runuser", "-u", user.name, "--", "env", f"HOME={user.home}",
-                 f"USER={user.name}", f"LOGNAME={user.name}",
-                 f"PATH={VENV / 'bin'}:/usr/bin:/bin", *extra, *argv],
-                input=stdin, timeout=timeout, cwd="/")
+    return run(devcluster.as_user(user.name, *argv, env=env), input=stdin, timeout=timeout,
+               cwd="/")
 
 
 def dashboard(user: User, core: Path, action: str, app: Path, work: Path,
@@ -105,7 +105,7 @@ def submit(user: User, core: Path, app: Path, work: Path,
 def wait_for_file(path: Path, job: str, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
-        state = _run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip()
+        state = run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip()
         log = path.parent / "output.log"
         assert state or path.exists(), \
             f"job {job} ended without {path.name}:\n{log.read_text() if log.exists() else ''}"
@@ -120,6 +120,6 @@ def start_session(user: User, app: Path, core: Path) -> tuple[str, Path, dict[st
     try:
         wait_for_file(work / "connection.yml", job)
     except BaseException:
-        _run(["scancel", job])
+        run(["scancel", job])
         raise
     return job, work, yaml.safe_load((work / "connection.yml").read_text())

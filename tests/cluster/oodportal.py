@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import _run
 from oodharness import vendor_dir
 from tooling import require
+
+from harness.devcluster import run
 
 _NET = os.environ.get("HPCDESK_TEST_NET", "10.80")
 TAG = os.environ.get("HPCDESK_TEST_NET_TAG", "h10")
@@ -111,7 +112,7 @@ def generate_conf(root: Path, config: Path, out: Path) -> None:
     compat.write_text('require "dotenv"\nunless Dotenv.respond_to?(:parse)\n  module Dotenv\n'
                       '    def self.parse(*files) = files.each_with_object({}) { |f, h| '
                       'h.update(Environment.new(f, false)) }\n  end\nend\n')
-    proc = _run(["ruby", "-r", str(compat), "-I", str(gen / "lib"), "-rood_portal_generator",
+    proc = run(["ruby", "-r", str(compat), "-I", str(gen / "lib"), "-rood_portal_generator",
                  "-e", "OodPortalGenerator::Application.start('generate')", "--",
                  "-c", str(config), "-o", str(out)])
     assert proc.returncode == 0, f"ood-portal-generator failed: {proc.stderr}"
@@ -139,16 +140,16 @@ def running_portal(login_user: str) -> Iterator[Portal]:
     shutil.rmtree(root, ignore_errors=True)
     for sub in ("run", "logs"):
         (root / sub).mkdir(parents=True)
-    _run(["chown", "www-data:", str(root / "run")])
-    _run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+    run(["chown", "www-data:", str(root / "run")])
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
           "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
           "subjectAltName=IP:127.0.0.1", "-keyout", str(root / "portal-key.pem"),
           "-out", str(root / "portal-cert.pem")], check=True)
     password = secrets.token_urlsafe(12)
     # The password goes in on stdin (-i), never on a command line.
-    _run(["htpasswd", "-c", "-i", "-B", str(root / "htpasswd"), login_user], input=password,
+    run(["htpasswd", "-c", "-i", "-B", str(root / "htpasswd"), login_user], input=password,
          check=True)
-    _run(["chgrp", "www-data", str(root / "htpasswd")])
+    run(["chgrp", "www-data", str(root / "htpasswd")])
     os.chmod(root / "htpasswd", 0o640)
     config = root / "ood_portal.yml"
     # user_map_match: the authenticated name is the system user (a site maps e.g. user@REALM).
@@ -162,7 +163,7 @@ def running_portal(login_user: str) -> Iterator[Portal]:
         if s.connect_ex(("127.0.0.1", PORT)) == 0:
             pytest.fail(f"port {PORT} (this run's portal) is taken: another run with "
                         f"HPCDESK_TEST_NET={_NET}? choose another HPCDESK_TEST_NET")
-    check = _run(["/usr/sbin/apache2", "-t", "-f", str(root / "httpd.conf")])
+    check = run(["/usr/sbin/apache2", "-t", "-f", str(root / "httpd.conf")])
     assert check.returncode == 0, f"apache2 -t: {check.stderr}"
     proc = subprocess.Popen(["/usr/sbin/apache2", "-f", str(root / "httpd.conf"),
                              "-DFOREGROUND"], stdout=subprocess.DEVNULL,

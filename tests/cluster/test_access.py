@@ -30,15 +30,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import browser
 import pytest
 import test_tunnel
-from conftest import User, colour_fraction, node_exec, place_window, write_site
+from conftest import User, colour_fraction, place_window, write_site
 from sshnet import LOGIN_IP, NS_LAPTOP
 from test_faults import child_named
 from test_tunnel import Net, TunnelProc, tunnel
 from test_webrtc import Coturn, _relayed_bytes, ice_urls, secret_file
 from tooling import require
+
+from harness import browser
+from harness.devcluster import SITE, node_exec, on_display
 
 pytestmark = pytest.mark.cluster
 GREEN = (0x13, 0xA8, 0x6B)
@@ -119,14 +121,14 @@ def watch_live(chrome: browser.Chromium, user: User, session: str, tmp_path: Pat
 def test_webrtc_token_link_direct(user: User, tmp_path: Path, cleanup_jobs: list[str]) -> None:
     """The link `submit` prints, opened as printed on the cluster's network: WebRTC with the
     token from the fragment (no login prompt, no credentials before the #)."""
-    conn = user.json("submit", "--site", "devcluster", "--set", "desktop.transport=webrtc",
+    conn = user.json("submit", *SITE, "--set", "desktop.transport=webrtc",
                      "--set", "desktop.auth=token")
     sid, url = str(conn["session"]), str(conn["url"])
     cleanup_jobs.append(sid)
     assert conn["password"] is None and no_credentials_before_fragment(url)
-    human = user.run("status", sid, "--site", "devcluster", check=True).stdout
+    human = user.run("status", sid, *SITE, check=True).stdout
     assert url in human and "password" not in human
-    listed = user.run("list", "--site", "devcluster", check=True).stdout
+    listed = user.run("list", *SITE, check=True).stdout
     assert f"(link: hpcdesk status {sid})" in listed and fragment_token(url) not in listed
     with browser.Chromium() as chrome:
         chrome.open(url, init_script=browser.RTC_SPY)
@@ -157,7 +159,7 @@ def test_webrtc_through_the_tunnel_page_that_open_opens(user: User, net: Net,
         assert configs and all(f"turn:127.0.0.1:{info['turn_port']}?transport=tcp"
                                in ice_urls(c) for c in configs), configs
         assert tun.interrupt() == 130
-    assert user.json("status", session, "--site", "devcluster")["state"] == "cancelled"
+    assert user.json("status", session, *SITE)["state"] == "cancelled"
 
 
 def test_webrtc_relay_only_site_turn_through_the_tunnel(user: User, net: Net, site_dir: Path,
@@ -382,9 +384,8 @@ def wait_event(user: User, sid: str, name: str, timeout: float = 30) -> dict[str
 
 def desktop_clipboard(user: User, sid: str) -> str:
     state = json.loads((user.sessions_root() / sid / "node.json").read_text())
-    got = node_exec(str(state["node"]), "runuser", "-u", user.name, "--", "env",
-                    f"DISPLAY={state['display']}", f"XAUTHORITY={state['xauthority']}",
-                    "timeout", "5", "xclip", "-o", "-selection", "clipboard")
+    got = node_exec(str(state["node"]), *on_display(user.name, state, "timeout", "5", "xclip",
+                                                    "-o", "-selection", "clipboard"))
     return got.stdout
 
 
@@ -450,10 +451,10 @@ def test_token_links_and_shares_survive_a_web_ui_restart(user: User, tmp_path: P
                                                          cleanup_jobs: list[str]) -> None:
     """A crashed Selkies comes back with an empty token table: the agent provisions the
     owner's token and the live shares again, so the same links work."""
-    conn = user.json("submit", "--site", "devcluster", "--set", "desktop.auth=token")
+    conn = user.json("submit", *SITE, "--set", "desktop.auth=token")
     sid, url = str(conn["session"]), str(conn["url"])
     cleanup_jobs.append(sid)
-    view = user.json("share", sid, "--site", "devcluster")
+    view = user.json("share", sid, *SITE)
     files = f"{base_url(url)}api/files/"
     tokens = (fragment_token(url), fragment_token(view["url"]))
     sdir = user.sessions_root() / sid

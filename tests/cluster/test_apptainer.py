@@ -13,15 +13,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import browser
 import pytest
-from conftest import REPO, User, _run, colour_fraction, http_status, node_exec, node_user_pids
+from conftest import User, colour_fraction, http_status, node_user_pids, place_window
+
+from harness import browser
+from harness.devcluster import REPO, SITE, as_user, node_exec, run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.apptainer]
 # Built images are cached by content here; HPCDESK_TEST_IMAGE_DIR gives a developer who runs
 # the suite as another user beside a running one a directory of their own.
 IMAGE_DIR = Path(os.environ.get("HPCDESK_TEST_IMAGE_DIR", "/var/cache/hpcdesk/images"))
-SITE = ("--site", "devcluster", "--set", f"runtime.image_dir={IMAGE_DIR}")
+# The dev cluster's site with the images built here (their cache).
+IMAGE_SITE = (*SITE, "--set", f"runtime.image_dir={IMAGE_DIR}")
 APPTAINER = ("--runtime", "apptainer", "--image", "debian")
 GREEN = (0x13, 0xA8, 0x6B)
 
@@ -43,13 +46,13 @@ def build_image(user: User, flavor: str, timeout: float) -> str:
     """Real apptainer (tests/cluster/apptainer-setup.sh) and an hpcdesk image, built as the
     test user with `hpcdesk image build` (offline from the Debian and PyPI registries) and
     reused while its recipe is unchanged (cached by content)."""
-    setup = _run(["bash", str(REPO / "tests/cluster/apptainer-setup.sh")], timeout=1800)
+    setup = run(["bash", str(REPO / "tests/cluster/apptainer-setup.sh")], timeout=1800)
     assert setup.returncode == 0, setup.stderr[-3000:]
     IMAGE_DIR.mkdir(parents=True, exist_ok=True)
     subprocess.run(["chown", f"{user.name}:", str(IMAGE_DIR)], check=True)
     IMAGE_DIR.chmod(0o755)  # the user's own image directory: hpcdesk refuses one others can write
     t0 = time.monotonic()
-    built = user.run("image", "build", "--flavor", flavor, *SITE, "--json", timeout=timeout)
+    built = user.run("image", "build", "--flavor", flavor, *IMAGE_SITE, "--json", timeout=timeout)
     assert built.returncode == 0, built.stderr[-3000:]
     info = json.loads(built.stdout)
     size = Path(info["image"]).stat().st_size
@@ -66,28 +69,16 @@ def debian_image(user: User) -> str:
     return build_image(user, "debian", timeout=2400)
 
 
-def _place_window(node: str, user: User, sdir: Path, colour: str) -> None:
-    """An xterm of a known colour on the container's display, from the node, with the cookie
-    file the agent wrote for the container (node.json names it)."""
-    state = json.loads((sdir / "node.json").read_text())
-    res = node_exec(node, "runuser", "-u", user.name, "--", "env", f"DISPLAY={state['display']}",
-                    f"XAUTHORITY={state['xauthority']}", "sh", "-c",
-                    'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh",
-                    "xterm", "-bg", colour, "-geometry", "200x80+0+0")
-    assert res.returncode == 0, res.stderr
-
-
 @pytest.mark.parametrize("interface", ["selkies", "vnc"])
 def test_apptainer_desktop_in_browser(user: User, debian_image: str, interface: str,
                                       tmp_path: Path, cleanup_jobs: list[str]) -> None:
-    data = user.json("submit", *SITE, *APPTAINER, "--interface", interface, timeout=400)
-    sid, node = str(data["session"]), str(data["node"])
+    data = user.json("submit", *IMAGE_SITE, *APPTAINER, "--interface", interface, timeout=400)
+    sid = str(data["session"])
     cleanup_jobs.append(sid)
     url = str(data["url"])
     assert http_status(url, (str(data["user"]), str(data["password"]))) == 200
     assert http_status(url, None) == 401
-    sdir = user.sessions_root() / sid
-    _place_window(node, user, sdir, "#13a86b")
+    place_window(user, sid)
     shot = tmp_path / f"{interface}.png"
     assert browser.watch(url, shot, lambda p: colour_fraction(p, GREEN) > 0.05, timeout=60,
                          login=(str(data["user"]), str(data["password"]))), \
@@ -98,7 +89,7 @@ def test_two_apptainer_desktops_one_node(user: User, debian_image: str,
                                          cleanup_jobs: list[str]) -> None:
     pin = ("--set", "scheduler.extra_args=['--nodelist=gpu02']", "-G", "0")
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: user.json("submit", *SITE, *APPTAINER, *pin,
+        results = list(pool.map(lambda _: user.json("submit", *IMAGE_SITE, *APPTAINER, *pin,
                                                     timeout=400), range(2)))
     cleanup_jobs.extend(str(r["session"]) for r in results)
     a, b = results
@@ -118,11 +109,11 @@ def test_two_apptainer_desktops_one_node(user: User, debian_image: str,
 
 
 def test_cancel_leaves_no_container_behind(user: User, debian_image: str) -> None:
-    data = user.json("submit", *SITE, *APPTAINER, timeout=400)
+    data = user.json("submit", *IMAGE_SITE, *APPTAINER, timeout=400)
     sid, node = str(data["session"]), str(data["node"])
     procs = " ".join(node_user_pids(node))
     assert "apptainer" in procs or "starter" in procs
-    assert user.json("cancel", sid, *SITE)["state"] == "cancelled"
+    assert user.json("cancel", sid, *IMAGE_SITE)["state"] == "cancelled"
     deadline = time.monotonic() + 30
     while node_user_pids(node) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -141,7 +132,7 @@ def test_apptainer_desktop_gets_only_the_agents_ice_servers(
     offers the webrtc switch only when webrtc is configured."""
     from test_webrtc import PUBLIC_NAMES, api_turn, http, ice_urls
 
-    data = user.json("submit", *SITE, *APPTAINER, "--set", f"desktop.transport={transport}",
+    data = user.json("submit", *IMAGE_SITE, *APPTAINER, "--set", f"desktop.transport={transport}",
                      timeout=400)
     cleanup_jobs.append(str(data["session"]))
     auth = (str(data["user"]), str(data["password"]))
@@ -150,8 +141,7 @@ def test_apptainer_desktop_gets_only_the_agents_ice_servers(
     if transport == "webrtc":
         doc = api_turn(data)
         assert ice_urls(doc) == [], doc
-        _place_window(str(data["node"]), user, user.sessions_root() / str(data["session"]),
-                      "#13a86b")
+        place_window(user, str(data["session"]))
         with browser.Chromium() as tools:
             tools.open(str(data["url"]), init_script=browser.RTC_SPY, login=auth)
             seen = tools.wait_for(tmp_path / "rtc.png", lambda p: colour_fraction(p, GREEN) > 0.05)
@@ -180,7 +170,7 @@ def test_in_job_turn_from_the_image_on_a_node_without_coturn(
             if tool.name != "turnserver":
                 (bin_dir / tool.name).symlink_to(tool)
         path = f"{os.environ.get('HPCDESK_VENV', '/opt/hpcdesk/venv')}/bin:/usr/local/bin:{bin_dir}"
-        proc = user.run("submit", *SITE, *APPTAINER, "--set", "desktop.transport=webrtc",
+        proc = user.run("submit", *IMAGE_SITE, *APPTAINER, "--set", "desktop.transport=webrtc",
                         "--set", "network.turn=job", "--json", timeout=400,
                         env={"PATH": path}, check=True)
         data = json.loads(proc.stdout)
@@ -243,12 +233,11 @@ def image_xorg_screen(user: User, image: str, width: int, height: int,
         (work / "apptainer/tmp").mkdir(parents=True)
         subprocess.run(["chown", "-R", f"{user.name}:", str(work)], check=True)
         display = next(n for n in range(700, 999) if not in_use(n))
-        argv = ["runuser", "-u", user.name, "--", "env", f"HOME={user.home}",
-                "PATH=/usr/local/bin:/usr/bin:/bin", "apptainer", "exec", "--cleanenv",
-                "--contain", "--ipc", "--workdir", str(work / "apptainer"),
-                "--bind", f"{work}:{work}:ro", image, "/bin/sh", "-c", IMAGE_XORG, "sh",
-                str(display), str(x.conf), str(x.xauthority), "/tmp"]
-        res = _run(argv, timeout=180)
+        argv = as_user(user.name, "apptainer", "exec", "--cleanenv", "--contain", "--ipc",
+                       "--workdir", str(work / "apptainer"), "--bind", f"{work}:{work}:ro",
+                       image, "/bin/sh", "-c", IMAGE_XORG, "sh", str(display), str(x.conf),
+                       str(x.xauthority), "/tmp", path="/usr/local/bin:/usr/bin:/bin")
+        res = run(argv, timeout=180)
         assert res.returncode == 0, res.stderr[-3000:]
         dims = re.search(r"dimensions:\s+(\d+)x(\d+) pixels", res.stdout)
         assert dims is not None, res.stdout

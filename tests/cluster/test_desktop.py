@@ -9,21 +9,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import browser
 import pytest
-from conftest import (
-    NODE_IPS,
-    User,
-    _run,
-    colour_fraction,
-    http_status,
-    node_user_pids,
-    place_window,
-    read_until,
-)
+from conftest import User, colour_fraction, http_status, node_user_pids, place_window, read_until
+
+from harness import browser
+from harness.devcluster import NODE_IPS, SITE, run
 
 pytestmark = pytest.mark.cluster
-SITE = ("--site", "devcluster")
 GREEN = (0x13, 0xA8, 0x6B)
 
 
@@ -98,7 +90,7 @@ def test_desktop_that_cannot_start(user: User, override: str, cause: str) -> Non
     job = json.loads((sdir / "session.json").read_text())["job_id"]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        left = _run(["squeue", "-h", "-j", str(job), "-t", "PD,R,CG"]).stdout.strip()
+        left = run(["squeue", "-h", "-j", str(job), "-t", "PD,R,CG"]).stdout.strip()
         if not left:
             break
         time.sleep(0.5)
@@ -124,7 +116,7 @@ def _newest_session(user: User) -> str:
 ])
 def test_bad_input_is_one_clear_error(user: User, args: tuple[str, ...], needle: str) -> None:
     def job_ids() -> set[str]:
-        return set(_run(["squeue", "-h", "-u", user.name, "-t", "all", "-o", "%i"]).stdout.split())
+        return set(run(["squeue", "-h", "-u", user.name, "-t", "all", "-o", "%i"]).stdout.split())
 
     before = job_ids()
     sessions_before = set(p.name for p in user.sessions_root().iterdir())
@@ -152,12 +144,12 @@ def test_injection_is_literal_and_password_stays_secret(user: User, tmp_path: Pa
     password = str(data["password"])
     job = str(json.loads((sdir / "session.json").read_text())["job_id"])
     # Not on any command line on this machine (all nodes share the process table).
-    ps = _run(["ps", "-eww", "-o", "args"]).stdout
+    ps = run(["ps", "-eww", "-o", "args"]).stdout
     assert password not in ps
     assert password not in (sdir / "job.sh").read_text()
-    show = _run(["scontrol", "show", "job", "-dd", job]).stdout
+    show = run(["scontrol", "show", "job", "-dd", job]).stdout
     assert job in show and password not in show
-    script = _run(["scontrol", "write", "batch_script", job, "-"]).stdout
+    script = run(["scontrol", "write", "batch_script", job, "-"]).stdout
     assert password not in script
     # The job environment: the batch step's own environment on the node.
     agent_pid = json.loads((sdir / "node.json").read_text())["agent_pid"]
@@ -210,7 +202,7 @@ def test_ctrl_c_leaves_job_running(user: User, cleanup_jobs: list[str]) -> None:
     assert proc.returncode == 130, (head, err)
     assert f"hpcdesk status {sid} --wait" in err and f"hpcdesk cancel {sid}" in err
     # The job was left alone: still queued, and it becomes the desktop once released.
-    assert _run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip() == "PENDING"
-    assert _run(["scontrol", "release", job]).returncode == 0
+    assert run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip() == "PENDING"
+    assert run(["scontrol", "release", job]).returncode == 0
     st = user.json("status", sid, "--wait", *SITE)
     assert st["state"] == "ready"

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import VENV, User, _run, controller_stopped, http_status, read_until
+from conftest import User, controller_stopped, http_status, read_until
+
+from harness.devcluster import SITE, VENV, run
 
 pytestmark = pytest.mark.cluster
-SITE = ("--site", "devcluster")
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 120,
@@ -47,7 +48,7 @@ def alive(pids: set[int]) -> set[int]:
 
 
 def squeue_state(job: str) -> str:
-    return _run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip()
+    return run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip()
 
 
 @pytest.mark.reliability("S3 node agent SIGKILLed",
@@ -147,7 +148,7 @@ def test_scancel_during_startup(user: User) -> None:
         sdir = user.sessions_root() / sid
         agent = int(json.loads((sdir / "node.json").read_text())["agent_pid"])
         desktop = tree(agent)
-        assert _run(["runuser", "-u", user.name, "--", "scancel", job]).returncode == 0
+        assert run(["runuser", "-u", user.name, "--", "scancel", job]).returncode == 0
         assert proc.wait(timeout=120) == 1
     finally:
         if proc.poll() is None:
@@ -251,14 +252,14 @@ def test_controller_outage_while_waiting(user: User, cleanup_jobs: list[str]) ->
             waiter = user.popen("status", sid, *SITE, "--wait", "--json")
             wait_for("30 s of outage", lambda: time.monotonic() - outage >= 30, timeout=60)
             assert submit.poll() is None and waiter.poll() is None  # both still waiting
-        assert _run(["scontrol", "release", job]).returncode == 0
+        assert run(["scontrol", "release", job]).returncode == 0
         out, _ = submit.communicate(timeout=300)  # (stderr is read by read_until's thread)
         assert submit.returncode == 0, out
         assert json.loads(out)["state"] == "ready"
         w_out, w_err = waiter.communicate(timeout=300)
         assert waiter.returncode == 0, w_err
         assert json.loads(w_out)["state"] == "ready"
-        tagged = [ln for ln in _run(["squeue", "-h", "-u", user.name, "-o", "%i %k"]
+        tagged = [ln for ln in run(["squeue", "-h", "-u", user.name, "-o", "%i %k"]
                                     ).stdout.splitlines() if ln.endswith(f"hpcdesk:{sid}")]
         assert tagged == [f"{job} hpcdesk:{sid}"]  # one job, not a second one
     finally:
@@ -288,7 +289,7 @@ def test_slurmd_killed_while_the_desktop_runs(user: User, cleanup_jobs: list[str
                  every=5)
         st = user.json("status", sid, *SITE)
     finally:
-        up = _run(["bash", "tests/cluster/devcluster.sh", "up"], timeout=300,
+        up = run(["bash", "tests/cluster/devcluster.sh", "up"], timeout=300,
                   cwd=Path(__file__).resolve().parents[2])
         assert up.returncode == 0, up.stderr
     assert st["state"] == "node_fail", st

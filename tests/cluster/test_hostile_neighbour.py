@@ -23,11 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import DEVCLUSTER, NODE_IPS, VENV, User, _run, node_exec
+from conftest import User
 from tooling import require
 
+from harness.devcluster import CONTROLLER_IP, DEVCLUSTER, NODE_IPS, SITE, VENV, node_exec, run
+
 pytestmark = pytest.mark.cluster
-SITE = ("--site", "devcluster")
 TAG = os.environ.get("HPCDESK_TEST_NET_TAG", "h0")
 # A port range of this test run alone (the tag's number), far from the kernel's ephemeral range
 BASE = 42000 + (int("".join(c for c in TAG if c.isdigit()) or "0") % 90) * 100
@@ -177,7 +178,7 @@ def thief(node: str, who: User, log: Path, lo: int, hi: int, victim: str, pre: i
           on_victim: bool | str) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
     """The port thief, with its own self-signed certificate for clients that speak TLS."""
     cert, key = log.with_suffix(".crt"), log.with_suffix(".key")
-    made = _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+    made = run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                  "-subj", "/CN=thief", "-keyout", str(key), "-out", str(cert)])
     assert made.returncode == 0, made.stderr
     for path in (cert, key):
@@ -396,7 +397,7 @@ def test_in_job_turn_relays_only_to_its_desktop(user: User, cleanup_jobs: list[s
         for name in NODE_IPS:
             wait_for(f"turnutils_peer on {name}", lambda n=name: peer_port in node_exec(
                 n, "ss", "-Hlun", f"sport = :{peer_port}").stdout, 30)
-        controller = "10.77.0.1"
+        controller = CONTROLLER_IP
         proc = node_exec("gpu01", "env", f"CONF={conf}", f"PEER_PORT={peer_port}",
                          f"OUT={node['workdir']}/uclient",
                          f"NODE_IP={NODE_IPS['gpu01']}",
@@ -445,7 +446,7 @@ def test_push_port_junk(user: User, second_user: User, cleanup_jobs: list[str]) 
     try:
         deadline = time.monotonic() + 60
         while not sent and time.monotonic() < deadline:
-            out = _run(["runuser", "-u", second_user.name, "--", str(VENV / "bin/python"), "-c",
+            out = run(["runuser", "-u", second_user.name, "--", str(VENV / "bin/python"), "-c",
                         sender, str(uid(user.name)), ",".join(before), junk]).stdout
             sent = int(out.strip() or 0)
             time.sleep(0.2)
@@ -465,12 +466,12 @@ def test_push_port_junk(user: User, second_user: User, cleanup_jobs: list[str]) 
                          "refused with a clear error before anything runs")
 def test_foreign_session_root_is_refused(user: User, second_user: User, drop: Path) -> None:
     root = drop / "planted-sessions"
-    _run(["runuser", "-u", second_user.name, "--", "mkdir", "-m", "777", str(root)])
+    run(["runuser", "-u", second_user.name, "--", "mkdir", "-m", "777", str(root)])
     proc = user.run("submit", *SITE, "-G", "0", "--set", f"session_root={root}", timeout=120)
     assert proc.returncode != 0, proc.stdout
     assert "not to you" in proc.stderr or "writable by others" in proc.stderr, proc.stderr
     assert not any(root.iterdir())  # nothing of the victim's was written there
-    stale = _run(["squeue", "-h", "-u", user.name, "-o", "%i %o"]).stdout
+    stale = run(["squeue", "-h", "-u", user.name, "-o", "%i %o"]).stdout
     assert str(root) not in stale
 
 
@@ -510,7 +511,7 @@ def test_idle_nc_is_not_a_viewer(user: User, second_user: User,
     try:
         assert nc.stdout is not None and nc.stdout.readline().strip() == "connected"
         wait_for("the idle desktop to end despite the idle connection",
-                 lambda: _run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip() == "",
+                 lambda: run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip() == "",
                  timeout=150, every=1)
     finally:
         with contextlib.suppress(ProcessLookupError):

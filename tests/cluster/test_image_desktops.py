@@ -10,19 +10,13 @@ import json
 import time
 from pathlib import Path
 
-import browser
 import pytest
-from conftest import (
-    VENV,
-    User,
-    colour_fraction,
-    http_status,
-    node_exec,
-    node_user_pids,
-    ws_upgrade_status,
-)
-from test_apptainer import SITE, build_image, debian_image, image_xorg_screen
+from conftest import User, colour_fraction, http_status, node_user_pids, ws_upgrade_status
+from test_apptainer import IMAGE_SITE, build_image, debian_image, image_xorg_screen
 from tooling import require
+
+from harness import browser
+from harness.devcluster import VENV, node_exec, on_display
 
 pytestmark = [pytest.mark.cluster, pytest.mark.apptainer]
 __all__ = ["debian_image"]  # the module fixture of test_apptainer.py, shared
@@ -48,10 +42,10 @@ def _moving_window(node: str, user: User, state: dict[str, str]) -> None:
     """A green xterm at the top left whose text changes ten times a second (a moving picture),
     started on the node as the user on the container's display with the agent's cookie."""
     loop = 'i=0; while :; do i=$((i+1)); echo "frame $i"; sleep 0.1; done'
-    res = node_exec(node, "runuser", "-u", user.name, "--", "env", f"DISPLAY={state['display']}",
-                    f"XAUTHORITY={state['xauthority']}", "sh", "-c",
-                    'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh", "xterm", "-bg", "#13a86b",
-                    "-fg", "black", "-geometry", "120x40+0+0", "-e", "sh", "-c", loop)
+    res = node_exec(node, *on_display(user.name, state, "sh", "-c",
+                                      'setsid -f "$@" </dev/null >/dev/null 2>&1', "sh", "xterm",
+                                      "-bg", "#13a86b", "-fg", "black", "-geometry", "120x40+0+0",
+                                      "-e", "sh", "-c", loop))
     assert res.returncode == 0, res.stderr
 
 
@@ -80,7 +74,7 @@ def test_kde_session_live_in_the_browser(user: User, kde_image: str, interface: 
                                          transport: str, tmp_path: Path,
                                          cleanup_jobs: list[str]) -> None:
     require("chromium", package="chromium")
-    data = user.json("submit", *SITE, *KDE, "--interface", interface,
+    data = user.json("submit", *IMAGE_SITE, *KDE, "--interface", interface,
                      "--set", f"desktop.transport={transport}", timeout=400)
     sid, node = str(data["session"]), str(data["node"])
     cleanup_jobs.append(sid)
@@ -116,7 +110,7 @@ def test_token_mode_inside_the_image(user: User, request: pytest.FixtureRequest,
     an anonymous WebSocket is refused, and the printed link streams the desktop."""
     require("chromium", package="chromium")
     request.getfixturevalue(f"{flavor}_image")
-    data = user.json("submit", *SITE, "--runtime", "apptainer", "--image", flavor,
+    data = user.json("submit", *IMAGE_SITE, "--runtime", "apptainer", "--image", flavor,
                      "--set", "desktop.auth=token", timeout=400)
     sid, node = str(data["session"]), str(data["node"])
     cleanup_jobs.append(sid)
@@ -183,10 +177,10 @@ def test_image_selkies_receives_the_hosts_settings(user: User, debian_image: str
     sets = [a for s in SETTINGS for a in ("--set", s)]
     sets += ["--set", "scheduler.extra_args=['--nodelist=gpu02']", "-G", "0"]
     # The host runtime runs this test run's Selkies (the venv the cluster tests install into).
-    host = user.json("submit", *SITE, *sets, "--set", f"runtime.selkies={VENV}/bin/selkies",
+    host = user.json("submit", *IMAGE_SITE, *sets, "--set", f"runtime.selkies={VENV}/bin/selkies",
                      timeout=400)
     cleanup_jobs.append(str(host["session"]))
-    image = user.json("submit", *SITE, "--runtime", "apptainer", "--image", "debian", *sets,
+    image = user.json("submit", *IMAGE_SITE, "--runtime", "apptainer", "--image", "debian", *sets,
                       timeout=400)
     cleanup_jobs.append(str(image["session"]))
     got = {name: _selkies_environment(str(d["node"]), int(d["port"]))

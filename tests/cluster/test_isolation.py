@@ -11,10 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import NODE_IPS, User, http_status, node_exec
+from conftest import User, http_status
+
+from harness.devcluster import NODE_IPS, SITE, node_exec
 
 pytestmark = pytest.mark.cluster
-SITE = ("--site", "devcluster")
 
 # Runs as the SECOND user, on the desktop's node, with the password on stdin: every place a
 # password could leak to another user, read the way that user can read it.

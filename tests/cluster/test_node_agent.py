@@ -8,10 +8,11 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import User, http_status, node_exec
+from conftest import User, http_status
+
+from harness.devcluster import SITE, as_user, node_exec, on_display
 
 pytestmark = pytest.mark.cluster
-SITE = ("--site", "devcluster")
 
 
 @pytest.mark.parametrize("size", ["1280x720", "1920x1080", "2560x1440"])
@@ -20,9 +21,7 @@ def test_xorg_reports_requested_size(user: User, size: str, cleanup_jobs: list[s
     cleanup_jobs.append(str(data["session"]))
     sdir = user.sessions_root() / str(data["session"])
     node = json.loads((sdir / "node.json").read_text())
-    info = node_exec(str(data["node"]), "runuser", "-u", user.name, "--", "env",
-                     f"DISPLAY={node['display']}", f"XAUTHORITY={node['xauthority']}",
-                     "xdpyinfo")
+    info = node_exec(str(data["node"]), *on_display(user.name, node, "xdpyinfo"))
     assert info.returncode == 0, info.stderr
     m = re.search(r"dimensions:\s+(\d+x\d+) pixels", info.stdout)
     assert m and m.group(1) == size
@@ -72,7 +71,7 @@ def test_doctor_on_the_login_side_and_on_a_node(user: User) -> None:
 
 
 def _srun_doctor(user: User) -> subprocess.CompletedProcess[str]:
-    argv = ["runuser", "-u", user.name, "--", "env", f"HOME={user.home}", "PATH=/usr/bin:/bin",
-            "srun", "-p", "gpu", "--gres=gpu:1", "-c", "1", "--mem=200M", "--chdir=/",
-            str(user.hpcdesk), "doctor", "--node", "--json"]
+    argv = as_user(user.name, "srun", "-p", "gpu", "--gres=gpu:1", "-c", "1", "--mem=200M",
+                   "--chdir=/", str(user.hpcdesk), "doctor", "--node", "--json",
+                   path="/usr/bin:/bin")
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/")

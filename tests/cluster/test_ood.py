@@ -23,14 +23,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import browser
 import pytest
 import yaml
 from conftest import (
-    NODE_IPS,
-    VENV,
     User,
-    _run,
     colour_fraction,
     http_status,
     node_user_pids,
@@ -52,8 +48,10 @@ from oodportal import ORIGIN, Portal, running_portal
 from test_apptainer import IMAGE_DIR, debian_image
 from tooling import require
 
+from harness import browser
+from harness.devcluster import NODE_IPS, SITE_NAME, VENV, run
+
 pytestmark = pytest.mark.cluster
-SITE = "devcluster"
 __all__ = ["debian_image"]  # the module fixture of test_apptainer.py, shared
 GREEN = (0x13, 0xA8, 0x6B)
 MAGENTA = (0xC0, 0x20, 0xC0)
@@ -120,8 +118,8 @@ def test_template_binding_has_only_session_and_context(user: User, app: Path,
     assert "NameError: undefined local variable or method `bc_queue'" in check.stdout
     # The same app with one bare name in before.sh.erb (as hpcdesk's templates had it).
     bare = user.home / "ood-apps" / "bare"
-    _run(["rm", "-rf", str(bare)])
-    _run(["cp", "-a", str(app), str(bare)])
+    run(["rm", "-rf", str(bare)])
+    run(["cp", "-a", str(app), str(bare)])
     before = bare / "template/before.sh.erb"
     before.write_text(before.read_text().replace("context.bc_queue", "bc_queue"))
     work = new_work_dir(user)
@@ -153,9 +151,9 @@ def test_user_config_does_not_widen_the_form(user: User, app: Path, ood_core: Pa
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text("scheduler: {gpus: 8, time: 7-00:00:00, partition: bigmem, cpus: 64, "
                    "memory: 512G, extra_args: [--exclusive]}\n")
-    _run(["chown", "-R", f"{user.name}:", str(cfg.parent.parent)])
+    run(["chown", "-R", f"{user.name}:", str(cfg.parent.parent)])
     try:
-        shown = user.json("config", "show", "--site", SITE)["scheduler.gpus"]
+        shown = user.json("config", "show", "--site", SITE_NAME)["scheduler.gpus"]
         assert shown["value"] == 8 and shown["source"].startswith("user file")
         after = dashboard(user, ood_core, "submit", app, new_work_dir(user), FORM)
         assert after.returncode == 0, after.stderr
@@ -219,10 +217,10 @@ def through_the_portal(user: User, ood_core: Path, portal: Portal, route: str,
         assert f"hpcdesk tunnel {sid} --login LOGIN" in view.stdout
 
         # An ordinary hpcdesk session: list, status, and logs (with OOD's output.log).
-        listed = user.json("list", "--site", SITE)
+        listed = user.json("list", "--site", SITE_NAME)
         assert any(s["session"] == sid and s["state"] == "ready" and s["job_id"] == job
                    for s in listed), listed
-        logs = user.run("logs", sid, "--site", SITE, check=True).stdout
+        logs = user.run("logs", sid, "--site", SITE_NAME, check=True).stdout
         assert "output.log" in logs and "Script starting..." in logs, logs
 
         # Through the stock proxy: OOD's Apache does not keep the Host header, so only the
@@ -268,7 +266,7 @@ def through_the_portal(user: User, ood_core: Path, portal: Portal, route: str,
         if route.startswith("secure-"):  # mod_ood_proxy spoke https/wss to the node
             assert f'req_handler="proxy:wss://{host}:{port}"' in portal.error_log.read_text()
             assert f"https://{host}:{port}/" in json.dumps(user.json("status", sid, "--site",
-                                                                     SITE))
+                                                                     SITE_NAME))
         else:
             assert f'req_handler="proxy:ws://{host}:{port}"' in portal.error_log.read_text()
 
@@ -279,17 +277,17 @@ def through_the_portal(user: User, ood_core: Path, portal: Portal, route: str,
         for path in [*work.iterdir(), *sdir.iterdir()]:
             if path.is_file() and path.name not in ("connection.yml", "connection.json"):
                 assert token not in path.read_text(errors="replace"), path
-        assert token not in _run(["scontrol", "show", "job", "-dd", job]).stdout
-        assert token not in _run(["ps", "-eww", "-o", "args"]).stdout
+        assert token not in run(["scontrol", "show", "job", "-dd", job]).stdout
+        assert token not in run(["ps", "-eww", "-o", "args"]).stdout
         print(f"ood {name}: connection.yml after {ready_after:.1f}s, desktop through the "
               f"portal after {shown_after:.1f}s; sbatch {' '.join(out['argv'][1:])}")
-        assert user.json("cancel", sid, "--site", SITE)["state"] == "cancelled"
+        assert user.json("cancel", sid, "--site", SITE_NAME)["state"] == "cancelled"
     finally:
-        _run(["scancel", job])
+        run(["scancel", job])
     deadline = time.monotonic() + 60
-    while _run(["squeue", "-h", "-j", job]).stdout.strip() and time.monotonic() < deadline:
+    while run(["squeue", "-h", "-j", job]).stdout.strip() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _run(["squeue", "-h", "-j", job]).stdout.strip()
+    assert not run(["squeue", "-h", "-j", job]).stdout.strip()
     deadline = time.monotonic() + 30
     while node and node_user_pids(node) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -314,7 +312,7 @@ def through_the_portal(user: User, ood_core: Path, portal: Portal, route: str,
 def test_bad_form_value_is_refused_before_sbatch(user: User, app: Path, ood_core: Path,
                                                  field: str, value: str, needle: str) -> None:
     def job_ids() -> set[str]:
-        return set(_run(["squeue", "-h", "-u", user.name, "-t", "all", "-o", "%i"]).stdout.split())
+        return set(run(["squeue", "-h", "-u", user.name, "-t", "all", "-o", "%i"]).stdout.split())
 
     def sessions() -> set[str]:
         root = user.sessions_root()
@@ -343,14 +341,14 @@ def test_failed_start_fails_the_ood_session_with_the_agents_reason(
     work = new_work_dir(user)
     job, _ = submit(user, ood_core, out, work)
     deadline = time.monotonic() + 180
-    while _run(["squeue", "-h", "-j", job]).stdout.strip():
+    while run(["squeue", "-h", "-j", job]).stdout.strip():
         assert time.monotonic() < deadline, "the job did not end"
         time.sleep(0.5)
     log = (work / "output.log").read_text()
     assert "/nonexistent/window-manager" in log, log
     assert "the desktop did not start" in log
     assert not (work / "connection.yml").exists()
-    state = _run(["scontrol", "show", "job", "-o", job]).stdout
+    state = run(["scontrol", "show", "job", "-o", job]).stdout
     assert "JobState=FAILED" in state and "ExitCode=1:0" in state, state
 
 
@@ -358,7 +356,7 @@ def test_cli_token_mode(user: User, cleanup_jobs: list[str], tmp_path: Path) -> 
     """desktop.auth: token from the command line: the link carries the token in its fragment,
     the page loads without credentials, and only a WebSocket with the token streams."""
     require("chromium", package="chromium")
-    data = user.json("submit", "--site", SITE, "--set", "desktop.auth=token")
+    data = user.json("submit", "--site", SITE_NAME, "--set", "desktop.auth=token")
     cleanup_jobs.append(str(data["session"]))
     assert data["state"] == "ready" and data["password"] is None
     token = str(data["token"])

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import VENV, User, _run, controller_stopped, node_user_pids
+from conftest import User, controller_stopped, node_user_pids
 from tooling import strict
 
+from harness.devcluster import SITE, VENV, as_user, run
+
 pytestmark = pytest.mark.cluster
-SITE = ("--site", "devcluster")
 BACKENDS = ["slurm-cli", "pyslurm"]
 HELD = ("--set", "scheduler.extra_args=['--hold']")
 
@@ -75,9 +76,8 @@ print(json.dumps({"uid": os.getuid(), "owners": owners,
 
 
 def py(user: User, code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    argv = ["runuser", "-u", user.name, "--", "env", f"HOME={user.home}",
-            str(VENV / "bin/python"), "-c", code, *args]
-    return _run(argv, timeout=timeout, cwd="/")
+    return run(as_user(user.name, str(VENV / "bin/python"), "-c", code, *args),
+               timeout=timeout, cwd="/")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -107,7 +107,7 @@ def with_backend(name: str) -> tuple[str, ...]:
 
 
 def scontrol_job(job: str) -> dict[str, str]:
-    line = _run(["scontrol", "--oneliner", "show", "job", job]).stdout
+    line = run(["scontrol", "--oneliner", "show", "job", job]).stdout
     return dict(m.groups() for m in re.finditer(r"([\w/:]+)=(\S*)", line))
 
 
@@ -134,10 +134,10 @@ def test_one_query_answers_for_many_jobs(user: User, backend: str,
                                          cleanup_jobs: list[str]) -> None:
     _, held_a, _ = submit_held(user, backend, cleanup_jobs)
     _, held_b, _ = submit_held(user, backend, cleanup_jobs)
-    done = _run(["runuser", "-u", user.name, "--", "sbatch", "--parsable", "-p", "gpu", "-o",
+    done = run(["runuser", "-u", user.name, "--", "sbatch", "--parsable", "-p", "gpu", "-o",
                  "/dev/null", "--wrap", "true"], cwd="/").stdout.strip()
     deadline = time.monotonic() + 120
-    while _run(["squeue", "-h", "-j", done]).stdout.strip() and time.monotonic() < deadline:
+    while run(["squeue", "-h", "-j", done]).stdout.strip() and time.monotonic() < deadline:
         time.sleep(0.5)
     proc = py(user, QUERY, backend, held_a, held_b, done, "999999")
     assert proc.returncode == 0, proc.stderr
@@ -156,7 +156,7 @@ def test_cancel_ends_the_job_and_is_idempotent(user: User, backend: str,
                                                cleanup_jobs: list[str]) -> None:
     sid, job, _ = submit_held(user, backend, cleanup_jobs)
     assert user.json("cancel", sid, *with_backend(backend))["state"] == "cancelled"
-    assert _run(["squeue", "-h", "-j", job, "-t", "PD,R,CG"]).stdout.strip() == ""
+    assert run(["squeue", "-h", "-j", job, "-t", "PD,R,CG"]).stdout.strip() == ""
     again = user.run("cancel", sid, *with_backend(backend))
     assert again.returncode == 0, again.stderr
 
@@ -272,7 +272,7 @@ def test_a_job_that_can_never_start_ends_the_wait(user: User, backend: str,
         assert proc.returncode == 1, proc.stderr
         assert "can never start" in proc.stderr and "PartitionTimeLimit" in proc.stderr
         assert "hint: ask for less time (-t)" in proc.stderr
-        state = _run(["squeue", "-h", "-j", m[2], "-o", "%T"]).stdout.strip()
+        state = run(["squeue", "-h", "-j", m[2], "-o", "%T"]).stdout.strip()
         if keep:
             assert state == "PENDING" and "is kept in the queue" in proc.stderr
             listed = user.json("list", *with_backend(backend))
@@ -302,7 +302,7 @@ def test_partition_limits_come_through_the_backend(user: User, backend: str) -> 
     proc = py(user, PARTITIONS, backend)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    shown = parse_partitions(_run(["scontrol", "--oneliner", "show", "partition"]).stdout)
+    shown = parse_partitions(run(["scontrol", "--oneliner", "show", "partition"]).stdout)
     assert data["parts"] == {n: [p.state, p.max_time, p.max_seconds, p.default]
                              for n, p in shown.items()}
     assert data["parts"]["gpu"][2] == 8 * 3600  # the dev cluster's MaxTime=08:00:00
@@ -355,7 +355,7 @@ def test_sbatch_that_times_out_leaves_no_orphan(user: User, cleanup_jobs: list[s
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     cleanup_jobs.append(str(info["session"]))
-    tagged = [line.split()[0] for line in _run(["squeue", "-h", "-u", user.name, "-o",
+    tagged = [line.split()[0] for line in run(["squeue", "-h", "-u", user.name, "-o",
                                                 "%i %k"]).stdout.splitlines()
               if line.split()[1:] == [f"hpcdesk:{info['session']}"]]
     assert tagged == [str(info["job_id"])]  # the one queued job, followed, not orphaned
@@ -367,7 +367,7 @@ def test_pyslurm_asks_the_controller_for_this_users_jobs_only(
     """Issue 23: with other users' jobs in the queue, the pyslurm backend's queue call
     brings back this user's jobs and no one else's (slurm_load_job_user, as `squeue -u`),
     so its cost follows the user's own work, not the cluster's."""
-    foreign = [_run(["runuser", "-u", second_user.name, "--", "sbatch", "--parsable", "--hold",
+    foreign = [run(["runuser", "-u", second_user.name, "--", "sbatch", "--parsable", "--hold",
                      "-p", "gpu", "-o", "/dev/null", "--wrap", "true"], cwd="/").stdout.strip()
                for _ in range(3)]
     try:
@@ -375,7 +375,7 @@ def test_pyslurm_asks_the_controller_for_this_users_jobs_only(
         _, job, _ = submit_held(user, "pyslurm", cleanup_jobs)
         proc = py(user, SPY, job)
     finally:
-        _run(["scancel", *(j for j in foreign if j.isdigit())])
+        run(["scancel", *(j for j in foreign if j.isdigit())])
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["states"] == {job: "pending"}

@@ -10,10 +10,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import VENV, User, node_exec, node_user_pids
+from conftest import User, node_user_pids
+
+from harness.devcluster import SITE, VENV, node_exec
 
 pytestmark = pytest.mark.cluster
-SITE = ("--site", "devcluster")
 
 # Runs as each user on the node: claims 4 ports and 2 displays the way the agent does, writes
 # them down, and holds them until the other user has written theirs (both hold at once).

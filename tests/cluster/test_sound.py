@@ -19,25 +19,18 @@ import wave
 from pathlib import Path
 from typing import Any
 
-import browser
 import pytest
-from conftest import (
-    User,
-    colour_fraction,
-    node_exec,
-    node_user_pids,
-    place_window,
-    write_site,
-)
-from test_apptainer import IMAGE_DIR, debian_image  # noqa: F401 (a fixture)
+from conftest import User, colour_fraction, node_user_pids, place_window, write_site
+from test_apptainer import IMAGE_SITE, debian_image  # noqa: F401 (a fixture)
 from tooling import require
 
+from harness import browser, devcluster
+from harness.devcluster import SITE, node_exec
+
 pytestmark = pytest.mark.cluster
-SITE = ("--site", "devcluster")
 GREEN = (0x13, 0xA8, 0x6B)
 TONE = 440.0
 LOUD = 0.05     # RMS of a tone at -6 dBFS is about 0.35; the decoded silence is 0
-APPTAINER_SITE = (*SITE, "--set", f"runtime.image_dir={IMAGE_DIR}")
 SILENT = 64     # of 32767: a null sink's monitor with nothing playing records zeros
 
 
@@ -72,9 +65,9 @@ def as_user(user: User, conn: dict[str, Any], *argv: str, timeout: float = 60) -
     """A program run on the desktop's node as the user, with the desktop's sound server (the
     published PULSE_SERVER and PULSE_COOKIE paths, as programs in the desktop get them)."""
     sound = conn["sound"]
-    return node_exec(str(conn["node"]), "runuser", "-u", user.name, "--", "env",
-                     f"HOME={user.home}", f"PULSE_SERVER={sound['PULSE_SERVER']}",
-                     f"PULSE_COOKIE={sound['PULSE_COOKIE']}", *argv, timeout=timeout)
+    return node_exec(str(conn["node"]), *devcluster.as_user(
+        user.name, *argv, env={"PULSE_SERVER": sound["PULSE_SERVER"],
+                               "PULSE_COOKIE": sound["PULSE_COOKIE"]}), timeout=timeout)
 
 
 def play_forever(user: User, conn: dict[str, Any], wav: Path) -> None:
@@ -252,7 +245,7 @@ def test_sound_from_the_debian_image(user: User, tone: Path, cleanup_jobs: list[
     none, from the image), its directory bound into the container at the same path; Selkies
     in the image streams it."""
     none = ("--set", "runtime.sound_server=/nonexistent/pulseaudio") if server == "image" else ()
-    conn = submit(user, cleanup_jobs, *APPTAINER_SITE, "--runtime", "apptainer", "--image",
+    conn = submit(user, cleanup_jobs, *IMAGE_SITE, "--runtime", "apptainer", "--image",
                   "debian", *none)
     assert conn["sound"]["on"] is True, conn["sound"]
     assert ("from the image" in conn["sound"]["reason"]) is (server == "image")

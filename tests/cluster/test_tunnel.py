@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import browser
 import oodharness
 import pytest
 import sshnet
@@ -37,10 +36,11 @@ from sshnet import (
 )
 from tooling import require
 
+from harness import browser
+from harness.devcluster import SITE
 from hpcdesk.commands.laptop_hint import login_name
 
 pytestmark = pytest.mark.cluster
-SITE = ("--site", "devcluster")
 GREEN = (0x13, 0xA8, 0x6B)
 RED = (0xC8, 0x1E, 0x1E)
 BLUE = (0x1E, 0x3C, 0xC8)

@@ -24,31 +24,21 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import browser
 import pytest
-from conftest import (
-    DEVCLUSTER,
-    NODE_IPS,
-    USER,
-    User,
-    _run,
-    colour_fraction,
-    node_exec,
-    node_user_pids,
-    place_window,
-    write_site,
-)
+from conftest import User, colour_fraction, node_user_pids, place_window, write_site
 from tooling import require
+
+from harness import browser
+from harness.devcluster import CONTROLLER_IP, DEVCLUSTER, NODE_IPS, USER, node_exec, run
+from harness.fake_turn_rest import fake_turn_rest, use_auth_secret
+from harness.ports import free_port
 
 pytestmark = pytest.mark.cluster
 LAPTOP_NS = "h9-laptop"
@@ -80,7 +70,7 @@ def laptop() -> Iterator[str]:
     ]
     try:
         for step in steps:
-            r = _run(step)
+            r = run(step)
             assert r.returncode == 0, (step, r.stderr)
         yield LAPTOP_NS
     finally:
@@ -88,8 +78,8 @@ def laptop() -> Iterator[str]:
 
 
 def _teardown_laptop() -> None:
-    _run(["ip", "netns", "del", LAPTOP_NS])
-    _run(["ip", "link", "del", VETH])
+    run(["ip", "netns", "del", LAPTOP_NS])
+    run(["ip", "link", "del", VETH])
 
 
 def _connects(host: str, port: int) -> bool:
@@ -101,7 +91,7 @@ def _connects(host: str, port: int) -> bool:
 
 
 def in_laptop(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return _run(["nsenter", f"--net=/run/netns/{LAPTOP_NS}", *argv], timeout=timeout)
+    return run(["nsenter", f"--net=/run/netns/{LAPTOP_NS}", *argv], timeout=timeout)
 
 
 def laptop_connects(host: str, port: int) -> bool:
@@ -165,7 +155,7 @@ class Coturn:
         self.dir.mkdir(mode=0o700)
         shutil.chown(self.dir, "nobody")
         self.ip = ip
-        self.port = _free_port(ip)
+        self.port = free_port(ip)
         relay = random.randrange(50000, 59000, 16)
         conf = self.dir / "turnserver.conf"
         conf.write_text("\n".join([
@@ -199,12 +189,6 @@ class Coturn:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def turn_peer(laptop: str) -> Iterator[int]:
     """turnutils_peer in the laptop namespace: the far end of uclient's relayed traffic."""
@@ -223,7 +207,7 @@ def uclient(server: Coturn, user: str, password: str, peer_port: int,
             tcp: bool = False) -> subprocess.CompletedProcess[str]:
     argv = ["turnutils_uclient", "-p", str(server.port), "-u", user, "-w", password,
             "-e", LAPTOP_IP, "-r", str(peer_port), "-n", "5", *(["-t"] if tcp else []), TURN_IP]
-    return _run(argv, timeout=90)
+    return run(argv, timeout=90)
 
 
 def secret_file(site_dir: Path, name: str, content: str, mode: int = 0o640) -> Path:
@@ -415,7 +399,7 @@ def test_shared_secret_turn_auth_and_no_leak(user: User, site_dir: Path, turn_pe
 
 
 def _assert_secret_nowhere(user: User, conn: dict[str, Any], secret: str) -> None:
-    uid = int(_run(["id", "-u", user.name]).stdout)
+    uid = int(run(["id", "-u", user.name]).stdout)
     checked = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -435,7 +419,7 @@ def _assert_secret_nowhere(user: User, conn: dict[str, Any], secret: str) -> Non
     grep = node_exec(str(conn["node"]), "grep", "-rl", secret, workdir)
     assert grep.returncode == 1 and grep.stdout == "", grep.stdout  # 1: no match
     job = json.loads((sdir / "session.json").read_text())["job_id"]
-    assert secret not in _run(["scontrol", "show", "job", "-dd", str(job)]).stdout
+    assert secret not in run(["scontrol", "show", "job", "-dd", str(job)]).stdout
 
 
 def test_long_term_turn_auth(user: User, site_dir: Path, turn_peer: int,
@@ -461,51 +445,18 @@ def test_long_term_turn_auth(user: User, site_dir: Path, turn_peer: int,
         server.stop()
 
 
-@contextlib.contextmanager
-def rest_service(secret: str, turn_url: str) -> Iterator[tuple[str, list[str]]]:
-    """The site's TURN REST service (the draft's GET ?service=turn&username=U), on the
-    controller address the nodes reach: it mints coturn use-auth-secret credentials."""
-    asked: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            query = parse_qs(urlsplit(self.path).query)
-            asked.append(query["username"][0])
-            name = f"{int(time.time()) + 300}:{query['username'][0]}"
-            password = base64.b64encode(hmac.new(secret.encode(), name.encode(),
-                                                 hashlib.sha1).digest()).decode()
-            body = json.dumps({"username": name, "password": password, "ttl": 300,
-                               "uris": [turn_url]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("10.77.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://10.77.0.1:{server.server_address[1]}/turn", asked
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_rest_uri_turn_auth(user: User, site_dir: Path, turn_peer: int,
                             cleanup_jobs: list[str]) -> None:
     secret = "h9-" + base64.b32encode(os.urandom(15)).decode()
     server = Coturn(site_dir / "turn-rest", ["use-auth-secret", f"static-auth-secret={secret}"])
     turn_url = f"turn:{TURN_IP}:{server.port}?transport=udp"
     try:
-        with rest_service(secret, turn_url) as (uri, asked):
+        with fake_turn_rest(use_auth_secret(secret, [turn_url]), CONTROLLER_IP) as (uri, asked):
             site = write_site(site_dir, "rest", desktop={"transport": "webrtc"},
                               network={"connect": "turn"}, turn={"rest_uri": uri})
             conn = submit(user, site)
             cleanup_jobs.append(str(conn["session"]))
-            assert asked == [user.name]  # asked once, by the node, for this user
+            assert [a.username for a in asked] == [user.name]  # once, by the node, for this user
             (entry,) = api_turn(conn)["iceServers"]
         # Exactly what the service answered: no STUN added by anyone.
         assert entry["urls"] == [turn_url]

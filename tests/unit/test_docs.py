@@ -78,7 +78,6 @@ def test_example_sites_validate(site: Path, monkeypatch: pytest.MonkeyPatch,
 def test_reliability_table_rows_are_the_marked_scenarios() -> None:
     """The Reliability rows are written from a test run (scripts/update-docs-reliability.py):
     one row per scenario that tests are marked with, each with a result."""
-    sys.path.insert(0, str(ROOT / "tests"))
     from reliability import marked_scenarios
 
     marked = marked_scenarios(ROOT)

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import pytest
 from tooling import require, skip_with_gpu
+
+from harness.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
@@ -506,12 +507,6 @@ def test_gpu_not_visible_is_an_error(script: Path, fake_nvidia_smi: dict[str, st
     assert r.returncode != 0 and "not visible" in r.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_nginx_config_is_valid(script: Path, tmp_path: Path) -> None:
     require("/usr/sbin/nginx", package="nginx")
     require("openssl", package="openssl")
@@ -523,7 +518,7 @@ def test_nginx_config_is_valid(script: Path, tmp_path: Path) -> None:
     for https in ("false", "true"):
         work = tmp_path / f"work-{https}"
         work.mkdir()
-        r = bash(script, f'work="{work}" bind_addr=127.0.0.1 web_port={_free_port()} user=alice\n'
+        r = bash(script, f'work="{work}" bind_addr=127.0.0.1 web_port={free_port()} user=alice\n'
                          f'https={https} tls_cert="{cert}" tls_key="{key}"\n'
                          f'password="{PASSWORD}"; make_htpasswd "$work/htpasswd"\n'
                          f'write_nginx_conf "$work/nginx.conf" 8081\n'
@@ -622,7 +617,7 @@ def egl_desktop(script: Path, tmp_path: Path) -> Iterator[Desktop]:
     from hpcdesk.node.xserver import write_x_files
 
     display = next(n for n in range(600, 999) if not in_use(n))
-    port = _free_port()
+    port = free_port()
     x = write_x_files(tmp_path, None)  # the EGL flavour's Xvfb needs only the cookie
     env = {
         "XAUTHORITY": str(x.xauthority),
@@ -635,7 +630,7 @@ def egl_desktop(script: Path, tmp_path: Path) -> Iterator[Desktop]:
         "SELKIES_AUDIO_ENABLED": "false", "SELKIES_ENABLE_RESIZE": "false",
         "SELKIES_ENABLE_BASIC_AUTH": "true", "SELKIES_BASIC_AUTH_USER": "alice",
         "SELKIES_ENABLE_HTTPS": "false", "NGINX_PORT": str(port),
-        "SELKIES_PORT": str(_free_port()), "SELKIES_METRICS_HTTP_PORT": "0",
+        "SELKIES_PORT": str(free_port()), "SELKIES_METRICS_HTTP_PORT": "0",
         "KASMVNC_ENABLE": "false", "KASMVNC_THREADS": "2", "HPCDESK_INTERFACE": "selkies",
         "HPCDESK_WEB_PORT": str(port), "HPCDESK_BIND_ADDR": "127.0.0.1",
         "XDG_RUNTIME_DIR": str(run), "PASSWD": PASSWORD,

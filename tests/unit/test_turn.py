@@ -6,13 +6,12 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
+from harness.fake_turn_rest import Asked, fake_turn_rest
 from hpcdesk import config
 from hpcdesk.connect import turn
 from hpcdesk.errors import ConfigError
@@ -166,38 +165,21 @@ def test_rest_answer_without_servers_is_an_error() -> None:
 
 
 @pytest.fixture
-def rest_service() -> Iterator[tuple[str, list[str]]]:
-    """A real HTTP TURN REST service on loopback that records the queries it answers."""
-    seen: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(f"{self.path} {self.headers.get('x-auth-user')}")
-            body = json.dumps({"username": "99:alice", "password": "pw", "ttl": 120,
-                               "uris": ["turn:t.example.org:3478?transport=tcp"]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/turn", seen
-    server.shutdown()
-    server.server_close()
+def rest_service() -> Iterator[tuple[str, list[Asked]]]:
+    """A TURN REST service on loopback that records the queries it answers."""
+    answer = {"username": "99:alice", "password": "pw", "ttl": 120,
+              "uris": ["turn:t.example.org:3478?transport=tcp"]}
+    with fake_turn_rest(lambda _user: answer) as service:
+        yield service
 
 
-def test_rest_fetch(rest_service: tuple[str, list[str]]) -> None:
+def test_rest_fetch(rest_service: tuple[str, list[Asked]]) -> None:
     uri, seen = rest_service
     servers, refresh = turn.site_servers(TurnConfig(rest_uri=uri), "alice", 3600, 0.0)
     assert servers[0].to_json() == {"urls": ["turn:t.example.org:3478?transport=tcp"],
                                     "username": "99:alice", "credential": "pw"}
     assert refresh == 90
-    assert seen == ["/turn?service=turn&username=alice alice"]
+    assert [(a.path, a.auth_user) for a in seen] == [("/turn?service=turn&username=alice", "alice")]
 
 
 def test_rest_service_down() -> None:

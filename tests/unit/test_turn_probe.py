@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.ports import free_port
 from hpcdesk.connect.probe import ProbeError, allocate
 from hpcdesk.connect.turn import hmac_credentials
 from tests.tooling import require
@@ -18,17 +19,11 @@ from tests.tooling import require
 SECRET = "probe-secret"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     require("turnserver", package="coturn")
     d = tmp_path_factory.mktemp("coturn")
-    port = _free_port()
+    port = free_port()
     conf = d / "turnserver.conf"
     conf.write_text("\n".join([
         "listening-ip=127.0.0.1", f"listening-port={port}", "relay-ip=127.0.0.1",
@@ -67,7 +62,7 @@ def test_refused_credentials(coturn: int, secret: str, lifetime: int) -> None:
 
 
 def test_nothing_listening() -> None:
-    port = _free_port()
+    port = free_port()
     with pytest.raises(ProbeError, match=f"cannot reach 127.0.0.1:{port}/tcp"):
         allocate(f"turn:127.0.0.1:{port}?transport=tcp", "u", "p", timeout=2)
     with pytest.raises(ProbeError, match=f"nothing answers on 127.0.0.1:{port}/udp"):

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+from harness.ports import free_port
 from hpcdesk.node import health
 
 LISTEN = ("import socket, sys, time\n"
@@ -16,14 +17,8 @@ LISTEN = ("import socket, sys, time\n"
           "time.sleep(60)\n")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_nobody_listens() -> None:
-    proof = health.who_listens(_free_port())
+    proof = health.who_listens(free_port())
     assert proof.nobody and not proof.ours
 
 

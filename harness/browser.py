@@ -196,7 +196,8 @@ class Chromium:
                                                     ignore_cleanup_errors=True)
         prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
         self.proc = subprocess.Popen(
-            [*prefix, chromium, *FLAGS, *self.flags, f"--window-size={self.window[0]},{self.window[1]}",
+            [*prefix, chromium, *FLAGS, *self.flags,
+             f"--window-size={self.window[0]},{self.window[1]}",
              f"--user-data-dir={self._profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
