@@ -72,9 +72,7 @@ def status(args: argparse.Namespace) -> int:
         from hpcdesk.node.selkies_policy import describe as describe_policy
 
         print(f"  policy:   {describe_policy(policy)}")
-    from hpcdesk import shares
-
-    live = shares.read_state(session.dir).get("live", []) if conn else []
+    live = _live_shares(session) if conn else []
     if live:
         print(f"  shares:   {len(live)} live (hpcdesk share {session.id} --list)")
     if conn and ref:
@@ -82,6 +80,13 @@ def status(args: argparse.Namespace) -> int:
     if isinstance(st.node.get("sound"), dict) and not (conn and ref):
         print(f"  sound: {st.node['sound'].get('reason')}")
     return EXIT_OK if st.state != states.FAILED else EXIT_FAILED
+
+
+def _live_shares(session: Session) -> list[Any]:
+    from hpcdesk import shares
+
+    live: list[Any] = shares.read_state(session.dir).get("live", [])
+    return live
 
 
 def list_sessions(args: argparse.Namespace) -> int:
