@@ -79,8 +79,20 @@ def recipe_files(flavor: Flavor) -> list[Path]:
     return files
 
 
+# How every image hpcdesk builds is compressed (apptainer build --mksquashfs-args). Unprivileged
+# Apptainer reads a SIF through squashfuse, and each desktop is a new mount: no page cache
+# survives from the last one, so every block the start reads (Xorg, Python, Selkies) is
+# decompressed again. On the dev cluster (2-core node, same run, KDE image) gzip, apptainer's
+# default, took the image's Xorg 1.2 s and its Selkies import 2.2-2.7 s; lz4 0.5 s and
+# 1.4-1.7 s (submit -> URL median 3.65 s -> 2.55 s; zstd -Xcompression-level 3: 2.73 s). The
+# file is about a third larger (KDE: 602 -> 814 MB), and mksquashfs takes seconds instead of
+# minutes. Kernel squashfs (setuid installations) reads lz4 since Linux 3.19.
+SQUASHFS_ARGS = ("-comp", "lz4")
+
+
 def image_name(flavor: Flavor, tag: str) -> str:
-    """Name derived from the recipe's content and the tag: a changed recipe, a new file."""
+    """Name derived from the recipe's content, the tag and the compression: a changed recipe,
+    a new file."""
     h = hashlib.sha256()
     for path in recipe_files(flavor):
         try:
@@ -89,6 +101,7 @@ def image_name(flavor: Flavor, tag: str) -> str:
         except OSError:
             raise ImageError(f"{path}, used by the {flavor.name} recipe, is missing") from None
     h.update(tag.encode())
+    h.update(b"\0" + " ".join(SQUASHFS_ARGS).encode())
     digest = h.hexdigest()
     return f"{flavor.name}-{tag}-{digest[:16]}.sif"
 

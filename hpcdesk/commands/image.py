@@ -35,7 +35,8 @@ def build(args: argparse.Namespace) -> int:
         return EXIT_OK
     image_dir.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".partial-{os.getpid()}")
-    argv = [*shlex.split(apptainer), "build", "--force"]
+    argv = [*shlex.split(apptainer), "build", "--force",
+            "--mksquashfs-args", " ".join(images.SQUASHFS_ARGS)]
     if flavor.upstream:
         argv += ["--build-arg", f"TAG={tag}"]
     for arg in args.build_arg:

@@ -26,6 +26,19 @@ APPTAINER = ("--runtime", "apptainer", "--image", "debian")
 GREEN = (0x13, 0xA8, 0x6B)
 
 
+SQUASHFS_COMPRESSORS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
+
+
+def squashfs_compression(sif: Path) -> str:
+    """The compressor named in the superblock of the SIF's root file system (squashfs 4:
+    magic 'hsqs', compression id at byte 20)."""
+    with open(sif, "rb") as fh:
+        head = fh.read(8 << 20)
+    at = head.find(b"hsqs")
+    assert at >= 0, f"no squashfs superblock in the first 8 MiB of {sif}"
+    return SQUASHFS_COMPRESSORS.get(int.from_bytes(head[at + 20:at + 22], "little"), "unknown")
+
+
 def build_image(user: User, flavor: str, timeout: float) -> str:
     """Real apptainer (tests/cluster/apptainer-setup.sh) and an hpcdesk image, built as the
     test user with `hpcdesk image build` (offline from the Debian and PyPI registries) and
@@ -40,6 +53,8 @@ def build_image(user: User, flavor: str, timeout: float) -> str:
     assert built.returncode == 0, built.stderr[-3000:]
     info = json.loads(built.stdout)
     size = Path(info["image"]).stat().st_size
+    # Compressed for start time (images.SQUASHFS_ARGS): lz4 in the SIF's squashfs superblock.
+    assert squashfs_compression(Path(info["image"])) == "lz4", info["image"]
     print(f"{flavor} image: {info['image']} ({size / 2**20:.0f} MiB; built now: "
           f"{info['built']}, {info.get('seconds', time.monotonic() - t0):.0f}s)")
     return str(info["image"])

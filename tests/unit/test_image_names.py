@@ -64,3 +64,12 @@ def test_a_missing_file_is_a_clear_error(image_tree: Path) -> None:
     ("/apps/kde-bookworm-1.sif", False), ("/apps/glx-24.04-1.sif", True), ("", False)])
 def test_which_images_are_upstream(spec: str, upstream: bool) -> None:
     assert images.is_upstream(spec) is upstream
+
+
+def test_the_compression_is_part_of_the_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image compressed another way is another file (start time depends on it), never a
+    cached one of the old kind."""
+    f, tag = images.parse("kde")
+    before = images.image_name(f, tag)
+    monkeypatch.setattr(images, "SQUASHFS_ARGS", ("-comp", "gzip"))
+    assert images.image_name(f, tag) != before
