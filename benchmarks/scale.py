@@ -55,6 +55,8 @@ from harness.devcluster import DEVCLUSTER, SITE, USER, USER2, VENV, login_env, r
 SESSIONS = HOME / ".hpcdesk/sessions"
 HELD = ["--set", "scheduler.extra_args=['--hold']"]
 BACKENDS = ("slurm-cli", "pyslurm")
+# scancel of ~8,500 held jobs took 2 to more than 10 minutes on a busy dev cluster
+CANCEL_TIMEOUT = 3600
 LIVE = 3  # live (held) sessions of the user in the queue and sessions figures
 
 # Submits `n` held jobs as the calling user in one process (pyslurm: one RPC each, no
@@ -163,7 +165,7 @@ def drop_snapshot(root: Path = SESSIONS) -> Callable[[], None]:
 
 def cancel_all() -> None:
     for user in (USER2, USER):
-        run(["scancel", "-u", user])
+        run(["scancel", "-u", user], timeout=CANCEL_TIMEOUT)
 
 
 def ensure_user2() -> None:
@@ -275,7 +277,7 @@ def bench_queue(levels: list[int], runs: int, backends: list[str]) -> list[tuple
         rows.append((label, "raw: `squeue` (every job)", spread(w), spread(c), "", ""))
         for row in rows[first:]:
             print("  " + " | ".join(row), flush=True)
-    run(["scancel", "-u", USER2], timeout=600)
+    run(["scancel", "-u", USER2], timeout=CANCEL_TIMEOUT)
     run(["scancel", "-u", USER])
     return rows
 

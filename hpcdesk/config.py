@@ -2,6 +2,12 @@
 
 Every layer is validated against `schema.py` when it is read, so an error names the file, the
 key path and what is allowed. The merged result remembers where each value came from.
+
+The merged, validated result is kept in the user's private cache (user_cache.py), keyed by the
+identity of every source: the site and user files (device, inode, size, mtime, ctime), the
+`--set` values or overrides, and hpcdesk's own version and code. A command served from it
+reads one small JSON file: no YAML, no validation, and (until something asks for `.config`)
+not even the schema. Any change to a source is a miss, and the miss is this same loader.
 """
 
 from __future__ import annotations
@@ -9,31 +15,65 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import re
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from hpcdesk import __version__, resources, schema
+from hpcdesk import __version__, resources, user_cache
 from hpcdesk.errors import ConfigError
-from hpcdesk.files import atomic_write
-from hpcdesk.schema import CHECKS, SiteConfig, TurnConfig, slurm_time_seconds
+
+if TYPE_CHECKING:  # the schema is imported where it is used: a cached load never needs it
+    from hpcdesk.schema import SiteConfig
 
 DEFAULT_SOURCE = "built-in default"
 SYSTEM_DIRS = ("/etc/hpcdesk",)
 
 
-@dataclasses.dataclass
+CACHE_FILE = "config.json"  # in user_cache.cache_dir()
+
+
 class LoadedConfig:
-    config: SiteConfig
-    sources: dict[str, str]  # "desktop.width" -> "site file /etc/hpcdesk/site.yaml"
-    site_path: Path | None
+    """The merged configuration: `config` (the schema's SiteConfig), `sources` (where each
+    value came from: "desktop.width" -> "site file /etc/hpcdesk/site.yaml") and the site file.
+    Served from the cache it holds the validated values by key, and builds `config` from them
+    on first use; `value(key)` reads one without building it."""
+
+    def __init__(self, config: SiteConfig | None, sources: dict[str, str],
+                 site_path: Path | None, values: dict[str, Any] | None = None) -> None:
+        if config is None and values is None:
+            raise ValueError("LoadedConfig needs the config or its values")
+        self._config = config
+        self._values = values
+        self.sources = sources
+        self.site_path = site_path
+
+    @property
+    def config(self) -> SiteConfig:
+        if self._config is None:
+            from hpcdesk.schema import SiteConfig
+
+            assert self._values is not None
+            self._config = _build(SiteConfig, self._values)
+        return self._config
+
+    def value(self, key: str) -> Any:
+        """One setting by its dotted key ("scheduler.backend")."""
+        if self._config is None:
+            assert self._values is not None
+            return self._values[key]
+        obj: Any = self._config
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        return obj
 
     def flat(self) -> dict[str, Any]:
-        return dict(_flatten(dataclasses.asdict(self.config)))
+        if self._config is None:
+            assert self._values is not None
+            return dict(self._values)
+        return dict(_flatten(dataclasses.asdict(self._config)))
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -111,13 +151,17 @@ def _coerce(value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
         raise ValueError(f"{value!r} is out of range; allowed {lo}..{hi}")
     check = meta.get("check")
     if check:
+        from hpcdesk.schema import CHECKS
+
         CHECKS[check](value)
     return value
 
 
-def validate_layer(data: Any, source: str, cls: type = SiteConfig,
+def validate_layer(data: Any, source: str, cls: type | None = None,
                    prefix: str = "") -> dict[str, Any]:
     """Validate one layer (a nested mapping) and return it flattened: {"a.b": value}."""
+    if cls is None:
+        from hpcdesk.schema import SiteConfig as cls
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -153,6 +197,8 @@ def _build(cls: type, flat: Mapping[str, Any], prefix: str = "") -> Any:
 
 
 def field_meta(path: str) -> tuple[Any, Mapping[str, Any]]:
+    from hpcdesk.schema import SiteConfig
+
     cls: Any = SiteConfig
     *parents, last = path.split(".")
     for p in parents:
@@ -241,16 +287,65 @@ def load(site: str | None = None, overrides: Mapping[str, Any] | None = None,
     user_file=False leaves the user's ~/.config/hpcdesk/config.yaml out: the Open OnDemand
     form is limited by the site file alone, nothing the user controls may widen it.
     """
+    given = dict(overrides or {})
+    return _cached(site, user_file, ["overrides", override_source, repr(sorted(given.items()))],
+                   lambda site_path: _merge(site_path, given, override_source, user_file))
+
+
+def load_with_sets(site: str | None, sets: Sequence[str],
+                   parse: Callable[[], Mapping[str, Any]], user_file: bool = True) -> LoadedConfig:
+    """`load` for a command line's `--set KEY=VALUE` strings: the cache is keyed by the strings
+    as typed, so a hit parses nothing; `parse` turns them into overrides on a miss."""
+    return _cached(site, user_file, ["sets", list(sets)],
+                   lambda site_path: _merge(site_path, parse(), "command line", user_file))
+
+
+def _code_identity() -> list[Any]:
+    """hpcdesk's loader, schema and checks as installed: a reinstall or an edit (same version
+    number) is a miss."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found: list[Any] = []
+    for d in (here, os.path.join(here, "connect")):
+        with contextlib.suppress(OSError), os.scandir(d) as entries:
+            for e in entries:
+                if e.name.endswith(".py"):
+                    st = e.stat()
+                    found.append([d, e.name, st.st_ino, st.st_size, st.st_mtime_ns])
+    return sorted(found)
+
+
+def _cached(site: str | None, user_file: bool, extra: list[Any],
+            merge: Callable[[Path | None], LoadedConfig]) -> LoadedConfig:
+    site_path = find_site(site)
+    upath = str(user_config_path()) if user_file else None
+    key = [__version__, _code_identity(), site_path and user_cache.identity(str(site_path)),
+           upath and (user_cache.identity(upath) or [upath]), extra]
+    hit = user_cache.get(CACHE_FILE, key)
+    if isinstance(hit, dict):
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            return LoadedConfig(None, dict(hit["sources"]), site_path, dict(hit["values"]))
+    loaded = merge(site_path)
+    user_cache.put(CACHE_FILE, key, {"values": loaded.flat(), "sources": loaded.sources})
+    return loaded
+
+
+def _merge(site_path: Path | None, overrides: Mapping[str, Any], override_source: str,
+           user_file: bool) -> LoadedConfig:
+    from hpcdesk.schema import SiteConfig
+
     flat: dict[str, Any] = {}
     sources: dict[str, str] = {}
     defaults = dict(_flatten(dataclasses.asdict(SiteConfig())))
     for k, v in defaults.items():
         flat[k], sources[k] = v, DEFAULT_SOURCE
-    site_path = find_site(site)
-    for source, layer in _file_layers(site_path, user_config_path() if user_file else None):
-        for k, v in layer.items():
+    upath = user_config_path() if user_file else None
+    files = [(f"site file {site_path}", site_path)] if site_path else []
+    if upath is not None and upath.is_file():
+        files.append((f"user file {upath}", upath))
+    for source, path in files:
+        for k, v in _validated(source, path).items():
             flat[k], sources[k] = v, source
-    for k, v in (overrides or {}).items():
+    for k, v in overrides.items():
         try:
             tp, meta = field_meta(k)
         except (KeyError, TypeError):
@@ -301,45 +396,12 @@ def _validated(source: str, path: Path) -> dict[str, Any]:
 
 
 def cache_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hpcdesk" / "config.json"
-
-
-def _file_layers(site_path: Path | None,
-                 upath: Path | None) -> list[tuple[str, dict[str, Any]]]:
-    """The validated site and user layers, from a cache keyed by the files' identity.
-
-    Parsing and validating YAML costs a third of `hpcdesk list`'s cold start; the cache holds
-    the validated result and is used only while both files (path, size, mtime) and the
-    hpcdesk version are unchanged.
-    """
-    files = [(f"site file {site_path}", site_path)] if site_path else []
-    if upath is not None and upath.is_file():
-        files.append((f"user file {upath}", upath))
-    try:
-        key: list[Any] = [__version__]
-        for _, path in files:
-            st = path.stat()
-            key.append([str(path), st.st_mtime_ns, st.st_size])
-    except OSError:
-        key = []
-    cache = cache_path()
-    if key:
-        try:
-            cached = json.loads(cache.read_text())
-            if cached.get("key") == key:
-                return [(str(s), dict(d)) for s, d in cached["layers"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    layers = [(source, _validated(source, path)) for source, path in files]
-    if key:
-        with contextlib.suppress(OSError):
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(cache, json.dumps({"key": key, "layers": layers}), mode=0o600)
-    return layers
+    return Path(user_cache.cache_dir()) / CACHE_FILE
 
 
 def _cross_checks(cfg: SiteConfig, sources: Mapping[str, str]) -> None:
+    from hpcdesk.schema import TurnConfig, slurm_time_seconds
+
     def fail(key: str, msg: str, *related: str) -> None:
         # Name the layer that actually set one of the keys involved, not a built-in default.
         source = next((sources[k] for k in (key, *related) if sources[k] != DEFAULT_SOURCE),
@@ -404,7 +466,9 @@ def parse_cli_value(text: str, key: str | None = None) -> Any:
 def parse_resolution(text: str) -> tuple[int, int]:
     """--resolution WIDTHxHEIGHT (schema.parse_resolution, the one parser of the form)."""
     try:
-        return schema.parse_resolution(text)
+        from hpcdesk.schema import parse_resolution as parse
+
+        return parse(text)
     except ValueError as exc:
         raise ConfigError(f"command line: --resolution: {exc}") from None
 
@@ -422,6 +486,8 @@ def render_show(loaded: LoadedConfig) -> str:
 
 def render_reference() -> str:
     """The configuration reference (Markdown), generated from the schema."""
+    from hpcdesk.schema import SiteConfig
+
     out = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, default in _flatten(dataclasses.asdict(SiteConfig())):
         tp, meta = field_meta(key)

@@ -17,15 +17,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hpcdesk.connection import Connection
 from hpcdesk.errors import SessionNotFound
 from hpcdesk.files import read_json, write_json
+
+if TYPE_CHECKING:
+    from hpcdesk.connection import Connection
 
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 # <session_root>/.active/<id>: one empty marker per session that has not ended, so that
@@ -76,6 +77,8 @@ class Session:
         return read_json(self.path("node.json")) or {}
 
     def connection(self) -> Connection | None:
+        from hpcdesk.connection import Connection  # here: `list` never reads one
+
         return Connection.load(self.path("connection.json"))
 
 
@@ -108,6 +111,8 @@ def create(root: Path) -> Session:
 
 def discard(session: Session) -> None:
     """Remove a session that never reached Slurm (nothing in it is worth keeping)."""
+    import shutil
+
     shutil.rmtree(session.dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         (session.dir.parent / ACTIVE_DIR / session.id).unlink()

@@ -29,19 +29,22 @@ def overrides_from_sets(sets: list[str]) -> dict[str, Any]:
 
 def load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
                 user_file: bool = True) -> config.LoadedConfig:
+    site = getattr(args, "site", None)
     if overrides is None:
-        overrides = overrides_from_sets(getattr(args, "set", []))
-    return config.load(getattr(args, "site", None), overrides, user_file=user_file)
+        sets = list(getattr(args, "set", []))
+        return config.load_with_sets(site, sets, lambda: overrides_from_sets(sets),
+                                     user_file=user_file)
+    return config.load(site, overrides, user_file=user_file)
 
 
 def root_of(loaded: config.LoadedConfig) -> Path:
-    return session_root(loaded.config.session_root)
+    return session_root(loaded.value("session_root"))
 
 
 def scheduler_for(loaded: config.LoadedConfig) -> Scheduler:
-    s = loaded.config.scheduler
-    return get_scheduler(s.backend, cache_dir=root_of(loaded) / ".cache", cluster=s.cluster,
-                         timeout=s.timeout)
+    return get_scheduler(loaded.value("scheduler.backend"), cache_dir=root_of(loaded) / ".cache",
+                         cluster=loaded.value("scheduler.cluster"),
+                         timeout=loaded.value("scheduler.timeout"))
 
 
 def lazy_scheduler(loaded: config.LoadedConfig) -> Callable[[], Scheduler]:

@@ -6,18 +6,19 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hpcdesk import shares, states
+from hpcdesk import states
 from hpcdesk.commands.common import emit_json, lazy_scheduler, load_config, root_of, say
-from hpcdesk.config import LoadedConfig
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
 from hpcdesk.files import tail_lines
 from hpcdesk.login.status import collect, job_ref, policy_of
-from hpcdesk.node.selkies_policy import describe as describe_policy
 from hpcdesk.phases import desktop_state
-from hpcdesk.scheduler import JobRef, Scheduler
 from hpcdesk.session import Session, all_sessions, find, now
+
+if TYPE_CHECKING:
+    from hpcdesk.config import LoadedConfig
+    from hpcdesk.scheduler import JobRef, Scheduler
 
 LOG_FILES = ("job.out", "agent.log", "xorg.out", "Xorg.log", "desktop.log", "selkies.log",
              "container.log", "sound.log")
@@ -37,16 +38,16 @@ def _pick(args: argparse.Namespace) -> tuple[Session, LoadedConfig]:
 
 
 def status(args: argparse.Namespace) -> int:
-    # Here, not at the top: `list` never waits nor prints a connection (the waiter's imports
-    # are a good part of its cold start).
-    from hpcdesk.commands.outcome import print_connection, wait_and_report
-
+    # The waiter, the connection and the policy's modules are imported where they are used,
+    # not at the top: `list` needs none of them (they are a good part of its cold start).
     session, loaded = _pick(args)
     scheduler = lazy_scheduler(loaded)
     ref = job_ref(session)
     if args.wait and ref and not session.meta.get("final"):
         st = collect([session], scheduler)[0]
         if st.state in states.WAITING and st.state != states.SUBMITTING:
+            from hpcdesk.commands.outcome import wait_and_report
+
             return wait_and_report(session, scheduler(), ref, loaded, None, args.json,
                                    time.monotonic())
     st = collect([session], scheduler)[0]
@@ -59,6 +60,8 @@ def status(args: argparse.Namespace) -> int:
     if conn and ref:
         if st.node.get("sound"):  # the agent's latest word (a sound server can stop)
             conn = dataclasses.replace(conn, sound=st.node["sound"])
+        from hpcdesk.commands.outcome import print_connection
+
         print_connection(session, ref, conn, quiet=False)
     else:
         node = st.as_json()["node"]
@@ -66,8 +69,10 @@ def status(args: argparse.Namespace) -> int:
         print(f"  job {ref or '-'}" + (f" on {node}" if node else "")
               + f"; files in {session.dir}")
     if policy:
+        from hpcdesk.node.selkies_policy import describe as describe_policy
+
         print(f"  policy:   {describe_policy(policy)}")
-    live = shares.read_state(session.dir).get("live", []) if conn else []
+    live = _live_shares(session) if conn else []
     if live:
         print(f"  shares:   {len(live)} live (hpcdesk share {session.id} --list)")
     if conn and ref:
@@ -75,6 +80,13 @@ def status(args: argparse.Namespace) -> int:
     if isinstance(st.node.get("sound"), dict) and not (conn and ref):
         print(f"  sound: {st.node['sound'].get('reason')}")
     return EXIT_OK if st.state != states.FAILED else EXIT_FAILED
+
+
+def _live_shares(session: Session) -> list[Any]:
+    from hpcdesk import shares
+
+    live: list[Any] = shares.read_state(session.dir).get("live", [])
+    return live
 
 
 def list_sessions(args: argparse.Namespace) -> int:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcdesk import states
 from hpcdesk.phases import FAILED, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
-from hpcdesk.schema import PolicyConfig
 from hpcdesk.session import Session, now
+
+if TYPE_CHECKING:
+    from hpcdesk.schema import PolicyConfig
 
 
 @dataclass

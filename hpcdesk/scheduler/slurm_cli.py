@@ -27,7 +27,6 @@ from hpcdesk.scheduler.queue_table import (
     ended,
     matches,
 )
-from hpcdesk.schema import slurm_time_seconds
 
 _SCRUB_PREFIXES = ("SQUEUE_", "SACCT_", "SBATCH_", "SCANCEL_", "SLURM_TIME_FORMAT")
 _SQUEUE_FORMAT = SEP.join(["%i", "%T", "%r", "%S", "%N"])
@@ -155,6 +154,8 @@ class SlurmCli(QueueTable):
 
 def parse_partitions(text: str) -> dict[str, Partition]:
     """`scontrol --oneliner show partition` output, by name."""
+    from hpcdesk.schema import slurm_time_seconds  # here: only `submit` reads the limits
+
     out: dict[str, Partition] = {}
     for line in text.splitlines():
         fields: dict[str, str] = {m[1]: m[2] for m in re.finditer(r"(\w+)=(\S*)", line)}

@@ -84,14 +84,47 @@ def probe() -> Probe:
                  pyslurm)
 
 
+RELEASE_CACHE = "slurm-release.json"  # in user_cache.cache_dir()
+
+
 def _running_slurm() -> tuple[int, ...] | None:
+    """The Slurm release this host runs (`sinfo -V`), asked once per installation: the answer
+    is cached under the identity of the `sinfo` that gave it and of the libslurm this process
+    loaded (an upgrade of either is a miss), not asked again on every command."""
+    import shutil
+
+    from hpcdesk import user_cache
+
+    env = slurm_env()
+    sinfo = shutil.which("sinfo", path=env.get("PATH"))
+    key = ["sinfo -V", sinfo and user_cache.identity(sinfo),
+           [user_cache.identity(lib) for lib in _loaded_libslurm()]]
+    if sinfo:
+        hit = user_cache.get(RELEASE_CACHE, key)
+        if isinstance(hit, list) and hit and all(isinstance(x, int) for x in hit):
+            return tuple(hit)
     try:
         out = subprocess.run(["sinfo", "-V"], capture_output=True, text=True, timeout=10,
-                             env=slurm_env(), check=False).stdout
+                             env=env, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
-    return tuple(int(x) for x in m.groups()) if m else None
+    if not m:
+        return None
+    running = tuple(int(x) for x in m.groups())
+    if sinfo:
+        user_cache.put(RELEASE_CACHE, key, list(running))
+    return running
+
+
+def _loaded_libslurm() -> list[str]:
+    """The libslurm files this process has mapped (pyslurm's), from /proc/self/maps."""
+    try:
+        with open("/proc/self/maps") as fh:
+            found = {line.split(None, 5)[-1].strip() for line in fh if "libslurm" in line}
+    except OSError:
+        return []
+    return sorted(p for p in found if p.startswith("/"))
 
 
 def _release(version: tuple[int, ...]) -> str:

@@ -1,0 +1,207 @@
+"""`hpcdesk list` and `status` start fast and still mean the same: the merged configuration is
+served from the user's private cache (never from one anyone else could have written, never
+after a source changed), the command line builds only the invoked subcommand's parser, and
+the pyslurm backend asks `sinfo -V` once per installation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcdesk import cli, config, resources
+from hpcdesk.errors import ConfigError
+from hpcdesk.scheduler import slurm_pyslurm
+
+pytestmark = pytest.mark.usefixtures("isolated_config")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def poison(dpi_from: int, dpi_to: int) -> None:
+    """Change the cached desktop.dpi in place, as someone who can write the file could."""
+    path = config.cache_path()
+    text = path.read_text()
+    assert f'"desktop.dpi": {dpi_from}' in text
+    path.write_text(text.replace(f'"desktop.dpi": {dpi_from}', f'"desktop.dpi": {dpi_to}'))
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_still_seen(tmp_path: Path) -> None:
+    """The key is the file's identity (inode, ctime too), not only its size and mtime."""
+    site = write(tmp_path / "site.yaml", "desktop:\n  dpi: 120\n")
+    st = site.stat()
+    assert config.load(str(site)).config.desktop.dpi == 120
+    site.write_text("desktop:\n  dpi: 144\n")  # same size
+    os.utime(site, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime
+    assert config.load(str(site)).config.desktop.dpi == 144
+
+
+def test_a_replaced_user_file_is_seen(tmp_path: Path) -> None:
+    site = write(tmp_path / "site.yaml", "name: s\n")
+    assert config.load(str(site)).config.desktop.dpi == 96
+    user = write(tmp_path / "xdg/hpcdesk/config.yaml", "desktop:\n  dpi: 120\n")
+    assert config.load(str(site)).config.desktop.dpi == 120
+    user.unlink()
+    assert config.load(str(site)).config.desktop.dpi == 96
+
+
+def test_the_cache_is_used_while_private(tmp_path: Path) -> None:
+    """The check below is meaningful: a private cache file is what a load returns."""
+    site = write(tmp_path / "site.yaml", "desktop:\n  dpi: 120\n")
+    config.load(str(site))
+    poison(120, 144)
+    assert config.load(str(site)).config.desktop.dpi == 144
+
+
+@pytest.mark.parametrize("who", ["group-writable file", "world-writable file",
+                                 "group-writable directory", "someone else's file"])
+def test_a_cache_others_could_write_is_ignored(tmp_path: Path, who: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    site = write(tmp_path / "site.yaml", "desktop:\n  dpi: 120\n")
+    config.load(str(site))
+    poison(120, 144)
+    cache = config.cache_path()
+    if who == "group-writable file":
+        cache.chmod(0o620)
+    elif who == "world-writable file":
+        cache.chmod(0o602)
+    elif who == "group-writable directory":
+        cache.parent.chmod(0o770)
+    else:
+        real = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: real + 1)
+    assert config.load(str(site)).config.desktop.dpi == 120
+    if who != "someone else's file":
+        assert "144" in cache.read_text()  # ignored, and not overwritten either
+
+
+def test_a_symlinked_cache_file_is_ignored(tmp_path: Path) -> None:
+    site = write(tmp_path / "site.yaml", "desktop:\n  dpi: 120\n")
+    config.load(str(site))
+    poison(120, 144)
+    cache = config.cache_path()
+    cache.rename(cache.with_name("elsewhere.json"))
+    cache.symlink_to("elsewhere.json")
+    assert config.load(str(site)).config.desktop.dpi == 120
+
+
+def test_the_cache_is_private(tmp_path: Path) -> None:
+    config.load(str(write(tmp_path / "site.yaml", "name: s\n")))
+    assert config.cache_path().stat().st_mode & 0o777 == 0o600
+    assert config.cache_path().parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_set_values_are_keyed_as_typed_and_bad_ones_stay_errors(tmp_path: Path) -> None:
+    site = str(write(tmp_path / "site.yaml", "name: s\n"))
+    parsed: list[list[str]] = []
+
+    def load(*sets: str) -> config.LoadedConfig:
+        def parse() -> dict[str, object]:
+            parsed.append(list(sets))
+            return {k: config.parse_cli_value(v, k) for k, v in (s.split("=") for s in sets)}
+        return config.load_with_sets(site, list(sets), parse)
+
+    assert load("desktop.dpi=120").value("desktop.dpi") == 120
+    assert load("desktop.dpi=120").value("desktop.dpi") == 120
+    assert load("desktop.dpi=144").config.desktop.dpi == 144
+    assert parsed == [["desktop.dpi=120"], ["desktop.dpi=144"]]  # the second: a hit
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="desktop.dpi"):
+            load("desktop.dpi=1")
+
+
+@pytest.mark.parametrize("site", sorted(p.stem for p in
+                                        resources.data_dir("site-configs").glob("*.yaml")))
+def test_a_cached_load_is_the_same_configuration(site: str) -> None:
+    fresh = config.load(site)
+    cached = config.load(site)
+    assert cached is not fresh and cached._config is None  # served from the cache
+    assert cached.value("scheduler.backend") == fresh.config.scheduler.backend
+    assert cached.config == fresh.config
+    assert cached.sources == fresh.sources and cached.site_path == fresh.site_path
+    assert cached.flat() == fresh.flat()
+
+
+def run_cli(tmp_path: Path, *argv: str) -> list[str]:
+    """`hpcdesk ARGV` in a fresh interpreter; the hpcdesk/yaml modules it imported."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "PYTHONPATH": str(REPO)}
+    env.pop("HPCDESK_SITE", None)
+    code = ("import sys; from hpcdesk.cli import main; rc = main(sys.argv[1:]); "
+            "print('MODULES', *sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('hpcdesk', 'yaml', 'jinja2', 'paramiko', 'aiohttp', 'pyslurm'))); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("MODULES"))
+    return line.split()[1:]
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--all", "--json"],
+                                  ["list", "--set", "scheduler.backend=pyslurm"]])
+def test_list_with_a_warm_cache_imports_no_yaml_schema_or_backend(
+        tmp_path: Path, argv: list[str]) -> None:
+    site = write(tmp_path / "site.yaml", f"session_root: {tmp_path / 'sessions'}\n"
+                 "scheduler:\n  backend: pyslurm\n")
+    run_cli(tmp_path, *argv, "--site", str(site))  # fills the cache
+    modules = run_cli(tmp_path, *argv, "--site", str(site))
+    assert "yaml" not in modules
+    assert "hpcdesk.schema" not in modules
+    assert not [m for m in modules if m.startswith(("hpcdesk.scheduler.slurm_", "pyslurm"))]
+    assert not [m for m in modules if m.split(".")[0] in ("jinja2", "paramiko", "aiohttp")]
+    # and the cache is keyed by the site file: an edit is read (YAML and all) at once
+    write(site, f"session_root: {tmp_path / 'sessions'}\n")
+    assert "yaml" in run_cli(tmp_path, *argv, "--site", str(site))
+
+
+def test_each_subcommand_alone_is_the_same_parser() -> None:
+    whole = cli.build_parser()
+    subs = next(a for a in whole._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    assert subs is not None and set(subs) == set(cli._SUBCOMMANDS)
+    for name, parser in subs.items():
+        alone = cli.build_parser(name)
+        only = next(a for a in alone._actions if a.dest == "command").choices
+        assert list(only) == [name]  # type: ignore[arg-type]
+        assert only[name].format_help() == parser.format_help()  # type: ignore[index]
+
+
+def test_main_builds_only_the_invoked_subcommand(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    built: list[str | None] = []
+    real = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda c=None: built.append(c) or real(c))
+    with pytest.raises(SystemExit):
+        cli.main(["list", "--help"])
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert built == ["list", None]
+    assert "submit" in capsys.readouterr().out  # the top level still lists every command
+
+
+def fake_sinfo(bindir: Path, calls: Path, version: str) -> None:
+    write(bindir / "sinfo", f"#!/bin/sh\necho x >> {calls}\necho 'slurm {version}'\n")
+    (bindir / "sinfo").chmod(0o755)
+
+
+def test_the_slurm_release_is_asked_once(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = tmp_path / "calls"
+    fake_sinfo(tmp_path / "bin", calls, "22.05.8")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    assert slurm_pyslurm._running_slurm() == (22, 5, 8)
+    assert slurm_pyslurm._running_slurm() == (22, 5, 8)
+    assert calls.read_text().count("x") == 1
+    fake_sinfo(tmp_path / "bin", calls, "23.02.1")  # Slurm upgraded: another sinfo
+    assert slurm_pyslurm._running_slurm() == (23, 2, 1)
+    assert calls.read_text().count("x") == 2
+    cached = json.loads((tmp_path / "cache/hpcdesk/slurm-release.json").read_text())
+    assert [e["value"] for e in cached["entries"]] == [[23, 2, 1], [22, 5, 8]]
