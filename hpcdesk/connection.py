@@ -2,8 +2,9 @@
 
 The agent writes it (mode 0600: it holds the password or the session token) once the desktop
 is ready and removes it when the desktop ends; `submit`, `status`, the OOD job and, through
-`hpcdesk status --json`, the laptop read it. Everyone goes through `Connection`, as
-request.json goes through DesktopRequest. Shared by both sides: imports nothing login-side.
+`hpcdesk status --json` (its `connection`), the laptop read it. Everyone goes through
+`Connection`, as request.json goes through DesktopRequest. Shared by both sides and the laptop:
+imports nothing but hpcdesk.files.
 """
 
 from __future__ import annotations

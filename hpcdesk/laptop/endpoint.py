@@ -1,4 +1,5 @@
-"""What the tunnel forwards to, from `hpcdesk status --json` on the login node."""
+"""What the tunnel forwards to, from `hpcdesk status --json` on the login node (the
+desktop's connection.json read through `Connection`, as everyone reads it)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from hpcdesk.connection import Connection
 from hpcdesk.errors import Unreachable
 
 LOCAL_HOST = "127.0.0.1"  # the node's self-signed certificate names it (and localhost)
@@ -28,8 +30,13 @@ class Endpoint:
 
     @classmethod
     def from_status(cls, data: dict[str, Any]) -> Endpoint:
-        url = data.get("url")
-        if not isinstance(url, str) or not url:
+        """From `status --json`: the desktop's connection.json, typed (`connection`, the
+        agent's Connection), and the job around it. A login node whose hpcdesk predates
+        `connection` gives the same facts as flat keys, its `url` already the browser's link."""
+        raw = data.get("connection")
+        conn = Connection.from_dict(raw if isinstance(raw, dict) else {**data, "token": None})
+        url = conn.browser_link()
+        if not url:
             raise Unreachable(f"hpcdesk on the login node gave no URL for session "
                               f"{data.get('session')} (state {data.get('state')})")
         parts = urlsplit(url)
@@ -38,15 +45,15 @@ class Endpoint:
         path = parts.path or "/"
         path += f"?{parts.query}" if parts.query else ""
         path += f"#{parts.fragment}" if parts.fragment else ""
-        turn = data.get("turn_port")
+        turn = conn.turn_port
         return cls(
-            session=str(data.get("session")), job_id=_opt_str(data.get("job_id")),
-            node=_opt_str(data.get("node")), scheme=parts.scheme, host=parts.hostname,
-            port=parts.port or (443 if parts.scheme == "https" else 80), path=path,
-            user=str(data.get("user") or ""), password=str(data.get("password") or ""),
-            transport=str(data.get("transport") or "websockets"),
-            turn_port=int(turn) if isinstance(turn, int) and turn > 0 else None,
-            tls_fingerprint=_opt_str(data.get("tls_fingerprint")),
+            session=str(conn.session or data.get("session")), job_id=_opt_str(data.get("job_id")),
+            node=conn.node or _opt_str(data.get("node")), scheme=parts.scheme,
+            host=parts.hostname, port=parts.port or (443 if parts.scheme == "https" else 80),
+            path=path, user=conn.user or "", password=conn.password or "",
+            transport=conn.transport or "websockets",
+            turn_port=turn if isinstance(turn, int) and turn > 0 else None,
+            tls_fingerprint=_opt_str(conn.tls_fingerprint),
         )
 
     @property

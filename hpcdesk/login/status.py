@@ -46,6 +46,7 @@ class SessionStatus:
             if with_secrets:
                 out.update(user=conn.user, password=conn.password, url=conn.browser_link(),
                            token=conn.token)
+                out["connection"] = conn.to_dict()  # typed, for `hpcdesk tunnel` (laptop)
         return out
 
 

@@ -28,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"commands", "laptop"},
 }
 # The laptop runs on a laptop: of the core, only what `hpcdesk tunnel` needs.
-LAPTOP_CORE = {"hpcdesk", "hpcdesk.errors", "hpcdesk.quoting", "hpcdesk.states"}
+LAPTOP_CORE = {"hpcdesk", "hpcdesk.errors", "hpcdesk.quoting", "hpcdesk.states",
+               "hpcdesk.connection", "hpcdesk.files"}
 
 
 def module_name(path: Path) -> str:
