@@ -44,12 +44,12 @@ def packaged_web_root(selkies: str) -> Path | None:
     return None
 
 
-def web_root_setting(configured: str, selkies: str, image: str | None = None) -> str | None:
+def web_root_setting(configured: str, selkies: str = "", image: str | None = None) -> str | None:
     """SELKIES_WEB_ROOT for ``runtime.selkies_web_root``: ``auto`` serves the packaged
-    client in place (the host's Selkies: found next to `selkies`; one of hpcdesk's images:
-    where the image has it, by the image's name), None if it is not found: Selkies then copies
-    as usual; ``copy`` keeps Selkies' own default, anything else is a directory given by the
-    site."""
+    client in place (the host's Selkies: found next to the `selkies` command; one of
+    hpcdesk's images: where the image has it, by the `image`'s name), None if it is not
+    found: Selkies then copies as usual; ``copy`` keeps Selkies' own default, anything else
+    is a directory given by the site."""
     if configured == "copy":
         return None
     if configured == "auto":

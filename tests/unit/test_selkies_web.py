@@ -46,9 +46,9 @@ def test_hpcdesks_images_are_served_from_their_own_client() -> None:
     want = "/opt/hpcdesk/venv/lib/python3.11/site-packages/selkies/selkies_web"
     for image in ("/var/cache/hpcdesk/images/kde-bookworm-e43d2ece670d0dec.sif",
                   "debian-bookworm-69082acaaf9a68bc.sif"):
-        assert web_root_setting("auto", "selkies", image=image) == want
-    assert web_root_setting("copy", "selkies", image="kde-bookworm-e43d2ece670d0dec.sif") is None
-    assert web_root_setting("/srv/w", "selkies", image="kde-bookworm-e43d2ece670d0dec.sif") == "/srv/w"
+        assert web_root_setting("auto", image=image) == want
+    assert web_root_setting("copy", image="kde-bookworm-e43d2ece670d0dec.sif") is None
+    assert web_root_setting("/srv/w", image="kde-bookworm-e43d2ece670d0dec.sif") == "/srv/w"
     # Another image, or an unknown release: Selkies keeps its own default (it copies).
     for image in ("/sites/own-desktop.sif", "kde-sid-e43d2ece670d0dec.sif", "kde-bookworm.sif"):
-        assert web_root_setting("auto", "selkies", image=image) is None
+        assert web_root_setting("auto", image=image) is None

@@ -211,7 +211,7 @@ def build_invocation(plan: DesktopPlan, image: str, display: str, x: XFiles,
         argv.append("/opt/hpcdesk/entrypoint.sh")
     contract = contract_env(plan, display, kind, x, driver_version)
     if not kind.upstream:
-        web_root = web_root_setting(r.selkies_web_root, "selkies", image=image)
+        web_root = web_root_setting(r.selkies_web_root, image=image)
         if web_root:
             contract["SELKIES_WEB_ROOT"] = web_root
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "LOGNAME", "LANG")}
