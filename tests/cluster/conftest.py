@@ -196,7 +196,8 @@ def place_window(user: User, session: str, colour: str = "#13a86b", where: str =
 
 
 def node_user_pids(node: str, user: str = USER) -> list[str]:
-    """The dev user's processes inside a node's network namespace (compared by ns inode)."""
+    """The dev user's processes inside a node's network namespace (compared by ns inode), each
+    as "PID COMMAND"; one without a command line (exiting) shows as "PID [comm]", as in ps."""
     ns = os.stat(f"/run/netns/{node}").st_ino
     uid = int(run(["id", "-u", user]).stdout)
     pids = []
@@ -208,6 +209,10 @@ def node_user_pids(node: str, user: str = USER) -> list[str]:
                 continue
             if os.stat(f"/proc/{entry}/ns/net").st_ino == ns:
                 cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if not cmd.strip():
+                    # An exiting process (a zombie) has no command line: name it as ps does,
+                    # so every line is "PID COMMAND" and it still counts as left behind.
+                    cmd = f"[{Path(f'/proc/{entry}/comm').read_text().strip()}]"
                 pids.append(f"{entry} {cmd.strip()}")
         except OSError:
             continue
