@@ -13,7 +13,6 @@ not even the schema. Any change to a source is a miss, and the miss is this same
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import re
@@ -25,7 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get
 from hpcdesk import __version__, resources, user_cache
 from hpcdesk.errors import ConfigError
 
-if TYPE_CHECKING:  # the schema is imported where it is used: a cached load never needs it
+if TYPE_CHECKING:  # schema and dataclasses are imported where used: a cached load needs neither
+    import dataclasses
+
     from hpcdesk.schema import SiteConfig
 
 DEFAULT_SOURCE = "built-in default"
@@ -70,6 +71,7 @@ class LoadedConfig:
         return obj
 
     def flat(self) -> dict[str, Any]:
+        import dataclasses
         if self._config is None:
             assert self._values is not None
             return dict(self._values)
@@ -86,6 +88,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]
 
 @functools.cache
 def _fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field[Any]]]:
+    import dataclasses
     hints = get_type_hints(cls)
     return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
 
@@ -160,6 +163,7 @@ def _coerce(value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
 def validate_layer(data: Any, source: str, cls: type | None = None,
                    prefix: str = "") -> dict[str, Any]:
     """Validate one layer (a nested mapping) and return it flattened: {"a.b": value}."""
+    import dataclasses
     if cls is None:
         from hpcdesk.schema import SiteConfig as cls
     if data is None:
@@ -187,6 +191,7 @@ def validate_layer(data: Any, source: str, cls: type | None = None,
 
 
 def _build(cls: type, flat: Mapping[str, Any], prefix: str = "") -> Any:
+    import dataclasses
     kwargs = {}
     for name, (tp, _f) in _fields(cls).items():
         if dataclasses.is_dataclass(tp):
@@ -331,6 +336,8 @@ def _cached(site: str | None, user_file: bool, extra: list[Any],
 
 def _merge(site_path: Path | None, overrides: Mapping[str, Any], override_source: str,
            user_file: bool) -> LoadedConfig:
+    import dataclasses
+
     from hpcdesk.schema import SiteConfig
 
     flat: dict[str, Any] = {}
@@ -486,6 +493,8 @@ def render_show(loaded: LoadedConfig) -> str:
 
 def render_reference() -> str:
     """The configuration reference (Markdown), generated from the schema."""
+    import dataclasses
+
     from hpcdesk.schema import SiteConfig
 
     out = ["| key | type | default | meaning |", "|---|---|---|---|"]

@@ -11,8 +11,7 @@ Shared by both sides: imports nothing login-side.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 STARTING = "starting"
 LAUNCHING = "launching"
@@ -33,8 +32,7 @@ _STATES: dict[str, State] = {READY: "ready", STOPPING: "stopping", STOPPED: "sto
                              FAILED: "failed"}
 
 
-@dataclass(frozen=True)
-class DesktopState:
+class DesktopState(NamedTuple):
     phase: str    # the agent's own word ("" before it has written anything)
     state: State  # what it means: starting | ready | stopping | stopped | failed
     detail: str   # the final reason, else the phase's detail, else the phase

@@ -18,7 +18,6 @@ import contextlib
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +33,22 @@ _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 ACTIVE_DIR = ".active"
 
 
-@dataclass
 class Session:
-    dir: Path
-    _meta: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    """One session directory; equal when the directory is. A plain class: the start of
+    `hpcdesk list` does without the dataclasses module (issue 23)."""
+
+    __slots__ = ("_meta", "dir")
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __init__(self, dir: Path, _meta: dict[str, Any] | None = None) -> None:
+        self.dir = dir
+        self._meta = _meta
+
+    def __repr__(self) -> str:
+        return f"Session(dir={self.dir!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return self.dir == other.dir if isinstance(other, Session) else NotImplemented
 
     @property
     def id(self) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ from hpcdesk import states
 from hpcdesk.commands.common import emit_json, lazy_scheduler, load_config, root_of, say
 from hpcdesk.errors import EXIT_FAILED, EXIT_OK, SessionNotFound, WaitTimeout
 from hpcdesk.files import tail_lines
-from hpcdesk.login.status import collect, job_ref, policy_of
+from hpcdesk.login.status import collect, describe_policy, job_ref, policy_of
 from hpcdesk.phases import desktop_state
 from hpcdesk.session import Session, all_sessions, find, now
 
@@ -53,12 +52,13 @@ def status(args: argparse.Namespace) -> int:
     st = collect([session], scheduler)[0]
     policy = policy_of(session)
     if args.json:
-        emit_json({**st.as_json(with_secrets=True),
-                   "policy": dataclasses.asdict(policy) if policy else None})
+        emit_json({**st.as_json(with_secrets=True), "policy": policy})
         return EXIT_OK
     conn = session.connection() if st.state == states.READY else None
     if conn and ref:
         if st.node.get("sound"):  # the agent's latest word (a sound server can stop)
+            import dataclasses
+
             conn = dataclasses.replace(conn, sound=st.node["sound"])
         from hpcdesk.commands.outcome import print_connection
 
@@ -69,8 +69,6 @@ def status(args: argparse.Namespace) -> int:
         print(f"  job {ref or '-'}" + (f" on {node}" if node else "")
               + f"; files in {session.dir}")
     if policy:
-        from hpcdesk.node.selkies_policy import describe as describe_policy
-
         print(f"  policy:   {describe_policy(policy)}")
     live = _live_shares(session) if conn else []
     if live:

@@ -3,26 +3,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from hpcdesk import states
+from hpcdesk.files import read_json
 from hpcdesk.phases import FAILED, desktop_state
 from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
 from hpcdesk.session import Session, now
 
-if TYPE_CHECKING:
-    from hpcdesk.schema import PolicyConfig
 
-
-@dataclass
 class SessionStatus:
-    session: Session
-    state: str          # queued | starting | ready | cancelled | failed | completed | ...
-    detail: str
-    job: JobInfo | None
-    node: dict[str, Any]
+    """What one session is doing now (a plain class; see Session)."""
+
+    __slots__ = ("detail", "job", "node", "session", "state")
+
+    def __init__(self, session: Session, state: str, detail: str, job: JobInfo | None,
+                 node: dict[str, Any]) -> None:
+        self.session = session
+        self.state = state      # queued | starting | ready | cancelled | failed | completed | ...
+        self.detail = detail
+        self.job = job
+        self.node = node
+
+    def __repr__(self) -> str:
+        return (f"SessionStatus(session={self.session!r}, state={self.state!r}, "
+                f"detail={self.detail!r}, job={self.job!r})")
 
     def as_json(self, with_secrets: bool = False) -> dict[str, Any]:
         meta = self.session.meta
@@ -50,14 +56,30 @@ class SessionStatus:
         return out
 
 
-def policy_of(session: Session) -> PolicyConfig | None:
-    """The data policy the desktop runs under (recorded in its request at submit)."""
-    from hpcdesk.request import DesktopRequest
+def policy_of(session: Session) -> dict[str, Any] | None:
+    """The data policy the desktop runs under, as its request recorded it at submit (every
+    PolicyConfig setting). Read as JSON, without the schema, so `status` starts quickly. None
+    when the request records none (a desktop started before data policies) or is unreadable."""
+    request = read_json(session.path("request.json")) or {}
+    policy = request.get("policy")
+    return policy if isinstance(policy, dict) else None
 
-    try:
-        return DesktopRequest.load(session.path("request.json")).policy
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+
+def describe_policy(policy: Mapping[str, Any]) -> str:
+    """The policy in one line for `hpcdesk status`; a setting the request did not record (a
+    desktop started by an older hpcdesk) shows as "not recorded", never as a guess."""
+    def get(key: str) -> Any:
+        return policy.get(key, "not recorded")
+
+    limit = policy.get("transfer_limit_mbps")
+    rate = (f" (at most {limit:g} Mbit/s)" if isinstance(limit, (int, float)) and limit
+            and get("file_transfers") != "none" else "")
+    printing = policy.get("printing")
+    printed = ("on" if printing else "off") if isinstance(printing, bool) else "not recorded"
+    return (f"clipboard {get('clipboard')}, file transfers {get('file_transfers')}{rate}, "
+            f"printing {printed}, sharing {get('sharing')} (at most {get('share_max')}), "
+            "audit to the session's audit.jsonl"
+            + (f" and {policy['audit_url']}" if policy.get("audit_url") else ""))
 
 
 def job_ref(session: Session) -> JobRef | None:

@@ -46,13 +46,3 @@ def policy_env(policy: PolicyConfig, audit: AuditSink | None) -> dict[str, str]:
         env["SELKIES_AUDIT_WEBHOOK_URL"] = audit.url
         env["SELKIES_AUDIT_WEBHOOK_TOKEN"] = audit.token
     return env
-
-
-def describe(policy: PolicyConfig) -> str:
-    """One line for `hpcdesk status`."""
-    rate = (f" (at most {policy.transfer_limit_mbps:g} Mbit/s)"
-            if policy.transfer_limit_mbps and policy.file_transfers != "none" else "")
-    return (f"clipboard {policy.clipboard}, file transfers {policy.file_transfers}{rate}, "
-            f"printing {'on' if policy.printing else 'off'}, sharing {policy.sharing} "
-            f"(at most {policy.share_max}), audit to the session's audit.jsonl"
-            + (f" and {policy.audit_url}" if policy.audit_url else ""))

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class JobState(enum.Enum):
@@ -74,8 +73,9 @@ def map_slurm_state(text: str) -> JobState:
     return SLURM_STATES.get(word, JobState.UNKNOWN)
 
 
-@dataclass(frozen=True)
-class JobRef:
+# Value types are NamedTuples, not dataclasses: `hpcdesk list` and `status` load this module,
+# and the dataclasses module (with inspect, ast, dis) costs ~10 ms at start (issue 23).
+class JobRef(NamedTuple):
     job_id: str
     cluster: str | None = None
 
@@ -83,8 +83,7 @@ class JobRef:
         return f"{self.cluster}:{self.job_id}" if self.cluster else self.job_id
 
 
-@dataclass(frozen=True)
-class JobInfo:
+class JobInfo(NamedTuple):
     ref: JobRef
     state: JobState
     reason: str = ""           # Slurm's pending reason ("Priority", "Resources", ...)
@@ -94,8 +93,7 @@ class JobInfo:
     raw_state: str = ""
 
 
-@dataclass(frozen=True)
-class Partition:
+class Partition(NamedTuple):
     """A partition's state and time limit, as the scheduler reports them."""
 
     name: str

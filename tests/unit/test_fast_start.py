@@ -131,18 +131,22 @@ def test_a_cached_load_is_the_same_configuration(site: str) -> None:
     assert cached.flat() == fresh.flat()
 
 
-def run_cli(tmp_path: Path, *argv: str) -> list[str]:
-    """`hpcdesk ARGV` in a fresh interpreter; the hpcdesk/yaml modules it imported."""
+def run_cli(tmp_path: Path, *argv: str, out: list[str] | None = None) -> list[str]:
+    """`hpcdesk ARGV` in a fresh interpreter; the hpcdesk/yaml modules it imported (its other
+    output lines go to `out`)."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "PYTHONPATH": str(REPO)}
     env.pop("HPCDESK_SITE", None)
     code = ("import sys; from hpcdesk.cli import main; rc = main(sys.argv[1:]); "
             "print('MODULES', *sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('hpcdesk', 'yaml', 'jinja2', 'paramiko', 'aiohttp', 'pyslurm'))); sys.exit(rc)")
+            "('hpcdesk', 'yaml', 'jinja2', 'paramiko', 'aiohttp', 'pyslurm', 'dataclasses'))); "
+            "sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("MODULES"))
+    if out is not None:
+        out.extend(x for x in proc.stdout.splitlines() if not x.startswith("MODULES"))
     return line.split()[1:]
 
 
@@ -156,6 +160,7 @@ def test_list_with_a_warm_cache_imports_no_yaml_schema_or_backend(
     modules = run_cli(tmp_path, *argv, "--site", str(site))
     assert "yaml" not in modules
     assert "hpcdesk.schema" not in modules
+    assert "dataclasses" not in modules  # with inspect, ast and dis: ~10 ms at every start
     assert not [m for m in modules if m.startswith(("hpcdesk.scheduler.slurm_", "pyslurm"))]
     assert not [m for m in modules if m.split(".")[0] in ("jinja2", "paramiko", "aiohttp")]
     # and the cache is keyed by the site file: an edit is read (YAML and all) at once
@@ -205,3 +210,56 @@ def test_the_slurm_release_is_asked_once(tmp_path: Path,
     assert calls.read_text().count("x") == 2
     cached = json.loads((tmp_path / "cache/hpcdesk/slurm-release.json").read_text())
     assert [e["value"] for e in cached["entries"]] == [[23, 2, 1], [22, 5, 8]]
+
+
+def ended_session(tmp_path: Path, policy: dict[str, object] | None) -> str:
+    """A session that has ended (its final state recorded), whose request recorded `policy`."""
+    from hpcdesk import session as sessions
+
+    s = sessions.create(tmp_path / "sessions")
+    s.update_meta(job_id="41", final={"state": "completed", "detail": "time limit"})
+    request = {"session_id": s.id, "user": "someone"}
+    if policy is not None:
+        request["policy"] = policy
+    (s.dir / "request.json").write_text(json.dumps(request))
+    return s.id
+
+
+RECORDED = {"clipboard": "out", "file_transfers": "download", "transfer_limit_mbps": 20.0,
+            "printing": True, "audit_url": None, "sharing": "off", "microphone": False,
+            "share_max": "2:00:00"}
+
+
+def test_status_shows_the_recorded_policy_without_the_schema(tmp_path: Path) -> None:
+    """`status ID` of an ended session: no scheduler, no schema, no dataclasses; its policy
+    line and `--json` policy are what the request recorded at submit."""
+    site = write(tmp_path / "site.yaml", f"session_root: {tmp_path / 'sessions'}\n")
+    sid = ended_session(tmp_path, RECORDED)
+    run_cli(tmp_path, "status", sid, "--site", str(site))  # fills the cache
+    lines: list[str] = []
+    modules = run_cli(tmp_path, "status", sid, "--site", str(site), out=lines)
+    assert "hpcdesk.schema" not in modules and "dataclasses" not in modules
+    assert "hpcdesk.request" not in modules and "yaml" not in modules
+    assert f"session {sid}: completed (time limit)" in lines
+    assert ("  policy:   clipboard out, file transfers download (at most 20 Mbit/s), printing "
+            "on, sharing off (at most 2:00:00), audit to the session's audit.jsonl") in lines
+    as_json: list[str] = []
+    run_cli(tmp_path, "status", sid, "--json", "--site", str(site), out=as_json)
+    assert json.loads("\n".join(as_json))["policy"] == RECORDED
+
+
+def test_status_never_guesses_a_policy_the_request_did_not_record(tmp_path: Path) -> None:
+    """A desktop started before data policies (no policy in its request) shows no policy line
+    and `"policy": null`; one started before a setting existed shows it as not recorded."""
+    site = write(tmp_path / "site.yaml", f"session_root: {tmp_path / 'sessions'}\n")
+    before = ended_session(tmp_path, None)
+    lines: list[str] = []
+    run_cli(tmp_path, "status", before, "--site", str(site), out=lines)
+    assert not [x for x in lines if "policy" in x]
+    as_json: list[str] = []
+    run_cli(tmp_path, "status", before, "--json", "--site", str(site), out=as_json)
+    assert json.loads("\n".join(as_json))["policy"] is None
+    older = ended_session(tmp_path, {k: v for k, v in RECORDED.items() if k != "printing"})
+    lines.clear()
+    run_cli(tmp_path, "status", older, "--site", str(site), out=lines)
+    assert any("printing not recorded, sharing off" in x for x in lines), lines
