@@ -78,12 +78,12 @@ def test_agent_killed_leaves_no_desktop_process(user: User, cleanup_jobs: list[s
 
 def child_named(agent: int, word: str) -> int:
     for pid in sorted(tree(agent) - {agent}):
-        try:
+        try:  # a process may exit between the two reads
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
         except OSError:
             continue
-        if word in cmd and int(Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[1]
-                               ) == agent:
+        if word in cmd and ppid == agent:
             return pid
     raise AssertionError(f"no child {word!r} of the agent {agent}")
 
