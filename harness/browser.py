@@ -213,6 +213,9 @@ class Chromium:
                     break
             if not ws_url:
                 raise RuntimeError("chromium did not open its DevTools port")
+            # Keep reading its stderr (the browser and its helpers share the pipe): once 64 KiB
+            # of log lines were unread, the next write would block and freeze the page.
+            threading.Thread(target=_drain, args=(self.proc.stderr,), daemon=True).start()
             self.page_ws = in_netns(self.netns, lambda: asyncio.run(_page_target(ws_url)))
         except BaseException:
             self.close()
@@ -429,10 +432,17 @@ def watch(url: str, out: Path, ok: Callable[[Path], bool], timeout: float = 120.
         return browser.wait_for(out, ok, timeout)
 
 
+def _drain(stream: Any) -> None:
+    """Read a pipe to its end, discarding what it says."""
+    with contextlib.suppress(OSError, ValueError):
+        for _line in stream:
+            pass
+
+
 async def _page_target(browser_ws: str) -> str:
     base = browser_ws.split("/devtools/")[0].replace("ws://", "http://")
     async with aiohttp.ClientSession() as http:
-        for _ in range(50):
+        for _ in range(300):  # 30 s: a busy machine may take a while to open the first page
             async with http.get(f"{base}/json/list") as resp:
                 targets = await resp.json()
             pages = [t for t in targets if t.get("type") == "page"]

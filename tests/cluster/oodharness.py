@@ -103,8 +103,9 @@ def submit(user: User, core: Path, app: Path, work: Path,
 
 
 def wait_for_file(path: Path, job: str, timeout: float = 240) -> None:
+    """Until `path` exists with content (OOD's create_yml opens it, then writes)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (path.exists() and path.stat().st_size > 0):
         state = run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip()
         log = path.parent / "output.log"
         assert state or path.exists(), \

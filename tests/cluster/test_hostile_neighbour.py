@@ -30,8 +30,10 @@ from harness.devcluster import CONTROLLER_IP, DEVCLUSTER, NODE_IPS, SITE, VENV, 
 
 pytestmark = pytest.mark.cluster
 TAG = os.environ.get("HPCDESK_TEST_NET_TAG", "h0")
-# A port range of this test run alone (the tag's number), far from the kernel's ephemeral range
-BASE = 42000 + (int("".join(c for c in TAG if c.isdigit()) or "0") % 90) * 100
+# A port range of this test run alone (the tag's number), below the kernel's ephemeral range
+# (32768-60999 by default): a node's own outgoing connections (and their TIME_WAIT) never
+# hold one of these ports when the thief or the agent binds it.
+BASE = 30000 + (int("".join(c for c in TAG if c.isdigit()) or "0") % 27) * 100
 
 # The thief: listens on ports the agent may take, answers 503, logs every byte it receives.
 # It takes (a) the ports named by claims it can read in /proc/net/unix (@hpcdesk/port-N:

@@ -192,7 +192,12 @@ def test_time_limit_signal_reaches_the_desktop(user: User, backend: str,
     while node_user_pids(node) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert node_user_pids(node) == []
+    # Slurm may still list the job (COMPLETING) a moment after its last process: "stopping".
+    deadline = time.monotonic() + 60
     final = user.json("status", sid, *with_backend(backend))
+    while final["state"] == "stopping" and time.monotonic() < deadline:
+        time.sleep(1)
+        final = user.json("status", sid, *with_backend(backend))
     assert final["state"] == "timeout", final
 
 

@@ -174,22 +174,25 @@ class TunnelProc:
 
     def __post_init__(self) -> None:
         self.master = -1
+        self.readers: list[threading.Thread] = []
         if self.terminal:
             self.master, slave = pty.openpty()
             self.proc = subprocess.Popen(self.argv, stdin=slave, stdout=subprocess.PIPE,
                                          stderr=slave, start_new_session=True, cwd="/")
             os.close(slave)
-            threading.Thread(target=self._read_pty, daemon=True).start()
+            self.readers.append(threading.Thread(target=self._read_pty, daemon=True))
         else:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          start_new_session=True, cwd="/")
             assert self.proc.stderr is not None
-            threading.Thread(target=self._read, args=(self.proc.stderr, self.err),
-                             daemon=True).start()
+            self.readers.append(threading.Thread(target=self._read, daemon=True,
+                                                 args=(self.proc.stderr, self.err)))
         assert self.proc.stdout is not None
-        threading.Thread(target=self._read, args=(self.proc.stdout, self.out),
-                         daemon=True).start()
+        self.readers.append(threading.Thread(target=self._read, daemon=True,
+                                             args=(self.proc.stdout, self.out)))
+        for reader in self.readers:
+            reader.start()
 
     @staticmethod
     def _read(stream: object, into: list[str]) -> None:
@@ -236,11 +239,18 @@ class TunnelProc:
     def answer(self, text: str) -> None:
         os.write(self.master, text.encode() + b"\n")
 
+    def wait(self, timeout: float = 120) -> int:
+        """The exit code, once the readers also have its last output (to its end of file)."""
+        code = self.proc.wait(timeout)
+        for reader in self.readers:
+            reader.join(10)
+        return code
+
     def interrupt(self, timeout: float = 120) -> int:
         """Ctrl-C, as a terminal sends it (SIGINT to the process group); the exit code."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGINT)
-        return self.proc.wait(timeout)
+        return self.wait(timeout)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -321,7 +331,9 @@ def test_desktop_through_the_tunnel_and_recovery(user: User, net: Net, desktop: 
     assert printed[-1] == "--open"
     opened = net.laptop.home / "opened.html"
     recorder = net.laptop.home / "browser"  # $BROWSER: keeps a copy of what it is given
-    recorder.write_text(f'#!/bin/sh\ncp "${{1#file://}}" {opened}\n')  # gets a file: URI
+    # It gets a file: URI; copied, then renamed: whoever sees the file sees all of it.
+    recorder.write_text(
+        f'#!/bin/sh\ncp "${{1#file://}}" {opened}.part && mv {opened}.part {opened}\n')
     os.chmod(recorder, 0o755)
     tun = TunnelProc(net.laptop.argv(*printed[2:], "--json", env={"BROWSER": str(recorder)}))
     with contextlib.ExitStack() as stack:
@@ -404,7 +416,7 @@ def test_wrong_two_factor_code_is_refused(net: Net, desktop: dict[str, str]) -> 
         tun.answer(wrong)
         tun.wait_for("One-time password", timeout=60, count=2)
         tun.answer(net.otp_code(1))  # the second one right: both must be
-        assert tun.proc.wait(120) == 2
+        assert tun.wait(120) == 2
         assert "refused the answers" in tun.stderr and "Traceback" not in tun.stderr
 
 
@@ -506,8 +518,13 @@ def test_keys_from_ssh_agent(net: Net, desktop: dict[str, str]) -> None:
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         env = {"SSH_AUTH_SOCK": str(sock)}
-        add = subprocess.run(net.laptop.as_user("ssh-add", str(net.laptop.agent_key), env=env),
-                             capture_output=True, text=True, timeout=30)
+        for _ in range(20):  # the socket file appears a moment before the agent listens on it
+            add = subprocess.run(net.laptop.as_user("ssh-add", str(net.laptop.agent_key),
+                                                    env=env),
+                                 capture_output=True, text=True, timeout=30)
+            if add.returncode == 0 or "agent" not in add.stderr.lower():
+                break
+            time.sleep(0.2)
         assert add.returncode == 0, add.stderr
         with tunnel(net, str(desktop["session"]), "--login", "login-agent", "--json",
                     env=env) as tun:
@@ -552,7 +569,7 @@ def test_tunnel_ends_when_the_desktop_ends(user: User, net: Net) -> None:
             # The browser's next request finds the desktop gone; the tunnel looks and ends.
             with contextlib.suppress(AssertionError, ValueError):
                 laptop_http(str(info["url"]), str(info["user"]), str(info["password"]))
-            assert tun.proc.wait(120) == 0
+            assert tun.wait(120) == 0
             assert re.search(f"session {session} is cancelled .*; closing the tunnel",
                              tun.stderr), tun.stderr
     finally:
