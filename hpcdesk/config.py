@@ -71,10 +71,11 @@ class LoadedConfig:
         return obj
 
     def flat(self) -> dict[str, Any]:
-        import dataclasses
         if self._config is None:
             assert self._values is not None
             return dict(self._values)
+        import dataclasses
+
         return dict(_flatten(dataclasses.asdict(self._config)))
 
 
@@ -89,6 +90,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]
 @functools.cache
 def _fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field[Any]]]:
     import dataclasses
+
     hints = get_type_hints(cls)
     return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
 
@@ -164,6 +166,7 @@ def validate_layer(data: Any, source: str, cls: type | None = None,
                    prefix: str = "") -> dict[str, Any]:
     """Validate one layer (a nested mapping) and return it flattened: {"a.b": value}."""
     import dataclasses
+
     if cls is None:
         from hpcdesk.schema import SiteConfig as cls
     if data is None:
@@ -192,6 +195,7 @@ def validate_layer(data: Any, source: str, cls: type | None = None,
 
 def _build(cls: type, flat: Mapping[str, Any], prefix: str = "") -> Any:
     import dataclasses
+
     kwargs = {}
     for name, (tp, _f) in _fields(cls).items():
         if dataclasses.is_dataclass(tp):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from hpcdesk import states
 from hpcdesk.files import read_json
@@ -13,22 +13,14 @@ from hpcdesk.scheduler import JobInfo, JobRef, JobState, Scheduler
 from hpcdesk.session import Session, now
 
 
-class SessionStatus:
-    """What one session is doing now (a plain class; see Session)."""
+class SessionStatus(NamedTuple):
+    """What one session is doing now (a NamedTuple, as the scheduler's types: see there)."""
 
-    __slots__ = ("detail", "job", "node", "session", "state")
-
-    def __init__(self, session: Session, state: str, detail: str, job: JobInfo | None,
-                 node: dict[str, Any]) -> None:
-        self.session = session
-        self.state = state      # queued | starting | ready | cancelled | failed | completed | ...
-        self.detail = detail
-        self.job = job
-        self.node = node
-
-    def __repr__(self) -> str:
-        return (f"SessionStatus(session={self.session!r}, state={self.state!r}, "
-                f"detail={self.detail!r}, job={self.job!r})")
+    session: Session
+    state: str          # queued | starting | ready | cancelled | failed | completed | ...
+    detail: str
+    job: JobInfo | None
+    node: dict[str, Any]
 
     def as_json(self, with_secrets: bool = False) -> dict[str, Any]:
         meta = self.session.meta
