@@ -8,8 +8,6 @@ or a pushed event, which carries the same fields) into the desktop's state; the 
 Shared by both sides: imports nothing login-side.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 

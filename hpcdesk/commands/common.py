@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcdesk import config
 from hpcdesk.errors import ConfigError
 from hpcdesk.scheduler import Scheduler
 from hpcdesk.scheduler.backends import get_scheduler
 from hpcdesk.session import session_root
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def overrides_from_sets(sets: list[str]) -> dict[str, Any]:

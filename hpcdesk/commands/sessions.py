@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,8 @@ from hpcdesk.phases import desktop_state
 from hpcdesk.session import Session, all_sessions, find, now
 
 if TYPE_CHECKING:
+    import argparse  # the commands get quick_args' namespace too (cli.py): same attributes
+
     from hpcdesk.config import LoadedConfig
     from hpcdesk.scheduler import JobRef, Scheduler
 

@@ -1,8 +1,6 @@
 """What a session is doing now, from its cached final state, Slurm and the agent's node.json
 (read through phases.desktop_state)."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 

@@ -5,8 +5,6 @@ pyslurm, optional); `queue_table` holds what they share. `backend: auto` takes p
 imports and matches this host's Slurm, else the commands (backends.py chooses and says why).
 """
 
-from __future__ import annotations
-
 import enum
 from collections.abc import Sequence
 from pathlib import Path

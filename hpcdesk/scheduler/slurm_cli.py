@@ -8,14 +8,12 @@ controller are looked up with one `sacct` call (the shared parts: queue_table.py
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
-import subprocess
 from pathlib import Path
 
 from hpcdesk.errors import SchedulerError, SchedulerRejected
-from hpcdesk.scheduler import JobInfo, JobRef, JobState, Partition, map_slurm_state
+from hpcdesk.scheduler import JobInfo, JobRef, JobState, Partition, map_slurm_state, spawn
 from hpcdesk.scheduler.queue_table import (
     ALREADY_DONE,
     REJECTED_HINT,
@@ -49,21 +47,21 @@ class SlurmCli(QueueTable):
         super().__init__(cache_dir=cache_dir, cache_age=cache_age)
         self.timeout = timeout
 
-    def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def _run(self, argv: list[str]) -> spawn.Ran:
+        """The command's exit code (124: it did not answer in time) and output."""
         self.calls[argv[0]] += 1
         try:
-            return subprocess.run(argv, capture_output=True, text=True, env=slurm_env(),
-                                  timeout=self.timeout, cwd=cwd, check=False)
+            return spawn.run(argv, slurm_env(), self.timeout)
         except FileNotFoundError:
             raise SchedulerError(f"{argv[0]}: command not found",
                                  hint="run hpcdesk where the Slurm commands are installed "
                                  "(a login node), or load the Slurm module") from None
-        except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(argv, 124, "", f"{argv[0]} timed out")
 
     def submit(self, script: Path, cluster: str | None) -> JobRef:
-        proc = self._run(["sbatch", "--parsable", *_cluster_args(cluster), str(script)],
-                         cwd=script.parent)
+        # The job runs in the session directory (its #SBATCH --output is relative), as the
+        # pyslurm backend's working_directory says too.
+        proc = self._run(["sbatch", "--parsable", f"--chdir={script.parent}",
+                          *_cluster_args(cluster), str(script)])
         if proc.returncode == 124:  # the job may be queued all the same: look before deciding
             return self.recover_submit(script, cluster, f"sbatch did not answer within "
                                        f"{self.timeout:.0f}s")
@@ -82,7 +80,8 @@ class SlurmCli(QueueTable):
     def fetch_table(self, cluster: str | None) -> str | None:
         # One RPC for all of the user's jobs; the job list is filtered by the caller, which
         # also avoids squeue's error for a single job id that already left the controller.
-        proc = self._run(["squeue", "--noheader", "--states=all", f"--user={getpass.getuser()}",
+        # The user is this process's uid, not $USER or $LOGNAME (which can name anyone).
+        proc = self._run(["squeue", "--noheader", "--states=all", f"--user={os.getuid()}",
                           f"--format={_SQUEUE_FORMAT}", *_cluster_args(cluster)])
         if proc.returncode != 0:
             self.last_error = " ".join(proc.stderr.split()) or f"exit code {proc.returncode}"
@@ -91,7 +90,7 @@ class SlurmCli(QueueTable):
         return proc.stdout
 
     def fetch_tags(self, cluster: str | None) -> dict[str, str] | None:
-        proc = self._run(["squeue", "--noheader", f"--user={getpass.getuser()}",
+        proc = self._run(["squeue", "--noheader", f"--user={os.getuid()}",
                           f"--format=%i{SEP}%k", *_cluster_args(cluster)])
         if proc.returncode != 0:
             self.last_error = " ".join(proc.stderr.split()) or f"exit code {proc.returncode}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpcdesk.cli import build_parser
+from hpcdesk.arguments import build_parser
 from hpcdesk.commands.submit import cli_overrides
 from hpcdesk.config import field_meta
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcdesk import cli, config, resources
+from hpcdesk import arguments, cli, config, resources
 from hpcdesk.errors import ConfigError
 from hpcdesk.scheduler import slurm_pyslurm
 
@@ -169,11 +169,11 @@ def test_list_with_a_warm_cache_imports_no_yaml_schema_or_backend(
 
 
 def test_each_subcommand_alone_is_the_same_parser() -> None:
-    whole = cli.build_parser()
+    whole = arguments.build_parser()
     subs = next(a for a in whole._actions if a.dest == "command").choices  # type: ignore[union-attr]
-    assert subs is not None and set(subs) == set(cli._SUBCOMMANDS)
+    assert subs is not None and set(subs) == set(arguments.SUBCOMMANDS) == set(cli.COMMANDS)
     for name, parser in subs.items():
-        alone = cli.build_parser(name)
+        alone = arguments.build_parser(name)
         only = next(a for a in alone._actions if a.dest == "command").choices
         assert list(only) == [name]  # type: ignore[arg-type]
         assert only[name].format_help() == parser.format_help()  # type: ignore[index]
@@ -182,14 +182,94 @@ def test_each_subcommand_alone_is_the_same_parser() -> None:
 def test_main_builds_only_the_invoked_subcommand(monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     built: list[str | None] = []
-    real = cli.build_parser
-    monkeypatch.setattr(cli, "build_parser", lambda c=None: built.append(c) or real(c))
+    real = arguments.build_parser
+    monkeypatch.setattr(arguments, "build_parser", lambda c=None: built.append(c) or real(c))
     with pytest.raises(SystemExit):
         cli.main(["list", "--help"])
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert built == ["list", None]
     assert "submit" in capsys.readouterr().out  # the top level still lists every command
+
+
+# Every word the two commands' parsers know, and words they don't, in every order quick_args
+# might meet them: each argv either reads as argparse reads it or goes to argparse.
+WORDS = ["-a", "--all", "--json", "--wait", "--site", "s.yaml", "--site=", "--site=x",
+         "--set", "desktop.dpi=120", "--set=a=b", "k3x9fq", "", "-", "--", "-1", "--js",
+         "--al", "--json=1", "-h", "--help", "-aa", "--set", "--site", "x=y"]
+
+
+def argvs() -> list[list[str]]:
+    import itertools
+    import random
+
+    rng = random.Random(23)
+    out = [[c] for c in cli.QUICK]
+    for command in cli.QUICK:
+        for n in (1, 2, 3):
+            out += [[command, *w] for w in itertools.product(WORDS, repeat=n) if n < 3
+                    or rng.random() < 0.05]
+    return out
+
+
+def argparse_reading(argv: list[str]) -> dict[str, object] | None:
+    """What argparse makes of argv: its attributes, or None where it exits (usage, help)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return vars(arguments.build_parser(argv[0]).parse_args(argv))
+        except SystemExit:
+            return None
+
+
+def test_quick_args_reads_as_argparse_reads() -> None:
+    taken = 0
+    for argv in argvs():
+        quick = cli.quick_args(argv)
+        if quick is None:
+            continue
+        taken += 1
+        assert vars(quick) == argparse_reading(argv), argv
+    assert taken > 200  # the everyday forms are taken, not left to argparse
+
+
+def test_quick_args_takes_the_everyday_forms() -> None:
+    for argv in (["list"], ["list", "--all", "--json"], ["status", "k3x9fq", "--json"],
+                 ["status", "--site", "dev", "--set", "scheduler.backend=pyslurm", "--wait"],
+                 ["list", "--site=dev", "-a", "--set=desktop.dpi=96", "--set", "x.y=1"]):
+        quick = cli.quick_args(argv)
+        assert quick is not None and vars(quick) == argparse_reading(argv)
+    for argv in (["list", "--help"], ["status", "-h"], ["list", "--js"], ["status", "a", "b"],
+                 ["list", "--site"], ["status", "--set", "--json"], ["submit"], [], ["cancel", "x"]):
+        assert cli.quick_args(argv) is None, argv
+
+
+def test_quick_args_knows_every_option_of_list_and_status() -> None:
+    """An option added to list or status in arguments.py must be added to cli.QUICK too (or
+    every use of it would pay for argparse): the two name the same options."""
+    for command, (flags, positional) in cli.QUICK.items():
+        parser = arguments.build_parser(command)
+        sub = next(a for a in parser._actions if a.dest == "command").choices[command]  # type: ignore[index]
+        options = {o for a in sub._actions for o in a.option_strings} - {"-h", "--help"}
+        assert options == set(flags) | set(cli._VALUED), command
+        positionals = [a.dest for a in sub._actions if not a.option_strings]
+        assert positionals == ([positional] if positional else []), command
+
+
+def test_list_and_status_do_not_import_argparse(tmp_path: Path) -> None:
+    site = write(tmp_path / "site.yaml", f"session_root: {tmp_path / 'sessions'}\n")
+    for argv in (["list", "--json"], ["status", "--json"]):
+        run_cli(tmp_path, "list", "--site", str(site))
+        code = ("import sys; from hpcdesk.cli import main; "
+                "rc = main(sys.argv[1:]); print('ARGPARSE', 'argparse' in sys.modules)")
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"),
+               "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "PYTHONPATH": str(REPO)}
+        proc = subprocess.run([sys.executable, "-c", code, *argv, "--site", str(site)],
+                              env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert "ARGPARSE False" in proc.stdout, (argv, proc.stdout, proc.stderr)
 
 
 def fake_sinfo(bindir: Path, calls: Path, version: str) -> None:

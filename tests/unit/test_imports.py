@@ -41,7 +41,7 @@ def room(module: str) -> str:
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in ALLOWED:
         return parts[1]
-    if module in ("hpcdesk.cli", "hpcdesk.__main__"):
+    if module in ("hpcdesk.cli", "hpcdesk.arguments", "hpcdesk.__main__"):
         return "cli"
     return CORE
 

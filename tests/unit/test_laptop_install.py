@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 POSIX_ONLY = ("fcntl", "termios", "pwd", "grp", "resource", "pty", "tty")
 # The hpcdesk modules the laptop may load: nothing from node/, scheduler/, commands/ ...;
 # connection.json's type and the file helpers it uses (stdlib only), as test_imports allows.
-ALLOWED = re.compile(r"^hpcdesk(\.(__main__|cli|errors|quoting|encoders|states|connection|files"
+ALLOWED = re.compile(r"^hpcdesk(\.(__main__|cli|arguments|errors|quoting|encoders|states|connection|files"
                      r"|laptop(\..+)?))?$")
 
 CHECK = f"""

@@ -6,7 +6,6 @@ in tests/cluster against the dev cluster.
 
 from __future__ import annotations
 
-import getpass
 import os
 import stat
 import time
@@ -40,6 +39,8 @@ def fake_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: s
 def test_query_parses_and_ignores_user_format(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SQUEUE_FORMAT", "%all")
+    monkeypatch.setenv("USER", "someone-else")
+    monkeypatch.setenv("LOGNAME", "someone-else")
     fake_bin(tmp_path, monkeypatch, "squeue", f"""
 [ -n "$SQUEUE_FORMAT" ] && {{ echo "user format leaked" >&2; exit 9; }}
 echo "$@" > {tmp_path}/args
@@ -58,8 +59,9 @@ echo "99|RUNNING|None|N/A|gpu02"
     assert cli.calls == {"squeue": 1, "sacct": 1}
     assert "--states=all" in (tmp_path / "args").read_text()
     # The controller is asked for this user's jobs only (REQUEST_JOB_USER_INFO), never for
-    # the whole queue: the cost follows the user's jobs, not the cluster's.
-    assert f"--user={getpass.getuser()}" in (tmp_path / "args").read_text().split()
+    # the whole queue: the cost follows the user's jobs, not the cluster's. The user is the
+    # process's own uid, whatever $USER and $LOGNAME say.
+    assert f"--user={os.getuid()}" in (tmp_path / "args").read_text().split()
 
 
 def test_unreachable_controller_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
