@@ -8,6 +8,8 @@ or a pushed event, which carries the same fields) into the desktop's state; the 
 Shared by both sides: imports nothing login-side.
 """
 
+# No `from __future__ import annotations` here: with it, typing.NamedTuple compiles each
+# field's annotation string at every start of `hpcdesk list` (issue 23).
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 

@@ -1,6 +1,8 @@
 """What a session is doing now, from its cached final state, Slurm and the agent's node.json
 (read through phases.desktop_state)."""
 
+# No `from __future__ import annotations` here: with it, typing.NamedTuple compiles each
+# field's annotation string at every start of `hpcdesk list` (issue 23).
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 

@@ -5,6 +5,8 @@ pyslurm, optional); `queue_table` holds what they share. `backend: auto` takes p
 imports and matches this host's Slurm, else the commands (backends.py chooses and says why).
 """
 
+# No `from __future__ import annotations` here: with it, typing.NamedTuple compiles each
+# field's annotation string at every start of `hpcdesk list` (issue 23).
 import enum
 from collections.abc import Sequence
 from pathlib import Path

@@ -7,6 +7,8 @@ stdin from /dev/null, stdout and stderr read as text, and a time limit after whi
 command is killed. posix_spawn is what subprocess itself uses where it can.
 """
 
+# No `from __future__ import annotations` here: with it, typing.NamedTuple compiles each
+# field's annotation string at every start of `hpcdesk list` (issue 23).
 import os
 import select
 import time
@@ -66,11 +68,12 @@ def run(argv: list[str], env: dict[str, str], timeout: float) -> Ran:
 
 
 def _which(name: str, env: dict[str, str]) -> str:
-    """The command's path as execvp finds it, on env's PATH (as subprocess does)."""
+    """The command's path on env's PATH (os.get_exec_path, as subprocess searches; not
+    shutil.which, whose import with its compressors is ~2 ms of `hpcdesk list`)."""
     if "/" in name:
         return name
-    for d in env.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(d or ".", name)
+    for d in os.get_exec_path(env):
+        path = os.path.join(d, name)
         if os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
     raise FileNotFoundError(name)
